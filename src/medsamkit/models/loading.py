@@ -1,0 +1,101 @@
+"""Building a model and filling it with weights: ``load("litemedsam")``, a checkpoint path, or both."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .registry import ARCHS, get_entry, resolve_weights
+from .configs import ArchSpec
+from .weights import WeightsError, file_digest
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """Which weights a model carries: registry name (or ``custom``), architecture, file and its sha256."""
+
+    name: str
+    arch: ArchSpec
+    path: Path
+    sha256: str
+
+
+def infer_arch(state_dict) -> ArchSpec:
+    """Guess the architecture from a checkpoint's keys and shapes (MedSAM and SAM ViT-B share one layout:
+    this returns ``sam_vit_b``; pass ``arch="medsam_vit_b"`` for MedSAM's pipeline)."""
+    stem = state_dict.get("image_encoder.patch_embed.seq.0.c.weight")
+    if stem is not None:
+        return ARCHS["litemedsam"] if stem.shape[-1] == 1 else ARCHS["mobilesam"]
+    pos = state_dict.get("image_encoder.pos_embed")
+    if pos is not None:
+        by_dim = {768: "sam_vit_b", 1024: "sam_vit_l", 1280: "sam_vit_h"}
+        if pos.shape[-1] in by_dim:
+            return ARCHS[by_dim[pos.shape[-1]]]
+    raise WeightsError("cannot tell the architecture of this checkpoint from its keys; pass arch=NAME")
+
+
+def resolve(
+    model: str | os.PathLike[str] = "litemedsam",
+    checkpoint: str | os.PathLike[str] | None = None,
+    arch: str | ArchSpec | None = None,
+    download: bool = True,
+) -> tuple[WeightsRef | None, str | None]:
+    """Work out which weight file and architecture ``model``/``checkpoint``/``arch`` mean.
+
+    Returns ``(ref, None)`` when the architecture is known without reading the file, or ``(None, path)``
+    when it must be inferred from the checkpoint's keys.
+    """
+    model_s = str(model)
+    if checkpoint is None and (os.sep in model_s or model_s.endswith((".pth", ".pt", ".ckpt", ".bin"))):
+        checkpoint, model_s = model_s, ""
+    spec: ArchSpec | None
+    if isinstance(arch, ArchSpec):
+        spec = arch
+    elif arch is not None:
+        if arch not in ARCHS:
+            raise WeightsError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))}")
+        spec = ARCHS[arch]
+    else:
+        spec = None
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"checkpoint not found: {path}")
+        if spec is None and model_s:
+            spec = ARCHS[model_s] if model_s in ARCHS else get_entry(model_s).arch
+        if spec is None:
+            return None, str(path)
+        return WeightsRef("custom", spec, path, file_digest(path)), None
+    entry = get_entry(model_s)
+    path = resolve_weights(model_s, download=download)
+    return WeightsRef(entry.name, spec or entry.arch, path, entry.sha256 or file_digest(path)), None
+
+
+def load(
+    model: str | os.PathLike[str] = "litemedsam",
+    checkpoint: str | os.PathLike[str] | None = None,
+    arch: str | ArchSpec | None = None,
+    download: bool = True,
+):
+    """Build a SAM-family model with its weights, in eval mode on the CPU.
+
+    ``model`` is a registry name (``medsamkit models`` lists them) or a checkpoint path; ``checkpoint``
+    overrides the weight file of a named model; ``arch`` forces the architecture/pipeline (e.g.
+    ``medsam_vit_b`` for a MedSAM checkpoint, or an :class:`ArchSpec` for a custom size). Keys must match the architecture exactly; otherwise one
+    :class:`~medsamkit.models.weights.WeightsError` lists the missing and unexpected keys.
+    The returned :class:`~medsamkit.models.sam.SamModel` has ``weights`` (a :class:`WeightsRef`).
+    """
+    from .sam import SamModel
+    from .weights import load_strict, read_state_dict
+
+    ref, unknown_path = resolve(model, checkpoint, arch, download)
+    path = ref.path if ref is not None else Path(unknown_path)  # type: ignore[arg-type]
+    state = read_state_dict(path)
+    if ref is None:
+        ref = WeightsRef("custom", infer_arch(state), path, file_digest(path))
+    net = SamModel(ref.arch)
+    load_strict(net, state, str(path), ref.arch.name)
+    net.eval()
+    net.weights = ref
+    return net

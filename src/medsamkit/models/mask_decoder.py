@@ -1,0 +1,113 @@
+"""SAM's mask decoder: tokens + image embedding -> 4 low-res mask logits and their predicted IoU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import MLP, LayerNorm2d
+from .transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    def __init__(self, dim: int = 256, num_multimask_outputs: int = 3) -> None:
+        super().__init__()
+        self.transformer = TwoWayTransformer(depth=2, dim=dim, num_heads=8, mlp_dim=2048)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(dim, 256, self.num_mask_tokens, 3)
+
+    def predict_all(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All four mask outputs.
+
+        image_embeddings ``(1 or N, C, 64, 64)``; image_pe ``(1, C, 64, 64)``; sparse ``(N, T, C)``;
+        dense ``(N, C, 64, 64)``. Returns logits ``(N, 4, 256, 256)`` and IoU predictions ``(N, 4)``.
+        Output 0 is the single-mask output, 1-3 the multimask outputs.
+        """
+        src = image_embeddings + dense
+        return self._decode(src, image_pe, sparse, None)
+
+    def prepare_image(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Everything of one image the decoder can compute before seeing a prompt, for a dense prompt shared
+        by all prompts (the no-mask embedding): ``(src (1, C, h, w), k, v, q)`` where k, v, q are the first
+        two-way layer's image-side projections ``(1, h*w, C/2)``. Use with :meth:`predict_prepared`."""
+        src = image_embeddings + dense
+        keys = src.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        return (src, *self.transformer.layers[0].image_projections(keys, key_pe))
+
+    def predict_prepared(
+        self, prepared: tuple[torch.Tensor, ...], image_pe: torch.Tensor, sparse: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same outputs as :meth:`predict_all` for N prompts of a prepared image (see :meth:`prepare_image`)."""
+        return self._decode(prepared[0], image_pe, sparse, tuple(prepared[1:]))
+
+    def _decode(
+        self,
+        src: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        first_projections: tuple[torch.Tensor, ...] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = sparse.shape[0]
+        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
+        hs, src_tokens = self.transformer(src, image_pe, tokens, first_projections)
+        iou_out = hs[:, 0, :]
+        mask_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        hyper = torch.stack([mlp(mask_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+        masks = self.upscale_and_project(src_tokens, hyper, (src.shape[-2], src.shape[-1]))
+        return masks, self.iou_prediction_head(iou_out)
+
+    def upscale_and_project(self, tokens: torch.Tensor, hyper: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``output_upscaling`` followed by the per-mask dot product, computed channels-last.
+
+        tokens ``(N, h*w, C)`` (row-major over the ``h x w`` grid), hyper ``(N, K, C/8)`` -> logits
+        ``(N, K, 4h, 4w)``. A 2x2 stride-2 transposed convolution maps each input pixel to its own 2x2 output
+        block, so it is a matmul per pixel: ``(C) -> (2, 2, C')``. Working on tokens avoids transposing the
+        large 32x256x256 map; only the K output maps are rearranged at the end. Same maths as
+        ``output_upscaling`` on the ``(N, C, h, w)`` map (the test suite checks it).
+        """
+        up1, ln, _, up2, _ = self.output_upscaling
+        n, hw, c = tokens.shape
+        h, w = int(grid[0]), int(grid[1])
+        c1, c2 = up1.out_channels, up2.out_channels
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, (a, b, o))
+        x = (tokens @ w1).reshape(n, hw * 4, c1) + up1.bias
+        x = F.gelu(F.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps))
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (C', (c, d, o))
+        x = F.gelu((x @ w2).reshape(n, hw * 16, c2) + up2.bias)
+        k = hyper.shape[1]
+        m = x @ hyper.transpose(1, 2)  # (N, h*w*16, K) ordered (i, j, a, b, c, d)
+        m = m.reshape(n, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)  # (N, K, i, a, c, j, b, d)
+        return m.reshape(n, k, 4 * h, 4 * w)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's interface: returns ``(N, 1|3, 256, 256)`` logits and ``(N, 1|3)`` IoU predictions."""
+        masks, iou = self.predict_all(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sl], iou[:, sl]
+

@@ -1,0 +1,253 @@
+"""Prompted 2D segmentation: encode an image once, then decode any number of prompts against it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..models.backends import Engine, create_engine
+from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
+from ..preprocess.transforms import Geometry, Transform, transform_for
+
+
+@dataclass
+class Prediction:
+    """Result of :meth:`Predictor.predict` for N prompts with K outputs each (K = 1, or 3 with multimask).
+
+    masks: ``(N, K, H, W)`` bool, in the input image's pixel grid.
+    scores: ``(N, K)`` float32, the model's predicted IoU of each mask.
+    low_res_logits: ``(N, K, 256, 256)`` float32 logits in the model-input frame; pass one back as
+    ``mask_input`` to refine a prompt.
+    logits: ``(N, K, H, W)`` float32 full-size logits, only when ``return_logits=True``.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+    logits: np.ndarray | None = None
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per prompt, the output with the highest predicted IoU: masks ``(N, H, W)``, scores ``(N,)``."""
+        idx = self.scores.argmax(axis=1)
+        n = np.arange(self.masks.shape[0])
+        return self.masks[n, idx], self.scores[n, idx]
+
+
+class Predictor:
+    """SAM-style predictor for any model of the registry, on ONNX Runtime or PyTorch.
+
+    >>> p = Predictor("litemedsam")          # bundled default model
+    >>> p.set_image(image)                    # (H, W), (H, W, 3) or (H, W, 4) array
+    >>> out = p.predict(boxes=[[x0, y0, x1, y1]])
+    >>> out.masks.shape                       # (1, 1, H, W)
+
+    Coordinates are pixel indices of the image given to :meth:`set_image`: **x = column, y = row**; a box
+    ``(x0, y0, x1, y1)`` has inclusive corners (the object spans columns x0..x1 and rows y0..y1).
+    """
+
+    def __init__(
+        self,
+        model: Any = "litemedsam",
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        arch: str | None = None,
+        backend: str = "auto",
+        threads: int | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.engine: Engine = engine or create_engine(
+            model, checkpoint=checkpoint, arch=arch, backend=backend, threads=threads
+        )
+        self.transform: Transform = transform_for(self.engine.arch.pipeline, self.engine.arch.img_size)
+        self.low_res = self.engine.arch.low_res
+        self.embed_shape = (1, 256, self.engine.arch.embed_grid, self.engine.arch.embed_grid)
+        self.reset_image()
+
+    # -- image --------------------------------------------------------------------------------------------
+    def reset_image(self) -> None:
+        self._embedding: np.ndarray | None = None
+        self._geometry: Geometry | None = None
+        self._prepared: Any = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def geometry(self) -> Geometry:
+        if self._geometry is None:
+            raise RuntimeError("no image set: call set_image() first")
+        return self._geometry
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the current image."""
+        return self.geometry.original
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """The model input ``(1, 3, S, S)`` float32 for ``image`` and where the image lies in it."""
+        return self.transform.prepare(image)
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode ``image`` (``(H, W)``, ``(H, W, 1|3|4)``; uint8, or any real dtype min-max scaled to 0..255)
+        and keep its embedding for the following :meth:`predict` calls."""
+        x, geom = self.preprocess(image)
+        self.set_embedding(self.engine.encode(x), geom)
+
+    def set_embedding(self, embedding: np.ndarray, geometry: Geometry) -> None:
+        """Use a precomputed embedding ``(1, 256, 64, 64)`` (e.g. from a cache) for an image of ``geometry``."""
+        emb = np.asarray(embedding, dtype=np.float32)
+        if emb.ndim == 3:
+            emb = emb[None]
+        if emb.shape != self.embed_shape:
+            raise ValueError(f"embedding must be {self.embed_shape}, got {emb.shape}")
+        self._embedding, self._geometry, self._prepared = emb, geometry, None
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The current image's embedding ``(1, 256, 64, 64)`` float32."""
+        if self._embedding is None:
+            raise RuntimeError("no image set: call set_image() first")
+        return self._embedding
+
+    # -- prompts ------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        boxes: Any = None,
+        mask_input: Any = None,
+        multimask: bool = False,
+        return_logits: bool = False,
+        chunk_size: int = 8,
+    ) -> Prediction:
+        """Segment N prompts on the current image in one call.
+
+        point_coords: ``(P, 2)`` points shared by every prompt, or ``(N, P, 2)``; (x, y) pixel indices.
+        point_labels: ``(P,)`` or ``(N, P)``; 1 = foreground, 0 = background (default: all 1).
+        boxes: ``(4,)`` or ``(N, 4)`` inclusive ``(x0, y0, x1, y1)``; one prompt per box.
+        mask_input: low-res logits ``(256, 256)``, ``(N, 256, 256)`` or ``(N, 1, 256, 256)`` from an earlier
+        prediction (its ``low_res_logits``).
+        multimask: return the three multimask outputs (K = 3) instead of the single-mask output (K = 1).
+        Points and boxes must lie inside the image; anything else raises ``ValueError`` naming the problem.
+        """
+        geom = self.geometry
+        coords, labels = self._prompt_points(point_coords, point_labels, boxes, geom)
+        n = coords.shape[0]
+        masks_in = self._mask_input(mask_input, n)
+        sel = slice(1, 4) if multimask else slice(0, 1)
+        low = np.empty((n, sel.stop - sel.start, self.low_res, self.low_res), dtype=np.float32)
+        scores = np.empty((n, sel.stop - sel.start), dtype=np.float32)
+        for a in range(0, n, max(1, chunk_size)):
+            b = min(n, a + max(1, chunk_size))
+            if masks_in is None:
+                if self._prepared is None:
+                    self._prepared = self.engine.prepare(self._embedding)
+                lg, iou = self.engine.decode(self._prepared, coords[a:b], labels[a:b])
+            else:
+                lg, iou = self.engine.decode_masked(self._embedding, coords[a:b], labels[a:b], masks_in[a:b])
+            low[a:b] = lg[:, sel]
+            scores[a:b] = iou[:, sel]
+        full = self.transform.logits_to_image(low, geom)
+        return Prediction(full > 0, scores, low, full if return_logits else None)
+
+    def _prompt_points(
+        self, point_coords: Any, point_labels: Any, boxes: Any, geom: Geometry
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Validate prompts and turn them into labelled points ``(N, T, 2)``/``(N, T)`` in model-input space."""
+        h, w = geom.original
+        box_arr = None
+        if boxes is not None:
+            box_arr = _finite(boxes, "boxes").astype(np.float64)
+            if box_arr.ndim == 1:
+                box_arr = box_arr[None]
+            if box_arr.ndim != 2 or box_arr.shape[1] != 4:
+                raise ValueError(f"boxes must be (4,) or (N, 4) as x0, y0, x1, y1; got shape {np.shape(boxes)}")
+            if box_arr.shape[0] == 0:
+                raise ValueError("boxes is empty")
+            for i, (x0, y0, x1, y1) in enumerate(box_arr):
+                if x0 > x1 or y0 > y1:
+                    raise ValueError(f"box {i} {_fmt(box_arr[i])}: need x0 <= x1 and y0 <= y1")
+                if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
+                    raise ValueError(
+                        f"box {i} {_fmt(box_arr[i])} lies outside the {w}x{h} image "
+                        f"(x must be in 0..{w - 1}, y in 0..{h - 1})"
+                    )
+        pts = None
+        plab = None
+        if point_coords is not None:
+            pts = _finite(point_coords, "point_coords").astype(np.float64)
+            if pts.ndim == 2:
+                pts = pts[None]
+            if pts.ndim != 3 or pts.shape[-1] != 2 or pts.shape[1] == 0:
+                raise ValueError(f"point_coords must be (P, 2) or (N, P, 2) as x, y; got shape {np.shape(point_coords)}")
+            if point_labels is None:
+                plab = np.ones(pts.shape[:2])
+            else:
+                plab = _finite(point_labels, "point_labels").astype(np.float64)
+                if plab.ndim == 1:
+                    plab = plab[None]
+                if plab.shape != pts.shape[:2]:
+                    raise ValueError(f"point_labels shape {np.shape(point_labels)} does not match points {pts.shape[:2]}")
+                if not np.isin(plab, (0, 1)).all():
+                    raise ValueError("point_labels must be 1 (foreground) or 0 (background)")
+            bad = (pts[..., 0] < 0) | (pts[..., 0] > w - 1) | (pts[..., 1] < 0) | (pts[..., 1] > h - 1)
+            if bad.any():
+                i, j = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"point {_fmt(pts[i, j])} lies outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
+                )
+        elif point_labels is not None:
+            raise ValueError("point_labels given without point_coords")
+        if box_arr is None and pts is None:
+            raise ValueError("give at least one prompt: boxes and/or point_coords")
+
+        n = box_arr.shape[0] if box_arr is not None else pts.shape[0]  # type: ignore[union-attr]
+        parts_c: list[np.ndarray] = []
+        parts_l: list[np.ndarray] = []
+        if pts is not None:
+            if pts.shape[0] not in (1, n):
+                raise ValueError(f"{pts.shape[0]} point sets for {n} boxes: give (P, 2) or ({n}, P, 2)")
+            parts_c.append(np.broadcast_to(self.transform.points_to_input(pts, geom), (n, pts.shape[1], 2)))
+            parts_l.append(np.broadcast_to(plab, (n, pts.shape[1])))
+            if box_arr is None:
+                parts_c.append(np.zeros((n, 1, 2)))
+                parts_l.append(np.full((n, 1), LABEL_PAD, dtype=np.float64))
+        if box_arr is not None:
+            parts_c.append(self.transform.boxes_to_input(box_arr, geom).reshape(n, 2, 2))
+            parts_l.append(np.tile(np.array([[LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]], np.float64), (n, 1)))
+        coords = np.concatenate(parts_c, axis=1).astype(np.float32)
+        labels = np.concatenate(parts_l, axis=1).astype(np.float32)
+        return coords, labels
+
+    def _mask_input(self, mask_input: Any, n: int) -> np.ndarray | None:
+        if mask_input is None:
+            return None
+        r = self.low_res
+        m = _finite(mask_input, "mask_input").astype(np.float32)
+        if m.ndim == 2:
+            m = m[None, None]
+        elif m.ndim == 3:
+            m = m[:, None]
+        if m.ndim != 4 or m.shape[1:] != (1, r, r) or m.shape[0] not in (1, n):
+            raise ValueError(
+                f"mask_input must be low-res logits ({r}, {r}), (N, {r}, {r}) or (N, 1, {r}, {r}) with N = {n}; "
+                f"got shape {np.shape(mask_input)}"
+            )
+        return np.ascontiguousarray(np.broadcast_to(m, (n, 1, r, r)))
+
+
+def _finite(a: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numeric") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _fmt(v: np.ndarray) -> str:
+    return "(" + ", ".join(f"{x:g}" for x in v) + ")"

@@ -1,0 +1,62 @@
+"""One 2D segmentation job: an image and its prompts in, a label mask out (used by the CLI, app and batch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .predictor import Predictor
+
+
+@dataclass
+class Segmentation2D:
+    """labels: ``(H, W)`` uint8, 0 = background, i = the i-th prompt's object (later prompts overwrite earlier
+    ones where they overlap, as the official MedSAM/LiteMedSAM scripts do). masks: ``(N, H, W)`` bool per
+    prompt; scores: ``(N,)`` predicted IoU of each chosen mask."""
+
+    labels: np.ndarray
+    masks: np.ndarray
+    scores: np.ndarray
+
+
+def segment_2d(
+    predictor: Predictor,
+    image: np.ndarray | None,
+    boxes: Sequence[Sequence[float]] = (),
+    points: Sequence[Sequence[float]] = (),
+    multimask: bool | None = None,
+) -> Segmentation2D:
+    """Segment ``image`` (or the predictor's current image when None) from box and/or point prompts.
+
+    boxes: inclusive ``(x0, y0, x1, y1)`` pixel corners, one object each (label i for box i).
+    points: ``(x, y)`` or ``(x, y, label)`` with label 1 = foreground (default), 0 = background. With no box,
+    all points form one prompt (label 1); with exactly one box they refine that box; with several boxes
+    points are ambiguous and rejected.
+    multimask: None = automatic (single output for box prompts; for point-only prompts the best of SAM's
+    three multimask outputs by predicted IoU, SAM's advice for ambiguous clicks).
+    """
+    if image is not None:
+        predictor.set_image(image)
+    box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else None
+    pts = labs = None
+    if len(points):
+        rows = [list(p) for p in points]
+        if any(len(r) not in (2, 3) for r in rows):
+            raise ValueError("each point must be (x, y) or (x, y, label)")
+        pts = np.array([r[:2] for r in rows], dtype=np.float64)
+        labs = np.array([r[2] if len(r) == 3 else 1 for r in rows], dtype=np.float64)
+    if box_arr is None and pts is None:
+        raise ValueError("give at least one box or point")
+    if box_arr is not None and pts is not None and box_arr.shape[0] > 1:
+        raise ValueError("points can refine a single box; with several boxes, run them separately")
+    if box_arr is not None and box_arr.shape[0] > 255:
+        raise ValueError(f"{box_arr.shape[0]} boxes: a uint8 label mask holds at most 255 objects")
+    use_multi = (box_arr is None) if multimask is None else multimask
+    out = predictor.predict(point_coords=pts, point_labels=labs, boxes=box_arr, multimask=use_multi)
+    masks, scores = out.best() if use_multi else (out.masks[:, 0], out.scores[:, 0])
+    labels = np.zeros(predictor.image_size, dtype=np.uint8)
+    for i, m in enumerate(masks, start=1):
+        labels[m] = i
+    return Segmentation2D(labels, masks, scores)

@@ -8,6 +8,7 @@ image always line up with its stored pixels).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,13 @@ def read_image_2d(path: str | os.PathLike[str]) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(p) as im:
-            im.load()
-            arr = _pil_to_array(im)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Corrupt EXIF data")  # reported as a read error below
+            with Image.open(p) as im:
+                im.load()
+                arr = _pil_to_array(im)
+    except ImageReadError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if p.suffix.lower() in (".tif", ".tiff"):
             arr = _read_tiff(p, e)
@@ -76,6 +81,8 @@ def _read_tiff(p: Path, first_error: Exception) -> np.ndarray:
     except Exception as e:  # tifffile raises many types for corrupt files
         raise ImageReadError(f"cannot read {p.name} as an image: {first_error}; tifffile: {e}") from e
     arr = np.squeeze(np.asarray(arr))
+    if arr.size == 0:
+        raise ImageReadError(f"cannot read {p.name} as an image: {first_error}; tifffile found no pixels")
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar RGB
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .configs import ArchSpec
 from .loading import WeightsRef, infer_arch, load, resolve
 from .registry import ARCHS, ModelEntry, availability, get_entry, list_models, register, resolve_weights
-from .configs import ArchSpec
 from .weights import WeightsError, cache_dir
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import ARCHS, get_entry, resolve_weights
 from .configs import ArchSpec
+from .registry import ARCHS, get_entry, resolve_weights
 from .weights import WeightsError, file_digest
 
 
@@ -82,7 +82,8 @@ def load(
 
     ``model`` is a registry name (``medsamkit models`` lists them) or a checkpoint path; ``checkpoint``
     overrides the weight file of a named model; ``arch`` forces the architecture/pipeline (e.g.
-    ``medsam_vit_b`` for a MedSAM checkpoint, or an :class:`ArchSpec` for a custom size). Keys must match the architecture exactly; otherwise one
+    ``medsam_vit_b`` for a MedSAM checkpoint, or an :class:`ArchSpec` for a custom size). Keys must match
+    the architecture exactly; otherwise one
     :class:`~medsamkit.models.weights.WeightsError` lists the missing and unexpected keys.
     The returned :class:`~medsamkit.models.sam.SamModel` has ``weights`` (a :class:`WeightsRef`).
     """

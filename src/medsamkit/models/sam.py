@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .configs import ArchSpec, ViTConfig
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .configs import ArchSpec, ViTConfig
 from .tiny_vit import TinyViT
 from .vit import ImageEncoderViT
+
 
 class SamModel(nn.Module):
     """SAM / MedSAM / MobileSAM / LiteMedSAM network with the published parameter names."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
-from .configs import LITEMEDSAM, MOBILESAM, TinyViTConfig
+from .configs import LITEMEDSAM, TinyViTConfig
 
 
 class Conv2dBN(nn.Module):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d, MLPBlock
-from .configs import VIT_B, VIT_H, VIT_L, ViTConfig
+from .configs import VIT_B, ViTConfig
 
 
 def _relative_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:

@@ -117,7 +117,12 @@ def test_demo_writes_mask_overlay_and_dice(tmp_path) -> None:
 
 def test_subprocess_error_has_no_traceback(tmp_path) -> None:
     env = {**os.environ, "MEDSAMKIT_DEBUG": ""}
-    proc = subprocess.run([*CLI, "segment", str(tmp_path / "nope.png"), "--box", "1,1,2,2", "-o", str(tmp_path / "m.png")],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [*CLI, "segment", str(tmp_path / "nope.png"), "--box", "1,1,2,2", "-o", str(tmp_path / "m.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -34,17 +34,22 @@ def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 @requires_docs
-@pytest.mark.parametrize("arch, listing", [("litemedsam", "lite_medsam_state_dict.txt"), ("sam_vit_b", "sam_vit_b_state_dict.txt")])
+@pytest.mark.parametrize(
+    "arch, listing", [("litemedsam", "lite_medsam_state_dict.txt"), ("sam_vit_b", "sam_vit_b_state_dict.txt")]
+)
 def test_layout_equals_published_listing(arch: str, listing: str) -> None:
     expected = _listing(listing)
     assert len(expected) > 300
     assert _shapes(_meta_model(ARCHS[arch])) == expected
 
 
-@pytest.mark.parametrize("arch, dim, depth, heads, global_blocks", [
-    ("sam_vit_l", 1024, 24, 16, (5, 11, 17, 23)),
-    ("sam_vit_h", 1280, 32, 16, (7, 15, 23, 31)),
-])
+@pytest.mark.parametrize(
+    "arch, dim, depth, heads, global_blocks",
+    [
+        ("sam_vit_l", 1024, 24, 16, (5, 11, 17, 23)),
+        ("sam_vit_h", 1280, 32, 16, (7, 15, 23, 31)),
+    ],
+)
 def test_vit_l_h_layouts(arch: str, dim: int, depth: int, heads: int, global_blocks: tuple[int, ...]) -> None:
     shapes = _shapes(_meta_model(ARCHS[arch]))
     hd = dim // heads
@@ -72,8 +77,10 @@ def test_mobilesam_layout() -> None:
     assert mob["image_encoder.head.weight"] == (1000, 320)
     assert mob["image_encoder.norm_head.weight"] == (320,)
     assert set(mob) - set(lite) == {
-        "image_encoder.head.weight", "image_encoder.head.bias",
-        "image_encoder.norm_head.weight", "image_encoder.norm_head.bias",
+        "image_encoder.head.weight",
+        "image_encoder.head.bias",
+        "image_encoder.norm_head.weight",
+        "image_encoder.norm_head.bias",
     }
 
 
@@ -91,15 +98,34 @@ def test_real_litemedsam_loads_strictly_and_runs(litemedsam_model) -> None:
 
 # Small configurations with the real module code, for round trips of every family.
 SMALL = {
-    "sam": ArchSpec("small_sam", ViTConfig(img_size=256, embed_dim=32, depth=2, num_heads=2,
-                                           global_attn_indexes=(1,), window_size=4), "sam"),
-    "medsam": ArchSpec("small_medsam", ViTConfig(img_size=256, embed_dim=32, depth=2, num_heads=2,
-                                                 global_attn_indexes=(1,), window_size=4), "medsam"),
-    "litemedsam": ArchSpec("small_lite", TinyViTConfig(img_size=64, embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1),
-                                                       num_heads=(1, 1, 2, 2), window_sizes=(7, 7, 14, 7)), "litemedsam"),
-    "mobilesam": ArchSpec("small_mobile", TinyViTConfig(img_size=256, stem_kernel=3, embed_dims=(16, 32, 48, 64),
-                                                        depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2),
-                                                        window_sizes=(7, 7, 14, 7), classifier_classes=10), "sam"),
+    "sam": ArchSpec(
+        "small_sam", ViTConfig(img_size=256, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4), "sam"
+    ),
+    "medsam": ArchSpec(
+        "small_medsam",
+        ViTConfig(img_size=256, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4),
+        "medsam",
+    ),
+    "litemedsam": ArchSpec(
+        "small_lite",
+        TinyViTConfig(
+            img_size=64, embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2), window_sizes=(7, 7, 14, 7)
+        ),
+        "litemedsam",
+    ),
+    "mobilesam": ArchSpec(
+        "small_mobile",
+        TinyViTConfig(
+            img_size=256,
+            stem_kernel=3,
+            embed_dims=(16, 32, 48, 64),
+            depths=(1, 1, 2, 1),
+            num_heads=(1, 1, 2, 2),
+            window_sizes=(7, 7, 14, 7),
+            classifier_classes=10,
+        ),
+        "sam",
+    ),
 }
 
 

@@ -111,6 +111,7 @@ def test_labelled_points_equal_sam_interface() -> None:
     lab = torch.tensor([[1, 0]])
     box = torch.tensor([[5.0, 6.0, 100.0, 120.0]])
     sparse, dense = pe((pts, lab), box, None)
+
     # by hand: Fourier features of (p + 0.5) / size, plus the label's embedding
     def enc(xy):
         c = (xy + 0.5) / 256.0

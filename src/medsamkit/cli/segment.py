@@ -18,10 +18,17 @@ def add_parser(sub) -> None:
         "indices: x = column, y = row; box corners are inclusive.",
     )
     p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF or BMP)")
-    p.add_argument("--box", type=box_arg, action="append", default=[], metavar="X0,Y0,X1,Y1",
-                   help="box prompt; repeat for several objects")
-    p.add_argument("--point", type=point_arg, action="append", default=[], metavar="X,Y[,LABEL]",
-                   help="point prompt; LABEL 1 = foreground (default), 0 = background; repeatable")
+    p.add_argument(
+        "--box", type=box_arg, action="append", default=[], metavar="X0,Y0,X1,Y1", help="box prompt; repeat for several objects"
+    )
+    p.add_argument(
+        "--point",
+        type=point_arg,
+        action="append",
+        default=[],
+        metavar="X,Y[,LABEL]",
+        help="point prompt; LABEL 1 = foreground (default), 0 = background; repeatable",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output mask (.png)")
     p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
     p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")

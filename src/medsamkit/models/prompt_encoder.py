@@ -133,9 +133,7 @@ def to_labelled_points(
         b = boxes.float().reshape(-1, 2, 2)
         parts_c.append(b)
         parts_l.append(
-            torch.tensor([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT], dtype=torch.float32, device=b.device).expand(
-                b.shape[0], 2
-            )
+            torch.tensor([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT], dtype=torch.float32, device=b.device).expand(b.shape[0], 2)
         )
     if not parts_c:
         return None, None

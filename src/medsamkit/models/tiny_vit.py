@@ -221,9 +221,7 @@ class TinyViT(nn.Module):
                 layers.append(ConvStage(dims[0], cfg.depths[0], cfg.mbconv_expand_ratio, down))
             else:
                 layers.append(
-                    TransformerStage(
-                        dims[i], grids[i], cfg.depths[i], cfg.num_heads[i], cfg.window_sizes[i], cfg.mlp_ratio, down
-                    )
+                    TransformerStage(dims[i], grids[i], cfg.depths[i], cfg.num_heads[i], cfg.window_sizes[i], cfg.mlp_ratio, down)
                 )
         self.layers = nn.ModuleList(layers)
         self.neck = nn.Sequential(

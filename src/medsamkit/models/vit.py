@@ -22,9 +22,7 @@ def _relative_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Te
     """
     n = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != n:
-        rel_pos = (
-            F.interpolate(rel_pos.T[None], size=n, mode="linear").reshape(-1, n).T
-        )
+        rel_pos = F.interpolate(rel_pos.T[None], size=n, mode="linear").reshape(-1, n).T
     q = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     idx = (q - k) + (k_size - 1) * max(q_size / k_size, 1.0)

@@ -58,9 +58,7 @@ class Predictor:
         threads: int | None = None,
         engine: Engine | None = None,
     ) -> None:
-        self.engine: Engine = engine or create_engine(
-            model, checkpoint=checkpoint, arch=arch, backend=backend, threads=threads
-        )
+        self.engine: Engine = engine or create_engine(model, checkpoint=checkpoint, arch=arch, backend=backend, threads=threads)
         self.transform: Transform = transform_for(self.engine.arch.pipeline, self.engine.arch.img_size)
         self.low_res = self.engine.arch.low_res
         self.embed_shape = (1, 256, self.engine.arch.embed_grid, self.engine.arch.embed_grid)
@@ -153,9 +151,7 @@ class Predictor:
         full = self.transform.logits_to_image(low, geom)
         return Prediction(full > 0, scores, low, full if return_logits else None)
 
-    def _prompt_points(
-        self, point_coords: Any, point_labels: Any, boxes: Any, geom: Geometry
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _prompt_points(self, point_coords: Any, point_labels: Any, boxes: Any, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
         """Validate prompts and turn them into labelled points ``(N, T, 2)``/``(N, T)`` in model-input space."""
         h, w = geom.original
         box_arr = None
@@ -172,8 +168,7 @@ class Predictor:
                     raise ValueError(f"box {i} {_fmt(box_arr[i])}: need x0 <= x1 and y0 <= y1")
                 if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
                     raise ValueError(
-                        f"box {i} {_fmt(box_arr[i])} lies outside the {w}x{h} image "
-                        f"(x must be in 0..{w - 1}, y in 0..{h - 1})"
+                        f"box {i} {_fmt(box_arr[i])} lies outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
                     )
         pts = None
         plab = None

@@ -19,9 +19,7 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
         pass
     elif arr.ndim != 2:
-        raise ValueError(
-            f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}"
-        )
+        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
     if arr.dtype == bool or np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"image dtype {arr.dtype} is not a real numeric type")
     if arr.ndim == 3 and arr.shape[2] == 4:

@@ -67,13 +67,24 @@ def _export_all(model: Any, out_dir: Path) -> None:
     masks = torch.zeros(1, 1, model.spec.low_res, model.spec.low_res)
     np_axes = {"coords": {0: "n", 1: "p"}, "labels": {0: "n", 1: "p"}, "logits": {0: "n"}, "iou": {0: "n"}}
     jobs = [
-        ("encoder", _Encoder(model), (image,), ["image"], ["embedding"],
-         {"image": {0: "b"}, "embedding": {0: "b"}}),
+        ("encoder", _Encoder(model), (image,), ["image"], ["embedding"], {"image": {0: "b"}, "embedding": {0: "b"}}),
         ("prepare", _Prepare(model), (emb,), ["embedding"], ["src", "k", "v", "q"], {}),
-        ("decoder", _Decode(model), (*prep, coords, labels), ["src", "k", "v", "q", "coords", "labels"],
-         ["logits", "iou"], np_axes),
-        ("decoder_masked", _DecodeMasked(model), (emb, coords, labels, masks),
-         ["embedding", "coords", "labels", "mask_input"], ["logits", "iou"], {**np_axes, "mask_input": {0: "n"}}),
+        (
+            "decoder",
+            _Decode(model),
+            (*prep, coords, labels),
+            ["src", "k", "v", "q", "coords", "labels"],
+            ["logits", "iou"],
+            np_axes,
+        ),
+        (
+            "decoder_masked",
+            _DecodeMasked(model),
+            (emb, coords, labels, masks),
+            ["embedding", "coords", "labels", "mask_input"],
+            ["logits", "iou"],
+            {**np_axes, "mask_input": {0: "n"}},
+        ),
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, module, args, inputs, outputs, axes in jobs:
@@ -83,8 +94,15 @@ def _export_all(model: Any, out_dir: Path) -> None:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
                 torch.onnx.export(
-                    module, args, tmp, input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                    opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                    module,
+                    args,
+                    tmp,
+                    input_names=inputs,
+                    output_names=outputs,
+                    dynamic_axes=axes,
+                    opset_version=OPSET,
+                    dynamo=False,
+                    do_constant_folding=True,
                 )
             os.replace(tmp, out_dir / f"{name}.onnx")
         finally:
@@ -148,9 +166,7 @@ class OnnxEngine:
         return folder
 
     @classmethod
-    def from_weights(
-        cls, model: Any = "litemedsam", *, checkpoint=None, arch: str | None = None, threads: int = 1
-    ) -> OnnxEngine:
+    def from_weights(cls, model: Any = "litemedsam", *, checkpoint=None, arch: str | None = None, threads: int = 1) -> OnnxEngine:
         """Engine for a registry name or checkpoint; PyTorch is only imported when an export is needed."""
         from ..loading import load, resolve
 
@@ -179,7 +195,10 @@ class OnnxEngine:
     def decode(self, prepared: Any, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         src, k, v, q = prepared
         feed = {
-            "src": src, "k": k, "v": v, "q": q,
+            "src": src,
+            "k": k,
+            "v": v,
+            "q": q,
             "coords": np.ascontiguousarray(coords, np.float32),
             "labels": np.ascontiguousarray(labels, np.float32),
         }
@@ -197,4 +216,3 @@ class OnnxEngine:
         }
         logits, iou = self._session("decoder_masked").run(None, feed)
         return logits, iou
-

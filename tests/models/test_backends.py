@@ -25,16 +25,22 @@ def test_litemedsam_onnxruntime_equals_pytorch(litemedsam_model) -> None:
     assert np.abs(e_t - e_o).max() < 1e-4
     coords = np.array([[[100.0, 40.0], [180.0, 120.0]], [[140.0, 80.0], [0.0, 0.0]]], np.float32)
     labels = np.array([[2, 3], [1, -1]], np.float32)
-    l_t, i_t = torch_engine.decode(torch_engine.prepare(e_t), coords, labels)
-    l_o, i_o = ort_engine.decode(ort_engine.prepare(e_t), coords, labels)
+    all4 = np.arange(4)
+    l_t, i_t = torch_engine.decode(torch_engine.prepare(e_t), coords, labels, all4)
+    l_o, i_o = ort_engine.decode(ort_engine.prepare(e_t), coords, labels, all4)
     assert l_t.shape == (2, 4, 256, 256) and i_t.shape == (2, 4)
     assert np.abs(l_t - l_o).max() < 1e-4
     assert np.abs(i_t - i_o).max() < 1e-4
     masks = np.stack([l_t[0, 0], l_t[1, 2]])[:, None]
-    m_t = torch_engine.decode_masked(e_t, coords, labels, masks)
-    m_o = ort_engine.decode_masked(e_t, coords, labels, masks)
+    m_t = torch_engine.decode_masked(e_t, coords, labels, masks, all4)
+    m_o = ort_engine.decode_masked(e_t, coords, labels, masks, all4)
     assert np.abs(m_t[0] - m_o[0]).max() < 1e-4 and np.abs(m_t[1] - m_o[1]).max() < 1e-4
     assert np.abs(m_t[0] - l_t).max() > 1e-3  # the mask prompt is really used
+    # asking for some outputs computes exactly those
+    multi = ort_engine.decode(ort_engine.prepare(e_t), coords, labels, np.array([1, 2, 3]))
+    single = ort_engine.decode_masked(e_t, coords, labels, masks, np.array([0]))
+    assert multi[0].shape == (2, 3, 256, 256) and np.abs(multi[0] - l_o[:, 1:]).max() < 1e-4
+    assert np.abs(multi[1] - i_o[:, 1:]).max() < 1e-5 and np.abs(single[0] - m_o[0][:, :1]).max() < 1e-4
 
 
 def test_batched_encoder_matches_single(litemedsam_model) -> None:

@@ -146,3 +146,22 @@ def test_image_pe_grid_is_pixel_centres() -> None:
     c = torch.tensor([5.5 / 64, 3.5 / 64])
     assert torch.allclose(grid[:, 3, 5], pe.pe_layer.encode(c), atol=1e-5)
     assert F.cosine_similarity(grid[:, 3, 5], grid[:, 5, 3], dim=0) < 0.99
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_fast_decoder_attention_equals_standard(litemedsam_model, with_mask: bool) -> None:
+    """The re-associated attention used at inference computes SAM's decoder up to float rounding."""
+    m = litemedsam_model
+    torch.manual_seed(0)
+    emb = torch.randn(1, 256, 64, 64)
+    coords = torch.tensor([[[20.0, 30.0], [150.0, 170.0], [80.0, 90.0]], [[60.0, 60.0], [200.0, 210.0], [0.0, 0.0]]])
+    labels = torch.tensor([[2.0, 3.0, 1.0], [2.0, 3.0, -1.0]])
+    mask = torch.randn(2, 1, 256, 256) if with_mask else None
+    with torch.inference_mode():
+        std = m.decode(emb, coords, labels, mask)
+        fast = m.decode(emb, coords, labels, mask, fast=True)
+        prepared = m.decode_prepared(m.prepare_decoder(emb), coords, labels, fast=True) if not with_mask else fast
+    scale = float(std[0].abs().max())
+    assert float((std[0] - fast[0]).abs().max()) < 1e-5 * max(scale, 1.0) * 10
+    assert float((std[1] - fast[1]).abs().max()) < 1e-5
+    assert float((std[0] - prepared[0]).abs().max()) < 1e-4

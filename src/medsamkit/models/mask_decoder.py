@@ -28,50 +28,70 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(dim, 256, self.num_mask_tokens, 3)
 
     def predict_all(
-        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        outputs: torch.Tensor | None = None,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All four mask outputs.
+        """All four mask outputs (or those listed in ``outputs``).
 
         image_embeddings ``(1 or N, C, 64, 64)``; image_pe ``(1, C, 64, 64)``; sparse ``(N, T, C)``;
-        dense ``(N, C, 64, 64)``. Returns logits ``(N, 4, 256, 256)`` and IoU predictions ``(N, 4)``.
-        Output 0 is the single-mask output, 1-3 the multimask outputs.
+        dense ``(N, C, 64, 64)``; outputs: int64 indices into the four outputs, e.g. ``[0]`` or ``[1, 2, 3]``.
+        Returns logits ``(N, K, 256, 256)`` and IoU predictions ``(N, K)`` (K = 4 without ``outputs``).
+        Output 0 is the single-mask output, 1-3 the multimask outputs. ``fast``: re-associated attention
+        for inference (see :class:`~.transformer.Attention`).
         """
-        src = image_embeddings + dense
-        return self._decode(src, image_pe, sparse, None)
+        keys = (image_embeddings + dense).flatten(2).transpose(1, 2)
+        return self._decode(keys, image_pe, sparse, None, outputs, fast)
 
     def prepare_image(
         self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         """Everything of one image the decoder can compute before seeing a prompt, for a dense prompt shared
-        by all prompts (the no-mask embedding): ``(src (1, C, h, w), k, v, q)`` where k, v, q are the first
-        two-way layer's image-side projections ``(1, h*w, C/2)``. Use with :meth:`predict_prepared`."""
-        src = image_embeddings + dense
-        keys = src.flatten(2).transpose(1, 2)
+        by all prompts (the no-mask embedding): ``(keys (1, h*w, C), k, v, q)``: the image side as tokens and
+        the first two-way layer's image-side projections ``(1, h*w, C/2)``. Use with :meth:`predict_prepared`."""
+        keys = (image_embeddings + dense).flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
-        return (src, *self.transformer.layers[0].image_projections(keys, key_pe))
+        return (keys, *self.transformer.layers[0].image_projections(keys, key_pe))
 
     def predict_prepared(
-        self, prepared: tuple[torch.Tensor, ...], image_pe: torch.Tensor, sparse: torch.Tensor
+        self,
+        prepared: tuple[torch.Tensor, ...],
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        outputs: torch.Tensor | None = None,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same outputs as :meth:`predict_all` for N prompts of a prepared image (see :meth:`prepare_image`)."""
-        return self._decode(prepared[0], image_pe, sparse, tuple(prepared[1:]))
+        return self._decode(prepared[0], image_pe, sparse, tuple(prepared[1:]), outputs, fast)
 
     def _decode(
         self,
-        src: torch.Tensor,
+        keys: torch.Tensor,
         image_pe: torch.Tensor,
         sparse: torch.Tensor,
         first_projections: tuple[torch.Tensor, ...] | None,
+        outputs: torch.Tensor | None = None,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys: the image side as tokens ``(N or 1, h*w, C)``; the grid comes from ``image_pe (1, C, h, w)``.
+        Only the mask outputs listed in ``outputs`` are upscaled (the costly part)."""
         n = sparse.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
-        hs, src_tokens = self.transformer(src, image_pe, tokens, first_projections)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        hs, src_tokens = self.transformer.forward_tokens(keys, key_pe, tokens, first_projections, fast)
         iou_out = hs[:, 0, :]
         mask_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         hyper = torch.stack([mlp(mask_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        masks = self.upscale_and_project(src_tokens, hyper, (src.shape[-2], src.shape[-1]))
-        return masks, self.iou_prediction_head(iou_out)
+        iou = self.iou_prediction_head(iou_out)
+        if outputs is not None:
+            hyper, iou = hyper.index_select(1, outputs), iou.index_select(1, outputs)
+        masks = self.upscale_and_project(src_tokens, hyper, (image_pe.shape[-2], image_pe.shape[-1]))
+        return masks, iou
 
     def upscale_and_project(self, tokens: torch.Tensor, hyper: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``output_upscaling`` followed by the per-mask dot product, computed channels-last.
@@ -105,6 +125,5 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM's interface: returns ``(N, 1|3, 256, 256)`` logits and ``(N, 1|3)`` IoU predictions."""
-        masks, iou = self.predict_all(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
-        sl = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sl], iou[:, sl]
+        idx = torch.arange(1 if multimask_output else 0, self.num_mask_tokens if multimask_output else 1)
+        return self.predict_all(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, idx)

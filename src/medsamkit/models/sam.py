@@ -40,16 +40,21 @@ class SamModel(nn.Module):
         coords: torch.Tensor,
         labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
+        outputs: torch.Tensor | None = None,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode prompts given as labelled points (boxes are two points labelled 2 and 3).
 
         embedding ``(1 or N, 256, 64, 64)``; coords ``(N, P, 2)`` (x, y) in model-input pixels;
-        labels ``(N, P)`` in {-1, 0, 1, 2, 3}; mask_input ``(N, 1, 256, 256)`` logits or None.
-        Returns all four outputs: logits ``(N, 4, 256, 256)`` and IoU predictions ``(N, 4)``.
+        labels ``(N, P)`` in {-1, 0, 1, 2, 3}; mask_input ``(N, 1, 256, 256)`` logits or None;
+        outputs: int64 indices of the mask outputs to compute (0 single-mask, 1-3 multimask; default all);
+        fast: re-associated decoder attention for inference (same maths, about half the arithmetic).
+        Returns logits ``(N, K, 256, 256)`` and IoU predictions ``(N, K)``.
         """
         sparse = self.prompt_encoder.embed_labelled_points(coords, labels)
         dense = self.prompt_encoder.embed_dense(mask_input, 1)  # batch 1 broadcasts when there is no mask
-        return self.mask_decoder.predict_all(embedding, self.prompt_encoder.dense_pe(), sparse, dense)
+        pe = self.prompt_encoder.dense_pe()
+        return self.mask_decoder.predict_all(embedding, pe, sparse, dense, outputs, fast)
 
     def prepare_decoder(self, embedding: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Prompt-independent decoder work for one image ``(1, 256, 64, 64)`` without mask input;
@@ -58,11 +63,16 @@ class SamModel(nn.Module):
         return self.mask_decoder.prepare_image(embedding, self.prompt_encoder.dense_pe(), dense)
 
     def decode_prepared(
-        self, prepared: tuple[torch.Tensor, ...], coords: torch.Tensor, labels: torch.Tensor
+        self,
+        prepared: tuple[torch.Tensor, ...],
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        outputs: torch.Tensor | None = None,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`decode` without mask input, reusing :meth:`prepare_decoder`'s output."""
         sparse = self.prompt_encoder.embed_labelled_points(coords, labels)
-        return self.mask_decoder.predict_prepared(prepared, self.prompt_encoder.dense_pe(), sparse)
+        return self.mask_decoder.predict_prepared(prepared, self.prompt_encoder.dense_pe(), sparse, outputs, fast)
 
     def forward(
         self,

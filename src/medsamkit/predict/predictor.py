@@ -102,7 +102,8 @@ class Predictor:
             emb = emb[None]
         if emb.shape != self.embed_shape:
             raise ValueError(f"embedding must be {self.embed_shape}, got {emb.shape}")
-        self._embedding, self._geometry, self._prepared = emb, geometry, None
+        # the decoder's prompt-independent work for this image, done once (every prompt needs it)
+        self._embedding, self._geometry, self._prepared = emb, geometry, self.engine.prepare(emb)
 
     def get_image_embedding(self) -> np.ndarray:
         """The current image's embedding ``(1, 256, 64, 64)`` float32."""
@@ -135,19 +136,18 @@ class Predictor:
         coords, labels = self._prompt_points(point_coords, point_labels, boxes, geom)
         n = coords.shape[0]
         masks_in = self._mask_input(mask_input, n)
-        sel = slice(1, 4) if multimask else slice(0, 1)
-        low = np.empty((n, sel.stop - sel.start, self.low_res, self.low_res), dtype=np.float32)
-        scores = np.empty((n, sel.stop - sel.start), dtype=np.float32)
+        outputs = np.array([1, 2, 3] if multimask else [0], dtype=np.int64)
+        k = len(outputs)
+        low = np.empty((n, k, self.low_res, self.low_res), dtype=np.float32)
+        scores = np.empty((n, k), dtype=np.float32)
         for a in range(0, n, max(1, chunk_size)):
             b = min(n, a + max(1, chunk_size))
             if masks_in is None:
-                if self._prepared is None:
-                    self._prepared = self.engine.prepare(self._embedding)
-                lg, iou = self.engine.decode(self._prepared, coords[a:b], labels[a:b])
+                lg, iou = self.engine.decode(self._prepared, coords[a:b], labels[a:b], outputs)
             else:
-                lg, iou = self.engine.decode_masked(self._embedding, coords[a:b], labels[a:b], masks_in[a:b])
-            low[a:b] = lg[:, sel]
-            scores[a:b] = iou[:, sel]
+                lg, iou = self.engine.decode_masked(self._embedding, coords[a:b], labels[a:b], masks_in[a:b], outputs)
+            low[a:b] = lg
+            scores[a:b] = iou
         full = self.transform.logits_to_image(low, geom)
         return Prediction(full > 0, scores, low, full if return_logits else None)
 

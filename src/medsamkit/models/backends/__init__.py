@@ -4,10 +4,11 @@ An engine runs the three stages of a SAM-family model on numpy arrays:
 
 * ``encode(images (B, 3, S, S) float32) -> embeddings (B, 256, 64, 64)``
 * ``prepare(embedding (1, 256, 64, 64)) -> opaque`` — the decoder's prompt-independent work for one image
-* ``decode(prepared, coords (N, P, 2), labels (N, P)) -> (logits (N, 4, 256, 256), iou (N, 4))``
-* ``decode_masked(embedding, coords, labels, mask_input (N, 1, 256, 256)) -> same``
+* ``decode(prepared, coords (N, P, 2), labels (N, P), outputs (K,) int64) -> (logits (N, K, 256, 256), iou (N, K))``
+* ``decode_masked(embedding, coords, labels, mask_input (N, 1, 256, 256), outputs) -> same``
 
-Coordinates are in the model-input frame; labels use -1 pad, 0 negative, 1 positive, 2/3 box corners.
+Coordinates are in the model-input frame; labels use -1 pad, 0 negative, 1 positive, 2/3 box corners;
+``outputs`` picks SAM's mask outputs (``[0]`` single-mask, ``[1, 2, 3]`` multimask).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ class Engine(Protocol):
 
     def prepare(self, embedding: np.ndarray) -> Any: ...
 
-    def decode(self, prepared: Any, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def decode(
+        self, prepared: Any, coords: np.ndarray, labels: np.ndarray, outputs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def decode_masked(
-        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray
+        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray, outputs: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 

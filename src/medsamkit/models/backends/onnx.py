@@ -22,7 +22,7 @@ from ..configs import ArchSpec
 from ..weights import cache_dir
 
 # Bump when a change to the model code changes the exported graphs.
-EXPORT_REVISION = 1
+EXPORT_REVISION = 6
 OPSET = 17
 STAGES = ("encoder", "prepare", "decoder", "decoder_masked")
 
@@ -49,12 +49,12 @@ def _export_all(model: Any, out_dir: Path) -> None:
             return self.m.prepare_decoder(embedding)
 
     class _Decode(_Encoder):
-        def forward(self, src, k, v, q, coords, labels):  # type: ignore[override]
-            return self.m.decode_prepared((src, k, v, q), coords, labels)
+        def forward(self, keys, k, v, q, coords, labels, outputs):  # type: ignore[override]
+            return self.m.decode_prepared((keys, k, v, q), coords, labels, outputs, fast=True)
 
     class _DecodeMasked(_Encoder):
-        def forward(self, embedding, coords, labels, mask_input):  # type: ignore[override]
-            return self.m.decode(embedding, coords, labels, mask_input)
+        def forward(self, embedding, coords, labels, mask_input, outputs):  # type: ignore[override]
+            return self.m.decode(embedding, coords, labels, mask_input, outputs, fast=True)
 
     s = model.spec.img_size
     model = model.eval().float()
@@ -65,23 +65,30 @@ def _export_all(model: Any, out_dir: Path) -> None:
     coords = torch.tensor([[[10.0, 10.0], [30.0, 40.0]]])
     labels = torch.tensor([[2.0, 3.0]])
     masks = torch.zeros(1, 1, model.spec.low_res, model.spec.low_res)
-    np_axes = {"coords": {0: "n", 1: "p"}, "labels": {0: "n", 1: "p"}, "logits": {0: "n"}, "iou": {0: "n"}}
+    outputs = torch.tensor([1, 2, 3])
+    np_axes = {
+        "coords": {0: "n", 1: "p"},
+        "labels": {0: "n", 1: "p"},
+        "outputs": {0: "k"},
+        "logits": {0: "n", 1: "k"},
+        "iou": {0: "n", 1: "k"},
+    }
     jobs = [
         ("encoder", _Encoder(model), (image,), ["image"], ["embedding"], {"image": {0: "b"}, "embedding": {0: "b"}}),
-        ("prepare", _Prepare(model), (emb,), ["embedding"], ["src", "k", "v", "q"], {}),
+        ("prepare", _Prepare(model), (emb,), ["embedding"], ["keys", "k", "v", "q"], {}),
         (
             "decoder",
             _Decode(model),
-            (*prep, coords, labels),
-            ["src", "k", "v", "q", "coords", "labels"],
+            (*prep, coords, labels, outputs),
+            ["keys", "k", "v", "q", "coords", "labels", "outputs"],
             ["logits", "iou"],
             np_axes,
         ),
         (
             "decoder_masked",
             _DecodeMasked(model),
-            (emb, coords, labels, masks),
-            ["embedding", "coords", "labels", "mask_input"],
+            (emb, coords, labels, masks, outputs),
+            ["embedding", "coords", "labels", "mask_input", "outputs"],
             ["logits", "iou"],
             {**np_axes, "mask_input": {0: "n"}},
         ),
@@ -192,23 +199,25 @@ class OnnxEngine:
     def prepare(self, embedding: np.ndarray) -> Any:
         return self._session("prepare").run(None, {"embedding": np.ascontiguousarray(embedding, np.float32)})
 
-    def decode(self, prepared: Any, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        src, k, v, q = prepared
+    def decode(self, prepared: Any, coords: np.ndarray, labels: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys, k, v, q = prepared
         feed = {
-            "src": src,
+            "keys": keys,
             "k": k,
             "v": v,
             "q": q,
             "coords": np.ascontiguousarray(coords, np.float32),
             "labels": np.ascontiguousarray(labels, np.float32),
+            "outputs": np.ascontiguousarray(outputs, np.int64),
         }
         logits, iou = self._session("decoder").run(None, feed)
         return logits, iou
 
     def decode_masked(
-        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray
+        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray, outputs: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         feed = {
+            "outputs": np.ascontiguousarray(outputs, np.int64),
             "embedding": np.ascontiguousarray(embedding, np.float32),
             "coords": np.ascontiguousarray(coords, np.float32),
             "labels": np.ascontiguousarray(labels, np.float32),

@@ -38,15 +38,22 @@ class TorchEngine:
         return self.model.prepare_decoder(self._t(embedding))
 
     @torch.inference_mode()
-    def decode(self, prepared: Any, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, iou = self.model.decode_prepared(prepared, self._t(coords).float(), self._t(labels).float())
+    def decode(self, prepared: Any, coords: np.ndarray, labels: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self.model.decode_prepared(
+            prepared, self._t(coords).float(), self._t(labels).float(), self._t(outputs).long(), fast=True
+        )
         return logits.cpu().numpy(), iou.cpu().numpy()
 
     @torch.inference_mode()
     def decode_masked(
-        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray
+        self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray, outputs: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         logits, iou = self.model.decode(
-            self._t(embedding), self._t(coords).float(), self._t(labels).float(), self._t(mask_input).float()
+            self._t(embedding),
+            self._t(coords).float(),
+            self._t(labels).float(),
+            self._t(mask_input).float(),
+            self._t(outputs).long(),
+            fast=True,
         )
         return logits.cpu().numpy(), iou.cpu().numpy()

@@ -7,6 +7,10 @@ Quick start::
     p.set_image(image)              # (H, W) or (H, W, 3) array
     masks = p.predict(boxes=[[x0, y0, x1, y1]]).masks
 
+    vol = read_image("ct.nii.gz")   # or a DICOM folder, NRRD, ...; array (z, y, x) + geometry
+    seg = segment_volume(vol, [ObjectPrompt(box3d=[x0, y0, z0, x1, y1, z1])], p)
+    write_mask("mask.nii.gz", seg.labels, like=vol)
+
 Importing medsamkit is cheap; heavy modules load on first use.
 """
 
@@ -16,7 +20,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Predictor", "__version__", "load_model", "segment_2d"]
+__all__ = ["Predictor", "__version__", "load_model", "read_image", "segment_2d", "segment_volume", "write_mask"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,10 +28,14 @@ def __getattr__(name: str) -> Any:
         from .predict import Predictor
 
         return Predictor
-    if name == "segment_2d":
-        from .predict import segment_2d
+    if name in ("segment_2d", "segment_volume"):
+        from . import predict
 
-        return segment_2d
+        return getattr(predict, name)
+    if name in ("read_image", "write_mask"):
+        from . import io
+
+        return getattr(io, name)
     if name == "load_model":
         from .models import load
 

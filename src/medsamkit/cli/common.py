@@ -31,6 +31,11 @@ def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
     return values
 
 
+def numbers_arg(text: str, counts: tuple[int, ...], what: str) -> list[float]:
+    """Comma-separated numbers, as many as one of ``counts``."""
+    return _numbers(text, counts, what)
+
+
 def box_arg(text: str) -> list[float]:
     """``"X0,Y0,X1,Y1"`` -> 4 floats (inclusive pixel corners; x = column, y = row)."""
     return _numbers(text, (4,), "X0,Y0,X1,Y1 (four numbers)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,9 @@ import numpy as np
 
 from ..models.backends import Engine, create_engine
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
+from ..preprocess.image2d import to_rgb_uint8
 from ..preprocess.transforms import Geometry, Transform, transform_for
+from .cache import EmbeddingCache, embedding_key
 
 
 @dataclass
@@ -57,11 +60,13 @@ class Predictor:
         backend: str = "auto",
         threads: int | None = None,
         engine: Engine | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.engine: Engine = engine or create_engine(model, checkpoint=checkpoint, arch=arch, backend=backend, threads=threads)
         self.transform: Transform = transform_for(self.engine.arch.pipeline, self.engine.arch.img_size)
         self.low_res = self.engine.arch.low_res
         self.embed_shape = (1, 256, self.engine.arch.embed_grid, self.engine.arch.embed_grid)
+        self.cache = cache
         self.reset_image()
 
     # -- image --------------------------------------------------------------------------------------------
@@ -89,11 +94,26 @@ class Predictor:
         """The model input ``(1, 3, S, S)`` float32 for ``image`` and where the image lies in it."""
         return self.transform.prepare(image)
 
+    def embed(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """Embedding ``(1, 256, 64, 64)`` and geometry of ``image``, from the cache when it holds them."""
+        key = None
+        if self.cache is not None:
+            rgb = to_rgb_uint8(image)
+            key = embedding_key(self.engine.weights_id, self.transform.name, self.transform.input_size, rgb)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit  # type: ignore[return-value]
+            image = rgb
+        x, geom = self.preprocess(image)
+        emb = self.engine.encode(x)
+        if key is not None:
+            self.cache.put(key, emb, geom)  # type: ignore[union-attr]
+        return emb, geom
+
     def set_image(self, image: np.ndarray) -> None:
         """Encode ``image`` (``(H, W)``, ``(H, W, 1|3|4)``; uint8, or any real dtype min-max scaled to 0..255)
         and keep its embedding for the following :meth:`predict` calls."""
-        x, geom = self.preprocess(image)
-        self.set_embedding(self.engine.encode(x), geom)
+        self.set_embedding(*self.embed(image))
 
     def set_embedding(self, embedding: np.ndarray, geometry: Geometry) -> None:
         """Use a precomputed embedding ``(1, 256, 64, 64)`` (e.g. from a cache) for an image of ``geometry``."""
@@ -121,6 +141,7 @@ class Predictor:
         multimask: bool = False,
         return_logits: bool = False,
         chunk_size: int = 8,
+        outputs: Sequence[int] | None = None,
     ) -> Prediction:
         """Segment N prompts on the current image in one call.
 
@@ -130,13 +151,35 @@ class Predictor:
         mask_input: low-res logits ``(256, 256)``, ``(N, 256, 256)`` or ``(N, 1, 256, 256)`` from an earlier
         prediction (its ``low_res_logits``).
         multimask: return the three multimask outputs (K = 3) instead of the single-mask output (K = 1).
+        outputs: explicit indices of SAM's four outputs to return (0 = single-mask, 1-3 = multimask);
+        overrides ``multimask``.
         Points and boxes must lie inside the image; anything else raises ``ValueError`` naming the problem.
         """
+        coords, labels = self._prompt_points(point_coords, point_labels, boxes, self.geometry)
+        return self.predict_model_frame(coords, labels, mask_input, multimask, return_logits, chunk_size, outputs)
+
+    def predict_model_frame(
+        self,
+        coords: np.ndarray,
+        labels: np.ndarray,
+        mask_input: Any = None,
+        multimask: bool = False,
+        return_logits: bool = False,
+        chunk_size: int = 8,
+        outputs: Sequence[int] | None = None,
+    ) -> Prediction:
+        """:meth:`predict` for prompts already in the model-input frame: labelled points ``coords (N, T, 2)``
+        (x, y in model-input pixels) and ``labels (N, T)`` (-1 pad, 0/1 points, 2/3 box corners)."""
         geom = self.geometry
-        coords, labels = self._prompt_points(point_coords, point_labels, boxes, geom)
+        coords = np.asarray(coords, np.float32)
+        labels = np.asarray(labels, np.float32)
         n = coords.shape[0]
         masks_in = self._mask_input(mask_input, n)
-        outputs = np.array([1, 2, 3] if multimask else [0], dtype=np.int64)
+        if outputs is None:
+            outputs = [1, 2, 3] if multimask else [0]
+        outputs = np.asarray(outputs, dtype=np.int64).ravel()
+        if outputs.size == 0 or outputs.min() < 0 or outputs.max() > 3:
+            raise ValueError("outputs must be indices among 0..3")
         k = len(outputs)
         low = np.empty((n, k, self.low_res, self.low_res), dtype=np.float32)
         scores = np.empty((n, k), dtype=np.float32)

@@ -1,0 +1,338 @@
+"""DICOM: reading a series (a folder) or a single file, and writing DICOM-SEG that references the series.
+
+Slices are ordered by their position along the slice normal (ImagePositionPatient projected on the normal of
+ImageOrientationPatient), never by file name. The volume is ``array[k, j, i]`` with j = DICOM row and
+i = DICOM column; geometry is LPS as in DICOM.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .image import MedicalImage
+from .image2d import ImageReadError
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file has the DICOM preamble magic (``DICM`` at byte 128) or a DICOM suffix."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            if f.read(4) == b"DICM":
+                return True
+    except OSError:
+        return False
+    return path.suffix.lower() in DICOM_SUFFIXES
+
+
+def _read_header(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+        return None
+
+
+def _series_key(ds) -> str:
+    return str(getattr(ds, "SeriesInstanceUID", "") or "")
+
+
+def _normal(ds) -> np.ndarray:
+    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+    return np.cross(iop[:3], iop[3:])
+
+
+def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> MedicalImage:
+    """Read the DICOM image series in ``folder`` (non-recursive).
+
+    With several series in the folder, ``series_uid`` picks one (otherwise an error lists them). Slices must
+    share orientation, size and pixel spacing. Rescale slope/intercept are applied (CT in HU).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    headers = [(p, h) for p in files if (h := _read_header(p)) is not None and "Rows" in h]
+    if not headers:
+        raise ImageReadError(f"{folder}: no DICOM image files found")
+    groups: dict[str, list] = defaultdict(list)
+    for p, h in headers:
+        groups[_series_key(h)].append((p, h))
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise ImageReadError(f"{folder}: no series {series_uid}; series here: {', '.join(sorted(groups))}")
+        chosen = groups[series_uid]
+    elif len(groups) > 1:
+        desc = "; ".join(
+            f"{uid or '(empty UID)'}: {g[0][1].get('Modality', '?')}, {len(g)} files, "
+            f"'{g[0][1].get('SeriesDescription', '')}'"
+            for uid, g in sorted(groups.items())
+        )
+        raise ImageReadError(f"{folder} holds {len(groups)} DICOM series ({desc}); choose one with --series UID")
+    else:
+        chosen = next(iter(groups.values()))
+    return _assemble(folder, chosen)
+
+
+def _assemble(folder: Path, items: list) -> MedicalImage:
+    first = items[0][1]
+    for attr in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        missing = [p.name for p, h in items if attr not in h]
+        if missing:
+            raise ImageReadError(f"{folder}: slice {missing[0]} lacks {attr}; cannot place it in a volume")
+    iop0 = np.asarray([float(v) for v in first.ImageOrientationPatient])
+    shape0 = (int(first.Rows), int(first.Columns))
+    ps0 = np.asarray([float(v) for v in first.PixelSpacing])
+    for p, h in items:
+        if (int(h.Rows), int(h.Columns)) != shape0:
+            raise ImageReadError(f"{folder}: mixed series: {p.name} is {h.Rows}x{h.Columns}, others {shape0[0]}x{shape0[1]}")
+        if not np.allclose([float(v) for v in h.ImageOrientationPatient], iop0, atol=1e-4):
+            raise ImageReadError(f"{folder}: mixed series: {p.name} has another ImageOrientationPatient")
+        if not np.allclose([float(v) for v in h.PixelSpacing], ps0, atol=1e-4):
+            raise ImageReadError(f"{folder}: mixed series: {p.name} has another PixelSpacing")
+    n = np.cross(iop0[:3], iop0[3:])
+    pos = np.array([np.dot(n, [float(v) for v in h.ImagePositionPatient]) for _, h in items])
+    order = np.argsort(pos, kind="stable")
+    items = [items[i] for i in order]
+    pos = pos[order]
+    if len(items) > 1:
+        gaps = np.diff(pos)
+        if np.any(gaps < 1e-3):
+            dup = items[int(np.argmin(gaps)) + 1][0].name
+            raise ImageReadError(f"{folder}: two slices at the same position ({dup}); mixed or duplicated series")
+        dz = float(np.median(gaps))
+        if np.max(np.abs(gaps - dz)) > 0.01 * dz + 1e-3:
+            warnings.warn(
+                f"{folder}: slice spacing varies ({gaps.min():.3g}..{gaps.max():.3g} mm); using the median {dz:.3g} mm",
+                stacklevel=2,
+            )
+    else:
+        dz = float(getattr(first, "SliceThickness", 1.0) or 1.0)
+    slices = []
+    import pydicom
+
+    for p, _ in items:
+        try:
+            ds = pydicom.dcmread(p)
+            a = ds.pixel_array
+        except Exception as e:  # noqa: BLE001 - decoders raise many types
+            raise ImageReadError(f"{p.name}: cannot decode pixel data: {e}".splitlines()[0]) from e
+        if a.ndim != 2:
+            raise ImageReadError(f"{p.name}: expected single-frame 2D slices, got pixel array {a.shape}")
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        slices.append((a, slope, inter))
+    integral = all(s.is_integer() and i.is_integer() for _, s, i in slices)
+    dtype = np.int32 if integral else np.float32
+    vol = np.stack([a.astype(dtype) * (int(s) if integral else s) + (int(i) if integral else i) for a, s, i in slices])
+    if integral and vol.min() >= np.iinfo(np.int16).min and vol.max() <= np.iinfo(np.int16).max:
+        vol = vol.astype(np.int16)
+    direction = np.stack([iop0[:3], iop0[3:], n], axis=1)
+    origin = tuple(float(v) for v in items[0][1].ImagePositionPatient)
+    modality = str(first.get("Modality", "") or "") or None
+    return MedicalImage(
+        array=vol,
+        spacing=(float(ps0[1]), float(ps0[0]), dz),  # PixelSpacing is (row spacing, column spacing)
+        origin=origin,
+        direction=direction,
+        modality=modality,
+        modality_source="dicom" if modality else "none",
+        source=folder,
+        format="dicom-series",
+        meta={"dicom_files": [p for p, _ in items], "series_uid": _series_key(first)},
+    )
+
+
+def read_dicom_file(path: str | Path) -> MedicalImage:
+    """Read one single-frame DICOM image as a 2D :class:`MedicalImage` (geometry from the slice's plane)."""
+    import pydicom
+
+    p = Path(path)
+    try:
+        ds = pydicom.dcmread(p)
+    except Exception as e:  # noqa: BLE001
+        raise ImageReadError(f"cannot read {p.name} as DICOM: {e}".splitlines()[0]) from e
+    if "PixelData" not in ds:
+        raise ImageReadError(f"{p.name} is a DICOM object without pixel data ({ds.get('Modality', '?')})")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(f"{p.name} is a multi-frame DICOM ({frames} frames); give the series folder or a NIfTI")
+    try:
+        a = ds.pixel_array
+    except Exception as e:  # noqa: BLE001
+        raise ImageReadError(f"{p.name}: cannot decode pixel data: {e}".splitlines()[0]) from e
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    if a.ndim == 2 and (slope != 1 or inter != 0):
+        a = a.astype(np.float32) * slope + inter
+    ps = [float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0])]
+    if "ImageOrientationPatient" in ds:
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        direction2 = np.eye(2)  # in-plane axes; the 3D plane is kept in meta
+        meta: dict[str, Any] = {"iop": iop.tolist(), "ipp": [float(v) for v in getattr(ds, "ImagePositionPatient", [0, 0, 0])]}
+    else:
+        direction2, meta = np.eye(2), {}
+    modality = str(ds.get("Modality", "") or "") or None
+    return MedicalImage(
+        array=a,
+        spacing=(ps[1], ps[0]),
+        origin=(0.0, 0.0),
+        direction=direction2,
+        modality=modality,
+        modality_source="dicom" if modality else "none",
+        source=p,
+        format="dicom",
+        meta=meta,
+    )
+
+
+# -- DICOM-SEG -------------------------------------------------------------------------------------------
+
+
+class DicomSegError(ValueError):
+    """A DICOM-SEG cannot be written for this source."""
+
+
+def _repaired_sources(files: list[Path]) -> tuple[list[Any], list[str]]:
+    """Read the source slices and repair what anonymisation emptied; returns datasets and warnings."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    datasets = [pydicom.dcmread(p) for p in files]
+    notes: list[str] = []
+    fixed_sop = 0
+    for p, ds in zip(files, datasets):
+        meta = getattr(ds, "file_meta", None)
+        if not getattr(ds, "SOPClassUID", ""):
+            cls = getattr(meta, "MediaStorageSOPClassUID", "") if meta is not None else ""
+            if not cls:
+                raise DicomSegError(f"cannot write DICOM-SEG: {p.name} has no SOPClassUID, not even in its file meta")
+            ds.SOPClassUID = cls
+            fixed_sop += 1
+        if not getattr(ds, "SOPInstanceUID", ""):
+            inst = getattr(meta, "MediaStorageSOPInstanceUID", "") if meta is not None else ""
+            if not inst:
+                raise DicomSegError(
+                    f"cannot write DICOM-SEG: {p.name} has no SOPInstanceUID (dataset and file meta); "
+                    "the SEG could not reference it"
+                )
+            ds.SOPInstanceUID = inst
+    if fixed_sop:
+        notes.append(f"restored SOPClassUID/SOPInstanceUID of {fixed_sop} source slices from their file meta")
+    uids = {str(getattr(ds, "SOPInstanceUID")) for ds in datasets}
+    if len(uids) != len(datasets):
+        raise DicomSegError("cannot write DICOM-SEG: source slices share SOPInstanceUIDs")
+    for attr, what in (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series"), ("FrameOfReferenceUID", "frame of reference")):
+        values = {str(getattr(ds, attr, "") or "") for ds in datasets}
+        if values == {""}:
+            seed = [str(datasets[0].SOPInstanceUID), attr]
+            uid = generate_uid(entropy_srcs=seed)
+            for ds in datasets:
+                setattr(ds, attr, uid)
+            notes.append(
+                f"the source series has an empty {attr}; generated {uid} (deterministic): "
+                f"the SEG will not link to the original {what} in a PACS"
+            )
+        elif "" in values or len(values) > 1:
+            raise DicomSegError(f"cannot write DICOM-SEG: source slices disagree on {attr}")
+    return datasets, notes
+
+
+def write_dicom_seg(
+    path: str | Path,
+    labels: np.ndarray,
+    like: MedicalImage,
+    names: dict[int, str] | None = None,
+    description: str = "medsamkit segmentation",
+    algorithm: str = "medsamkit",
+) -> Path:
+    """Write ``labels`` (``(Z, Y, X)`` ints on ``like``'s grid, 0 = background) as a DICOM-SEG (binary, one
+    segment per label) referencing the source DICOM series of ``like``. Returns the path."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from .. import __version__
+
+    files = like.meta.get("dicom_files")
+    if like.format != "dicom-series" or not files:
+        raise DicomSegError("DICOM-SEG output needs a DICOM series as input (write .nii.gz or .nrrd instead)")
+    lab = np.asarray(labels)
+    if lab.shape != like.spatial_shape:
+        raise DicomSegError(f"mask shape {lab.shape} does not match the series grid {like.spatial_shape}")
+    values = [int(v) for v in np.unique(lab) if v != 0]
+    if not values:
+        raise DicomSegError("the mask is empty: a DICOM-SEG needs at least one segment")
+    datasets, notes = _repaired_sources(list(files))
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    # renumber labels to consecutive segment numbers 1..n, as DICOM requires
+    seg_array = np.zeros(lab.shape, dtype=np.uint8)
+    descriptions = []
+    for number, v in enumerate(values, start=1):
+        seg_array[lab == v] = number
+        name = (names or {}).get(v, f"label {v}")
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name[:64],
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+                algorithm_identification=hd.AlgorithmIdentificationSequence(
+                    name=algorithm[:64], version=__version__, family=codes.cid7162.ArtificialIntelligence
+                ),
+            )
+        )
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=seg_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medsamkit",
+        manufacturer_model_name=algorithm[:64],
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=description[:64],
+    )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        seg.save_as(tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def read_dicom_seg(path: str | Path, like: MedicalImage) -> tuple[np.ndarray, dict[int, str]]:
+    """Read a DICOM-SEG back onto ``like``'s series grid: labels ``(Z, Y, X)`` uint8 and segment names."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(path))
+    files = like.meta.get("dicom_files") or []
+    import pydicom
+
+    sop_uids = []
+    for p in files:
+        h = pydicom.dcmread(p, stop_before_pixels=True)
+        uid = str(getattr(h, "SOPInstanceUID", "") or getattr(h.file_meta, "MediaStorageSOPInstanceUID", ""))
+        sop_uids.append(uid)
+    arr = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=sop_uids, combine_segments=True, skip_overlap_checks=True
+    )
+    names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    return np.asarray(arr, dtype=np.uint8), names

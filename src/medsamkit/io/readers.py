@@ -1,0 +1,201 @@
+"""One reader for every supported format: :func:`read_image` returns a :class:`MedicalImage`.
+
+Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) via SimpleITK; a DICOM series
+(a folder) or a single DICOM file via pydicom; PNG/JPEG/TIFF/BMP; npz (key ``imgs`` as in MedSAM's npz files,
+or ``image``, or the only array; optional ``spacing`` in (z, y, x) order as MedSAM stores it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from .image import MedicalImage, guess_modality
+from .image2d import RASTER_SUFFIXES, ImageReadError, read_image_2d
+
+ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+MODALITIES = ("CT", "MR", "PT", "US", "XR", "OTHER")
+
+
+def _suffix(p: Path) -> str:
+    name = p.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
+
+
+def format_of(path: str | os.PathLike[str]) -> str:
+    """Format name for a path: nifti, nrrd, metaimage, dicom-series, dicom, raster, npz."""
+    p = Path(path)
+    if p.is_dir():
+        return "dicom-series"
+    s = _suffix(p)
+    if s in (".nii", ".nii.gz"):
+        return "nifti"
+    if s in (".nrrd", ".nhdr"):
+        return "nrrd"
+    if s in (".mha", ".mhd"):
+        return "metaimage"
+    if s in RASTER_SUFFIXES:
+        return "raster"
+    if s == ".npz":
+        return "npz"
+    if p.exists() and is_dicom_file(p):
+        return "dicom"
+    raise ImageReadError(
+        f"{p.name}: unsupported file type {s or '(no suffix)'}; medsamkit reads NIfTI, NRRD, MHA/MHD, a DICOM "
+        f"series folder or file, PNG/JPEG/TIFF/BMP and npz"
+    )
+
+
+def read_image(
+    path: str | os.PathLike[str], *, series_uid: str | None = None, modality: str | None = None
+) -> MedicalImage:
+    """Read any supported image as a :class:`MedicalImage` (see :mod:`medsamkit.io.image` for axes and
+    geometry). ``modality`` overrides what the file says or the intensity-based guess."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"image not found: {p}")
+    fmt = format_of(p)
+    if fmt == "dicom-series":
+        img = read_dicom_series(p, series_uid)
+    elif fmt == "dicom":
+        img = read_dicom_file(p)
+    elif fmt == "raster":
+        arr = read_image_2d(p)
+        img = MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), np.eye(2), source=p, format="raster")
+    elif fmt == "npz":
+        img = _read_npz(p)
+    else:
+        img = _read_itk(p, fmt)
+    if modality is not None:
+        m = modality.upper()
+        if m not in MODALITIES:
+            raise ImageReadError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+        img.modality, img.modality_source = m, "user"
+    elif img.modality is None and (img.is_volume or not img.is_rgb) and img.format != "raster":
+        img.modality, img.modality_source = guess_modality(img.array), "guess"
+    return img
+
+
+@contextlib.contextmanager
+def _captured_stderr(sink: list[str]):
+    """Collect what C++ libraries (ITK's MetaIO) print on file descriptor 2, instead of letting it reach the
+    user's terminal; the text is appended to ``sink``."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to redirect
+        yield
+        return
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        try:
+            os.dup2(tmp.fileno(), fd)
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            sink.append(tmp.read().decode(errors="replace"))
+
+
+def _itk_error(p: Path, e: Exception) -> ImageReadError:
+    detail = str(e).strip().splitlines()
+    hint = next((line.strip() for line in detail if "rror" in line and "Exception" not in line), detail[-1] if detail else "")
+    return ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({hint[:160]})")
+
+
+def _read_nifti(p: Path) -> MedicalImage:
+    """NIfTI voxels through nibabel (which notices truncated files; SimpleITK silently zero-fills them) and the
+    geometry as ITK reads the header (so masks compare equal in SimpleITK, 3D Slicer, ITK-SNAP)."""
+    import zlib
+
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    try:
+        nimg = nib.load(p)
+        data = np.asanyarray(nimg.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as e:
+        first = " ".join(str(e).split())[:160]
+        raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({first})") from e
+    if data.dtype.names is not None:
+        raise ImageReadError(f"{p.name}: vector/RGB volumes are not supported (NIfTI dtype {data.dtype})")
+    if data.ndim == 4:
+        if data.shape[3] != 1:
+            raise ImageReadError(
+                f"{p.name}: 4D image ({data.shape[3]} volumes of {data.shape[0]}x{data.shape[1]}x{data.shape[2]}); "
+                "give one 3D volume"
+            )
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise ImageReadError(f"{p.name}: {data.ndim}D images are not supported")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise _itk_error(p, e) from e
+    d = data.ndim
+    direction = np.asarray(reader.GetDirection(), float).reshape(reader.GetDimension(), -1)[:d, :d]
+    arr = np.ascontiguousarray(data.transpose(tuple(range(d))[::-1]))  # (i, j, k) -> (k, j, i)
+    return MedicalImage(
+        arr, tuple(reader.GetSpacing()[:d]), tuple(reader.GetOrigin()[:d]), direction,
+        source=p, format="nifti", meta={"source_path": str(p)},
+    )
+
+
+def _read_itk(p: Path, fmt: str) -> MedicalImage:
+    import SimpleITK as sitk
+
+    if fmt == "nifti":
+        return _read_nifti(p)
+    printed: list[str] = []
+    try:
+        with _captured_stderr(printed):
+            im = sitk.ReadImage(str(p))
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in "".join(printed).splitlines() if ln.strip()]
+        if lines:
+            raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({' '.join(lines)[:160]})") from e
+        raise _itk_error(p, e) from e
+    dim = im.GetDimension()
+    if im.GetNumberOfComponentsPerPixel() > 1 and dim == 3:
+        raise ImageReadError(f"{p.name}: vector/RGB volumes are not supported (pixel type {im.GetPixelIDTypeAsString()})")
+    if dim == 4:
+        size = im.GetSize()
+        if size[3] != 1:
+            raise ImageReadError(f"{p.name}: 4D image ({size[3]} volumes of {size[0]}x{size[1]}x{size[2]}); give one 3D volume")
+        im = im[:, :, :, 0]
+        dim = 3
+    if dim not in (2, 3):
+        raise ImageReadError(f"{p.name}: {dim}D images are not supported")
+    arr = sitk.GetArrayFromImage(im)
+    direction = np.asarray(im.GetDirection(), float).reshape(dim, dim)
+    meta = {"source_path": str(p)}
+    return MedicalImage(
+        arr, tuple(im.GetSpacing()), tuple(im.GetOrigin()), direction, source=p, format=fmt, meta=meta
+    )
+
+
+def _read_npz(p: Path) -> MedicalImage:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = list(z.keys())
+            key = next((k for k in ("imgs", "image", "img") if k in keys), keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise ImageReadError(f"{p.name}: npz holds {keys}; expected a key 'imgs' (MedSAM npz) or 'image'")
+            arr = z[key]
+            spacing = z["spacing"] if "spacing" in keys else None
+    except (OSError, ValueError) as e:
+        raise ImageReadError(f"cannot read {p.name} as npz: {e}".splitlines()[0]) from e
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        sp = tuple(float(v) for v in spacing[::-1]) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
+        return MedicalImage(arr, sp, (0.0, 0.0, 0.0), np.eye(3), source=p, format="npz")
+    if arr.ndim in (2, 3):
+        return MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), np.eye(2), source=p, format="npz")
+    raise ImageReadError(f"{p.name}: npz array '{key}' has shape {arr.shape}; expected 2D or 3D")

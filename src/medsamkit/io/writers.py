@@ -1,0 +1,151 @@
+"""Writing masks on the source image's grid: NIfTI, NRRD/MHA, PNG (2D) and DICOM-SEG, plus a JSON sidecar.
+
+A mask written for a NIfTI input reuses the input's header (sform, qform and their codes), so its affine is
+identical to the source's; other formats take the source geometry (spacing, origin, direction).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .image import MedicalImage
+from .image2d import write_png
+
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".dcm")
+
+
+def _suffix(p: Path) -> str:
+    return ".nii.gz" if p.name.lower().endswith(".nii.gz") else p.suffix.lower()
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """``mask.nii.gz`` -> ``mask.nii.gz.json``: label names, preset, prompts, model and source."""
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def write_mask(
+    path: str | os.PathLike[str],
+    labels: np.ndarray,
+    like: MedicalImage,
+    names: dict[int, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write the label mask ``labels`` (uint8, ``like.spatial_shape``) in the format of ``path``'s suffix
+    (.nii.gz/.nii, .nrrd, .mha, .png for 2D, .dcm = DICOM-SEG for a DICOM series) and a JSON sidecar.
+    Every file is written to a temporary name and renamed (atomic)."""
+    p = Path(path)
+    lab = np.asarray(labels)
+    if lab.shape != like.spatial_shape:
+        raise ValueError(f"mask shape {lab.shape} does not match the image grid {like.spatial_shape}")
+    if lab.min(initial=0) < 0 or lab.max(initial=0) > 255:
+        raise ValueError("mask labels must be within 0..255")
+    lab = lab.astype(np.uint8)
+    s = _suffix(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if s in (".nii", ".nii.gz"):
+        _write_nifti(p, lab, like)
+    elif s in (".nrrd", ".mha"):
+        _write_itk(p, lab, like)
+    elif s == ".png":
+        if like.is_volume:
+            raise ValueError(f"{p.name}: a volume mask cannot be a PNG; use .nii.gz, .nrrd or .mha")
+        write_png(p, lab)
+    elif s == ".dcm":
+        from .dicom import write_dicom_seg
+
+        write_dicom_seg(p, lab, like, names=names)
+    else:
+        raise ValueError(f"{p.name}: unsupported mask format {s or '(no suffix)'}; use one of {', '.join(MASK_SUFFIXES)}")
+    info = {
+        "mask": p.name,
+        "labels": {str(k): v for k, v in sorted((names or {}).items())},
+        "label_values_present": [int(v) for v in np.unique(lab) if v != 0],
+        "source": str(like.source) if like.source else None,
+        "source_format": like.format,
+        "grid_xyz": list(reversed(like.spatial_shape)),
+        "spacing_xyz": list(like.spacing),
+        "modality": like.modality,
+        "modality_source": like.modality_source,
+        **(metadata or {}),
+    }
+    _atomic_text(sidecar_path(p), json.dumps(info, indent=2, default=str) + "\n")
+    return p
+
+
+def _atomic_text(p: Path, text: str) -> None:
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
+def _tmp_like(p: Path) -> Path:
+    # keep the real suffix so the writer libraries pick the right format
+    return p.with_name(f".tmp-{os.getpid()}-{p.name}")
+
+
+def _write_nifti(p: Path, lab: np.ndarray, like: MedicalImage) -> None:
+    import nibabel as nib
+
+    data = np.ascontiguousarray(lab.transpose(2, 1, 0) if like.is_volume else lab.T)  # back to (i, j, k)
+    src = like.meta.get("source_path")
+    if like.format == "nifti" and src and Path(src).exists():
+        header = nib.load(src).header.copy()
+        header.set_data_dtype(np.uint8)
+        header.set_slope_inter(None, None)
+        img = nib.Nifti1Image(data, None, header=header)  # affine None: keep the header's sform/qform as is
+    else:
+        if not like.is_volume:
+            raise ValueError(f"{p.name}: write 2D masks as .png")
+        img = nib.Nifti1Image(data, like.affine_ras())
+        img.header.set_sform(like.affine_ras(), code=1)
+        img.header.set_qform(like.affine_ras(), code=1)
+    tmp = _tmp_like(p)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def to_sitk(image: MedicalImage, array: np.ndarray | None = None):
+    """A SimpleITK image with ``image``'s geometry (and its array, or ``array``)."""
+    import SimpleITK as sitk
+
+    im = sitk.GetImageFromArray(image.array if array is None else array, isVector=False)
+    im.SetSpacing(tuple(float(s) for s in image.spacing))
+    im.SetOrigin(tuple(float(o) for o in image.origin))
+    im.SetDirection(tuple(float(d) for d in np.asarray(image.direction).ravel()))
+    return im
+
+
+def _write_itk(p: Path, lab: np.ndarray, like: MedicalImage) -> None:
+    import SimpleITK as sitk
+
+    tmp = _tmp_like(p)
+    try:
+        sitk.WriteImage(to_sitk(like, lab), str(tmp), useCompression=True)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resample_like(image: MedicalImage, reference: MedicalImage, nearest: bool = True) -> np.ndarray:
+    """``image``'s array resampled onto ``reference``'s voxel grid through world coordinates (nearest
+    neighbour for labels). Exact when the grids coincide up to axis flips/permutations (e.g. a NIfTI mask
+    stored with flipped rows relative to its DICOM series)."""
+    import SimpleITK as sitk
+
+    out = sitk.Resample(
+        to_sitk(image),
+        to_sitk(reference, np.zeros(reference.spatial_shape, dtype=np.uint8)),
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
+        0,
+    )
+    return sitk.GetArrayFromImage(out)

@@ -1,0 +1,104 @@
+"""Embedding cache: an image's encoder output keyed by what determines it.
+
+Key = sha256 of (model weights id, pipeline, model input size, the uint8 slice bytes, shape). A changed pixel,
+model or preprocessing gives another key, so a stale entry can never be used. Entries live in memory (LRU,
+bounded in bytes) and optionally on disk (one ``.npy`` per key, written atomically), so a second command on the
+same volume skips the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+
+def embedding_key(weights_id: str, pipeline: str, input_size: int, image_u8: np.ndarray) -> str:
+    """Content key for the embedding of ``image_u8`` (the uint8 picture given to the model)."""
+    a = np.ascontiguousarray(image_u8)
+    h = hashlib.sha256()
+    h.update(f"{weights_id}|{pipeline}|{input_size}|{a.dtype}|{a.shape}|".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """LRU cache of embeddings (and their image geometry) in memory, optionally backed by a folder."""
+
+    def __init__(self, max_bytes: int = 1 << 30, disk_dir: str | os.PathLike[str] | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self._items: OrderedDict[str, tuple[np.ndarray, object]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.disk_hits = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: str) -> tuple[np.ndarray, object] | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+        if self.disk_dir is not None:
+            f = self.disk_dir / f"{key}.npz"
+            if f.is_file():
+                try:
+                    with np.load(f, allow_pickle=False) as z:
+                        emb = z["embedding"]
+                        geom = _geometry_from(z["geometry"])
+                except (OSError, ValueError, KeyError):
+                    f.unlink(missing_ok=True)  # unreadable entry: drop it, recompute
+                else:
+                    self.disk_hits += 1
+                    self._put_memory(key, emb, geom)
+                    return emb, geom
+        self.misses += 1
+        return None
+
+    def put(self, key: str, embedding: np.ndarray, geometry: object) -> None:
+        self._put_memory(key, embedding, geometry)
+        if self.disk_dir is not None:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            f = self.disk_dir / f"{key}.npz"
+            if not f.exists():
+                tmp = self.disk_dir / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
+                np.savez(tmp, embedding=embedding, geometry=_geometry_array(geometry))
+                os.replace(tmp, f)
+
+    def _put_memory(self, key: str, embedding: np.ndarray, geometry: object) -> None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return
+            self._items[key] = (embedding, geometry)
+            self._bytes += embedding.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, (old, _) = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+def _geometry_array(g) -> np.ndarray:
+    return np.array([*g.original, *g.resized, g.input_size, *g.scale], dtype=np.float64)
+
+
+def _geometry_from(a: np.ndarray):
+    from ..preprocess.transforms import Geometry
+
+    v = a.tolist()
+    return Geometry((int(v[0]), int(v[1])), (int(v[2]), int(v[3])), int(v[4]), (float(v[5]), float(v[6])))

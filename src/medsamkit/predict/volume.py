@@ -1,0 +1,362 @@
+"""3D segmentation by slice propagation: segment a key slice from a prompt, then walk slice by slice in both
+directions, each slice prompted by the box of the previous slice's mask.
+
+Voxel coordinates are ``(x, y, z)`` = the NIfTI/ITK voxel index ``(i, j, k)``; the volume array is
+``array[z, y, x]``. Slicing ``axis`` ``z`` gives slices whose 2D pixel coordinates (column, row) are (x, y);
+``y`` gives (x, z); ``x`` gives (y, z). 2D boxes on a slice use those (column, row) coordinates, inclusive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..io.image import MedicalImage
+from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT
+from ..preprocess.intensity import IntensityPreset, resolve_preset
+from ..preprocess.transforms import longest_side_shape
+from .predictor import Predictor
+
+AXES = ("z", "y", "x")
+_TRANSPOSE = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (2, 0, 1)}
+
+
+@dataclass
+class ObjectPrompt:
+    """The prompt for one object of a volume (voxel coordinates, inclusive boxes).
+
+    Exactly one of: ``box`` (x0, y0, x1, y1 in the slice's column/row frame) with ``slice_index``; ``box3d``
+    (x0, y0, z0, x1, y1, z1); ``points`` [(x, y, z[, label]), ...] all on one slice along the axis.
+    ``label`` is the value written into the label mask; ``name`` goes to the metadata / DICOM-SEG.
+    """
+
+    label: int = 1
+    name: str | None = None
+    box: Sequence[float] | None = None
+    slice_index: int | None = None
+    box3d: Sequence[float] | None = None
+    points: Sequence[Sequence[float]] | None = None
+
+
+@dataclass
+class PropagationOptions:
+    """How propagation proceeds and stops (medsamkit method).
+
+    box_margin: pixels added around the previous slice's mask box, in model-input pixels (the official
+    procedure adds 3 on its 256 grid), i.e. independent of the slice's resolution.
+    min_pixels: stop when the propagated mask has fewer pixels (the object has ended).
+    min_area_fraction: stop when the mask is smaller than this fraction of the largest slice so far.
+    relative_iou: stop when the single-mask output's predicted IoU falls below this fraction of its value on
+    the key slice (past an object's end the model keeps outlining noise, with falling confidence).
+    stop_iou: stop when the chosen output's predicted IoU falls below this.
+    mask_prompt: also give the previous slice's low-res logits as mask prompt.
+    output_selection: ``single`` (SAM's single-mask output, as the official procedure) or ``box-fit``: of SAM's
+    four outputs the one whose bounding box best matches the prompt box (a box prompt says the object spans
+    the box; on the hippocampus set this lifts per-slice Dice with ground-truth boxes from 0.53 to 0.67).
+    """
+
+    box_margin: float = 3.0
+    min_pixels: int = 4
+    min_area_fraction: float = 0.1
+    relative_iou: float = 0.8
+    stop_iou: float = 0.0
+    mask_prompt: bool = False
+    output_selection: str = "box-fit"
+
+
+@dataclass
+class VolumeSegmentation:
+    """labels: ``(Z, Y, X)`` uint8 on the input grid; objects: per-object record (label, name, key slice,
+    slices segmented, mean predicted IoU); preset: the intensity mapping used."""
+
+    labels: np.ndarray
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    preset: IntensityPreset | None = None
+    axis: str = "z"
+
+
+@dataclass
+class _Plan:
+    key: int
+    box: np.ndarray | None  # (4,) col0,row0,col1,row1 in the slice frame
+    points: np.ndarray | None  # (P, 3) col,row,label
+    lo: int
+    hi: int
+
+
+def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, int, int]) -> _Plan:
+    """Validate a prompt and express it in the slicing frame (slice index, column, row)."""
+    z, y, x = shape_zyx
+    extent = {"x": x, "y": y, "z": z}
+    frame = {"z": ("x", "y"), "y": ("x", "z"), "x": ("y", "z")}[axis]
+    n_slices = extent[axis]
+    given = [p.box is not None, p.box3d is not None, p.points is not None]
+    if sum(given) != 1:
+        raise ValueError(f"object {p.label}: give exactly one of box (+ slice), box3d or points")
+    if p.box3d is not None:
+        b = [float(v) for v in p.box3d]
+        if len(b) != 6:
+            raise ValueError(f"object {p.label}: box3d needs 6 numbers x0,y0,z0,x1,y1,z1")
+        lo3 = dict(zip("xyz", b[:3]))
+        hi3 = dict(zip("xyz", b[3:]))
+        for a in "xyz":
+            if lo3[a] > hi3[a]:
+                raise ValueError(f"object {p.label}: box3d {a}0 > {a}1")
+            if lo3[a] < 0 or hi3[a] > extent[a] - 1:
+                raise ValueError(
+                    f"object {p.label}: box3d {tuple(b)} lies outside the {x}x{y}x{z} volume "
+                    f"({a} must be in 0..{extent[a] - 1})"
+                )
+        c, r = frame
+        box = np.array([lo3[c], lo3[r], hi3[c], hi3[r]])
+        lo, hi = int(round(lo3[axis])), int(round(hi3[axis]))
+        return _Plan(int((hi - lo) / 2 + lo), box, None, lo, hi)
+    if p.box is not None:
+        b = np.array([float(v) for v in p.box])
+        if b.shape != (4,):
+            raise ValueError(f"object {p.label}: box needs 4 numbers")
+        if p.slice_index is None:
+            raise ValueError(f"object {p.label}: a 2D box needs the slice index (--slice)")
+        s = int(p.slice_index)
+        if not 0 <= s < n_slices:
+            raise ValueError(f"object {p.label}: slice {s} is outside 0..{n_slices - 1} along {axis}")
+        c, r = frame
+        if b[0] > b[2] or b[1] > b[3]:
+            raise ValueError(f"object {p.label}: box needs x0 <= x1 and y0 <= y1")
+        if b.min() < 0 or b[2] > extent[c] - 1 or b[3] > extent[r] - 1:
+            raise ValueError(
+                f"object {p.label}: box {tuple(b)} lies outside the {extent[c]}x{extent[r]} slice "
+                f"({c} must be in 0..{extent[c] - 1}, {r} in 0..{extent[r] - 1})"
+            )
+        return _Plan(s, b, None, 0, n_slices - 1)
+    pts = np.array([[float(v) for v in q] for q in p.points or []])
+    if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] not in (3, 4):
+        raise ValueError(f"object {p.label}: points must be (x, y, z) or (x, y, z, label)")
+    if pts.shape[1] == 3:
+        pts = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
+    xyz = {"x": pts[:, 0], "y": pts[:, 1], "z": pts[:, 2]}
+    for a in "xyz":
+        if xyz[a].min() < 0 or xyz[a].max() > extent[a] - 1:
+            raise ValueError(f"object {p.label}: a point lies outside the {x}x{y}x{z} volume")
+    if np.unique(np.round(xyz[axis])).size != 1:
+        raise ValueError(f"object {p.label}: all points of an object must lie on one slice along {axis}")
+    if not np.isin(pts[:, 3], (0, 1)).all():
+        raise ValueError(f"object {p.label}: point labels must be 1 (foreground) or 0 (background)")
+    c, r = frame
+    return _Plan(int(round(xyz[axis][0])), None, np.stack([xyz[c], xyz[r], pts[:, 3]], 1), 0, n_slices - 1)
+
+
+def _bbox(mask: np.ndarray) -> np.ndarray | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two inclusive pixel boxes (x0, y0, x1, y1)."""
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return float(inter / ((a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter))
+
+
+def _box_predict(
+    predictor: Predictor,
+    box: np.ndarray,
+    selection: str,
+    mask_input: np.ndarray | None = None,
+    fit_box: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Mask, low-res logits and predicted IoU for a box prompt, with the output chosen by ``selection``
+    (``box-fit`` compares each output's bounding box with ``fit_box``, by default the prompt box), and the
+    single-mask output's predicted IoU (the confidence used by the stop rule)."""
+    if selection == "single":
+        res = predictor.predict(boxes=box, mask_input=mask_input)
+        return res.masks[0, 0], res.low_res_logits[0, 0], float(res.scores[0, 0]), float(res.scores[0, 0])
+    if selection != "box-fit":
+        raise ValueError(f"unknown output selection {selection!r}")
+    res = predictor.predict(boxes=box, mask_input=mask_input, outputs=[0, 1, 2, 3])
+    target = box if fit_box is None else fit_box
+    fits = [_box_iou(b, target) if (b := _bbox(m)) is not None else -1.0 for m in res.masks[0]]
+    k = int(np.argmax(fits))
+    return res.masks[0, k], res.low_res_logits[0, k], float(res.scores[0, k]), float(res.scores[0, 0])
+
+
+def _box_prompt(box_model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return box_model.reshape(1, 2, 2).astype(np.float32), np.array([[LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]], np.float32)
+
+
+def segment_volume(
+    image: MedicalImage | np.ndarray,
+    prompts: Sequence[ObjectPrompt],
+    predictor: Predictor | None = None,
+    *,
+    axis: str = "z",
+    preset: str = "auto",
+    window: tuple[float, float] | None = None,
+    method: str = "medsamkit",
+    options: PropagationOptions | None = None,
+    progress: bool = False,
+) -> VolumeSegmentation:
+    """Segment objects in a volume from one prompt each, propagating through the slices.
+
+    image: a :class:`MedicalImage` volume or a ``(Z, Y, X)`` array. prompts: one :class:`ObjectPrompt` per
+    object (several give a multi-label mask; slice embeddings are shared between objects).
+    preset/window: intensity mapping fitted on the whole volume (see :mod:`medsamkit.preprocess.intensity`).
+    method: ``medsamkit`` (box of the previous mask with a small margin, stop when the object ends) or
+    ``official`` (the LiteMedSAM reference procedure: boxes on the 256 grid widened by 3 px, the original box
+    where the previous slice is empty; only for a 3D box). Returns a :class:`VolumeSegmentation`.
+    """
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    if method not in ("medsamkit", "official"):
+        raise ValueError(f"unknown method {method!r}")
+    img = image if isinstance(image, MedicalImage) else None
+    arr = np.asarray(image.array if img is not None else image)
+    if arr.ndim != 3:
+        raise ValueError(f"segment_volume needs a 3D volume (Z, Y, X); got shape {arr.shape}")
+    if not prompts:
+        raise ValueError("give at least one object prompt")
+    labels_seen = [p.label for p in prompts]
+    if len(set(labels_seen)) != len(labels_seen) or not all(1 <= v <= 255 for v in labels_seen):
+        raise ValueError("object labels must be distinct values in 1..255")
+    fitted = resolve_preset(arr, img.modality if img is not None else None, preset, window)
+    vol_u8 = np.ascontiguousarray(fitted.apply(arr).transpose(_TRANSPOSE[axis]))
+    plans = [_plan(p, axis, arr.shape) for p in prompts]
+    predictor = predictor or Predictor("litemedsam")
+    opts = options or PropagationOptions()
+
+    embeddings: dict[int, tuple[np.ndarray, Any]] = {}
+
+    def set_slice(s: int) -> None:
+        if s not in embeddings:
+            embeddings[s] = predictor.embed(vol_u8[s])
+        predictor.set_embedding(*embeddings[s])
+
+    out = np.zeros(vol_u8.shape, np.uint8)
+    records = []
+    bar = _progress(sum(pl.hi - pl.lo + 1 for pl in plans), progress)
+    for p, pl in zip(prompts, plans):
+        if method == "official":
+            if p.box3d is None:
+                raise ValueError("method 'official' needs a 3D box per object")
+            obj, ious = _official(predictor, set_slice, vol_u8, pl, bar)
+        else:
+            obj, ious = _propagate(predictor, set_slice, vol_u8, pl, opts, bar)
+        out[obj] = p.label
+        covered = np.flatnonzero(obj.any(axis=(1, 2)))
+        records.append(
+            {
+                "label": p.label,
+                "name": p.name,
+                "key_slice": pl.key,
+                "slices": [int(covered[0]), int(covered[-1])] if covered.size else [],
+                "voxels": int(obj.sum()),
+                "mean_predicted_iou": round(float(np.mean(ious)), 4) if ious else None,
+            }
+        )
+    if bar is not None:
+        bar.close()
+    inverse = np.argsort(_TRANSPOSE[axis])
+    return VolumeSegmentation(np.ascontiguousarray(out.transpose(inverse)), records, fitted, axis)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="slice", desc="propagating", leave=False)
+
+
+def _propagate(
+    predictor: Predictor, set_slice: Callable[[int], None], vol: np.ndarray, pl: _Plan, opts: PropagationOptions, bar
+) -> tuple[np.ndarray, list[float]]:
+    n, h, w = vol.shape
+    obj = np.zeros(vol.shape, bool)
+    ious: list[float] = []
+    set_slice(pl.key)
+    if pl.points is not None:
+        first = predictor.predict(point_coords=pl.points[:, :2], point_labels=pl.points[:, 2], multimask=True)
+        k = int(first.scores[0].argmax())
+        key_mask, key_low, key_iou = first.masks[0, k], first.low_res_logits[0, k], float(first.scores[0, k])
+        key_conf = key_iou
+    else:
+        key_mask, key_low, key_iou, key_conf = _box_predict(predictor, pl.box, opts.output_selection)  # type: ignore[arg-type]
+    obj[pl.key] = key_mask
+    ious.append(key_iou)
+    if bar is not None:
+        bar.update(1)
+    for step in (1, -1):
+        prev, prev_low = key_mask, key_low
+        largest = int(key_mask.sum())
+        s = pl.key + step
+        while pl.lo <= s <= pl.hi:
+            box = _bbox(prev)
+            if box is None or prev.sum() < opts.min_pixels:
+                break
+            m = opts.box_margin / predictor.transform.input_size * max(h, w)  # model-input px -> slice px
+            wide = np.clip(box + np.array([-m, -m, m, m]), 0, [w - 1, h - 1, w - 1, h - 1])
+            set_slice(s)
+            mask, low, iou, conf = _box_predict(
+                predictor, wide, opts.output_selection, prev_low if opts.mask_prompt else None, fit_box=box
+            )
+            if bar is not None:
+                bar.update(1)
+            area = int(mask.sum())
+            if (
+                iou < opts.stop_iou
+                or area < max(opts.min_pixels, opts.min_area_fraction * largest)
+                or conf < opts.relative_iou * key_conf
+            ):
+                break
+            largest = max(largest, area)
+            obj[s] = mask
+            ious.append(iou)
+            prev, prev_low = mask, low
+            s += step
+    return obj, ious
+
+
+def _official(
+    predictor: Predictor, set_slice: Callable[[int], None], vol: np.ndarray, pl: _Plan, bar
+) -> tuple[np.ndarray, list[float]]:
+    """The official LiteMedSAM 3D procedure (CVPR24_LiteMedSAM_infer.py), for comparison and parity."""
+    n, h, w = vol.shape
+    size = predictor.transform.input_size
+    obj = np.zeros(vol.shape, bool)
+    ious: list[float] = []
+    ratio = size / max(h, w)
+    box0 = np.floor(pl.box * ratio)  # type: ignore[operator]
+    nh, nw = longest_side_shape(h, w, size)
+
+    def box_from(prev: np.ndarray) -> np.ndarray:
+        small = cv2.resize(prev.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_AREA)
+        if small.max() == 0:
+            return box0
+        rows = np.flatnonzero(small.any(axis=1))
+        cols = np.flatnonzero(small.any(axis=0))
+        return np.array([max(0, cols[0] - 3), max(0, rows[0] - 3), min(size, cols[-1] + 3), min(size, rows[-1] + 3)], float)
+
+    mid = int((pl.hi - pl.lo) / 2 + pl.lo)
+    order = list(range(mid, min(pl.hi + 1, n))) + list(range(mid - 1, max(-1, pl.lo - 1), -1))
+    for s in order:
+        set_slice(s)
+        if s == mid:
+            b = box0
+        else:
+            b = box_from(obj[s - 1] if s > mid else obj[s + 1])
+        res = predictor.predict_model_frame(*_box_prompt(b))
+        obj[s] = res.masks[0, 0]
+        ious.append(float(res.scores[0, 0]))
+        if bar is not None:
+            bar.update(1)
+    return obj, ious

@@ -1,0 +1,251 @@
+"""Medical file I/O: geometry-exact round trips, DICOM series, DICOM-SEG, bad files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from medsamkit.io import (
+    DicomSegError,
+    ImageReadError,
+    MedicalImage,
+    read_dicom_seg,
+    read_image,
+    resample_like,
+    sidecar_path,
+    write_mask,
+)
+from tests.conftest import DATA, requires_shared
+
+TOTALSEG = DATA / "totalseg_examples_3d"
+DICOM_DIR = TOTALSEG / "images" / "ct_dicom"
+
+
+def _same_geometry(a: str, b: str) -> None:
+    ia, ib = sitk.ReadImage(a), sitk.ReadImage(b)
+    assert ia.GetSize() == ib.GetSize()
+    assert np.allclose(ia.GetSpacing(), ib.GetSpacing(), atol=1e-6)
+    assert np.allclose(ia.GetOrigin(), ib.GetOrigin(), atol=1e-5)
+    assert np.allclose(ia.GetDirection(), ib.GetDirection(), atol=1e-6)
+
+
+@requires_shared
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "msd_hippocampus_mri_3d/images/hippocampus_035.nii.gz",
+        "brats2021_flair_edema_3d/images/BraTS2021_01646.nii.gz",
+        "totalseg_examples_3d/images/ct_sm.nii.gz",
+        "totalseg_examples_3d/images/mr_sm.nii.gz",  # LPS-like axis codes (L, P, S)
+        "totalseg_examples_3d/masks/ct_dicom.nii.gz",  # flipped rows (L, A, S), sform only
+    ],
+)
+def test_nifti_round_trip_keeps_affine_and_grid(rel: str, tmp_path) -> None:
+    src = DATA / rel
+    img = read_image(src)
+    assert img.is_volume and img.array.ndim == 3
+    ref = nib.load(src)
+    assert img.array.shape == ref.shape[::-1]  # (z, y, x) = (k, j, i)
+    assert np.allclose(img.affine_ras(), ref.affine, atol=1e-4)
+    mask = (img.array > np.percentile(img.array, 60)).astype(np.uint8)
+    for suffix in (".nii.gz", ".nrrd", ".mha"):
+        out = write_mask(tmp_path / f"mask{suffix}", mask, img, names={1: "bright"})
+        _same_geometry(str(src), str(out))
+        back = read_image(out)
+        assert np.array_equal(back.array, mask)
+        assert json.loads(sidecar_path(out).read_text())["labels"] == {"1": "bright"}
+    assert np.array_equal(nib.load(tmp_path / "mask.nii.gz").affine, ref.affine)  # identical, not just close
+    assert nib.load(tmp_path / "mask.nii.gz").get_data_dtype() == np.uint8
+
+
+def test_non_axis_aligned_orientation_round_trip(tmp_path) -> None:
+    """A rotated, anisotropic, oblique volume: world coordinates survive read -> write -> read."""
+    theta = np.deg2rad(25)
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.8, 1.2, 3.0])
+    affine[:3, 3] = [-40.0, 12.5, 80.0]
+    data = np.random.default_rng(0).integers(-1000, 1000, size=(20, 30, 12)).astype(np.int16)
+    src = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), src)
+    img = read_image(src)
+    assert np.allclose(img.affine_ras(), affine, atol=1e-5)
+    ijk = np.array([3.0, 7.0, 5.0])
+    assert np.allclose(img.voxel_to_world(ijk), affine[:3, :3] @ ijk + affine[:3, 3], atol=1e-4)
+    assert np.allclose(img.world_to_voxel(img.voxel_to_world(ijk)), ijk, atol=1e-6)
+    assert np.allclose(img.voxel_to_world(ijk, ras=False)[:2], -img.voxel_to_world(ijk)[:2])  # LPS vs RAS
+    assert img.array[5, 7, 3] == data[3, 7, 5]  # array[z, y, x] = voxel (i, j, k)
+    mask = (img.array > 0).astype(np.uint8)
+    for suffix in (".nii.gz", ".nrrd"):
+        out = write_mask(tmp_path / f"m{suffix}", mask, img)
+        _same_geometry(str(src), str(out))
+
+
+@requires_shared
+def test_dicom_series_geometry_matches_its_nifti_mask() -> None:
+    """The NIfTI label volume stores rows flipped relative to the DICOM pixel array; by geometry they agree."""
+    dcm = read_image(DICOM_DIR)
+    assert dcm.format == "dicom-series" and dcm.modality == "CT" and dcm.modality_source == "dicom"
+    assert dcm.array.shape == (20, 512, 512) and dcm.array.dtype == np.int16
+    assert np.allclose(dcm.spacing, (0.9765625, 0.9765625, 2.0))
+    files = [p.name for p in dcm.meta["dicom_files"]]
+    z = [float(pydicom.dcmread(DICOM_DIR / f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files]
+    assert z == sorted(z)  # sorted by position
+    m = read_image(TOTALSEG / "masks" / "ct_dicom.nii.gz")
+    assert not np.allclose(m.direction, dcm.direction)  # stored differently ...
+    lab = resample_like(m, dcm)  # ... but the same voxels in world space
+    assert lab.shape == dcm.array.shape
+    assert np.array_equal(lab, m.array[:, ::-1, :])  # exactly a row flip
+    assert np.median(dcm.array[lab > 0]) > -100 > np.median(dcm.array[lab == 0])  # organs on body voxels
+
+
+@requires_shared
+def test_dicom_slices_sorted_by_position_not_name(tmp_path) -> None:
+    files = sorted(DICOM_DIR.glob("*.dcm"))
+    for i, f in enumerate(files):  # reverse the name order
+        shutil.copy(f, tmp_path / f"{len(files) - i:03d}.dcm")
+    assert np.array_equal(read_image(tmp_path).array, read_image(DICOM_DIR).array)
+
+
+@requires_shared
+def test_dicom_seg_round_trip_and_validator(tmp_path) -> None:
+    dcm = read_image(DICOM_DIR)
+    lab = resample_like(read_image(TOTALSEG / "masks" / "ct_dicom.nii.gz"), dcm)
+    keep = [v for v in np.unique(lab) if v != 0][:3]
+    mask = np.zeros_like(lab)
+    for i, v in enumerate(keep, start=1):
+        mask[lab == v] = i
+    out = tmp_path / "seg.dcm"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_mask(out, mask, dcm, names={1: "spleen", 2: "kidney right", 3: "kidney left"})
+    msgs = " | ".join(str(w.message) for w in caught)
+    assert "empty StudyInstanceUID; generated" in msgs and "file meta" in msgs
+    back, names = read_dicom_seg(out, dcm)
+    assert np.array_equal(back, mask)
+    assert names == {1: "spleen", 2: "kidney right", 3: "kidney left"}
+    ds = pydicom.dcmread(out)
+    assert ds.Modality == "SEG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert len(ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 20
+    if shutil.which("dciodvfy") is None:
+        if os.environ.get("MEDSAMKIT_REQUIRE_DCIODVFY"):
+            pytest.fail("dciodvfy (Debian dicom3tools) is required here but not installed")
+        pytest.skip("dciodvfy (Debian package dicom3tools) not installed")
+    report = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
+
+
+@requires_shared
+def test_dicom_seg_refusals(tmp_path) -> None:
+    nifti = read_image(TOTALSEG / "images" / "ct_sm.nii.gz")
+    with pytest.raises(DicomSegError, match="needs a DICOM series"):
+        write_mask(tmp_path / "x.dcm", np.ones(nifti.spatial_shape, np.uint8), nifti)
+    dcm = read_image(DICOM_DIR)
+    with pytest.raises(DicomSegError, match="empty"):
+        write_mask(tmp_path / "y.dcm", np.zeros(dcm.spatial_shape, np.uint8), dcm)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in sorted(DICOM_DIR.glob("*.dcm"))[:3]:
+        ds = pydicom.dcmread(f)
+        ds.file_meta.MediaStorageSOPInstanceUID = ""  # nothing left to repair from
+        ds.save_as(broken / f.name, enforce_file_format=False)
+    img = read_image(broken)
+    with pytest.raises(DicomSegError, match="no SOPInstanceUID"):
+        write_mask(tmp_path / "z.dcm", np.ones(img.spatial_shape, np.uint8), img)
+
+
+def _mixed_series(tmp_path):
+    for uid, shift in (("1.2.3.4", 0.0), ("1.2.3.5", 100.0)):
+        for k in range(3):
+            ds = pydicom.Dataset()
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+            ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+            ds.file_meta.MediaStorageSOPInstanceUID = f"{uid}.{k + 1}"
+            ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", f"{uid}.{k + 1}"
+            ds.SeriesInstanceUID, ds.Modality = uid, "CT"
+            ds.Rows = ds.Columns = 8
+            ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, shift + 2.0 * k]
+            ds.PixelSpacing = [0.5, 0.5]
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.PixelData = (np.full((8, 8), k * 10, np.int16)).tobytes()
+            ds.save_as(tmp_path / f"{uid}-{k}.dcm", enforce_file_format=True)
+
+
+def test_several_series_need_a_choice(tmp_path) -> None:
+    _mixed_series(tmp_path)
+    with pytest.raises(ImageReadError, match=r"holds 2 DICOM series .*--series"):
+        read_image(tmp_path)
+    img = read_image(tmp_path, series_uid="1.2.3.5")
+    assert img.array.shape == (3, 8, 8) and img.array[:, 0, 0].tolist() == [0, 10, 20]
+    assert img.origin[2] == 100.0 and img.spacing == (0.5, 0.5, 2.0)
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty_dir", "4d", "not_dicom_dir", "bad_npz", "vector"])
+def test_bad_files_give_clear_errors(case: str, tmp_path) -> None:
+    if case == "truncated":
+        good = tmp_path / "good.nii.gz"
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((30, 30, 30)).astype(np.float32), np.eye(4)), good)
+        raw = gzip.decompress(good.read_bytes())
+        bad = tmp_path / "bad.nii.gz"
+        bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+        path, msg = bad, "truncated or corrupt"
+    elif case == "empty_dir":
+        path, msg = tmp_path, "no DICOM image files"
+    elif case == "4d":
+        path = tmp_path / "t.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 3), np.float32), np.eye(4)), path)
+        msg = "4D image"
+    elif case == "not_dicom_dir":
+        (tmp_path / "notes.txt").write_text("hello")
+        path, msg = tmp_path, "no DICOM image files"
+    elif case == "bad_npz":
+        path = tmp_path / "x.npz"
+        np.savez(path, a=np.zeros(3), b=np.zeros(3))
+        msg = "expected a key 'imgs'"
+    else:
+        path = tmp_path / "v.nrrd"
+        sitk.WriteImage(sitk.Image([4, 5, 6], sitk.sitkVectorFloat32, 3), str(path))
+        msg = "vector/RGB volumes"
+    with pytest.raises(ImageReadError, match=msg):
+        read_image(path)
+
+
+def test_npz_and_png_and_modality(tmp_path) -> None:
+    np.savez(tmp_path / "v.npz", imgs=np.zeros((5, 6, 7), np.uint8), spacing=np.array([3.0, 1.0, 0.5]))
+    v = read_image(tmp_path / "v.npz")
+    assert v.is_volume and v.spacing == (0.5, 1.0, 3.0)  # MedSAM npz spacing is (z, y, x)
+    ct = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((4, 4, 4), -1024, np.int16), np.eye(4)), ct)
+    ctimg = read_image(ct)
+    assert ctimg.modality == "CT" and ctimg.modality_source == "guess"
+    assert read_image(ct, modality="mr").modality == "MR"
+    with pytest.raises(ImageReadError, match="unknown modality"):
+        read_image(ct, modality="xyz")
+    with pytest.raises(ImageReadError, match="unsupported file type"):
+        (tmp_path / "a.xyz").write_text("x")
+        read_image(tmp_path / "a.xyz")
+
+
+def test_write_mask_checks(tmp_path) -> None:
+    img = MedicalImage(np.zeros((3, 4, 5), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    with pytest.raises(ValueError, match="does not match"):
+        write_mask(tmp_path / "m.nii.gz", np.zeros((3, 4, 6), np.uint8), img)
+    with pytest.raises(ValueError, match="cannot be a PNG"):
+        write_mask(tmp_path / "m.png", np.zeros((3, 4, 5), np.uint8), img)
+    with pytest.raises(ValueError, match="unsupported mask format"):
+        write_mask(tmp_path / "m.tif", np.zeros((3, 4, 5), np.uint8), img)
+    out = write_mask(tmp_path / "from_array.nii.gz", np.ones((3, 4, 5), np.uint8), img)
+    assert np.allclose(nib.load(out).affine, np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS identity is RAS diag(-1,-1,1)

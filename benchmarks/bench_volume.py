@@ -73,8 +73,10 @@ def main() -> None:
         r[name] = {"box3d": b, "slices_in_box": n, "seconds": s, "slices_per_s": n / s, "dice": dice(seg.labels > 0, mask)}
         print(f"{name}: box over {n} slices: {s:.2f} s, {n / s:.2f} slices/s, Dice {r[name]['dice']:.3f}")
     r["speedup_vs_official_in_script_11_slices"] = OFFICIAL_11_SLICES_S / r["lesion"]["seconds"]
-    print(f"lesion (11 slices): {r['speedup_vs_official_in_script_11_slices']:.2f}x faster than the official "
-          f"script's {OFFICIAL_11_SLICES_S} s (target >= 3x)")
+    print(
+        f"lesion (11 slices): {r['speedup_vs_official_in_script_11_slices']:.2f}x faster than the official "
+        f"script's {OFFICIAL_11_SLICES_S} s (target >= 3x)"
+    )
     with tempfile.TemporaryDirectory() as d:
         cached = Predictor("litemedsam", threads=THREADS, cache=EmbeddingCache(disk_dir=d))
         segment_volume(img, [ObjectPrompt(box3d=box3d(organ))], cached)  # first command fills the disk cache
@@ -89,8 +91,10 @@ def main() -> None:
         t = time.perf_counter()
         segment_volume(img, [ObjectPrompt(box3d=b)], slow, method="official")
         r["official_procedure_eager_torch_11_slices_s"] = time.perf_counter() - t
-        print(f"official procedure on eager PyTorch (this run): {r['official_procedure_eager_torch_11_slices_s']:.2f} s "
-              f"-> medsamkit {r['official_procedure_eager_torch_11_slices_s'] / r['lesion']['seconds']:.2f}x faster")
+        print(
+            f"official procedure on eager PyTorch (this run): {r['official_procedure_eager_torch_11_slices_s']:.2f} s "
+            f"-> medsamkit {r['official_procedure_eager_torch_11_slices_s'] / r['lesion']['seconds']:.2f}x faster"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2, default=float) + "\n")
     print(f"wrote {args.out}")

@@ -28,12 +28,13 @@ REF = SHARED / "reference" / "litemedsam"
 VARIANTS = {
     "official": dict(method="official"),
     "default": dict(method="medsamkit", options=PropagationOptions()),
-    "no_stop": dict(method="medsamkit", options=PropagationOptions(min_area_fraction=0, relative_iou=0)),
-    "rel_iou_only": dict(method="medsamkit", options=PropagationOptions(min_area_fraction=0)),
-    "area_only": dict(method="medsamkit", options=PropagationOptions(relative_iou=0)),
-    "rel_iou_0.6": dict(method="medsamkit", options=PropagationOptions(relative_iou=0.6)),
+    "m4": dict(method="medsamkit", options=PropagationOptions(box_margin=4)),
+    "m5": dict(method="medsamkit", options=PropagationOptions(box_margin=5)),
+    "m6": dict(method="medsamkit", options=PropagationOptions(box_margin=6)),
+    "m6_fb0.85": dict(method="medsamkit", options=PropagationOptions(box_margin=6, fit_threshold=0.85)),
+    "m3_fb0.85": dict(method="medsamkit", options=PropagationOptions(fit_threshold=0.85)),
     "single": dict(method="medsamkit", options=PropagationOptions(output_selection="single")),
-    "fit_m0": dict(method="medsamkit", options=PropagationOptions(box_margin=0)),
+    "fit_always": dict(method="medsamkit", options=PropagationOptions(fit_threshold=1.01)),
 }
 
 
@@ -51,8 +52,17 @@ def cases(sets: list[str]) -> list[dict]:
             rel = f"{s}/images/{img.name}"
             if rel in ref:
                 c = ref[rel]
-                out.append({"set": s, "image": rel, "mask": c["mask"], "labels": c["labels"], "boxes": c["boxes"],
-                            "official_ref": c["official_dice_vs_gt"], "preset": "soft_tissue" if "CT" in c["preset"] else "percentile"})
+                out.append(
+                    {
+                        "set": s,
+                        "image": rel,
+                        "mask": c["mask"],
+                        "labels": c["labels"],
+                        "boxes": c["boxes"],
+                        "official_ref": c["official_dice_vs_gt"],
+                        "preset": "soft_tissue" if "CT" in c["preset"] else "percentile",
+                    }
+                )
             elif s == "msd_hippocampus_mri_3d":
                 gt = read_image(DATA / s / "masks" / img.name).array
                 labels, boxes = [], []
@@ -61,8 +71,17 @@ def cases(sets: list[str]) -> list[dict]:
                     if zz.size:
                         labels.append(v)
                         boxes.append([int(xx.min()), int(yy.min()), int(zz.min()), int(xx.max()), int(yy.max()), int(zz.max())])
-                out.append({"set": s, "image": rel, "mask": f"{s}/masks/{img.name}", "labels": labels, "boxes": boxes,
-                            "official_ref": None, "preset": "percentile"})
+                out.append(
+                    {
+                        "set": s,
+                        "image": rel,
+                        "mask": f"{s}/masks/{img.name}",
+                        "labels": labels,
+                        "boxes": boxes,
+                        "official_ref": None,
+                        "preset": "percentile",
+                    }
+                )
     return out
 
 
@@ -89,10 +108,25 @@ def main() -> None:
             t = time.perf_counter()
             seg = segment_volume(img, prompts, predictor, preset=c["preset"], **VARIANTS[v])
             for i, lab in enumerate(c["labels"]):
-                rows.append({"set": c["set"], "case": Path(c["image"]).name, "label": lab, "variant": v,
-                             "dice": dice(seg.labels == i + 1, gt == lab), "seconds": time.perf_counter() - t,
-                             "official_ref": c["official_ref"][i] if c["official_ref"] else None})
-        print(c["image"], {v: round(np.mean([r["dice"] for r in rows if r["case"] == Path(c["image"]).name and r["variant"] == v]), 3) for v in variants}, flush=True)
+                rows.append(
+                    {
+                        "set": c["set"],
+                        "case": Path(c["image"]).name,
+                        "label": lab,
+                        "variant": v,
+                        "dice": dice(seg.labels == i + 1, gt == lab),
+                        "seconds": time.perf_counter() - t,
+                        "official_ref": c["official_ref"][i] if c["official_ref"] else None,
+                    }
+                )
+        print(
+            c["image"],
+            {
+                v: round(np.mean([r["dice"] for r in rows if r["case"] == Path(c["image"]).name and r["variant"] == v]), 3)
+                for v in variants
+            },
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     print("\nper-set mean Dice (objects):")

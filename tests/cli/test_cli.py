@@ -66,7 +66,7 @@ def test_segment_box_with_point_and_rgba_input(tmp_path, capsys) -> None:
         (["--box", "1,2,3"], 2, "X0,Y0,X1,Y1"),
         (["--box", "a,b,c,d"], 2, "X0,Y0,X1,Y1"),
         (["--point", "1,2,5"], 2, "LABEL must be 1"),
-        ([], 2, "at least one --box or --point"),
+        ([], 2, "at least one --box, --box3d or --point"),
         (["--box", "10,10,400,50"], 1, "lies outside the 260x180 image"),
         (["--box", "50,10,40,50"], 1, "x0 <= x1"),
         (["--box", "1,1,5,5", "--model", "no_such"], 1, "unknown model 'no_such'"),
@@ -88,8 +88,12 @@ def test_bad_files_and_outputs(tmp_path, capsys) -> None:
     assert "cannot read bad.png" in _one_line_error(capsys, rc)
     rc = main(["segment", str(tmp_path / "missing.png"), "--box", "1,1,5,5", "-o", str(tmp_path / "m.png")])
     assert "not found" in _one_line_error(capsys, rc)
-    rc = main(["segment", str(bad), "--box", "1,1,5,5", "-o", str(tmp_path / "m.nii.gz")])
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(good)
+    rc = main(["segment", str(good), "--box", "1,1,5,5", "-o", str(tmp_path / "m.nii.gz")])
     assert "written as .png" in _one_line_error(capsys, rc, 2)
+    rc = main(["segment", str(good), "--box3d", "1,1,1,5,5,5", "-o", str(tmp_path / "m.png")])
+    assert "are for volumes" in _one_line_error(capsys, rc, 2)
     rc = main(["segment", str(bad), "--box", "1,1,5,5"])
     assert "required" in _one_line_error(capsys, rc, 2)
     rc = main(["frobnicate"])

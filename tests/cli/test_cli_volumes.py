@@ -18,7 +18,12 @@ from tests.predict.test_volume import ellipsoid_volume
 
 
 def _sitk_geometry(im) -> tuple:
-    return im.GetSize(), np.round(im.GetSpacing(), 6).tolist(), np.round(im.GetOrigin(), 4).tolist(), np.round(im.GetDirection(), 6).tolist()
+    return (
+        im.GetSize(),
+        np.round(im.GetSpacing(), 6).tolist(),
+        np.round(im.GetOrigin(), 4).tolist(),
+        np.round(im.GetDirection(), 6).tolist(),
+    )
 
 
 def _dicom_series_sitk(folder):
@@ -46,7 +51,7 @@ def test_volume_masks_lie_on_the_source_grid(rel, box3d, preset, tmp_path, capsy
     assert np.array_equal(nib.load(out).affine, nib.load(src).affine)
     mask = read_image(out).array
     z0, z1 = int(box3d.split(",")[2]), int(box3d.split(",")[5])
-    assert mask.any() and not mask[: z0].any() and not mask[z1 + 1 :].any()  # within the box's slices
+    assert mask.any() and not mask[:z0].any() and not mask[z1 + 1 :].any()  # within the box's slices
     meta = json.loads(sidecar_path(out).read_text())
     assert meta["labels"] == {"1": "target"} and meta["intensity"]["preset"] in ("percentile", "soft_tissue")
     assert meta["objects"][0]["voxels"] == int((mask == 1).sum())
@@ -78,7 +83,9 @@ def test_world_coordinates_equal_voxel_coordinates(tmp_path, capsys) -> None:
     w_lo, w_hi = affine[:3, :3] @ lo + affine[:3, 3], affine[:3, :3] @ hi + affine[:3, 3]
     args = ["segment", str(src), "--preset", "soft_tissue", "-q"]
     assert main([*args, "--box3d", ",".join(map(str, [*lo, *hi])), "-o", str(tmp_path / "a.nii.gz")]) == 0
-    assert main([*args, "--world", "--box3d", ",".join(f"{v:.3f}" for v in [*w_lo, *w_hi]), "-o", str(tmp_path / "b.nii.gz")]) == 0
+    assert (
+        main([*args, "--world", "--box3d", ",".join(f"{v:.3f}" for v in [*w_lo, *w_hi]), "-o", str(tmp_path / "b.nii.gz")]) == 0
+    )
     a, b = read_image(tmp_path / "a.nii.gz").array, read_image(tmp_path / "b.nii.gz").array
     assert a.any() and np.array_equal(a, b)
 

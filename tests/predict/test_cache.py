@@ -18,9 +18,19 @@ def test_key_depends_on_pixels_model_and_preprocessing() -> None:
     b[3, 3, 0] = 1
     k = embedding_key("w1", "litemedsam", 256, a)
     assert k == embedding_key("w1", "litemedsam", 256, a.copy())
-    assert len({k, embedding_key("w1", "litemedsam", 256, b), embedding_key("w2", "litemedsam", 256, a),
-                embedding_key("w1", "sam", 256, a), embedding_key("w1", "litemedsam", 1024, a),
-                embedding_key("w1", "litemedsam", 256, a.reshape(4, 16, 3))}) == 6
+    assert (
+        len(
+            {
+                k,
+                embedding_key("w1", "litemedsam", 256, b),
+                embedding_key("w2", "litemedsam", 256, a),
+                embedding_key("w1", "sam", 256, a),
+                embedding_key("w1", "litemedsam", 1024, a),
+                embedding_key("w1", "litemedsam", 256, a.reshape(4, 16, 3)),
+            }
+        )
+        == 6
+    )
 
 
 def test_lru_eviction_by_bytes() -> None:

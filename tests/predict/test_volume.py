@@ -74,15 +74,16 @@ def test_2d_box_propagates_until_the_object_ends(counting) -> None:
 
 
 def test_other_axis_and_points(counting) -> None:
-    vol, mask = ellipsoid_volume()
-    y = 36  # a coronal slice: 2D coordinates are (x, z)
+    vol, mask = ellipsoid_volume(shape=(24, 40, 80), centre=(12, 20, 44), radii=(7, 8, 18))
+    y = 20  # a coronal slice: 2D coordinates are (x, z)
     zs, xs = np.nonzero(mask[:, y, :])
-    seg = segment_volume(vol, [ObjectPrompt(box=[xs.min(), zs.min(), xs.max(), zs.max()], slice_index=y)], counting,
-                         axis="y", preset="soft_tissue")
+    seg = segment_volume(
+        vol, [ObjectPrompt(box=[xs.min(), zs.min(), xs.max(), zs.max()], slice_index=y)], counting, axis="y", preset="soft_tissue"
+    )
     assert dice(seg.labels > 0, mask) > 0.75
-    pts = [(44, 36, 12, 1), (38, 36, 12, 1), (50, 36, 12, 1)]  # (x, y, z, label) on slice z = 12
+    pts = [(44, 20, 12, 1), (38, 20, 12, 1), (50, 20, 12, 1)]  # (x, y, z, label) on slice z = 12
     seg_p = segment_volume(vol, [ObjectPrompt(points=pts)], counting, preset="soft_tissue")
-    assert seg_p.labels[12, 36, 44] == 1  # the clicked object, key slice included
+    assert seg_p.labels[12, 20, 44] == 1  # the clicked object, key slice included
     assert not (seg_p.labels.astype(bool) & ~np.pad(mask, 2, mode="edge")[2:-2, 2:-2, 2:-2]).sum() > 0.2 * mask.sum()
 
 
@@ -91,8 +92,9 @@ def test_two_objects_share_slice_embeddings() -> None:
     vol, m1 = ellipsoid_volume(centre=(12, 36, 22), radii=(6, 12, 12))
     vol2, m2 = ellipsoid_volume(centre=(12, 36, 60), radii=(6, 12, 12), seed=1)
     vol = np.where(m2, vol2, vol)
-    seg = segment_volume(vol, [ObjectPrompt(label=1, box3d=_box3d(m1)), ObjectPrompt(label=2, box3d=_box3d(m2))],
-                         p, preset="soft_tissue")
+    seg = segment_volume(
+        vol, [ObjectPrompt(label=1, box3d=_box3d(m1)), ObjectPrompt(label=2, box3d=_box3d(m2))], p, preset="soft_tissue"
+    )
     assert dice(seg.labels == 1, m1) > 0.8 and dice(seg.labels == 2, m2) > 0.8
     assert p.encodes == len(np.flatnonzero((m1 | m2).any(axis=(1, 2))))  # each slice encoded once
 
@@ -146,8 +148,14 @@ def test_hippocampus_beats_the_official_procedure(counting) -> None:
 def test_propagation_options_are_validated(counting) -> None:
     vol, mask = ellipsoid_volume()
     with pytest.raises(ValueError, match="unknown output selection"):
-        segment_volume(vol, [ObjectPrompt(box3d=_box3d(mask))], counting, preset="soft_tissue",
-                       options=PropagationOptions(output_selection="largest"))
+        segment_volume(
+            vol,
+            [ObjectPrompt(box3d=_box3d(mask))],
+            counting,
+            preset="soft_tissue",
+            options=PropagationOptions(output_selection="largest"),
+        )
     with pytest.raises(ValueError, match="method 'official' needs a 3D box"):
-        segment_volume(vol, [ObjectPrompt(box=[30, 30, 50, 50], slice_index=12)], counting, method="official",
-                       preset="soft_tissue")
+        segment_volume(
+            vol, [ObjectPrompt(box=[30, 30, 50, 50], slice_index=12)], counting, method="official", preset="soft_tissue"
+        )

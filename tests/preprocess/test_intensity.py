@@ -17,7 +17,11 @@ def test_ct_windows(name: str) -> None:
     assert out.dtype == np.uint8
     assert np.all(np.diff(out.astype(int)) >= 0)  # monotonic
     assert out[hu <= level - width / 2].max() == 0 and out[hu >= level + width / 2].min() == 255
-    assert p.describe() == {"preset": name, "window_level_width": [level, width], "clip_hu": [level - width / 2, level + width / 2]}
+    assert p.describe() == {
+        "preset": name,
+        "window_level_width": [level, width],
+        "clip_hu": [level - width / 2, level + width / 2],
+    }
 
 
 def test_auto_and_explicit_window() -> None:

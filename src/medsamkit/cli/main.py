@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
 
 from .common import CliError, Parser
 
@@ -23,9 +25,32 @@ def build_parser() -> Parser:
     return parser
 
 
+# options whose value may start with "-" (negative coordinates): "--box3d -10,2,..." is read as "--box3d=-10,2,..."
+_NUMERIC_OPTIONS = ("--box", "--box3d", "--point", "--window")
+
+
+def _attach_negative_values(args: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in _NUMERIC_OPTIONS and i + 1 < len(args) and re.match(r"^-[\d.]", args[i + 1]):
+            out.append(f"{a}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"medsamkit: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; every failure becomes one line on stderr and a non-zero exit status."""
-    args_list = sys.argv[1:] if argv is None else argv
+    args_list = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
+    warnings.showwarning = _one_line_warning
     try:
         parser = build_parser()
         args = parser.parse_args(args_list)

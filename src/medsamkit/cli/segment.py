@@ -24,32 +24,66 @@ def add_parser(sub) -> None:
         "along --axis, or --box3d, or --point X,Y,Z on one slice; the object is propagated slice by slice.",
     )
     p.add_argument("image", type=Path, help="input: PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, npz, a DICOM file or series folder")
-    p.add_argument("--box", type=box_arg, action="append", default=[], metavar="X0,Y0,X1,Y1",
-                   help="box prompt (2D image, or on --slice of a volume); repeat for several objects")
-    p.add_argument("--box3d", type=lambda s: numbers_arg(s, (6,), "X0,Y0,Z0,X1,Y1,Z1"), action="append", default=[],
-                   metavar="X0,Y0,Z0,X1,Y1,Z1", help="3D box prompt (volumes); repeat for several objects")
-    p.add_argument("--point", type=lambda s: numbers_arg(s, (2, 3, 4), "X,Y[,LABEL] or X,Y,Z[,LABEL]"),
-                   action="append", default=[], metavar="X,Y[,Z][,LABEL]",
-                   help="point prompt; LABEL 1 = foreground (default), 0 = background; repeatable")
+    p.add_argument(
+        "--box",
+        type=box_arg,
+        action="append",
+        default=[],
+        metavar="X0,Y0,X1,Y1",
+        help="box prompt (2D image, or on --slice of a volume); repeat for several objects",
+    )
+    p.add_argument(
+        "--box3d",
+        type=lambda s: numbers_arg(s, (6,), "X0,Y0,Z0,X1,Y1,Z1"),
+        action="append",
+        default=[],
+        metavar="X0,Y0,Z0,X1,Y1,Z1",
+        help="3D box prompt (volumes); repeat for several objects",
+    )
+    p.add_argument(
+        "--point",
+        type=lambda s: numbers_arg(s, (2, 3, 4), "X,Y[,LABEL] or X,Y,Z[,LABEL]"),
+        action="append",
+        default=[],
+        metavar="X,Y[,Z][,LABEL]",
+        help="point prompt; LABEL 1 = foreground (default), 0 = background; repeatable",
+    )
     p.add_argument("--slice", type=int, help="slice index of the 2D --box in a volume")
-    p.add_argument("--axis", choices=("z", "y", "x"), default="z",
-                   help="slicing axis for volumes (default z); a 2D --box on an axis-y slice is in (x, z), on x in (y, z)")
-    p.add_argument("--world", action="store_true",
-                   help="--box3d/--point coordinates are world millimetres (RAS, as NIfTI/3D Slicer), not voxel indices")
-    p.add_argument("--preset", default="auto",
-                   help="intensity preset: auto, soft_tissue, lung, bone, brain, percentile, passthrough")
+    p.add_argument(
+        "--axis",
+        choices=("z", "y", "x"),
+        default="z",
+        help="slicing axis for volumes (default z); a 2D --box on an axis-y slice is in (x, z), on x in (y, z)",
+    )
+    p.add_argument(
+        "--world",
+        action="store_true",
+        help="--box3d/--point coordinates are world millimetres (RAS, as NIfTI/3D Slicer), not voxel indices",
+    )
+    p.add_argument(
+        "--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, percentile, passthrough"
+    )
     p.add_argument("--window", metavar="LEVEL,WIDTH", help="explicit CT window, e.g. 40,400 (overrides --preset)")
     p.add_argument("--modality", help="override the modality the file states or that is guessed (CT, MR, ...)")
     p.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when a DICOM folder holds several")
     p.add_argument("--label", action="append", default=[], metavar="NAME", help="name of each object, in order")
-    p.add_argument("-o", "--output", type=Path, required=True,
-                   help="output mask: .png (2D); .nii.gz, .nii, .nrrd, .mha, or .dcm (DICOM-SEG, DICOM input) for volumes")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output mask: .png (2D); .nii.gz, .nii, .nrrd, .mha, or .dcm (DICOM-SEG, DICOM input) for volumes",
+    )
     p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
     p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
-    p.add_argument("--embedding-cache", type=Path, metavar="DIR",
-                   help="keep slice embeddings in DIR so a later command on the same image skips the encoder")
+    p.add_argument(
+        "--embedding-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep slice embeddings in DIR so a later command on the same image skips the encoder",
+    )
     p.add_argument("--overlay", type=Path, help="also write an overlay PNG here (2D inputs)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
@@ -121,10 +155,20 @@ def _run_2d(args: argparse.Namespace, image, window, t0: float) -> None:
     predictor = _predictor(args)
     result = segment_2d(predictor, picture, boxes=args.box, points=points)
     n = len(result.masks)
-    write_mask(args.output, result.labels, image, names=_names(args, n),
-               metadata={"model": args.model, "backend": predictor.engine.backend, "intensity": preset_info,
-                         "boxes_xyxy_inclusive": args.box, "points_xy_label": points,
-                         "predicted_iou": [round(float(s), 4) for s in result.scores]})
+    write_mask(
+        args.output,
+        result.labels,
+        image,
+        names=_names(args, n),
+        metadata={
+            "model": args.model,
+            "backend": predictor.engine.backend,
+            "intensity": preset_info,
+            "boxes_xyxy_inclusive": args.box,
+            "points_xy_label": points,
+            "predicted_iou": [round(float(s), 4) for s in result.scores],
+        },
+    )
     if args.overlay is not None:
         from ..io import write_png
         from ..viz import overlay_masks

@@ -73,8 +73,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Medi
         chosen = groups[series_uid]
     elif len(groups) > 1:
         desc = "; ".join(
-            f"{uid or '(empty UID)'}: {g[0][1].get('Modality', '?')}, {len(g)} files, "
-            f"'{g[0][1].get('SeriesDescription', '')}'"
+            f"{uid or '(empty UID)'}: {g[0][1].get('Modality', '?')}, {len(g)} files, '{g[0][1].get('SeriesDescription', '')}'"
             for uid, g in sorted(groups.items())
         )
         raise ImageReadError(f"{folder} holds {len(groups)} DICOM series ({desc}); choose one with --series UID")
@@ -228,10 +227,14 @@ def _repaired_sources(files: list[Path]) -> tuple[list[Any], list[str]]:
             ds.SOPInstanceUID = inst
     if fixed_sop:
         notes.append(f"restored SOPClassUID/SOPInstanceUID of {fixed_sop} source slices from their file meta")
-    uids = {str(getattr(ds, "SOPInstanceUID")) for ds in datasets}
+    uids = {str(ds.SOPInstanceUID) for ds in datasets}
     if len(uids) != len(datasets):
         raise DicomSegError("cannot write DICOM-SEG: source slices share SOPInstanceUIDs")
-    for attr, what in (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series"), ("FrameOfReferenceUID", "frame of reference")):
+    for attr, what in (
+        ("StudyInstanceUID", "study"),
+        ("SeriesInstanceUID", "series"),
+        ("FrameOfReferenceUID", "frame of reference"),
+    ):
         values = {str(getattr(ds, attr, "") or "") for ds in datasets}
         if values == {""}:
             seed = [str(datasets[0].SOPInstanceUID), attr]
@@ -331,8 +334,6 @@ def read_dicom_seg(path: str | Path, like: MedicalImage) -> tuple[np.ndarray, di
         h = pydicom.dcmread(p, stop_before_pixels=True)
         uid = str(getattr(h, "SOPInstanceUID", "") or getattr(h.file_meta, "MediaStorageSOPInstanceUID", ""))
         sop_uids.append(uid)
-    arr = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=sop_uids, combine_segments=True, skip_overlap_checks=True
-    )
+    arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, combine_segments=True, skip_overlap_checks=True)
     names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
     return np.asarray(arr, dtype=np.uint8), names

@@ -52,9 +52,7 @@ def format_of(path: str | os.PathLike[str]) -> str:
     )
 
 
-def read_image(
-    path: str | os.PathLike[str], *, series_uid: str | None = None, modality: str | None = None
-) -> MedicalImage:
+def read_image(path: str | os.PathLike[str], *, series_uid: str | None = None, modality: str | None = None) -> MedicalImage:
     """Read any supported image as a :class:`MedicalImage` (see :mod:`medsamkit.io.image` for axes and
     geometry). ``modality`` overrides what the file says or the intensity-based guess."""
     p = Path(path)
@@ -144,8 +142,13 @@ def _read_nifti(p: Path) -> MedicalImage:
     direction = np.asarray(reader.GetDirection(), float).reshape(reader.GetDimension(), -1)[:d, :d]
     arr = np.ascontiguousarray(data.transpose(tuple(range(d))[::-1]))  # (i, j, k) -> (k, j, i)
     return MedicalImage(
-        arr, tuple(reader.GetSpacing()[:d]), tuple(reader.GetOrigin()[:d]), direction,
-        source=p, format="nifti", meta={"source_path": str(p)},
+        arr,
+        tuple(reader.GetSpacing()[:d]),
+        tuple(reader.GetOrigin()[:d]),
+        direction,
+        source=p,
+        format="nifti",
+        meta={"source_path": str(p)},
     )
 
 
@@ -177,9 +180,7 @@ def _read_itk(p: Path, fmt: str) -> MedicalImage:
     arr = sitk.GetArrayFromImage(im)
     direction = np.asarray(im.GetDirection(), float).reshape(dim, dim)
     meta = {"source_path": str(p)}
-    return MedicalImage(
-        arr, tuple(im.GetSpacing()), tuple(im.GetOrigin()), direction, source=p, format=fmt, meta=meta
-    )
+    return MedicalImage(arr, tuple(im.GetSpacing()), tuple(im.GetOrigin()), direction, source=p, format=fmt, meta=meta)
 
 
 def _read_npz(p: Path) -> MedicalImage:

@@ -82,7 +82,9 @@ def resolve_preset(
         level, width = window
         return IntensityPreset("window", level - width / 2, level + width / 2)
     if preset not in PRESETS or preset == "window":
-        raise ValueError(f"unknown intensity preset {preset!r}; use one of {', '.join(p for p in PRESETS if p != 'window')} or --window L,W")
+        raise ValueError(
+            f"unknown intensity preset {preset!r}; use one of {', '.join(p for p in PRESETS if p != 'window')} or --window L,W"
+        )
     if preset == "auto":
         if (modality or "").upper() == "CT":
             preset = "soft_tissue"

@@ -65,8 +65,10 @@ def test_dicom_series_to_nifti_and_dicom_seg(tmp_path, capsys) -> None:
     assert main(["segment", str(folder), "--box3d", box, "-o", str(nii), "-q"]) == 0, capsys.readouterr().err
     assert _sitk_geometry(sitk.ReadImage(str(nii))) == _sitk_geometry(_dicom_series_sitk(folder))
     seg = tmp_path / "m.dcm"
-    with pytest.warns(UserWarning, match="generated"):
-        assert main(["segment", str(folder), "--box3d", box, "-o", str(seg), "-q", "--label", "liver part"]) == 0
+    capsys.readouterr()
+    assert main(["segment", str(folder), "--box3d", box, "-o", str(seg), "-q", "--label", "liver part"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("medsamkit: warning:") and "empty StudyInstanceUID; generated" in line for line in err)
     ds = pydicom.dcmread(seg)
     assert ds.Modality == "SEG" and ds.SegmentSequence[0].SegmentLabel == "liver part"
     assert json.loads(sidecar_path(seg).read_text())["intensity"]["preset"] == "soft_tissue"  # CT from DICOM Modality

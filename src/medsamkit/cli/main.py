@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -50,7 +51,24 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     """Run a command; every failure becomes one line on stderr and a non-zero exit status."""
     args_list = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
+    saved_showwarning = warnings.showwarning
     warnings.showwarning = _one_line_warning
+    log = logging.getLogger("medsamkit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("medsamkit: %(message)s"))
+    quiet = "-q" in args_list or "--quiet" in args_list
+    log.addHandler(handler)
+    saved_level = log.level
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        return _run(args_list)
+    finally:
+        warnings.showwarning = saved_showwarning
+        log.removeHandler(handler)
+        log.setLevel(saved_level)
+
+
+def _run(args_list: list[str]) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(args_list)

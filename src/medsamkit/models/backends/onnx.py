@@ -8,8 +8,8 @@ engine does not import PyTorch.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -20,6 +20,8 @@ import numpy as np
 
 from ..configs import ArchSpec
 from ..weights import cache_dir
+
+log = logging.getLogger("medsamkit")
 
 # Bump when a change to the model code changes the exported graphs.
 EXPORT_REVISION = 6
@@ -165,12 +167,9 @@ class OnnxEngine:
         folder = engine_dir(arch, weights_sha256)
         if not all((folder / f"{s}.onnx").is_file() for s in STAGES):
             t0 = time.perf_counter()
-            print(
-                f"medsamkit: exporting {arch.name} to ONNX Runtime (once per weights; cache {folder})",
-                file=sys.stderr,
-            )
+            log.info("exporting %s to ONNX Runtime (once per weights; cache %s)", arch.name, folder)
             _export_all(build_model(), folder)
-            print(f"medsamkit: export done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            log.info("export done in %.1f s", time.perf_counter() - t0)
         return folder
 
     @classmethod

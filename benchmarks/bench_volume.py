@@ -63,7 +63,8 @@ def main() -> None:
     img = MedicalImage(vol, (0.8, 0.8, 2.5), (0.0, 0.0, 0.0), np.eye(3), modality="CT", modality_source="user")
     r: dict = {"threads": THREADS, "volume": "100x512x512 int16", "official_in_script_11_slices_s": OFFICIAL_11_SLICES_S}
     fast = Predictor("litemedsam", threads=THREADS)
-    fast.set_image(np.zeros((64, 64), np.uint8))  # warm-up: sessions created, first run done
+    fast.set_image(np.zeros((64, 64), np.uint8))  # warm-up: sessions created, first runs done
+    fast.predict(boxes=[4, 4, 40, 40], outputs=[0, 1, 2, 3])
     for name, mask in (("lesion", lesion), ("organ", organ)):
         b = box3d(mask)
         n = b[5] - b[2] + 1

@@ -96,6 +96,10 @@ def main() -> None:
             f"official procedure on eager PyTorch (this run): {r['official_procedure_eager_torch_11_slices_s']:.2f} s "
             f"-> medsamkit {r['official_procedure_eager_torch_11_slices_s'] / r['lesion']['seconds']:.2f}x faster"
         )
+    import resource
+
+    r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (volume + slice embeddings + models): {r['peak_rss_mb']:.0f} MB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2, default=float) + "\n")
     print(f"wrote {args.out}")

@@ -41,14 +41,6 @@ def box_arg(text: str) -> list[float]:
     return _numbers(text, (4,), "X0,Y0,X1,Y1 (four numbers)")
 
 
-def point_arg(text: str) -> list[float]:
-    """``"X,Y[,LABEL]"`` -> [x, y, label], label 1 (foreground) unless given as 0."""
-    v = _numbers(text, (2, 3), "X,Y or X,Y,LABEL")
-    if len(v) == 3 and v[2] not in (0.0, 1.0):
-        raise argparse.ArgumentTypeError(f"{text!r}: LABEL must be 1 (foreground) or 0 (background)")
-    return v if len(v) == 3 else v + [1.0]
-
-
 def positive_int(text: str) -> int:
     try:
         v = int(text)

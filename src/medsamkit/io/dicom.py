@@ -54,7 +54,9 @@ def _normal(ds) -> np.ndarray:
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> MedicalImage:
     """Read the DICOM image series in ``folder`` (non-recursive).
 
-    With several series in the folder, ``series_uid`` picks one (otherwise an error lists them). Slices must
+    Every file's header is read (without pixel data) to group and order the slices; only the chosen series'
+    pixel data is then decoded. With several series in the folder, ``series_uid`` picks one (otherwise an
+    error lists them). Slices must
     share orientation, size and pixel spacing. Rescale slope/intercept are applied (CT in HU).
     """
     folder = Path(folder)

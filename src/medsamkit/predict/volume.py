@@ -18,7 +18,6 @@ import numpy as np
 from ..io.image import MedicalImage
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT
 from ..preprocess.intensity import IntensityPreset, resolve_preset
-from ..preprocess.transforms import longest_side_shape
 from .cache import EmbeddingCache
 from .predictor import Predictor
 
@@ -158,6 +157,7 @@ def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, int, int]) -> _Plan:
 
 
 def _bbox(mask: np.ndarray) -> np.ndarray | None:
+    """Inclusive (x0, y0, x1, y1) = (first col, first row, last col, last row) of a 2D mask; None if empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
@@ -361,11 +361,14 @@ def _official(
     size = predictor.transform.input_size
     obj = np.zeros(shape, bool)
     ious: list[float] = []
-    ratio = size / max(h, w)
-    box0 = np.floor(pl.box * ratio)  # type: ignore[operator]
-    nh, nw = longest_side_shape(h, w, size)
+    mid = int((pl.hi - pl.lo) / 2 + pl.lo)
+    set_slice(mid)
+    geom = predictor.geometry  # every slice of the volume has the same size, hence the same geometry
+    box0 = predictor.transform.boxes_to_input(pl.box[None], geom)[0]  # type: ignore[index]
+    nh, nw = geom.resized
 
     def box_from(prev: np.ndarray) -> np.ndarray:
+        """Box of the previous slice's mask on the model grid, widened by 3 px (official get_bbox256)."""
         small = cv2.resize(prev.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_AREA)
         if small.max() == 0:
             return box0
@@ -373,7 +376,6 @@ def _official(
         cols = np.flatnonzero(small.any(axis=0))
         return np.array([max(0, cols[0] - 3), max(0, rows[0] - 3), min(size, cols[-1] + 3), min(size, rows[-1] + 3)], float)
 
-    mid = int((pl.hi - pl.lo) / 2 + pl.lo)
     order = list(range(mid, min(pl.hi + 1, n))) + list(range(mid - 1, max(-1, pl.lo - 1), -1))
     for s in order:
         set_slice(s)

@@ -60,3 +60,12 @@ def test_nan_is_refused() -> None:
     vol[1, 1, 1] = np.nan
     with pytest.raises(ValueError, match="1 NaN or infinite voxels"):
         resolve_preset(vol, "MR")
+
+
+def test_auto_keeps_8bit_ct_pictures_as_they_are():
+    # an 8-bit CT slice (PNG) is already windowed: 'auto' must not apply an HU window to 0..255 values
+    pic = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    fitted = resolve_preset(pic, "CT")
+    assert fitted.name == "passthrough"
+    assert (fitted.apply(pic) == pic).all()
+    assert resolve_preset(pic.astype(np.int16) - 1000, "CT").name == "soft_tissue"

@@ -8,7 +8,8 @@ described by :meth:`IntensityPreset.describe` for the output's metadata.
 * ``percentile`` (MR, PET, other; MedSAM's preprocessing): clip to the 0.5 and 99.5 percentiles of the
   voxels > 0, rescale to 0..255; voxels <= 0 stay 0.
 * ``passthrough``: uint8 data (RGB or grey pictures) is used as is.
-* ``auto``: CT -> soft_tissue; uint8 images -> passthrough; everything else -> percentile.
+* ``auto``: uint8 images -> passthrough (8-bit pictures are already windowed, whatever the modality; a
+  soft-tissue window on 0..255 values would wreck them); CT -> soft_tissue; everything else -> percentile.
 """
 
 from __future__ import annotations
@@ -86,10 +87,10 @@ def resolve_preset(
             f"unknown intensity preset {preset!r}; use one of {', '.join(p for p in PRESETS if p != 'window')} or --window L,W"
         )
     if preset == "auto":
-        if (modality or "").upper() == "CT":
-            preset = "soft_tissue"
-        elif a.dtype == np.uint8:
+        if a.dtype == np.uint8:
             preset = "passthrough"
+        elif (modality or "").upper() == "CT":
+            preset = "soft_tissue"
         else:
             preset = "percentile"
     if preset in CT_WINDOWS:

@@ -1,0 +1,199 @@
+"""Summaries of evaluation rows: Dice/NSD/HD95 per dataset x protocol x step, per modality, attribute
+correlations (Spearman) and how well prompt-perturbation uncertainty ranks failures (AUROC).
+
+Conventions (also written into ``summary.json``): metrics follow :mod:`medsamkit.metrics` - no NaN: an empty
+prediction scores Dice 0, NSD 0 and HD95/ASSD equal to the image diagonal in mm (counted as ``empty_pred``).
+Attributes can be undefined (NaN, e.g. the fractal dimension of a 3-pixel object); such objects are left out of
+that attribute's correlation and counted in ``n_undefined``. Error rows are counted, never averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..metrics.attributes import ATTRIBUTES
+
+FAILURE_DICE = 0.7
+CORRELATED = ("size", "relative_size", "compactness", "fractal_dimension", "contrast", "components", "box_fill")
+
+CONVENTIONS = {
+    "dice_iou": "both empty -> 1; exactly one empty -> 0",
+    "nsd": "both empty -> 1; exactly one empty -> 0; tolerance in mm (pixels for images without spacing)",
+    "hd95_assd": "both empty -> 0; exactly one empty -> the image diagonal in mm (flagged by empty_pred)",
+    "attributes": "undefined values are NaN/null and are excluded from correlations (n_undefined)",
+    "failure": f"an object 'fails' when Dice < {FAILURE_DICE}",
+    "steps": "step 0 = the initial prompt; step k = after k correction clicks (iterative protocols)",
+}
+
+
+def _f(v: Any) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return x
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
+    a = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if a.size == 0:
+        return {"mean": None, "median": None, "std": None, "ci95": None}
+    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return {
+        "mean": round(float(a.mean()), 4),
+        "median": round(float(np.median(a)), 4),
+        "std": round(std, 4),
+        "ci95": round(1.96 * std / math.sqrt(a.size), 4),
+    }
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Spearman rank correlation of paired values, leaving out pairs with an undefined value. Returns rho,
+    p-value, n used and n_undefined; rho is None when fewer than 3 pairs remain or a side is constant."""
+    from scipy.stats import spearmanr
+
+    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    n = int(ok.sum())
+    out: dict[str, Any] = {"rho": None, "p": None, "n": n, "n_undefined": int((~ok).sum())}
+    if n < 3 or np.ptp(xa[ok]) == 0 or np.ptp(ya[ok]) == 0:
+        return out
+    r = spearmanr(xa[ok], ya[ok])
+    out["rho"] = round(float(r.statistic), 4)
+    out["p"] = float(f"{float(r.pvalue):.3g}")
+    return out
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` for the ``positive`` class (Mann-Whitney, ties counted half);
+    None when either class is empty."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, np.float64)
+    p = np.asarray(positive, bool)
+    ok = np.isfinite(s)
+    s, p = s[ok], p[ok]
+    n_pos, n_neg = int(p.sum()), int((~p).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(s)
+    return float((ranks[p].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _object_key(r: dict[str, Any]) -> tuple:
+    return (r["dataset"], r["case"], r["label"], r["slice"])
+
+
+def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tolerance: float | None = None) -> dict[str, Any]:
+    """The ``summary.json`` content for evaluation ``rows`` (see :data:`medsamkit.evaluate.runner.COLUMNS`)."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    errors = [r for r in rows if r.get("status") != "ok"]
+    order = {p: i for i, p in enumerate(protocols)}
+    last_step: dict[str, int] = defaultdict(int)
+    for r in ok:
+        last_step[r["protocol"]] = max(last_step[r["protocol"]], int(r["step"]))
+
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in ok:
+        groups[(r["dataset"], r["protocol"], int(r["step"]))].append(r)
+        groups[("all", r["protocol"], int(r["step"]))].append(r)
+    table = []
+
+    def group_order(kv: tuple) -> tuple:
+        ds, proto, step = kv[0]
+        return (ds != "all", ds, order.get(proto, 99), step)
+
+    for (ds, proto, step), rs in sorted(groups.items(), key=group_order):
+        entry = {
+            "dataset": ds,
+            "protocol": proto,
+            "step": step,
+            "final": step == last_step[proto],
+            "n": len(rs),
+            "dice": _stats([_f(r["dice"]) for r in rs]),
+            "iou_mean": _stats([_f(r["iou"]) for r in rs])["mean"],
+            "nsd_mean": _stats([_f(r["nsd"]) for r in rs])["mean"],
+            "hd95_median": _stats([_f(r["hd95"]) for r in rs])["median"],
+            "assd_mean": _stats([_f(r["assd"]) for r in rs])["mean"],
+            "empty_pred": sum(1 for r in rs if r.get("empty_pred") in (True, "True", 1)),
+            "failures": sum(1 for r in rs if _f(r["dice"]) < FAILURE_DICE),
+            "predicted_iou_mean": _stats([_f(r["predicted_iou"]) for r in rs])["mean"],
+            "time_s_mean": _stats([_f(r["time_s"]) for r in rs])["mean"],
+        }
+        table.append(entry)
+
+    by_modality: dict[tuple, list[float]] = defaultdict(list)
+    for r in ok:
+        if int(r["step"]) == last_step[r["protocol"]]:
+            by_modality[(r.get("modality") or "unknown", r["protocol"])].append(_f(r["dice"]))
+    modality_table = [
+        {"modality": m, "protocol": p, "n": len(v), "dice": _stats(v)}
+        for (m, p), v in sorted(by_modality.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99)))
+    ]
+
+    clicks: dict[str, dict[str, list[float | None]]] = defaultdict(dict)
+    for e in table:
+        if last_step[e["protocol"]] > 0:
+            curve = clicks[e["dataset"]].setdefault(e["protocol"], [None] * (last_step[e["protocol"]] + 1))
+            curve[e["step"]] = e["dice"]["mean"]
+
+    correlations = []
+    for ds in sorted({r["dataset"] for r in ok}) + ["all"]:
+        for proto in protocols:
+            rs = [r for r in ok if r["protocol"] == proto and int(r["step"]) == last_step[proto] and ds in ("all", r["dataset"])]
+            if len(rs) < 3:
+                continue
+            dice = [_f(r["dice"]) for r in rs]
+            attrs = {a: spearman([_f(r.get(a)) for r in rs], dice) for a in CORRELATED}
+            correlations.append({"dataset": ds, "protocol": proto, "n": len(rs), "spearman_with_dice": attrs})
+
+    uncertainty = []
+    box_dice = {_object_key(r): _f(r["dice"]) for r in ok if r["protocol"] == "box"}
+    for proto in protocols:
+        if not proto.startswith("uncertainty"):
+            continue
+        rs = [r for r in ok if r["protocol"] == proto]
+        if not rs:
+            continue
+        score = [_f(r.get("uncertainty")) for r in rs]
+        own = [_f(r["dice"]) < FAILURE_DICE for r in rs]
+        entry: dict[str, Any] = {
+            "protocol": proto,
+            "n": len(rs),
+            "failures": int(sum(own)),
+            "auroc_own_dice": auroc(score, own),
+            "robust_dice": _stats([_f(r["dice"]) for r in rs]),
+        }
+        paired = [(s, box_dice[_object_key(r)]) for s, r in zip(score, rs) if _object_key(r) in box_dice]
+        if paired:
+            entry["auroc_box_dice"] = auroc([p[0] for p in paired], [p[1] < FAILURE_DICE for p in paired])
+            entry["box_failures"] = int(sum(p[1] < FAILURE_DICE for p in paired))
+        uncertainty.append(entry)
+
+    images = {(r["dataset"], r["case"], r["slice"]): _f(r.get("encode_s")) for r in ok}
+    enc = [v for v in images.values() if math.isfinite(v)]
+    return {
+        "conventions": {**CONVENTIONS, "nsd_tolerance": nsd_tolerance},
+        "protocols": list(protocols),
+        "objects": len({_object_key(r) for r in ok}),
+        "rows": len(rows),
+        "errors": len(errors),
+        "error_examples": [
+            {k: r.get(k) for k in ("dataset", "case", "label", "slice", "protocol", "error")} for r in errors[:50]
+        ],
+        "table": table,
+        "by_modality": modality_table,
+        "dice_vs_clicks": clicks,
+        "correlations": correlations,
+        "uncertainty": uncertainty,
+        "timing": {
+            "images_encoded": len(enc),
+            "encode_s_mean": round(float(np.mean(enc)), 4) if enc else None,
+        },
+        "attributes": list(ATTRIBUTES),
+    }

@@ -1,0 +1,589 @@
+"""The evaluation runner: every object of every case under every prompt protocol, one row each.
+
+Per-case work is a pure function of (case, protocols, predictor, config) - :func:`evaluate_case` - so a
+distributed engine can map it; :func:`run_evaluation` is the single-process loop around it with a progress
+bar, resumable results and the report.
+
+Output folder (``RUN_DIR``):
+
+- ``run.json``: settings (model and weights id, seed, mode, NSD tolerance, intensity preset, slice policy),
+  protocols, versions. Re-running into the same folder with other settings is refused; adding protocols is
+  allowed (only the missing ones are computed).
+- ``cases/<dataset>/<case>.json``: the rows of one case, written atomically when the case is finished; a case
+  whose file holds every requested protocol without error is skipped on re-runs, errors are retried.
+- ``masks/<dataset>/<case>.npz``: predicted masks (bit-packed) of the first and last step of each protocol.
+- ``results.csv`` (and ``results.parquet`` when pyarrow is installed), ``summary.json``, ``report.html``.
+
+Objects: each label value > 0 of a case's mask is one object. 3D cases are evaluated in ``slices`` mode (each
+axial slice where the label has at least ``min_slice_pixels`` pixels is one 2D object; slices with fewer,
+including empty ones, give no prompt to simulate and are skipped and counted - their false positives are
+only measured in ``volume`` mode) or ``volume`` mode (3D prompt, slice propagation, 3D metrics).
+Seeds: every (case, label, slice, protocol) draws from its own generator, seeded from the run seed and those
+names, so results do not depend on order or on which cases are re-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..metrics import compute_metrics
+from ..metrics.attributes import ATTRIBUTES, object_attributes
+from ..predict.predictor import Predictor
+from ..preprocess.image2d import to_rgb_uint8
+from ..preprocess.intensity import resolve_preset
+from ..prompts import PromptProtocol, parse_protocol
+from .datasets import Case, Dataset, load_case, load_dataset
+from .prompting import StepResult, run_protocol_2d, run_protocol_3d
+
+MODES = ("slices", "volume")
+METRIC_COLUMNS = ("dice", "iou", "nsd", "hd95", "assd", "pred_size", "gt_size", "volume_difference", "empty_pred")
+COLUMNS = (
+    "dataset",
+    "case",
+    "label",
+    "label_name",
+    "modality",
+    "mode",
+    "slice",
+    "protocol",
+    "step",
+    "seed",
+    "status",
+    "error",
+    *METRIC_COLUMNS,
+    "predicted_iou",
+    "uncertainty",
+    *ATTRIBUTES,
+    "time_s",
+    "encode_s",
+    "image_shape",
+    "spacing",
+    "prompt",
+)
+
+
+@dataclass
+class EvalConfig:
+    """Settings that determine the numbers of a run (recorded in ``run.json``).
+
+    mode: how 3D cases are evaluated, ``slices`` or ``volume`` (2D cases are always whole images).
+    nsd_tolerance: NSD tolerance in mm (pixels for images without a physical spacing, e.g. PNG).
+    preset/window: intensity mapping for non-uint8 images (:mod:`medsamkit.preprocess.intensity`).
+    min_slice_pixels: slices mode: a slice is evaluated when the label has at least this many pixels on it.
+    save_masks: keep the predicted masks (first and last step per protocol) for overlays and later analysis.
+    """
+
+    seed: int = 0
+    mode: str = "slices"
+    nsd_tolerance: float = 2.0
+    preset: str = "auto"
+    window: tuple[float, float] | None = None
+    min_slice_pixels: int = 1
+    save_masks: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.nsd_tolerance > 0:
+            raise ValueError("the NSD tolerance must be > 0 mm")
+        if self.min_slice_pixels < 1:
+            raise ValueError("min_slice_pixels must be >= 1")
+
+
+def object_seed(seed: int, dataset: str, case: str, label: int, slice_index: int, protocol: str) -> int:
+    """The seed of one object's prompt simulation, from the run seed and the object's names."""
+    h = hashlib.sha256(f"{seed}|{dataset}|{case}|{label}|{slice_index}|{protocol}".encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+@dataclass
+class CaseResult:
+    """Rows of one case (one per object x protocol x step, or one error row) and the kept masks
+    (key ``"<label>/<slice>/<protocol>/<step>"`` -> bool mask)."""
+
+    rows: list[dict[str, Any]]
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _spacing_array_order(image: Any, ndim: int) -> tuple[float, ...]:
+    """medsamkit images store spacing as (x, y[, z]); metrics take it in array order (z, y, x)."""
+    sp = tuple(float(s) for s in image.spacing)
+    return tuple(reversed(sp))[-ndim:] if len(sp) >= ndim else (1.0,) * ndim
+
+
+def _grey(picture: np.ndarray) -> np.ndarray:
+    rgb = to_rgb_uint8(picture).astype(np.float32)
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _base_row(case: Case, label: int, modality: str | None, mode: str, slice_index: int) -> dict[str, Any]:
+    return {
+        "dataset": case.dataset,
+        "case": case.id,
+        "label": int(label),
+        "label_name": case.labels.get(int(label), ""),
+        "modality": modality or "",
+        "mode": mode,
+        "slice": int(slice_index),
+    }
+
+
+def _error_text(e: BaseException | str) -> str:
+    if isinstance(e, str):
+        return e
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _error_row(base: dict[str, Any], protocol: str, seed: int | None, e: BaseException | str) -> dict[str, Any]:
+    return {**base, "protocol": protocol, "step": 0, "seed": seed, "status": "error", "error": _error_text(e)}
+
+
+def evaluate_case(
+    case: Case,
+    protocols: Sequence[PromptProtocol | str],
+    predictor: Predictor,
+    config: EvalConfig | None = None,
+    *,
+    skip: Callable[[str], bool] | None = None,
+) -> CaseResult:
+    """Evaluate every object of ``case`` under every protocol. Never raises for a bad case or object: the
+    problem becomes an error row (``status`` = ``error``). ``skip(protocol_name)`` -> True leaves a protocol
+    out (already done in an earlier run)."""
+    cfg = config or EvalConfig()
+    protos = [p if isinstance(p, PromptProtocol) else parse_protocol(p) for p in protocols]
+    if skip is not None:
+        protos = [p for p in protos if not skip(p.name)]
+    result = CaseResult([])
+    if not protos:
+        return result
+    try:
+        image, mask = load_case(case)
+    except Exception as e:  # noqa: BLE001 - a bad case is a row, not a crash
+        result.rows.append(_error_row(_base_row(case, 0, case.modality, "", -1), "*", None, e))
+        return result
+    modality = case.modality or image.modality
+    labels = [int(v) for v in np.unique(mask) if v > 0]
+    if not labels:
+        no_object = "ValueError: the mask has no labelled object"
+        result.rows.append(_error_row(_base_row(case, 0, modality, "", -1), "*", None, no_object))
+        return result
+    try:
+        if image.is_volume:
+            if cfg.mode == "volume":
+                _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result)
+            else:
+                _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result)
+        else:
+            fitted = resolve_preset(image.array, modality, cfg.preset, cfg.window)
+            picture = fitted.apply(image.array)
+            t0 = time.perf_counter()
+            predictor.set_image(picture)
+            encode_s = time.perf_counter() - t0
+            spacing = _spacing_array_order(image, 2)
+            _objects_2d(case, picture, mask, labels, modality, -1, "image", spacing, encode_s, protos, predictor, cfg, result)
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("MEDSAMKIT_DEBUG"):
+            traceback.print_exc()
+        result.rows = [r for r in result.rows if r.get("status") == "ok"]
+        result.rows.append(_error_row(_base_row(case, 0, modality, "", -1), "*", None, e))
+    return result
+
+
+def _objects_2d(
+    case: Case,
+    picture: np.ndarray,
+    mask: np.ndarray,
+    labels: Iterable[int],
+    modality: str | None,
+    slice_index: int,
+    mode: str,
+    spacing: tuple[float, ...],
+    encode_s: float,
+    protos: Sequence[PromptProtocol],
+    predictor: Predictor,
+    cfg: EvalConfig,
+    result: CaseResult,
+) -> None:
+    """All objects of one encoded 2D picture (the predictor holds its embedding) under all protocols."""
+    grey = _grey(picture)
+    for label in labels:
+        gt = mask == label
+        if not gt.any():
+            continue
+        attrs = object_attributes(grey, gt, spacing)
+        base = {**_base_row(case, label, modality, mode, slice_index), **attrs, "encode_s": round(encode_s, 4)}
+        base["image_shape"] = "x".join(str(s) for s in gt.shape)
+        base["spacing"] = ",".join(f"{s:g}" for s in spacing)
+        for proto in protos:
+            seed = object_seed(cfg.seed, case.dataset, case.id, label, slice_index, proto.name)
+            t0 = time.perf_counter()
+            try:
+                steps = run_protocol_2d(predictor, gt, proto, np.random.default_rng(seed))
+            except Exception as e:  # noqa: BLE001 - e.g. a prompt that cannot be simulated for this object
+                result.rows.append(_error_row(base, proto.name, seed, e))
+                continue
+            elapsed = time.perf_counter() - t0
+            _add_steps(result, base, proto, seed, steps, gt, spacing, cfg, elapsed, f"{label}/{slice_index}")
+
+
+def _add_steps(
+    result: CaseResult,
+    base: dict[str, Any],
+    proto: PromptProtocol,
+    seed: int,
+    steps: list[StepResult],
+    gt: np.ndarray,
+    spacing: tuple[float, ...],
+    cfg: EvalConfig,
+    elapsed: float,
+    key: str,
+) -> None:
+    for st in steps:
+        m = compute_metrics(st.mask, gt, spacing, nsd_tolerance=cfg.nsd_tolerance)
+        row = {**base, "protocol": proto.name, "step": st.step, "seed": seed, "status": "ok", "error": ""}
+        row.update({k: (bool(m[k]) if k == "empty_pred" else float(m[k])) for k in METRIC_COLUMNS})
+        row["predicted_iou"] = round(float(st.predicted_iou), 5)
+        row["uncertainty"] = st.uncertainty
+        row["time_s"] = round(elapsed * (st.step + 1) / len(steps), 5)
+        row["prompt"] = json.dumps(st.prompt, separators=(",", ":"))
+        result.rows.append(row)
+        if cfg.save_masks and st.step in (0, steps[-1].step):
+            result.masks[f"{key}/{proto.name}/{st.step}"] = st.mask
+
+
+def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result) -> None:  # noqa: ANN001
+    fitted = resolve_preset(image.array, modality, cfg.preset, cfg.window)
+    spacing = _spacing_array_order(image, 2)
+    counts = np.stack([(mask == v).sum(axis=(1, 2)) for v in labels])  # (labels, Z)
+    keep = counts >= cfg.min_slice_pixels
+    for z in np.flatnonzero(keep.any(axis=0)):
+        picture = fitted.apply(image.array[z])
+        t0 = time.perf_counter()
+        predictor.set_image(picture)
+        encode_s = time.perf_counter() - t0
+        present = [v for v, k in zip(labels, keep[:, z]) if k]
+        _objects_2d(case, picture, mask[z], present, modality, int(z), "slice", spacing, encode_s, protos, predictor, cfg, result)
+
+
+def _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result) -> None:  # noqa: ANN001
+    from ..predict.cache import EmbeddingCache
+
+    fitted = resolve_preset(image.array, modality, cfg.preset, cfg.window)
+    spacing = _spacing_array_order(image, 3)
+    grey = fitted.apply(image.array).astype(np.float32)
+    saved_cache = predictor.cache
+    predictor.cache = EmbeddingCache(max_bytes=2 << 30)  # slice embeddings shared by all objects and protocols
+    try:
+        for label in labels:
+            gt = mask == label
+            attrs = object_attributes(grey, gt, spacing)
+            base = {**_base_row(case, label, modality, "volume", -1), **attrs, "encode_s": None}
+            base["image_shape"] = "x".join(str(s) for s in gt.shape)
+            base["spacing"] = ",".join(f"{s:g}" for s in spacing)
+            for proto in protos:
+                seed = object_seed(cfg.seed, case.dataset, case.id, label, -1, proto.name)
+                t0 = time.perf_counter()
+                try:
+                    steps = run_protocol_3d(
+                        predictor, image, gt, proto, np.random.default_rng(seed), preset=cfg.preset, window=cfg.window
+                    )
+                except Exception as e:  # noqa: BLE001
+                    result.rows.append(_error_row(base, proto.name, seed, e))
+                    continue
+                _add_steps(result, base, proto, seed, steps, gt, spacing, cfg, time.perf_counter() - t0, f"{label}/-1")
+    finally:
+        predictor.cache = saved_cache
+
+
+# -- the single-process run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationRun:
+    """What :func:`run_evaluation` produced: the output folder, all rows and the summary."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    computed: int = 0
+    skipped: int = 0
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _clean(v: Any) -> Any:
+    """JSON has no NaN: undefined values are stored as null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
+
+
+def _case_paths(out: Path, case: Case) -> tuple[Path, Path]:
+    d, c = _safe(case.dataset), _safe(case.id)
+    return out / "cases" / d / f"{c}.json", out / "masks" / d / f"{c}.npz"
+
+
+def _versions() -> dict[str, str]:
+    from .. import __version__
+
+    v = {"medsamkit": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import onnxruntime
+
+        v["onnxruntime"] = onnxruntime.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+def _run_settings(cfg: EvalConfig, predictor: Predictor, model_name: str) -> dict[str, Any]:
+    return {
+        "model": model_name,
+        "weights_id": predictor.engine.weights_id,
+        "pipeline": predictor.transform.name,
+        **{k: v for k, v in asdict(cfg).items() if k != "save_masks"},
+    }
+
+
+def run_evaluation(
+    datasets: Sequence[Dataset | str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    protocols: Sequence[str],
+    *,
+    model: str = "litemedsam",
+    checkpoint: str | os.PathLike[str] | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
+    predictor: Predictor | None = None,
+    config: EvalConfig | None = None,
+    limit: int | None = None,
+    modality: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> EvaluationRun:
+    """Evaluate ``model`` on ``datasets`` (paths or loaded :class:`Dataset`) under ``protocols`` (strings of
+    :mod:`medsamkit.prompts.protocol`), writing into ``out_dir`` (see the module docstring). ``limit``: first
+    N cases per dataset. ``modality`` overrides the datasets' modality for all cases. Returns the rows and
+    the summary; the per-case work is :func:`evaluate_case`."""
+    from .analysis import summarize
+    from .report import write_report
+
+    cfg = config or EvalConfig()
+    protos = [parse_protocol(p) for p in protocols]
+    if not protos:
+        raise ValueError("give at least one prompt protocol")
+    names = [p.name for p in protos]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate prompt protocols: {names}")
+    sets = [d if isinstance(d, Dataset) else load_dataset(d) for d in datasets]
+    if limit is not None:
+        sets = [d.subset(limit=limit) for d in sets]
+    if modality is not None:
+        sets = [_with_modality(d, modality) for d in sets]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = predictor or Predictor(model, checkpoint=checkpoint, backend=backend, threads=threads)
+    settings = _run_settings(cfg, predictor, model if checkpoint is None else f"{model} ({checkpoint})")
+    run_file = out / "run.json"
+    previous = json.loads(run_file.read_text()) if run_file.exists() else None
+    if previous is not None:
+        old = previous.get("settings", {})
+        changed = {k for k in set(old) | set(settings) if json.dumps(old.get(k)) != json.dumps(settings.get(k))}
+        if changed:
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(sorted(changed))}); use another output folder")
+        names_all = list(dict.fromkeys(previous.get("protocols", []) + names))
+    else:
+        names_all = names
+    record = {
+        "settings": settings,
+        "protocols": names_all,
+        "datasets": [{"name": d.name, "root": str(d.root), "layout": d.layout, "cases": len(d)} for d in sets],
+        "versions": _versions(),
+        "started": previous.get("started") if previous else time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    _atomic_write(run_file, lambda p: p.write_text(json.dumps(record, indent=2, default=_json_default)))
+
+    cases = [c for d in sets for c in d]
+    rows: list[dict[str, Any]] = []
+    computed = skipped = 0
+    bar = _bar(len(cases), progress)
+    t_run = time.perf_counter()
+    for case in cases:
+        case_file, mask_file = _case_paths(out, case)
+        old_rows: list[dict[str, Any]] = []
+        if case_file.exists():
+            try:
+                old_rows = json.loads(case_file.read_text())["rows"]
+            except (ValueError, KeyError):
+                old_rows = []  # a damaged file is recomputed
+        done = {r["protocol"] for r in old_rows if r.get("status") == "ok"}
+        failed = {r["protocol"] for r in old_rows if r.get("status") != "ok"}
+        todo = [p for p in protos if p.name not in done or p.name in failed]
+        if "*" in failed:
+            todo = protos
+        if not todo:
+            rows.extend(r for r in old_rows if r["protocol"] in names)
+            skipped += 1
+            if bar is not None:
+                bar.update(1)
+            continue
+        todo_names = {p.name for p in todo}
+        res = evaluate_case(case, todo, predictor, cfg)
+        keep = [r for r in old_rows if r.get("status") == "ok" and r["protocol"] not in todo_names]
+        case_rows = keep + res.rows
+        if cfg.save_masks and res.masks:
+            _save_masks(mask_file, res.masks)
+        clean_rows = [{k: _clean(v) for k, v in r.items()} for r in case_rows]
+        payload = json.dumps({"case": case.id, "dataset": case.dataset, "rows": clean_rows}, default=_json_default)
+        _atomic_write(case_file, lambda p, text=payload: p.write_text(text))
+        rows.extend(r for r in clean_rows if r["protocol"] in names or r["protocol"] == "*")
+        computed += 1
+        if bar is not None:
+            bar.update(1)
+            errors = sum(1 for r in rows if r.get("status") == "error")
+            if errors:
+                bar.set_postfix(errors=errors)
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t_run
+    rows = [{c: r.get(c) for c in COLUMNS} for r in rows]
+    write_rows(out, rows)
+    summary = summarize(rows, names, nsd_tolerance=cfg.nsd_tolerance)
+    summary["run"] = {
+        "cases": len(cases),
+        "computed": computed,
+        "skipped": skipped,
+        "wall_s": round(wall, 2),
+        "settings": settings,
+    }
+    _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default)))
+    if report:
+        write_report(out, rows, summary, {(c.dataset, c.id): c for c in cases})
+    return EvaluationRun(out, rows, summary, computed, skipped)
+
+
+def _with_modality(d: Dataset, modality: str) -> Dataset:
+    from dataclasses import replace
+
+    return replace(d, modality=modality, cases=[replace(c, modality=modality) for c in d.cases])
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="case", desc="evaluating")
+
+
+def _save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
+    old: dict[str, np.ndarray] = {}
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                old = {k: z[k] for k in z.files}
+        except (OSError, ValueError):
+            old = {}
+    for key, m in masks.items():
+        old[f"{key}|bits"] = np.packbits(m.ravel())
+        old[f"{key}|shape"] = np.array(m.shape, dtype=np.int64)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez_compressed(f, **old)
+
+    _atomic_write(path, write)
+
+
+def load_masks(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Predicted masks saved by a run (``masks/<dataset>/<case>.npz``): key ``"<label>/<slice>/<protocol>/<step>"``
+    -> bool mask."""
+    out: dict[str, np.ndarray] = {}
+    with np.load(path) as z:
+        for k in z.files:
+            if k.endswith("|bits"):
+                key = k[: -len("|bits")]
+                shape = tuple(int(s) for s in z[f"{key}|shape"])
+                out[key] = np.unpackbits(z[k], count=int(np.prod(shape))).astype(bool).reshape(shape)
+    return out
+
+
+def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    """``results.csv`` (always) and ``results.parquet`` (when pyarrow is installed), columns :data:`COLUMNS`."""
+    import csv
+
+    def write_csv(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+
+    _atomic_write(out / "results.csv", write_csv)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return
+    table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows])
+    _atomic_write(out / "results.parquet", lambda p: pq.write_table(table, p))
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read ``results.csv`` back with numbers as floats/ints and empty cells as None."""
+    import csv
+
+    ints = {"label", "slice", "step", "seed"}
+    text = {"dataset", "case", "label_name", "modality", "mode", "protocol", "status", "error"}
+    text |= {"image_shape", "spacing", "prompt"}
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in r.items():
+                if k in text:
+                    row[k] = v
+                elif v == "":
+                    row[k] = None
+                elif k in ints:
+                    row[k] = int(v)
+                elif v in ("True", "False"):
+                    row[k] = v == "True"
+                else:
+                    row[k] = float(v)
+            out.append(row)
+    return out

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medsamkit.evaluate import auroc, spearman, summarize
+
+
+def test_auroc_by_hand():
+    # positives score 0.35 and 0.8; negatives 0.1 and 0.4: pairs (pos > neg) = 0.35>0.1, 0.8>0.1, 0.8>0.4 -> 3/4
+    assert auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert auroc([1, 1], [True, False]) == pytest.approx(0.5)  # a tie counts half
+    assert auroc([0.2, 0.3], [True, True]) is None
+
+
+def test_spearman_leaves_out_undefined_values_and_counts_them():
+    x = [1, 2, 3, 4, float("nan"), 6]
+    y = [10, 20, 30, 40, 50, 5]
+    r = spearman(x, y)
+    assert r["n"] == 5 and r["n_undefined"] == 1
+    assert r["rho"] == pytest.approx(0.0)
+    assert spearman([1, 1, 1], [1, 2, 3])["rho"] is None  # constant side
+
+
+def row(case, protocol, step, dice, **kw):
+    base = {
+        "dataset": "d",
+        "case": case,
+        "label": 1,
+        "slice": -1,
+        "modality": "US",
+        "protocol": protocol,
+        "step": step,
+        "status": "ok",
+        "dice": dice,
+        "iou": dice,
+        "nsd": dice,
+        "hd95": 1.0,
+        "assd": 1.0,
+        "predicted_iou": 0.9,
+        "time_s": 0.01,
+        "encode_s": 0.5,
+        "empty_pred": False,
+        "size": 100.0,
+    }
+    return {**base, **kw}
+
+
+def test_summary_tables_curves_and_uncertainty():
+    rows = [
+        row("a", "box", 0, 0.9, size=400.0),
+        row("b", "box", 0, 0.5, size=100.0),
+        row("c", "box", 0, 0.8, size=300.0),
+        row("a", "iterative:1:farthest-error", 0, 0.2),
+        row("a", "iterative:1:farthest-error", 1, 0.6),
+        row("a", "uncertainty:4:0.1", 0, 0.9, uncertainty=0.01),
+        row("b", "uncertainty:4:0.1", 0, 0.6, uncertainty=0.2),
+        row("c", "uncertainty:4:0.1", 0, 0.85, uncertainty=0.05),
+        {"dataset": "d", "case": "e", "label": 0, "slice": -1, "protocol": "*", "step": 0, "status": "error", "error": "X"},
+    ]
+    s = summarize(rows, ["box", "iterative:1:farthest-error", "uncertainty:4:0.1"])
+    box = next(e for e in s["table"] if e["dataset"] == "all" and e["protocol"] == "box")
+    assert box["n"] == 3 and box["dice"]["mean"] == pytest.approx((0.9 + 0.5 + 0.8) / 3, abs=1e-4)
+    assert box["failures"] == 1
+    assert s["dice_vs_clicks"]["d"]["iterative:1:farthest-error"] == [0.2, 0.6]
+    corr = next(c for c in s["correlations"] if c["dataset"] == "all" and c["protocol"] == "box")
+    assert corr["spearman_with_dice"]["size"]["rho"] == pytest.approx(1.0)
+    u = s["uncertainty"][0]
+    assert u["auroc_own_dice"] == pytest.approx(1.0) and u["auroc_box_dice"] == pytest.approx(1.0)
+    assert s["errors"] == 1 and s["error_examples"][0]["error"] == "X"
+    assert not any(isinstance(v, float) and np.isnan(v) for e in s["table"] for v in e["dice"].values())

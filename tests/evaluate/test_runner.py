@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medsamkit.evaluate import EvalConfig, evaluate_case, load_case, load_dataset, load_masks, read_rows, run_evaluation
+from tests.conftest import DATA, disk_image, requires_shared
+
+pytestmark = pytest.mark.xdist_group("predictor")
+
+
+def two_disks(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    img, m1 = disk_image(96, 128, 40, 45, 18, seed=seed)
+    _, m2 = disk_image(96, 128, 95, 50, 14, seed=seed)
+    img[m2] = 170
+    mask = np.zeros(img.shape, np.uint8)
+    mask[m1] = 1
+    mask[m2] = 2
+    return img, mask
+
+
+@pytest.fixture
+def folder_2d(tmp_path: Path) -> Path:
+    root = tmp_path / "disks"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(2):
+        img, mask = two_disks(i)
+        Image.fromarray(img).save(root / "images" / f"case{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    Image.fromarray(np.zeros((96, 128), np.uint8)).save(root / "masks" / "broken.png")
+    (root / "labels.json").write_text(json.dumps({"1": "big", "2": "small"}))
+    return root
+
+
+PROTOCOLS = ["box", "box-jitter:0.1", "iterative:2:random-error:start=box"]
+
+
+def test_run_writes_rows_summary_report_and_resumes(folder_2d, tmp_path, predictor):
+    out = tmp_path / "run"
+    run = run_evaluation([folder_2d], out, PROTOCOLS, predictor=predictor, progress=False)
+    rows = read_rows(out / "results.csv")
+    ok = [r for r in rows if r["status"] == "ok"]
+    # 2 cases x 2 objects x (1 + 1 + 3 steps)
+    assert len(ok) == 2 * 2 * 5
+    errors = [r for r in rows if r["status"] == "error"]
+    assert len(errors) == 1 and errors[0]["case"] == "broken" and "broken.png" in errors[0]["error"]
+    assert {r["label_name"] for r in ok} == {"big", "small"}
+    box = [r for r in ok if r["protocol"] == "box"]
+    assert min(r["dice"] for r in box) > 0.85, [r["dice"] for r in box]
+    assert {r["step"] for r in ok if r["protocol"].startswith("iterative")} == {0, 1, 2}
+    # every row carries metrics, attributes and the prompt it was made from
+    for r in ok:
+        assert 0 <= r["dice"] <= 1 and r["hd95"] >= 0 and r["size_px"] > 0 and json.loads(r["prompt"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"] == 1 and summary["objects"] == 4
+    assert summary["conventions"]["dice_iou"].startswith("both empty")
+    assert "iterative:2:random-error:start=box" in summary["dice_vs_clicks"]["all"]
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64") >= 4 and "Worst cases" in report and "broken" in report
+    masks = load_masks(out / "masks" / "disks" / "case0.npz")
+    assert masks["1/-1/box/0"].shape == (96, 128) and masks["1/-1/box/0"].dtype == bool
+    assert run.computed == 3
+
+    # a second run skips the finished cases and retries only the failed one
+    again = run_evaluation([folder_2d], out, PROTOCOLS, predictor=predictor, progress=False, report=False)
+    assert (again.computed, again.skipped) == (1, 2)
+    assert sorted(map(json.dumps, again.rows), key=str) == sorted(map(json.dumps, run.rows), key=str)
+
+    # an added protocol is computed alone; the earlier rows are kept as they were
+    more = run_evaluation([folder_2d], out, [*PROTOCOLS, "box-shift:5"], predictor=predictor, progress=False, report=False)
+    assert more.computed == 3
+    assert len([r for r in more.rows if r["protocol"] == "box-shift:5"]) == 4
+    assert [r for r in more.rows if r["protocol"] == "box-jitter:0.1"] == [
+        r for r in run.rows if r["protocol"] == "box-jitter:0.1"
+    ]
+    with open(out / "results.csv") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == len(more.rows)
+
+    # other settings into the same folder are refused
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        run_evaluation([folder_2d], out, PROTOCOLS, predictor=predictor, config=EvalConfig(seed=1), progress=False)
+
+
+def test_protocols_are_seeded_and_recorded(folder_2d, predictor):
+    ds = load_dataset(folder_2d)
+    protos = ["box-jitter:0.2", "points:2+1", "iterative:3:random-error:start=box"]
+    a = evaluate_case(ds["case0"], protos, predictor, EvalConfig(seed=7)).rows
+    b = evaluate_case(ds["case0"], protos, predictor, EvalConfig(seed=7)).rows
+    c = evaluate_case(ds["case0"], protos, predictor, EvalConfig(seed=8)).rows
+    key = [(r["label"], r["protocol"], r["step"]) for r in a]
+    assert key == [(r["label"], r["protocol"], r["step"]) for r in b]
+    assert [(r["prompt"], r["dice"], r["seed"]) for r in a] == [(r["prompt"], r["dice"], r["seed"]) for r in b]
+    assert [r["prompt"] for r in a] != [r["prompt"] for r in c]
+    # the seed depends on the object and protocol, not on what else is evaluated
+    alone = evaluate_case(ds["case0"], ["box-jitter:0.2"], predictor, EvalConfig(seed=7)).rows
+    assert [r["prompt"] for r in alone] == [r["prompt"] for r in a if r["protocol"] == "box-jitter:0.2"]
+    # iterative clicks accumulate: step k carries the box and k clicks
+    it = [(r["step"], json.loads(r["prompt"])) for r in a if r["protocol"].startswith("iterative")]
+    assert len(it) == 2 * 4
+    for step, prompt in it:
+        assert len(prompt["boxes"]) == 1
+        assert len(prompt["points"]) == step or prompt.get("converged")
+
+
+def test_bad_protocol_for_an_object_is_an_error_row_not_a_crash(tmp_path, predictor):
+    root = tmp_path / "full"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    img, _ = disk_image(64, 64, 32, 32, 10)
+    Image.fromarray(img).save(root / "images" / "a.png")
+    Image.fromarray(np.ones((64, 64), np.uint8)).save(root / "masks" / "a.png")  # object fills the image
+    rows = evaluate_case(load_dataset(root)["a"], ["box", "points:1+2"], predictor).rows
+    by = {r["protocol"]: r for r in rows}
+    assert by["box"]["status"] == "ok"
+    assert by["points:1+2"]["status"] == "error" and "no background" in by["points:1+2"]["error"]
+
+
+@pytest.fixture
+def volume_dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "vol"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[0:6, 0:64, 0:64]
+    ball = ((x - 30) / 14) ** 2 + ((y - 34) / 12) ** 2 + ((z - 2.5) / 2.6) ** 2 <= 1
+    vol = rng.normal(100, 10, ball.shape)
+    vol[ball] = 400 + rng.normal(0, 10, int(ball.sum()))
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    # NIfTI arrays are (x, y, z): medsamkit reads them as (z, y, x)
+    nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0).astype(np.int16), affine), root / "images" / "v.nii.gz")
+    nib.save(nib.Nifti1Image(ball.transpose(2, 1, 0).astype(np.uint8), affine), root / "masks" / "v.nii.gz")
+    return root
+
+
+def test_volumes_per_slice_and_as_volumes(volume_dataset, predictor):
+    case = load_dataset(volume_dataset)["v"]
+    rows = evaluate_case(case, ["box"], predictor, EvalConfig(mode="slices", min_slice_pixels=20)).rows
+    assert all(r["status"] == "ok" and r["mode"] == "slice" for r in rows), rows
+    _, mask = load_case(case)
+    expected = [int(s) for s in np.flatnonzero(mask.sum(axis=(1, 2)) >= 20)]
+    assert [r["slice"] for r in rows] == expected
+    assert all(r["spacing"] == "0.8,0.8" for r in rows)
+    assert np.median([r["dice"] for r in rows]) > 0.8  # the tiny end caps of the ball are harder
+    vol = evaluate_case(case, ["box", "box-jitter:0.1"], predictor, EvalConfig(mode="volume")).rows
+    assert [r["mode"] for r in vol] == ["volume", "volume"] and all(r["status"] == "ok" for r in vol)
+    assert vol[0]["dice"] > 0.8 and vol[0]["spacing"] == "3,0.8,0.8"
+    bad = evaluate_case(case, ["iterative:2:farthest-error"], predictor, EvalConfig(mode="volume")).rows
+    assert bad[0]["status"] == "error" and "volume mode" in bad[0]["error"]
+
+
+@requires_shared
+def test_cli_evaluate_on_real_data(tmp_path):
+    from medsamkit.cli.main import main
+
+    out = tmp_path / "busi"
+    code = main(
+        [
+            "evaluate",
+            str(DATA / "busi_breast_us"),
+            "--limit",
+            "2",
+            "--prompt",
+            "box",
+            "--prompt",
+            "iterative:2:farthest-error:start=box",
+            "--modality",
+            "US",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
+    assert code == 0
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 2 * (1 + 3) and all(r["status"] == "ok" and r["modality"] == "US" for r in rows)
+    assert np.mean([r["dice"] for r in rows if r["protocol"] == "box"]) > 0.8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["settings"]["model"] == "litemedsam" and summary["protocols"][0] == "box"
+    html = (out / "report.html").read_text()
+    assert "Dice vs correction clicks" in html and "Worst cases" in html
+    assert main(["evaluate", str(DATA / "busi_breast_us"), "--prompt", "lasso", "-o", str(out)]) == 2

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench bench-volume lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-evaluate evaluate-real lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ bench: $(STAMP)
 
 bench-volume: $(STAMP)
 	$(BIN)/python benchmarks/bench_volume.py
+
+bench-evaluate: $(STAMP)
+	$(BIN)/python benchmarks/bench_evaluate.py
+
+# LiteMedSAM on every 2D set of ../shared/data/real under 12 prompt protocols (~30 min on 2 cores)
+evaluate-real: $(STAMP)
+	$(BIN)/python experiments/evaluate_real_2d.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -142,11 +142,18 @@ def volume_dataset(tmp_path: Path) -> Path:
 
 def test_volumes_per_slice_and_as_volumes(volume_dataset, predictor):
     case = load_dataset(volume_dataset)["v"]
-    rows = evaluate_case(case, ["box"], predictor, EvalConfig(mode="slices", min_slice_pixels=20)).rows
+    res = evaluate_case(case, ["box"], predictor, EvalConfig(mode="slices", min_slice_pixels=20))
+    rows = res.rows
     assert all(r["status"] == "ok" and r["mode"] == "slice" for r in rows), rows
     _, mask = load_case(case)
     expected = [int(s) for s in np.flatnonzero(mask.sum(axis=(1, 2)) >= 20)]
     assert [r["slice"] for r in rows] == expected
+    counts = mask.sum(axis=(1, 2))
+    assert res.notes["slices"]["1"] == {
+        "evaluated": len(expected),
+        "empty_in_extent": 0,
+        "below_min_pixels": int(((counts > 0) & (counts < 20)).sum()),
+    }
     assert all(r["spacing"] == "0.8,0.8" for r in rows)
     assert np.median([r["dice"] for r in rows]) > 0.8  # the tiny end caps of the ball are harder
     vol = evaluate_case(case, ["box", "box-jitter:0.1"], predictor, EvalConfig(mode="volume")).rows

@@ -255,6 +255,13 @@ def write_report(
         + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in conv.items())
         + "</ul>"
     )
+    policy = summary.get("slice_policy")
+    if policy:
+        parts.append(
+            f"<p><b>Slice policy</b>: {html.escape(policy['rule'])}. Evaluated {policy['evaluated']} object slices; skipped "
+            f"{policy['empty_in_extent']} empty slices inside objects' extents and {policy['below_min_pixels']} below the "
+            "pixel minimum.</p>"
+        )
     body = [
         [
             e["dataset"],

@@ -115,6 +115,7 @@ class CaseResult:
 
     rows: list[dict[str, Any]]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _spacing_array_order(image: Any, ndim: int) -> tuple[float, ...]:
@@ -269,6 +270,18 @@ def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, re
     spacing = _spacing_array_order(image, 2)
     counts = np.stack([(mask == v).sum(axis=(1, 2)) for v in labels])  # (labels, Z)
     keep = counts >= cfg.min_slice_pixels
+    # the slice policy, recorded: within each object's extent along z, slices without the object (no prompt
+    # can be simulated there) and slices with fewer than min_slice_pixels pixels are not evaluated
+    skipped = {}
+    for v, c in zip(labels, counts):
+        nz = np.flatnonzero(c)
+        inside = c[nz[0] : nz[-1] + 1]
+        skipped[str(v)] = {
+            "evaluated": int((inside >= cfg.min_slice_pixels).sum()),
+            "empty_in_extent": int((inside == 0).sum()),
+            "below_min_pixels": int(((inside > 0) & (inside < cfg.min_slice_pixels)).sum()),
+        }
+    result.notes["slices"] = skipped
     for z in np.flatnonzero(keep.any(axis=0)):
         picture = fitted.apply(image.array[z])
         t0 = time.perf_counter()
@@ -439,15 +452,18 @@ def run_evaluation(
 
     cases = [c for d in sets for c in d]
     rows: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
     computed = skipped = 0
     bar = _bar(len(cases), progress)
     t_run = time.perf_counter()
     for case in cases:
         case_file, mask_file = _case_paths(out, case)
         old_rows: list[dict[str, Any]] = []
+        old_notes: dict[str, Any] = {}
         if case_file.exists():
             try:
-                old_rows = json.loads(case_file.read_text())["rows"]
+                stored = json.loads(case_file.read_text())
+                old_rows, old_notes = stored["rows"], stored.get("notes", {})
             except (ValueError, KeyError):
                 old_rows = []  # a damaged file is recomputed
         done = {r["protocol"] for r in old_rows if r.get("status") == "ok"}
@@ -456,6 +472,7 @@ def run_evaluation(
         if "*" in failed:
             todo = protos
         if not todo:
+            notes.append(old_notes)
             rows.extend(r for r in old_rows if r["protocol"] in names)
             skipped += 1
             if bar is not None:
@@ -468,7 +485,11 @@ def run_evaluation(
         if cfg.save_masks and res.masks:
             _save_masks(mask_file, res.masks)
         clean_rows = [{k: _clean(v) for k, v in r.items()} for r in case_rows]
-        payload = json.dumps({"case": case.id, "dataset": case.dataset, "rows": clean_rows}, default=_json_default)
+        case_notes = res.notes or old_notes
+        notes.append(case_notes)
+        payload = json.dumps(
+            {"case": case.id, "dataset": case.dataset, "rows": clean_rows, "notes": case_notes}, default=_json_default
+        )
         _atomic_write(case_file, lambda p, text=payload: p.write_text(text))
         rows.extend(r for r in clean_rows if r["protocol"] in names or r["protocol"] == "*")
         computed += 1
@@ -483,6 +504,13 @@ def run_evaluation(
     rows = [{c: r.get(c) for c in COLUMNS} for r in rows]
     write_rows(out, rows)
     summary = summarize(rows, names, nsd_tolerance=cfg.nsd_tolerance)
+    slices = [v for n in notes for v in n.get("slices", {}).values()]
+    if slices:
+        summary["slice_policy"] = {
+            "rule": f"3D cases in slices mode: a slice is evaluated when the object has >= {cfg.min_slice_pixels} pixels on it; "
+            "empty slices give no prompt to simulate (their false positives count only in volume mode)",
+            **{k: sum(s[k] for s in slices) for k in ("evaluated", "empty_in_extent", "below_min_pixels")},
+        }
     summary["run"] = {
         "cases": len(cases),
         "computed": computed,

@@ -71,12 +71,15 @@ def _decode(
     """Decode one prompt (or one per box) and keep an output by the protocol's selection rule. Returns the
     (united) mask, its predicted IoU and the kept low-res logits of the first prompt. ``targets``: the truth
     each prompt is judged against by the ``oracle`` rule (default: ``gt`` for all)."""
-    outputs = [0] if protocol.select == "first" else [1, 2, 3]
+    select = protocol.select
+    if select == "auto":  # SAM's advice: one click alone is ambiguous -> best of three; otherwise single output
+        select = "highest-iou" if boxes is None and points is not None and len(points) == 1 else "first"
+    outputs = [0] if select == "first" else [1, 2, 3]
     res = predictor.predict(point_coords=points, point_labels=labels, boxes=boxes, mask_input=mask_input, outputs=outputs)
     n = res.masks.shape[0]
-    if protocol.select == "first":
+    if select == "first":
         k = np.zeros(n, dtype=int)
-    elif protocol.select == "highest-iou":
+    elif select == "highest-iou":
         k = res.scores.argmax(axis=1)
     else:  # oracle: the output closest to the truth
         truth = targets if targets is not None else [gt] * n
@@ -206,7 +209,7 @@ def run_protocol_3d(
     if (
         protocol.kind not in VOLUME_KINDS
         or (protocol.kind == "box" and protocol.components)
-        or protocol.select != ("first" if protocol.kind.startswith("box") else "highest-iou")
+        or protocol.select != ("first" if protocol.kind.startswith("box") else "auto")
     ):
         raise ValueError(
             f"protocol {protocol.name!r} is not available in volume mode (use one of {', '.join(VOLUME_KINDS)} with "

@@ -19,12 +19,15 @@ Grammar (``PROTOCOL[:ARG...][:key=value...][:flag]``), the strings ``medsamkit e
                                              mask generator, not in medsamkit yet)
 ===========================================  =====================================================================
 
-Options: ``select=first|highest-iou|oracle`` (which of SAM's outputs is kept: ``first`` = the single-mask
+Options: ``select=auto|first|highest-iou|oracle`` (which of SAM's outputs is kept: ``first`` = the single-mask
 output, ``highest-iou`` = the multimask output with the highest predicted IoU, ``oracle`` = the multimask
-output with the best true IoU - an upper bound, reported separately as Mazurowski et al. do); for iterative
+output with the best true IoU - an upper bound, reported separately as Mazurowski et al. do; ``auto`` = SAM's
+advice: ``highest-iou`` when the prompt is one click and nothing else (ambiguous), else ``first``); for iterative
 protocols ``start=click|box`` (first prompt: the rule's click on an empty prediction, as both papers do, or
 the tight box) and the flag ``mask`` (feed the previous step's low-res logits back as mask input).
-Defaults: ``select=first`` for box protocols, ``highest-iou`` for point and iterative ones.
+Defaults: ``select=first`` for box and uncertainty protocols, ``auto`` for point and iterative ones (so an
+iterative run takes the best of three for its first click and the single-mask output once there are several
+clicks or a box).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import asdict, dataclass
 from .clicks import RULES
 
 KINDS = ("box", "box-shift", "box-jitter", "point", "points", "iterative", "uncertainty", "everything")
-SELECTIONS = ("first", "highest-iou", "oracle")
+SELECTIONS = ("auto", "first", "highest-iou", "oracle")
 POINT_KINDS = ("centre", "centroid", "random")
 
 
@@ -85,7 +88,7 @@ class PromptProtocol:
 
     @property
     def multimask(self) -> bool:
-        """Whether SAM's three multimask outputs are needed (for highest-iou / oracle selection)."""
+        """Whether SAM's three multimask outputs may be needed (highest-iou, oracle, or auto selection)."""
         return self.select != "first"
 
     @property
@@ -104,7 +107,7 @@ class PromptProtocol:
 
 
 def _default_select(kind: str) -> str:
-    return "highest-iou" if kind in ("point", "points", "iterative") else "first"
+    return "auto" if kind in ("point", "points", "iterative") else "first"
 
 
 def _int(text: str, what: str, minimum: int) -> int:

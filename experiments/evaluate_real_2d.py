@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from medsamkit.evaluate import load_dataset, run_evaluation
-from medsamkit.evaluate.runner import _with_modality
+from medsamkit.evaluate import Dataset, load_dataset, run_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDSAMKIT_SHARED", ROOT.parent / "shared"))
@@ -55,6 +55,11 @@ PROTOCOLS = [
 ]
 
 
+def with_modality(d: Dataset, label: str) -> Dataset:
+    """Tag every case with a modality label (grouping only: the 8-bit pictures are used as they are)."""
+    return replace(d, modality=label, cases=[replace(c, modality=label) for c in d.cases])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "eval_2d")
@@ -63,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     datasets = []
     for name in args.sets.split(","):
-        d = _with_modality(load_dataset(DATA / name), SETS[name])
+        d = with_modality(load_dataset(DATA / name), SETS[name])
         datasets.append(d.subset(limit=args.limit) if args.limit else d)
     run = run_evaluation(datasets, args.out, PROTOCOLS, progress=True)
     for e in run.summary["table"]:

@@ -120,7 +120,7 @@ def test_bad_protocol_for_an_object_is_an_error_row_not_a_crash(tmp_path, predic
     rows = evaluate_case(load_dataset(root)["a"], ["box", "points:1+2"], predictor).rows
     by = {r["protocol"]: r for r in rows}
     assert by["box"]["status"] == "ok"
-    assert by["points:1+2"]["status"] == "error" and "no background" in by["points:1+2"]["error"]
+    assert by["points:1+2"]["status"] == "invalid" and "no background" in by["points:1+2"]["error"]
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ def test_volumes_per_slice_and_as_volumes(volume_dataset, predictor):
     assert [r["mode"] for r in vol] == ["volume", "volume"] and all(r["status"] == "ok" for r in vol)
     assert vol[0]["dice"] > 0.8 and vol[0]["spacing"] == "3,0.8,0.8"
     bad = evaluate_case(case, ["iterative:2:farthest-error"], predictor, EvalConfig(mode="volume")).rows
-    assert bad[0]["status"] == "error" and "volume mode" in bad[0]["error"]
+    assert bad[0]["status"] == "invalid" and "volume mode" in bad[0]["error"]  # final, not retried
 
 
 @requires_shared
@@ -194,3 +194,57 @@ def test_cli_evaluate_on_real_data(tmp_path):
     html = (out / "report.html").read_text()
     assert "Dice vs correction clicks" in html and "Worst cases" in html
     assert main(["evaluate", str(DATA / "busi_breast_us"), "--prompt", "lasso", "-o", str(out)]) == 2
+
+
+def test_a_case_failing_part_way_is_redone_whole(folder_2d, tmp_path, predictor, monkeypatch):
+    import medsamkit.evaluate.runner as runner
+
+    real = runner._add_steps
+
+    def flaky(result, base, *args, **kwargs):
+        if base["label"] == 2:
+            raise RuntimeError("worker lost")
+        return real(result, base, *args, **kwargs)
+
+    ds = load_dataset(folder_2d).subset(ids=["case0"])
+    out = tmp_path / "run"
+    monkeypatch.setattr(runner, "_add_steps", flaky)
+    first = run_evaluation([ds], out, ["box"], predictor=predictor, progress=False, report=False)
+    assert [(r["protocol"], r["status"]) for r in first.rows] == [("*", "error")]  # no partial rows kept
+    monkeypatch.setattr(runner, "_add_steps", real)
+    second = run_evaluation([ds], out, ["point:centre"], predictor=predictor, progress=False, report=False)
+    assert {(r["protocol"], r["label"]) for r in second.rows} == {("point:centre", 1), ("point:centre", 2)}
+    third = run_evaluation([ds], out, ["box", "point:centre"], predictor=predictor, progress=False, report=False)
+    assert {(r["protocol"], r["label"]) for r in third.rows if r["status"] == "ok"} == {
+        ("box", 1),
+        ("box", 2),
+        ("point:centre", 1),
+        ("point:centre", 2),
+    }
+    # other inputs (here: the modality) are never served from stored rows
+    tagged = load_dataset(folder_2d, modality="US").subset(ids=["case0"])
+    fourth = run_evaluation([tagged], out, ["box"], predictor=predictor, progress=False, report=False)
+    assert fourth.computed == 1 and {r["modality"] for r in fourth.rows} == {"US"}
+    with pytest.raises(ValueError, match="several datasets are named"):
+        run_evaluation([ds, ds], out, ["box"], predictor=predictor, progress=False)
+
+
+def test_report_with_only_error_rows(tmp_path):
+    from medsamkit.evaluate import summarize
+    from medsamkit.evaluate.report import write_report
+
+    rows = [{"dataset": "d", "case": "x", "label": 0, "slice": -1, "protocol": "*", "step": 0, "status": "error", "error": "bad"}]
+    path = write_report(tmp_path, rows, summarize(rows, ["box"]))
+    text = path.read_text()
+    assert "Errors" in text and "bad" in text and "<img" not in text
+
+
+def test_cli_no_report_and_modality(folder_2d, tmp_path):
+    from medsamkit.cli.main import main
+
+    out = tmp_path / "r"
+    args = ["evaluate", str(folder_2d), "--limit", "1", "--modality", "mri", "--no-report", "-o", str(out), "-q"]
+    assert main(args) == 0
+    assert not (out / "report.html").exists() and (out / "results.csv").exists()
+    assert {r["modality"] for r in read_rows(out / "results.csv")} == {"MR"}
+    assert main(["evaluate", str(folder_2d), "--modality", "banana", "-o", str(tmp_path / "b"), "-q"]) == 1

@@ -61,3 +61,21 @@ def test_contrast_components_and_box_fill():
     assert a["relative_size"] == pytest.approx(m.sum() / m.size)
     with pytest.raises(ValueError, match="does not match"):
         contrast(img[:50], m)
+
+
+def test_tiny_3d_objects_have_undefined_shape_attributes_not_errors():
+    one = np.zeros((5, 5, 5), bool)
+    one[2, 2, 2] = True
+    assert math.isnan(compactness(one))
+    line = np.zeros((5, 9, 5), bool)
+    line[2, :, 2] = True
+    assert math.isnan(compactness(line))
+    a = object_attributes(np.zeros(one.shape), one, (3.0, 1.0, 1.0))
+    assert a["size"] == 3.0 and math.isnan(a["fractal_dimension"]) and a["components"] == 1
+
+
+def test_fractal_dimension_is_defined_from_4_px_across():
+    sq = np.zeros((12, 12), bool)
+    sq[2:9, 2:9] = True  # 7 px across: box sizes 1, 2, 4
+    assert not math.isnan(fractal_dimension(sq))
+    assert math.isnan(fractal_dimension(sq[2:5, 2:5]))

@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=positive_int, help="only the first N cases of each dataset")
     p.add_argument(
         "--modality",
-        help="modality of all cases when the files do not say (CT, MR, US, ... or any name; 'auto' windows non-8-bit CT)",
+        help="modality of all cases when the files do not say: CT, MR, PT, US, XR or OTHER (CT windows non-8-bit images)",
     )
     p.add_argument(
         "--layout", choices=("auto", "folder", "nnunet", "msd"), default="auto", help="dataset layout (default: detect)"
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
     datasets = []
     for path in args.dataset:
         try:
-            datasets.append(load_dataset(path, layout=args.layout, channel=args.channel))
+            datasets.append(load_dataset(path, layout=args.layout, channel=args.channel, modality=args.modality))
         except (ValueError, OSError) as e:
             raise CliError(f"{path}: {e}", code=1) from e
     for d in datasets:
@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> None:
         threads=args.threads,
         config=config,
         limit=args.limit,
-        modality=args.modality,
         progress=not args.quiet,
+        report=not args.no_report,
     )
     s = run_.summary
     for e in s["table"]:
@@ -122,5 +122,6 @@ def run(args: argparse.Namespace) -> None:
             )
     say(
         f"medsamkit: {s['run']['cases']} cases ({run_.computed} evaluated, {run_.skipped} already done), {s['objects']} objects, "
-        f"{s['errors']} error rows, {s['run']['wall_s']} s -> {run_.out_dir}/results.csv, summary.json, report.html"
+        f"{s['errors']} error rows, {s['run']['wall_s']} s -> {run_.out_dir}/results.csv, summary.json"
+        + ("" if args.no_report else ", report.html")
     )

@@ -27,6 +27,10 @@ CONVENTIONS = {
     "hd95_assd": "both empty -> 0; exactly one empty -> the image diagonal in mm (flagged by empty_pred)",
     "attributes": "undefined values are NaN/null and are excluded from correlations (n_undefined)",
     "failure": f"an object 'fails' when Dice < {FAILURE_DICE}",
+    "error_rows": "status 'error' = the case or object failed (retried by the next run); 'invalid' = the protocol "
+    "cannot be applied to that object (e.g. negative points around an object that fills the image; not retried)",
+    "slices": "in slices mode every slice of a 3D object is one sample; correlations over slices are not over "
+    "independent objects (p-values are optimistic)",
     "steps": "step 0 = the initial prompt; step k = after k correction clicks (iterative protocols)",
 }
 
@@ -92,7 +96,7 @@ def _object_key(r: dict[str, Any]) -> tuple:
 def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tolerance: float | None = None) -> dict[str, Any]:
     """The ``summary.json`` content for evaluation ``rows`` (see :data:`medsamkit.evaluate.runner.COLUMNS`)."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    errors = [r for r in rows if r.get("status") != "ok"]
+    errors = [r for r in rows if r.get("status") != "ok"]  # 'error' (failed, retried) and 'invalid' (not applicable)
     order = {p: i for i, p in enumerate(protocols)}
     last_step: dict[str, int] = defaultdict(int)
     for r in ok:
@@ -183,8 +187,9 @@ def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tole
         "objects": len({_object_key(r) for r in ok}),
         "rows": len(rows),
         "errors": len(errors),
+        "invalid": sum(1 for r in errors if r.get("status") == "invalid"),
         "error_examples": [
-            {k: r.get(k) for k in ("dataset", "case", "label", "slice", "protocol", "error")} for r in errors[:50]
+            {k: r.get(k) for k in ("dataset", "case", "label", "slice", "protocol", "status", "error")} for r in errors[:50]
         ],
         "table": table,
         "by_modality": modality_table,

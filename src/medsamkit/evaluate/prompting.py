@@ -46,7 +46,7 @@ class StepResult:
 
     step: int
     mask: np.ndarray
-    predicted_iou: float
+    predicted_iou: float | None
     prompt: dict[str, Any] = field(default_factory=dict)
     uncertainty: float | None = None
     uncertainty_map: np.ndarray | None = None
@@ -204,7 +204,8 @@ def run_protocol_3d(
 ) -> list[StepResult]:
     """Volume mode: simulate a 3D prompt for the object ``gt`` (``(Z, Y, X)`` bool) and segment it by slice
     propagation along z (:func:`~medsamkit.predict.volume.segment_volume`). Boxes: the object's 3D box
-    (tight, shifted or jittered); points: on the slice through the object's deepest interior voxel."""
+    (tight, shifted or jittered; a shift of N moves every face by 0..N voxels, also along z); points: on the
+    slice through the object's deepest interior voxel (distances in mm with the image's spacing)."""
     gt = np.asarray(gt, dtype=bool)
     if (
         protocol.kind not in VOLUME_KINDS
@@ -227,7 +228,9 @@ def run_protocol_3d(
         obj = ObjectPrompt(label=1, box3d=box.tolist())
         prompt = {"box3d": box.tolist()}
     else:
-        z = int(np.unravel_index(int(np.argmax(interior_distance(gt))), gt.shape)[0])
+        spacing = getattr(image, "spacing", None)
+        sampling = tuple(float(s) for s in reversed(spacing)) if spacing is not None and len(spacing) == 3 else None
+        z = int(np.unravel_index(int(np.argmax(interior_distance(gt, sampling))), gt.shape)[0])
         sl = gt[z]
         if protocol.kind == "point":
             if protocol.point == "centre":
@@ -245,4 +248,4 @@ def run_protocol_3d(
     seg = segment_volume(image, [obj], predictor, axis="z", preset=preset, window=window, options=options)
     rec = seg.objects[0]
     piou = rec.get("mean_predicted_iou")
-    return [StepResult(0, seg.labels == 1, float(piou) if piou is not None else 0.0, prompt)]
+    return [StepResult(0, seg.labels == 1, float(piou) if piou is not None else None, prompt)]

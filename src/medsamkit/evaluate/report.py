@@ -351,9 +351,9 @@ def write_report(
         parts.append("<h2>Errors</h2>")
         parts.append(
             _table(
-                ["dataset", "case", "label", "slice", "protocol", "error"],
+                ["dataset", "case", "label", "slice", "protocol", "status", "error"],
                 [
-                    [e.get(k) for k in ("dataset", "case", "label", "slice", "protocol", "error")]
+                    [e.get(k) for k in ("dataset", "case", "label", "slice", "protocol", "status", "error")]
                     for e in summary["error_examples"]
                 ],
             )

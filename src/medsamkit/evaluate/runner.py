@@ -149,7 +149,22 @@ def _error_text(e: BaseException | str) -> str:
 
 
 def _error_row(base: dict[str, Any], protocol: str, seed: int | None, e: BaseException | str) -> dict[str, Any]:
-    return {**base, "protocol": protocol, "step": 0, "seed": seed, "status": "error", "error": _error_text(e)}
+    """An error row. Status ``invalid`` when a protocol cannot be applied to an object (a ``ValueError`` of the
+    prompt simulation: the same every time, not retried), else ``error`` (retried by the next run)."""
+    status = "invalid" if isinstance(e, ValueError) and protocol != "*" else "error"
+    return {**base, "protocol": protocol, "step": 0, "seed": seed, "status": status, "error": _error_text(e)}
+
+
+def _attributes(grey: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+    """Object attributes; an attribute that cannot be computed for an odd object does not fail the case."""
+    try:
+        return object_attributes(grey, gt, spacing)
+    except Exception:  # noqa: BLE001
+        n = float(gt.sum())
+        nan = float("nan")
+        out = dict.fromkeys(ATTRIBUTES, nan)
+        out.update(size_px=n, size=n * float(np.prod(spacing)), relative_size=n / gt.size)
+        return out
 
 
 def evaluate_case(
@@ -198,8 +213,9 @@ def evaluate_case(
     except Exception as e:  # noqa: BLE001
         if os.environ.get("MEDSAMKIT_DEBUG"):
             traceback.print_exc()
-        result.rows = [r for r in result.rows if r.get("status") == "ok"]
-        result.rows.append(_error_row(_base_row(case, 0, modality, "", -1), "*", None, e))
+        # a case that fails part-way keeps nothing: its rows would be incomplete, and the next run redoes it
+        result.rows = [_error_row(_base_row(case, 0, modality, "", -1), "*", None, e)]
+        result.masks = {}
     return result
 
 
@@ -224,7 +240,7 @@ def _objects_2d(
         gt = mask == label
         if not gt.any():
             continue
-        attrs = object_attributes(grey, gt, spacing)
+        attrs = _attributes(grey, gt, spacing)
         base = {**_base_row(case, label, modality, mode, slice_index), **attrs, "encode_s": round(encode_s, 4)}
         base["image_shape"] = "x".join(str(s) for s in gt.shape)
         base["spacing"] = ",".join(f"{s:g}" for s in spacing)
@@ -256,7 +272,7 @@ def _add_steps(
         m = compute_metrics(st.mask, gt, spacing, nsd_tolerance=cfg.nsd_tolerance)
         row = {**base, "protocol": proto.name, "step": st.step, "seed": seed, "status": "ok", "error": ""}
         row.update({k: (bool(m[k]) if k == "empty_pred" else float(m[k])) for k in METRIC_COLUMNS})
-        row["predicted_iou"] = round(float(st.predicted_iou), 5)
+        row["predicted_iou"] = None if st.predicted_iou is None else round(float(st.predicted_iou), 5)
         row["uncertainty"] = st.uncertainty
         row["time_s"] = round(elapsed * (st.step + 1) / len(steps), 5)
         row["prompt"] = json.dumps(st.prompt, separators=(",", ":"))
@@ -302,7 +318,7 @@ def _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, re
     try:
         for label in labels:
             gt = mask == label
-            attrs = object_attributes(grey, gt, spacing)
+            attrs = _attributes(grey, gt, spacing)
             base = {**_base_row(case, label, modality, "volume", -1), **attrs, "encode_s": None}
             base["image_shape"] = "x".join(str(s) for s in gt.shape)
             base["spacing"] = ",".join(f"{s:g}" for s in spacing)
@@ -365,9 +381,20 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
 
 
+def _file_stem(name: str) -> str:
+    """A file name for ``name``; names that needed changing get a short hash so that two never collide."""
+    safe = _safe(name)
+    return safe if safe == name else f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def _case_paths(out: Path, case: Case) -> tuple[Path, Path]:
-    d, c = _safe(case.dataset), _safe(case.id)
+    d, c = _file_stem(case.dataset), _file_stem(case.id)
     return out / "cases" / d / f"{c}.json", out / "masks" / d / f"{c}.npz"
+
+
+def _case_inputs(case: Case) -> dict[str, Any]:
+    """What a case's stored rows were computed from; rows of other inputs are never reused."""
+    return {"image": str(case.image), "mask": str(case.mask), "channel": case.channel, "modality": case.modality}
 
 
 def _versions() -> dict[str, str]:
@@ -404,14 +431,13 @@ def run_evaluation(
     predictor: Predictor | None = None,
     config: EvalConfig | None = None,
     limit: int | None = None,
-    modality: str | None = None,
     progress: bool = True,
     report: bool = True,
 ) -> EvaluationRun:
     """Evaluate ``model`` on ``datasets`` (paths or loaded :class:`Dataset`) under ``protocols`` (strings of
     :mod:`medsamkit.prompts.protocol`), writing into ``out_dir`` (see the module docstring). ``limit``: first
-    N cases per dataset. ``modality`` overrides the datasets' modality for all cases. Returns the rows and
-    the summary; the per-case work is :func:`evaluate_case`."""
+    N cases per dataset (``load_dataset(path, modality=...)`` sets a modality the files do not state). Returns
+    the rows and the summary; the per-case work is :func:`evaluate_case`."""
     from .analysis import summarize
     from .report import write_report
 
@@ -423,10 +449,12 @@ def run_evaluation(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate prompt protocols: {names}")
     sets = [d if isinstance(d, Dataset) else load_dataset(d) for d in datasets]
+    seen_names = [d.name for d in sets]
+    dupes = sorted({n for n in seen_names if seen_names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"several datasets are named {', '.join(dupes)}: results are stored by dataset name, rename one")
     if limit is not None:
         sets = [d.subset(limit=limit) for d in sets]
-    if modality is not None:
-        sets = [_with_modality(d, modality) for d in sets]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     predictor = predictor or Predictor(model, checkpoint=checkpoint, backend=backend, threads=threads)
@@ -463,14 +491,15 @@ def run_evaluation(
         if case_file.exists():
             try:
                 stored = json.loads(case_file.read_text())
-                old_rows, old_notes = stored["rows"], stored.get("notes", {})
+                if stored.get("inputs") == _case_inputs(case):  # else: other files/channel/modality: recompute
+                    old_rows, old_notes = stored["rows"], stored.get("notes", {})
             except (ValueError, KeyError):
                 old_rows = []  # a damaged file is recomputed
-        done = {r["protocol"] for r in old_rows if r.get("status") == "ok"}
-        failed = {r["protocol"] for r in old_rows if r.get("status") != "ok"}
-        todo = [p for p in protos if p.name not in done or p.name in failed]
-        if "*" in failed:
-            todo = protos
+        if any(r["protocol"] == "*" for r in old_rows):
+            old_rows = []  # the case failed as a whole last time: redo it
+        done = {r["protocol"] for r in old_rows}
+        retry = {r["protocol"] for r in old_rows if r.get("status") == "error"}  # 'invalid' rows are final
+        todo = [p for p in protos if p.name not in done or p.name in retry]
         if not todo:
             notes.append(old_notes)
             rows.extend(r for r in old_rows if r["protocol"] in names)
@@ -480,7 +509,9 @@ def run_evaluation(
             continue
         todo_names = {p.name for p in todo}
         res = evaluate_case(case, todo, predictor, cfg)
-        keep = [r for r in old_rows if r.get("status") == "ok" and r["protocol"] not in todo_names]
+        keep = [r for r in old_rows if r["protocol"] not in todo_names]
+        if any(r["protocol"] == "*" for r in res.rows):
+            keep = []
         case_rows = keep + res.rows
         if cfg.save_masks and res.masks:
             _save_masks(mask_file, res.masks)
@@ -488,14 +519,15 @@ def run_evaluation(
         case_notes = res.notes or old_notes
         notes.append(case_notes)
         payload = json.dumps(
-            {"case": case.id, "dataset": case.dataset, "rows": clean_rows, "notes": case_notes}, default=_json_default
+            {"case": case.id, "dataset": case.dataset, "inputs": _case_inputs(case), "rows": clean_rows, "notes": case_notes},
+            default=_json_default,
         )
         _atomic_write(case_file, lambda p, text=payload: p.write_text(text))
         rows.extend(r for r in clean_rows if r["protocol"] in names or r["protocol"] == "*")
         computed += 1
         if bar is not None:
             bar.update(1)
-            errors = sum(1 for r in rows if r.get("status") == "error")
+            errors = sum(1 for r in rows if r.get("status") != "ok")
             if errors:
                 bar.set_postfix(errors=errors)
     if bar is not None:
@@ -522,12 +554,6 @@ def run_evaluation(
     if report:
         write_report(out, rows, summary, {(c.dataset, c.id): c for c in cases})
     return EvaluationRun(out, rows, summary, computed, skipped)
-
-
-def _with_modality(d: Dataset, modality: str) -> Dataset:
-    from dataclasses import replace
-
-    return replace(d, modality=modality, cases=[replace(c, modality=modality) for c in d.cases])
 
 
 def _bar(total: int, enabled: bool):

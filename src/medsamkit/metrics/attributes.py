@@ -25,7 +25,8 @@ def compactness(mask: np.ndarray, spacing: Sequence[float] | None = None) -> flo
     anisotropic spacing the mask is measured in pixel units). 3D: surface³ / (36π · volume²), the surface from
     marching cubes in mm with ``spacing`` on the mask smoothed with a Gaussian of 0.7 voxel (on the raw voxel
     staircase the area is ~10 % too large: a digital ball would score 1.29; smoothed, 1.02 at radius 15 voxels;
-    balls of radius < 8 voxels score below 1). NaN for an empty mask.
+    balls of radius < 8 voxels score below 1). NaN for an empty mask and for 3D objects too thin to have a
+    surface after smoothing (single voxels, one-voxel lines).
     """
     m = as_bool_mask(mask)
     n = int(m.sum())
@@ -41,6 +42,8 @@ def compactness(mask: np.ndarray, spacing: Sequence[float] | None = None) -> flo
 
         sp = tuple(float(s) for s in (spacing if spacing is not None else (1.0, 1.0, 1.0)))
         smooth = ndimage.gaussian_filter(np.pad(m, 3).astype(np.float32), 0.7)
+        if smooth.max() <= 0.5:  # one voxel or a one-voxel-thin line: smoothing leaves no surface at 0.5
+            return float("nan")
         verts, faces, _, _ = marching_cubes(smooth, 0.5, spacing=sp)
         area = float(mesh_surface_area(verts, faces))
         vol = n * float(np.prod(sp))
@@ -68,7 +71,7 @@ def fractal_dimension(mask: np.ndarray) -> float:
     hi = [int(i.max()) for i in idx]
     b = b[tuple(slice(a, z + 1) for a, z in zip(lo, hi))]
     extent = max(b.shape)
-    sizes = [2**k for k in range(int(math.log2(extent)) + 1) if 2**k <= extent / 2 or k == 0]
+    sizes = [2**k for k in range(int(math.log2(extent)) + 1)]  # 1, 2, 4, ... up to the object's extent
     if len(sizes) < 3:
         return float("nan")
     counts = []

@@ -217,9 +217,7 @@ def nsd(pred: Any, gt: Any, tolerance: float, spacing: SpacingLike = None) -> fl
     return _Surfaces(pred, gt, spacing).nsd(tolerance)
 
 
-def compute_metrics(
-    pred: Any, gt: Any, spacing: SpacingLike = None, nsd_tolerance: float = 2.0
-) -> dict[str, float | bool]:
+def compute_metrics(pred: Any, gt: Any, spacing: SpacingLike = None, nsd_tolerance: float = 2.0) -> dict[str, float | bool]:
     """All metrics of one object, computing the masks' crop and surface distances once.
 
     Returns ``dice, iou, nsd, hd95, assd`` (distances in ``spacing`` units), ``pred_size, gt_size`` (physical

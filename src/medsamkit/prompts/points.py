@@ -21,11 +21,12 @@ def _nonempty(mask: np.ndarray) -> np.ndarray:
     return m
 
 
-def interior_distance(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance (pixels) of each foreground pixel to the nearest background pixel, where everything
-    outside the image counts as background (so a pixel on the image border has distance 1). ``(H, W)`` float."""
+def interior_distance(mask: np.ndarray, sampling: tuple[float, ...] | None = None) -> np.ndarray:
+    """Euclidean distance of each foreground pixel to the nearest background pixel, where everything outside
+    the image counts as background (so a pixel on the image border has distance 1 pixel). Same shape as
+    ``mask`` (2D or 3D), float; in pixels, or in mm with ``sampling`` (voxel size per array axis)."""
     m = as_mask(mask)
-    return ndimage.distance_transform_edt(np.pad(m, 1))[(slice(1, -1),) * m.ndim]
+    return ndimage.distance_transform_edt(np.pad(m, 1), sampling=sampling)[(slice(1, -1),) * m.ndim]
 
 
 def center_point(mask: np.ndarray) -> np.ndarray:

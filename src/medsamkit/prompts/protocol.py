@@ -196,6 +196,8 @@ def parse_protocol(text: str) -> PromptProtocol:
         fields["start"] = start
     elif kind == "uncertainty":
         expect(2, 2, "uncertainty:K:R (K jittered boxes, jitter ratio R)")
+        if select != "first":
+            raise ValueError(f"{text!r}: uncertainty protocols average the single-mask output; select does not apply")
         fields["samples"] = _int(args[0], "number of samples", 2)
         fields["jitter"] = _ratio(args[1])
     elif kind == "everything":

@@ -55,6 +55,38 @@ PROTOCOLS = [
 ]
 
 
+COLUMNS = [
+    ("box", 0, "box"),
+    ("box:components", 0, "box/comp."),
+    ("box-jitter:0.1", 0, "jitter 10%"),
+    ("box-jitter:0.2", 0, "jitter 20%"),
+    ("point:centre", 0, "centre pt"),
+    ("point:centre:select=oracle", 0, "centre pt oracle"),
+    ("points:3", 0, "3 pts"),
+    ("iterative:5:farthest-error", 0, "FE 1 click"),
+    ("iterative:5:farthest-error", 5, "FE 6 clicks"),
+    ("iterative:5:random-error", 5, "RE 6 clicks"),
+    ("iterative:5:farthest-error:start=box", 5, "box+5 FE"),
+    ("iterative:5:random-error:start=box", 5, "box+5 RE"),
+    ("uncertainty:8:0.1", 0, "robust (8 boxes)"),
+]
+
+
+def markdown_table(summary: dict) -> str:
+    """Mean Dice per dataset (rows) and protocol/step (columns), with n objects."""
+    cell = {(e["dataset"], e["protocol"], e["step"]): e for e in summary["table"]}
+    datasets = sorted({e["dataset"] for e in summary["table"] if e["dataset"] != "all"}) + ["all"]
+    lines = ["| dataset | n | " + " | ".join(c[2] for c in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for ds in datasets:
+        n = cell.get((ds, "box", 0), {}).get("n", "")
+        vals = []
+        for proto, step, _ in COLUMNS:
+            e = cell.get((ds, proto, step))
+            vals.append("" if e is None or e["dice"]["mean"] is None else f"{e['dice']['mean']:.3f}")
+        lines.append(f"| {ds} | {n} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def with_modality(d: Dataset, label: str) -> Dataset:
     """Tag every case with a modality label (grouping only: the 8-bit pictures are used as they are)."""
     return replace(d, modality=label, cases=[replace(c, modality=label) for c in d.cases])
@@ -71,6 +103,7 @@ def main() -> None:
         d = with_modality(load_dataset(DATA / name), SETS[name])
         datasets.append(d.subset(limit=args.limit) if args.limit else d)
     run = run_evaluation(datasets, args.out, PROTOCOLS, progress=True)
+    (args.out / "table.md").write_text(markdown_table(run.summary))
     for e in run.summary["table"]:
         if e["final"] or e["step"] == 0:
             print(f"{e['dataset']:22s} {e['protocol']:40s} step {e['step']}  n={e['n']:4d}  Dice {e['dice']['mean']}")

@@ -7,18 +7,37 @@ from typing import Any
 import numpy as np
 
 
+def is_torch(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor (subclasses such as MONAI's MetaTensor live in other modules, so the
+    whole MRO is checked); torch itself is never imported here."""
+    return any(c.__module__.startswith("torch") for c in type(x).__mro__)
+
+
 def to_numpy(x: Any) -> np.ndarray:
-    """A numpy array from a numpy array, a torch tensor (any device) or array-like."""
-    if type(x).__module__.startswith("torch"):
-        return x.detach().cpu().numpy()
+    """A numpy array from a numpy array, a torch tensor (any device; dtypes numpy lacks, such as bfloat16,
+    become float32) or array-like."""
+    if is_torch(x):
+        t = x.detach().cpu()
+        try:
+            return t.numpy()
+        except TypeError:
+            return t.float().numpy()
     return np.asarray(x)
 
 
-def as_bool_mask(mask: Any) -> np.ndarray:
-    """Boolean mask (nonzero = foreground) from numpy/torch input; ``ValueError`` for NaN values."""
-    m = to_numpy(mask)
-    if m.dtype == bool:
-        return m
-    if m.dtype.kind == "f" and np.isnan(m).any():
-        raise ValueError("mask contains NaN values")
-    return m != 0
+def as_bool_mask(x: Any, name: str = "mask") -> np.ndarray:
+    """A numpy array or torch tensor of any numeric dtype -> bool array of the same shape (nonzero =
+    foreground). Raises ``ValueError`` for 0-d input, NaN values (neither foreground nor background) and
+    non-numeric dtypes."""
+    a = to_numpy(x)
+    if a.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a scalar")
+    if a.dtype == bool:
+        return a
+    if a.dtype.kind in "fc":
+        n_nan = int(np.count_nonzero(np.isnan(a)))
+        if n_nan:
+            raise ValueError(f"{name} contains {n_nan} NaN values")
+    elif a.dtype.kind not in "iub":
+        raise ValueError(f"{name} has dtype {a.dtype}; expected a bool or numeric array")
+    return a != 0

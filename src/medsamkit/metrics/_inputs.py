@@ -7,37 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from .._arrays import as_bool_mask, is_torch
+
 SpacingLike = float | Sequence[float] | None
-
-
-def _is_torch(x: Any) -> bool:
-    # subclasses (e.g. MONAI's MetaTensor) live in other modules, so look through the MRO
-    return any(c.__module__.startswith("torch") for c in type(x).__mro__)
 
 
 def as_mask(x: Any, name: str = "mask") -> np.ndarray:
     """A numpy array or torch tensor of any dtype -> bool array of the same shape (nonzero = foreground).
 
     Raises ``ValueError`` for 0-d input or NaN values (a NaN is neither foreground nor background)."""
-    if _is_torch(x):
-        t = x.detach().cpu()
-        try:
-            a = t.numpy()
-        except TypeError:  # dtypes numpy lacks (bfloat16, float8): exact in float32 for the zero test
-            a = t.float().numpy()
-    else:
-        a = np.asarray(x)
-    if a.ndim == 0:
-        raise ValueError(f"{name} must have at least one dimension, got a scalar")
-    if a.dtype == bool:
-        return a
-    if a.dtype.kind in "fc":
-        n_nan = int(np.count_nonzero(np.isnan(a)))
-        if n_nan:
-            raise ValueError(f"{name} contains {n_nan} NaN values")
-    elif a.dtype.kind not in "iub":
-        raise ValueError(f"{name} has dtype {a.dtype}; expected a bool or numeric array")
-    return a != 0
+    return as_bool_mask(x, name)
 
 
 def as_mask_pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +32,7 @@ def as_spacing(spacing: SpacingLike, ndim: int) -> tuple[float, ...]:
     Every entry must be finite and > 0."""
     if spacing is None:
         return (1.0,) * ndim
-    s = np.asarray(spacing, dtype=np.float64) if not _is_torch(spacing) else spacing.detach().cpu().double().numpy()
+    s = np.asarray(spacing, dtype=np.float64) if not is_torch(spacing) else spacing.detach().cpu().double().numpy()
     if s.ndim == 0:
         s = np.full(ndim, float(s))
     elif s.ndim != 1 or s.shape[0] != ndim:

@@ -1,0 +1,96 @@
+"""Server-side latency of a click in the annotation app (LiteMedSAM, CPU, 2 threads), on 512 x 512 slices.
+
+One in-process app (FastAPI TestClient, no network) on a synthetic 4 x 512 x 512 volume: for each of the 4
+slices, the first box click (slice not cached: encode + decode + mask write + autosave) and then 5 more clicks on
+the same slice (cached embedding: decode + write). Reports the server's own ``ms`` (from the response) and the
+client round trip, medians, plus one point click on a cached slice.
+
+Usage: python benchmarks/bench_app.py [--out benchmarks/results/bench_app.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+THREADS = 2
+os.environ["MEDSAMKIT_THREADS"] = str(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def volume(n: int = 4, size: int = 512) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[0:n, 0:size, 0:size]
+    inside = ((y - 250) / 120) ** 2 + ((x - 270) / 160) ** 2 + ((z - 1.5) / 3) ** 2 <= 1
+    v = rng.normal(40, 8, (n, size, size))
+    v[inside] = rng.normal(200, 8, int(inside.sum()))
+    return v.astype(np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_app.json")
+    args = ap.parse_args()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # starlette asks for httpx2
+        from fastapi.testclient import TestClient
+
+    from medsamkit.app import create_app
+    from medsamkit.predict import Predictor
+
+    vol = volume()
+    buf = io.BytesIO(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)), np.eye(4)).to_bytes())
+    with tempfile.TemporaryDirectory() as tmp:
+        client = TestClient(create_app(None, state_dir=Path(tmp), predictor=Predictor("litemedsam", threads=THREADS)))
+        sid = client.post("/api/sessions").json()["session"]
+        assert client.post(f"/api/sessions/{sid}/volume", files={"file": ("v.nii", buf.getvalue())}).status_code == 200
+        url = f"/api/sessions/{sid}/segment"
+
+        def click(body: dict) -> tuple[float, float]:
+            t0 = time.perf_counter()
+            r = client.post(url, json=body)
+            rt = (time.perf_counter() - t0) * 1000
+            assert r.status_code == 200, r.text
+            return r.json()["ms"], rt
+
+        box = {"box": [100, 120, 440, 380], "label": 1}
+        click({"slice": 0, **box})  # warm-up (first ONNX Runtime run)
+        first, cached = [], []
+        for k in range(1, vol.shape[0]):
+            first.append(click({"slice": k, **box}))
+            cached += [click({"slice": k, **box}) for _ in range(5)]
+        point = [click({"slice": 2, "points": [[270, 250, 1]], "label": 2}) for _ in range(5)]
+
+    def med(xs: list[tuple[float, float]], i: int) -> float:
+        return round(statistics.median(x[i] for x in xs), 1)
+
+    r = {
+        "threads": THREADS,
+        "slice": "512x512",
+        "uncached_click_server_ms": med(first, 0),
+        "uncached_click_roundtrip_ms": med(first, 1),
+        "cached_click_server_ms": med(cached, 0),
+        "cached_click_roundtrip_ms": med(cached, 1),
+        "cached_point_click_server_ms": med(point, 0),
+        "uncached_samples": len(first),
+        "cached_samples": len(cached),
+    }
+    print(json.dumps(r, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(r, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -153,7 +153,16 @@ def _worst_cases(
     from .datasets import load_case
     from .runner import _case_paths, load_masks
 
-    rows = sorted((r for r in _final_rows(ok) if r["protocol"] == protocol), key=lambda r: _f(r["dice"]))[:WORST_CASES]
+    ranked = sorted((r for r in _final_rows(ok) if r["protocol"] == protocol), key=lambda r: _f(r["dice"]))
+    # the worst objects, at most two per dataset, so that one failing set does not fill the page
+    per_set: dict[str, int] = defaultdict(int)
+    rows = []
+    for r in ranked:
+        if per_set[r["dataset"]] < 2:
+            rows.append(r)
+            per_set[r["dataset"]] += 1
+        if len(rows) == WORST_CASES:
+            break
     panels = []
     for r in rows:
         case = cases.get((r["dataset"], r["case"]))
@@ -192,7 +201,7 @@ def _worst_cases(
             panels.append(
                 (
                     pic,
-                    f"{r['dataset']}/{r['case']} label {r['label']}"
+                    f"{_short(r['dataset'], 22)}\n{_short(r['case'], 26)} label {r['label']}"
                     + (f" z={r['slice']}" if int(r["slice"]) >= 0 else "")
                     + f"\nDice {_f(r['dice']):.3f}",
                 )
@@ -214,6 +223,10 @@ def _worst_cases(
     )
     fig.tight_layout()
     return _figure_png(fig)
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _table(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:

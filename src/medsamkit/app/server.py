@@ -49,9 +49,12 @@ from .sessions import (
 
 log = logging.getLogger("medsamkit.app")
 STATIC = Path(__file__).resolve().parent / "static"
+# The page's viewer, NiiVue, comes from npm (`npm ci --prefix src/medsamkit/app/web`); never from a CDN.
+NIIVUE_DIST = Path(__file__).resolve().parent / "web" / "node_modules" / "@niivue" / "niivue" / "dist"
 MiB = 1 << 20
 _JSON_LIMIT = 64 * MiB  # JSON bodies (an edited slice as base64 PNG is the largest)
 _FIELD_LIMIT = 4096
+_MEDIA = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".map": "application/json"}
 
 Num = Annotated[float, Strict()]
 Axis = Literal["z", "y", "x"]
@@ -164,7 +167,16 @@ def create_app(
         f = STATIC / name
         if "/" in name or name.startswith(".") or not f.is_file():
             raise AppError(404, "not found")
-        return FileResponse(f)
+        return FileResponse(f, media_type=_MEDIA.get(f.suffix))  # not the OS's table: a module script must be JS
+
+    @app.get("/vendor/niivue/{name}", include_in_schema=False)
+    def niivue(name: str) -> FileResponse:
+        if not (NIIVUE_DIST / "index.js").is_file():
+            raise AppError(404, "the NiiVue viewer is not installed: run `npm ci --prefix src/medsamkit/app/web`")
+        f = NIIVUE_DIST / name
+        if "/" in name or name.startswith(".") or not f.is_file():
+            raise AppError(404, "not found")
+        return FileResponse(f, media_type=_MEDIA.get(f.suffix))
 
     # -- sessions -------------------------------------------------------------------------------------------
     @app.post("/api/sessions")

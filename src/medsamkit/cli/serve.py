@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> None:
         from ..app import create_app
     except ImportError as e:
         raise CliError(
-            f"serve: the web app needs FastAPI, uvicorn and python-multipart ({e.name} is missing): pip install 'medsamkit[app]'"
+            f"serve: the web app needs FastAPI, uvicorn and python-multipart ({e.name} is missing); "
+            "they are dependencies of medsamkit: reinstall it"
         ) from e
     from ..models import WeightsError
     from ..predict import Predictor

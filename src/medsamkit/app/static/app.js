@@ -1,0 +1,1027 @@
+// medsamkit annotation page: the NiiVue viewer (served from npm's node_modules at /vendor/niivue/) over the
+// server's JSON API (/api/sessions/{sid}/...). Plain ES module, no build step.
+//
+// Orientation. The server's volume.nii.gz and mask.nii.gz hold the (Z, Y, X) arrays as NIfTI voxels
+// (i, j, k) = (x, y, z) with the source's affine. NiiVue shows them resliced to RAS and reports positions as
+// fractions of its RAS-reoriented grid: RAS axis a is native voxel axis |permRAS[a]| - 1, counted backwards when
+// permRAS[a] < 0. A click is mapped back to the native voxel (i, j, k); the tile's fixed native axis gives the
+// API axis (k -> "z", j -> "y", i -> "x") and the slice index, and the pixel in that slice's frame is
+// z: (x, y) = (i, j); y: (x, y) = (i, k); x: (x, y) = (j, k). On screen the rows of an axial slice usually run
+// bottom-up (anterior at the top), the opposite of the slice PNG; boxes are therefore built from min/max.
+
+const $ = (sel) => document.querySelector(sel);
+const API_AXIS = ["x", "y", "z"]; // native voxel axis i, j, k -> API axis name
+const NATIVE_OF_AXIS = { x: 0, y: 1, z: 2 };
+const TOOL_KEYS = { v: "navigate", b: "box", p: "positive", n: "negative", r: "brush", e: "eraser" };
+const PALETTE = [
+  [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
+  [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200],
+  [128, 0, 0], [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128],
+];
+
+const state = {
+  sid: null,
+  info: null, // the server's volume info
+  tool: "box",
+  label: 1,
+  labels: new Map(), // value -> {name, voxels}
+  brush: 2,
+  prompt: null, // {axis, slice, label, box, points}: the prompts of the object being segmented
+  lastSlice: new Map(), // label -> {axis, slice} last segmented or edited
+  drag: null, // an ongoing box drag or brush stroke
+  pending: 0, // API requests in flight
+  propagating: false,
+  lastSave: null,
+  hover: null,
+  progress: null, // the last propagation progress seen {done, total}
+  ready: false, // the viewer module loaded
+};
+
+let NV = null; // the NiiVue module
+let nv = null; // the Niivue instance
+let glCanvas, uiCanvas;
+let queue = Promise.resolve(); // mutating requests run one after another, in order
+
+// -- status and API ------------------------------------------------------------------------------------------
+function setStatus(text, kind = "") {
+  const el = $("#status");
+  el.textContent = text;
+  el.className = kind;
+}
+
+function updateBusy() {
+  $("#busy").textContent = state.pending > 0 ? "working…" : "";
+  document.body.dataset.pending = String(state.pending);
+}
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body, { raw = false, contentType = null } = {}) {
+  state.pending++;
+  updateBusy();
+  try {
+    const opts = { method, headers: {} };
+    if (body instanceof FormData) {
+      opts.body = body;
+    } else if (body instanceof Uint8Array || body instanceof Blob) {
+      opts.body = body;
+      opts.headers["content-type"] = contentType || "application/octet-stream";
+    } else if (body !== undefined) {
+      opts.body = JSON.stringify(body);
+      opts.headers["content-type"] = "application/json";
+    }
+    let r;
+    try {
+      r = await fetch(path, opts);
+    } catch (e) {
+      throw new ApiError(`cannot reach the server (${e.message})`, 0);
+    }
+    if (!r.ok) {
+      let msg = `${r.status} ${r.statusText}`;
+      try {
+        const j = await r.json();
+        if (j && j.error) msg = j.error;
+      } catch {
+        /* not JSON */
+      }
+      throw new ApiError(msg, r.status);
+    }
+    return raw ? r : r.json();
+  } finally {
+    state.pending--;
+    updateBusy();
+  }
+}
+
+const base = () => `/api/sessions/${state.sid}`;
+
+// Run fn after every earlier queued operation; errors go to the status line.
+function enqueue(fn) {
+  const run = queue.then(fn).catch(showError);
+  queue = run;
+  return run;
+}
+
+function showError(e) {
+  console.error(e);
+  setStatus(`Error: ${e && e.message ? e.message : e}`, "error");
+}
+
+const guard = (fn) => (...args) => Promise.resolve().then(() => fn(...args)).catch(showError);
+
+// -- label colours -------------------------------------------------------------------------------------------
+const colorOf = (v) => PALETTE[(v - 1) % PALETTE.length];
+
+// NiiVue's label lookup table for values 0..255. Two transparent entries below 0: NiiVue's shader moves every
+// value above the table's minimum to at least 2/256 of the table, which would show 0 in label 1's colour.
+function labelColormap() {
+  const cm = { R: [], G: [], B: [], A: [], I: [] };
+  for (let v = -2; v < 256; v++) {
+    const [r, g, b] = v <= 0 ? [0, 0, 0] : colorOf(v);
+    cm.R.push(r);
+    cm.G.push(g);
+    cm.B.push(b);
+    cm.A.push(v <= 0 ? 0 : 255);
+    cm.I.push(v);
+  }
+  return cm;
+}
+
+// -- geometry: NiiVue's RAS grid <-> native voxels <-> API slices ------------------------------------------------
+const back = () => (nv && nv.volumes.length ? nv.volumes[0] : null);
+const overlay = () => (nv && nv.volumes.length > 1 ? nv.volumes[1] : null);
+const nativeDims = () => back().hdr.dims.slice(1, 4).map(Number); // [nx, ny, nz]
+
+function rasToNative(ras) {
+  const vol = back();
+  const dims = nativeDims();
+  const out = [0, 0, 0];
+  for (let a = 0; a < 3; a++) {
+    const n = Math.abs(vol.permRAS[a]) - 1;
+    out[n] = vol.permRAS[a] < 0 ? dims[n] - 1 - ras[a] : ras[a];
+  }
+  return out;
+}
+
+function nativeToRas(nat) {
+  const vol = back();
+  const dims = nativeDims();
+  const out = [0, 0, 0];
+  for (let a = 0; a < 3; a++) {
+    const n = Math.abs(vol.permRAS[a]) - 1;
+    out[a] = vol.permRAS[a] < 0 ? dims[n] - 1 - nat[n] : nat[n];
+  }
+  return out;
+}
+
+// continuous native voxel coordinates of a position given as fractions of the RAS grid
+function fracToNative(frac) {
+  const d = back().dimsRAS;
+  return rasToNative([frac[0] * d[1] - 0.5, frac[1] * d[2] - 0.5, frac[2] * d[3] - 0.5]);
+}
+
+function nativeToFrac(nat) {
+  const d = back().dimsRAS;
+  const ras = nativeToRas(nat);
+  return [(ras[0] + 0.5) / d[1], (ras[1] + 0.5) / d[2], (ras[2] + 0.5) / d[3]];
+}
+
+// The API axis a tile shows: NiiVue's axial/coronal/sagittal (axCorSag 0/1/2) fix RAS axis 2/1/0.
+function axisOfTile(axCorSag) {
+  const fixedRas = [2, 1, 0][axCorSag];
+  return API_AXIS[Math.abs(back().permRAS[fixedRas]) - 1];
+}
+
+// (rows, columns) of a slice along axis
+function sliceShape(axis) {
+  const [nx, ny, nz] = nativeDims();
+  return { z: [ny, nx], y: [nz, nx], x: [nz, ny] }[axis];
+}
+
+// native voxel (continuous) -> [column, row] in the frame of a slice along axis, and the slice index
+function sliceCoords(axis, nat) {
+  const [i, j, k] = nat;
+  return { z: [i, j, k], y: [i, k, j], x: [j, k, i] }[axis];
+}
+
+// index into the NIfTI voxel array (i fastest) of pixel (col, row) of slice s along axis
+function voxelIndex(axis, s, col, row) {
+  const [nx, ny] = nativeDims();
+  const [i, j, k] = { z: [col, row, s], y: [col, s, row], x: [s, col, row] }[axis];
+  return i + j * nx + k * nx * ny;
+}
+
+function crosshairNative() {
+  return fracToNative(nv.scene.crosshairPos).map(Math.round);
+}
+
+// the 2D tile under a canvas position (device pixels), or -1
+function tileAt(x, y) {
+  const slices = nv.screenSlices || [];
+  for (let t = 0; t < slices.length; t++) {
+    const s = slices[t];
+    if (s.axCorSag > 2) continue;
+    let [l, top, w, h] = s.leftTopWidthHeight;
+    if (w < 0) {
+      l += w;
+      w = -w;
+    }
+    if (x >= l && x <= l + w && y >= top && y <= top + h) return t;
+  }
+  return -1;
+}
+
+// What is under a canvas position: {tile, axis, slice, col, row} with continuous col/row, or null.
+function locate(x, y, tile = null, clamp = false) {
+  if (!back()) return null;
+  const t = tile ?? tileAt(x, y);
+  if (t < 0) return null;
+  const axCorSag = nv.screenSlices[t].axCorSag;
+  const frac = nv.screenXY2TextureFrac(x, y, t, !clamp);
+  if (frac[0] < 0 && !clamp) return null;
+  const f = clamp ? Array.from(frac, (v) => Math.min(1, Math.max(0, v))) : Array.from(frac);
+  const nat = fracToNative(f);
+  const axis = axisOfTile(axCorSag);
+  const [col, row, s] = sliceCoords(axis, nat);
+  const [h, w] = sliceShape(axis);
+  return {
+    tile: t,
+    axCorSag,
+    axis,
+    slice: Math.min(nativeDims()[NATIVE_OF_AXIS[axis]] - 1, Math.max(0, Math.round(s))),
+    col: Math.min(w - 1, Math.max(0, col)),
+    row: Math.min(h - 1, Math.max(0, row)),
+    native: nat,
+  };
+}
+
+function canvasPos(e) {
+  const rect = glCanvas.getBoundingClientRect();
+  const dpr = nv.uiData.dpr || 1;
+  return [(e.clientX - rect.left) * dpr, (e.clientY - rect.top) * dpr];
+}
+
+// Canvas position (device pixels) of native voxel nat on tile t, or null when that tile shows another slice.
+function screenOf(nat, t) {
+  const s = nv.screenSlices[t];
+  if (!s || s.axCorSag > 2) return null;
+  const axis = axisOfTile(s.axCorSag);
+  const n = NATIVE_OF_AXIS[axis];
+  if (crosshairNative()[n] !== Math.round(nat[n])) return null;
+  const r = nv.frac2canvasPosWithTile(nativeToFrac(nat), s.axCorSag);
+  return r && r.tileIndex === t ? r.pos : null;
+}
+
+// Move the crosshair so that the tiles show slice `slice` along `axis`.
+function goTo(axis, slice) {
+  const nat = crosshairNative();
+  nat[NATIVE_OF_AXIS[axis]] = slice;
+  nv.scene.crosshairPos = nativeToFrac(nat);
+  nv.drawScene();
+  if (typeof nv.createOnLocationChange === "function") nv.createOnLocationChange();
+  drawUi();
+}
+
+// -- the mask overlay ----------------------------------------------------------------------------------------
+function readSlice(axis, s) {
+  const [h, w] = sliceShape(axis);
+  const img = overlay().img;
+  const out = new Uint8Array(h * w);
+  for (let row = 0; row < h; row++) for (let col = 0; col < w; col++) out[row * w + col] = img[voxelIndex(axis, s, col, row)];
+  return out;
+}
+
+function writeSlice(axis, s, values) {
+  const [h, w] = sliceShape(axis);
+  const img = overlay().img;
+  for (let row = 0; row < h; row++) for (let col = 0; col < w; col++) img[voxelIndex(axis, s, col, row)] = values[row * w + col];
+  refreshOverlay();
+}
+
+let refreshPending = false;
+function refreshOverlay() {
+  if (refreshPending) return;
+  refreshPending = true;
+  requestAnimationFrame(() => {
+    refreshPending = false;
+    nv.updateGLVolume();
+    drawUi();
+  });
+}
+
+// A label PNG (grey values = label values) -> Uint8Array of its pixels, row by row.
+async function decodeLabelPng(blob) {
+  const bmp = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const c = new OffscreenCanvas(bmp.width, bmp.height);
+  const g = c.getContext("2d", { willReadFrequently: true });
+  g.drawImage(bmp, 0, 0);
+  const rgba = g.getImageData(0, 0, bmp.width, bmp.height).data;
+  const out = new Uint8Array(bmp.width * bmp.height);
+  for (let p = 0; p < out.length; p++) out[p] = rgba[4 * p];
+  return { width: bmp.width, height: bmp.height, data: out };
+}
+
+function b64ToBlob(b64, type = "image/png") {
+  const bin = atob(b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return new Blob([bytes], { type });
+}
+
+async function patchSliceFromPng(axis, s, blob) {
+  const { width, height, data } = await decodeLabelPng(blob);
+  const [h, w] = sliceShape(axis);
+  if (width !== w || height !== h) throw new Error(`slice mask is ${width}x${height}, expected ${w}x${h}`);
+  writeSlice(axis, s, data);
+}
+
+async function refetchSlice(axis, s) {
+  const r = await api("GET", `${base()}/mask/${axis}/${s}.png`, undefined, { raw: true });
+  await patchSliceFromPng(axis, s, await r.blob());
+}
+
+// The whole label volume from mask.nii.gz (uint8 NIfTI-1) into the overlay.
+async function reloadMask() {
+  const r = await api("GET", `${base()}/mask.nii.gz`, undefined, { raw: true });
+  const gz = await r.arrayBuffer();
+  const buf = await new Response(new Blob([gz]).stream().pipeThrough(new DecompressionStream("gzip"))).arrayBuffer();
+  const dv = new DataView(buf);
+  const little = dv.getInt32(0, true) === 348;
+  const voxOffset = Math.round(dv.getFloat32(108, little));
+  const img = overlay().img;
+  if (buf.byteLength - voxOffset < img.length) throw new Error("mask.nii.gz is smaller than the volume");
+  img.set(new Uint8Array(buf, voxOffset, img.length));
+  refreshOverlay();
+}
+
+// -- opening a volume ----------------------------------------------------------------------------------------
+async function ensureSession() {
+  if (state.sid) return state.sid;
+  const r = await api("POST", "/api/sessions");
+  state.sid = r.session;
+  history.replaceState(null, "", `#session=${state.sid}`);
+  return state.sid;
+}
+
+function openOptions() {
+  const opts = { preset: $("#preset").value };
+  const w = $("#window").value.trim();
+  if (w) {
+    const parts = w.split(",").map(Number);
+    if (parts.length !== 2 || parts.some((v) => !Number.isFinite(v))) throw new Error("window: expected level,width");
+    opts.window = parts;
+  }
+  return opts;
+}
+
+async function openUpload(file) {
+  if (!file) return;
+  await queue;
+  const opts = openOptions();
+  await ensureSession();
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("preset", opts.preset);
+  if (opts.window) form.append("window", opts.window.join(","));
+  setStatus(`uploading ${file.name} (${(file.size / 1048576).toFixed(1)} MB)…`);
+  const info = await api("POST", `${base()}/volume`, form);
+  await showVolume(info);
+}
+
+async function openPath(path) {
+  if (!path) throw new Error("type a path relative to the server's data folder");
+  await queue;
+  const opts = openOptions();
+  await ensureSession();
+  setStatus(`opening ${path}…`);
+  const info = await api("POST", `${base()}/volume`, { path, ...opts });
+  await showVolume(info);
+}
+
+async function showVolume(info) {
+  if (!nv) throw new Error("the viewer is not available (see the message above)");
+  state.info = info;
+  state.prompt = null;
+  $("#prompt-info").textContent = describePrompt(null);
+  state.lastSlice.clear();
+  state.labels.clear();
+  setLabels(info.labels || []);
+  if (!state.labels.size) state.labels.set(1, { name: null, voxels: 0 });
+  state.label = Math.min(...state.labels.keys());
+  renderLabels();
+  setStatus(`loading ${info.source} into the viewer…`);
+  await nv.loadVolumes([
+    { url: `${base()}/volume.nii.gz`, name: "volume.nii.gz", colormap: "gray" },
+    { url: `${base()}/mask.nii.gz`, name: "mask.nii.gz", opacity: Number($("#opacity").value) / 100 },
+  ]);
+  const ov = overlay();
+  if (!(ov.img instanceof Uint8Array)) throw new Error(`unexpected mask voxel type ${ov.img.constructor.name}`);
+  ov.setColormapLabel(labelColormap());
+  applyContrast();
+  applyConvention();
+  setView(info.is_2d ? "axial" : $("#view").value);
+  const [z, y, x] = info.shape;
+  $("#volume-name").textContent = `${info.source} · ${x}×${y}×${z} · ${info.modality || "?"} · ${info.preset?.preset ?? ""}`;
+  $("#download-link").hidden = true;
+  $("#propagate").disabled = Boolean(info.is_2d);
+  $("#propagate").title = info.is_2d ? "a 2D picture has nothing to propagate to" : "Segment the selected label through the volume from its last segmented slice (g)";
+  setStatus(`opened ${info.source}: ${x}×${y}×${z} voxels; drag a box around an object`, "ok");
+  drawUi();
+}
+
+// -- labels --------------------------------------------------------------------------------------------------
+function setLabels(list) {
+  for (const l of list) state.labels.set(l.value, { name: l.name, voxels: l.voxels });
+  for (const [v, l] of state.labels) if (!list.some((x) => x.value === v)) l.voxels = 0;
+}
+
+async function refreshLabels() {
+  const r = await api("GET", `${base()}/labels`);
+  setLabels(r.labels);
+  renderLabels();
+}
+
+function renderLabels() {
+  const ul = $("#labels");
+  ul.replaceChildren();
+  for (const v of [...state.labels.keys()].sort((a, b) => a - b)) {
+    const l = state.labels.get(v);
+    const li = document.createElement("li");
+    li.dataset.value = String(v);
+    li.dataset.testid = `label-${v}`;
+    if (v === state.label) li.classList.add("selected");
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = `rgb(${colorOf(v).join(",")})`;
+    const val = document.createElement("span");
+    val.className = "value";
+    val.textContent = String(v);
+    const name = document.createElement("input");
+    name.type = "text";
+    name.value = l.name || "";
+    name.placeholder = `label ${v}`;
+    name.title = "name (saved with the mask)";
+    name.dataset.testid = `label-name-${v}`;
+    name.addEventListener("change", guard(() => renameLabel(v, name.value)));
+    const count = document.createElement("span");
+    count.className = "count";
+    count.dataset.testid = `label-count-${v}`;
+    count.textContent = l.voxels ? `${l.voxels} vx` : "empty";
+    li.append(sw, val, name, count);
+    li.addEventListener("click", (e) => {
+      if (e.target !== name) selectLabel(v);
+    });
+    ul.append(li);
+  }
+}
+
+function selectLabel(v) {
+  if (!state.labels.has(v)) return;
+  state.label = v;
+  state.prompt = null;
+  renderLabels();
+  drawUi();
+}
+
+async function renameLabel(v, name) {
+  if (!state.info) throw new Error("open a volume first");
+  const r = await api("PUT", `${base()}/labels/${v}`, { name });
+  state.labels.get(v).name = r.name;
+  setStatus(`label ${v} ${r.name ? `is now "${r.name}"` : "has no name"}`, "ok");
+}
+
+async function addLabel() {
+  if (!state.info) throw new Error("open a volume first");
+  const v = Math.max(0, ...state.labels.keys()) + 1;
+  if (v > 255) throw new Error("labels are 1..255");
+  state.labels.set(v, { name: null, voxels: 0 });
+  selectLabel(v);
+  await renameLabel(v, `label ${v}`); // a named label is kept by the server while it has no voxels
+  renderLabels();
+}
+
+// -- segmenting ----------------------------------------------------------------------------------------------
+function describePrompt(p) {
+  if (!p) return "Drag a box on a slice, then refine with clicks. Esc starts a new prompt.";
+  const parts = [];
+  if (p.box) parts.push(`box [${p.box.join(", ")}]`);
+  const pos = p.points.filter((q) => q[2] === 1).length;
+  const neg = p.points.length - pos;
+  if (pos) parts.push(`${pos} + click${pos > 1 ? "s" : ""}`);
+  if (neg) parts.push(`${neg} − click${neg > 1 ? "s" : ""}`);
+  return `label ${p.label}, ${p.axis} slice ${p.slice}: ${parts.join(", ")} (Esc: new prompt)`;
+}
+
+function segment(prompt) {
+  $("#prompt-info").textContent = describePrompt(prompt);
+  drawUi();
+  return enqueue(async () => {
+    const body = { axis: prompt.axis, slice: prompt.slice, label: prompt.label };
+    if (prompt.box) body.box = prompt.box;
+    if (prompt.points.length) body.points = prompt.points;
+    const r = await api("POST", `${base()}/segment`, body);
+    await patchSliceFromPng(r.axis, r.slice, b64ToBlob(r.mask.data));
+    state.lastSlice.set(r.label, { axis: r.axis, slice: r.slice });
+    setStatus(`label ${r.label} on ${r.axis} slice ${r.slice}: ${r.pixels} px, score ${r.score} (${r.ms} ms)`, "ok");
+    await refreshLabels();
+  });
+}
+
+function addPoint(loc, positive) {
+  const pt = [Math.round(loc.col), Math.round(loc.row), positive ? 1 : 0];
+  let p = state.prompt;
+  if (!p || p.axis !== loc.axis || p.slice !== loc.slice || p.label !== state.label) {
+    p = { axis: loc.axis, slice: loc.slice, label: state.label, box: null, points: [] };
+  }
+  p.points.push(pt);
+  state.prompt = p;
+  if (!p.box && !p.points.some((q) => q[2] === 1)) {
+    $("#prompt-info").textContent = describePrompt(p);
+    drawUi();
+    setStatus("a negative click alone selects nothing: add a positive click or a box", "error");
+    return;
+  }
+  segment(p);
+}
+
+function finishBox(d) {
+  const [c0, r0] = d.start;
+  const [c1, r1] = d.end;
+  if (Math.hypot(d.endPx[0] - d.startPx[0], d.endPx[1] - d.startPx[1]) < 4) {
+    setStatus("drag to draw a box (click with the + tool for a point)");
+    drawUi();
+    return;
+  }
+  const box = [Math.min(c0, c1), Math.min(r0, r1), Math.max(c0, c1), Math.max(r0, r1)].map(Math.round);
+  state.prompt = { axis: d.axis, slice: d.slice, label: state.label, box, points: [] };
+  segment(state.prompt);
+}
+
+// -- brush ---------------------------------------------------------------------------------------------------
+// A stroke marks the pixels it touched (and shows them at once); the edit sent to the server applies them to
+// the slice as it is then, so a stroke made while a segmentation was still running does not undo its result.
+function paintAt(d, col, row) {
+  const r = state.brush;
+  const [h, w] = [d.h, d.w];
+  const c0 = Math.round(col);
+  const r0 = Math.round(row);
+  const img = overlay().img;
+  for (let y = Math.max(0, r0 - r); y <= Math.min(h - 1, r0 + r); y++) {
+    for (let x = Math.max(0, c0 - r); x <= Math.min(w - 1, c0 + r); x++) {
+      if ((x - c0) ** 2 + (y - r0) ** 2 > r * r) continue;
+      d.touched[y * w + x] = 1;
+      const v = voxelIndex(d.axis, d.slice, x, y);
+      if (!d.erase) img[v] = d.label;
+      else if (img[v] === d.label) img[v] = 0;
+    }
+  }
+}
+
+function strokeTo(d, col, row) {
+  const [pc, pr] = d.last;
+  const steps = Math.max(1, Math.ceil(Math.hypot(col - pc, row - pr) / Math.max(0.5, state.brush / 2)));
+  for (let s = 1; s <= steps; s++) paintAt(d, pc + ((col - pc) * s) / steps, pr + ((row - pr) * s) / steps);
+  d.last = [col, row];
+  refreshOverlay();
+}
+
+function finishStroke(d) {
+  enqueue(async () => {
+    const cur = readSlice(d.axis, d.slice);
+    const mask = new Uint8Array(cur.length);
+    for (let p = 0; p < cur.length; p++) {
+      const painted = d.touched[p] === 1;
+      mask[p] = (painted ? !d.erase : cur[p] === d.label) ? 1 : 0;
+    }
+    try {
+      const r = await api("PUT", `${base()}/mask/${d.axis}/${d.slice}?label=${d.label}`, mask);
+      state.lastSlice.set(d.label, { axis: d.axis, slice: d.slice });
+      setStatus(`${d.erase ? "erased" : "painted"}: label ${d.label} has ${r.pixels} px on ${d.axis} slice ${d.slice}${r.changed ? "" : " (unchanged)"}`, "ok");
+    } finally {
+      await refetchSlice(d.axis, d.slice); // the server's state, also after an error
+    }
+    await refreshLabels();
+  });
+}
+
+// -- mouse ---------------------------------------------------------------------------------------------------
+function onMouseDown(e) {
+  if (e.button !== 0 || state.tool === "navigate" || !back() || !state.info) return;
+  const [x, y] = canvasPos(e);
+  const loc = locate(x, y);
+  if (!loc) return;
+  e.stopPropagation(); // NiiVue would move the crosshair
+  e.preventDefault();
+  if (state.tool === "positive" || state.tool === "negative") {
+    addPoint(loc, state.tool === "positive");
+  } else if (state.tool === "box") {
+    state.drag = { kind: "box", tile: loc.tile, axis: loc.axis, slice: loc.slice, start: [loc.col, loc.row], end: [loc.col, loc.row], startPx: [x, y], endPx: [x, y] };
+  } else if (state.tool === "brush" || state.tool === "eraser") {
+    const [h, w] = sliceShape(loc.axis);
+    const d = { kind: "brush", erase: state.tool === "eraser", tile: loc.tile, axis: loc.axis, slice: loc.slice, label: state.label, h, w, touched: new Uint8Array(h * w), last: [loc.col, loc.row] };
+    state.drag = d;
+    paintAt(d, loc.col, loc.row);
+    refreshOverlay();
+  }
+  drawUi();
+}
+
+function onMouseMove(e) {
+  if (!nv || !back()) return;
+  const [x, y] = canvasPos(e);
+  const d = state.drag;
+  if (d) {
+    e.stopPropagation();
+    const loc = locate(x, y, d.tile, true);
+    if (d.kind === "box") {
+      d.end = [loc.col, loc.row];
+      d.endPx = [x, y];
+    } else if (d.kind === "brush") {
+      strokeTo(d, loc.col, loc.row);
+    }
+  }
+  const loc = locate(x, y);
+  state.hover = loc ? { ...loc, px: [x, y] } : null;
+  $("#cursor").textContent = loc
+    ? `${loc.axis} slice ${loc.slice} · x ${Math.round(loc.col)} · y ${Math.round(loc.row)} · label ${overlay() ? overlay().img[voxelIndex(loc.axis, loc.slice, Math.round(loc.col), Math.round(loc.row))] : 0}`
+    : "";
+  drawUi();
+}
+
+function onMouseUp(e) {
+  const d = state.drag;
+  if (!d) return;
+  e.stopPropagation();
+  state.drag = null;
+  if (d.kind === "box") finishBox(d);
+  else if (d.kind === "brush") finishStroke(d);
+  drawUi();
+}
+
+// -- the drawing layer over NiiVue: box rubber band, prompt markers, brush outline -------------------------------
+function drawUi() {
+  if (!uiCanvas || !nv) return;
+  if (uiCanvas.width !== glCanvas.width || uiCanvas.height !== glCanvas.height) {
+    uiCanvas.width = glCanvas.width;
+    uiCanvas.height = glCanvas.height;
+  }
+  const g = uiCanvas.getContext("2d");
+  g.clearRect(0, 0, uiCanvas.width, uiCanvas.height);
+  if (!back() || !state.info) return;
+  const dpr = nv.uiData.dpr || 1;
+  g.lineWidth = 1.5 * dpr;
+  const d = state.drag;
+  if (d && d.kind === "box") {
+    g.strokeStyle = "#facc15";
+    g.setLineDash([5 * dpr, 4 * dpr]);
+    g.strokeRect(d.startPx[0], d.startPx[1], d.endPx[0] - d.startPx[0], d.endPx[1] - d.startPx[1]);
+    g.setLineDash([]);
+  }
+  const p = state.prompt;
+  if (p) {
+    for (let t = 0; t < (nv.screenSlices || []).length; t++) {
+      const s = nv.screenSlices[t];
+      if (s.axCorSag > 2 || axisOfTile(s.axCorSag) !== p.axis) continue;
+      const at = (col, row) => {
+        const nat = { z: [col, row, p.slice], y: [col, p.slice, row], x: [p.slice, col, row] }[p.axis];
+        return screenOf(nat, t);
+      };
+      if (p.box && !(d && d.kind === "box")) {
+        const a = at(p.box[0] - 0.5, p.box[1] - 0.5);
+        const b = at(p.box[2] + 0.5, p.box[3] + 0.5);
+        if (a && b) {
+          g.strokeStyle = "#facc15";
+          g.strokeRect(a[0], a[1], b[0] - a[0], b[1] - a[1]);
+        }
+      }
+      for (const q of p.points) {
+        const c = at(q[0], q[1]);
+        if (!c) continue;
+        g.fillStyle = q[2] === 1 ? "#22c55e" : "#ef4444";
+        g.strokeStyle = "#fff";
+        g.beginPath();
+        g.arc(c[0], c[1], 4.5 * dpr, 0, 2 * Math.PI);
+        g.fill();
+        g.stroke();
+      }
+    }
+  }
+  const h = state.hover;
+  if ((state.tool === "brush" || state.tool === "eraser") && h) {
+    const s = nv.screenSlices[h.tile];
+    const horizontalRas = s.axCorSag === 2 ? 1 : 0; // the RAS axis running across the tile
+    const pxPerVoxel = (Math.abs(s.leftTopWidthHeight[2]) / s.fovMM[0]) * back().pixDimsRAS[horizontalRas + 1];
+    g.strokeStyle = state.tool === "eraser" ? "#f8fafc" : `rgb(${colorOf(state.label).join(",")})`;
+    g.beginPath();
+    g.arc(h.px[0], h.px[1], Math.max(2, (state.brush + 0.5) * pxPerVoxel), 0, 2 * Math.PI);
+    g.stroke();
+  }
+}
+
+// -- propagate, undo, save -----------------------------------------------------------------------------------
+// Where to propagate a label from when this page has not segmented it (a restored session): the crosshair's
+// axial slice if the label is there, else the axial slice where the label has the most voxels.
+function fullestSlice(label) {
+  const img = overlay().img;
+  const [nx, ny, nz] = nativeDims();
+  const counts = new Array(nz).fill(0);
+  for (let v = 0; v < img.length; v++) if (img[v] === label) counts[Math.floor(v / (nx * ny))]++;
+  const here = crosshairNative()[2];
+  if (counts[here] > 0) return { axis: "z", slice: here };
+  const best = counts.indexOf(Math.max(...counts));
+  return counts[best] > 0 ? { axis: "z", slice: best } : null;
+}
+
+function propagate() {
+  if (!state.info) return showError(new Error("open a volume first"));
+  if (state.propagating || state.info.is_2d) return;
+  const label = state.label;
+  state.propagating = true;
+  state.progress = null;
+  $("#propagate").disabled = true;
+  const bar = $("#progress");
+  bar.hidden = false;
+  bar.value = 0;
+  $("#progress-text").textContent = "starting…";
+  const t0 = performance.now();
+  let polling = true;
+  const poll = async () => {
+    while (polling) {
+      try {
+        const pr = await api("GET", `${base()}/progress`);
+        if (polling && pr.total) {
+          state.progress = { done: pr.done, total: pr.total };
+          bar.max = pr.total;
+          bar.value = pr.done;
+          $("#progress-text").textContent = `${pr.done}/${pr.total} slices`;
+        }
+      } catch {
+        /* the final answer reports errors */
+      }
+      await new Promise((res) => setTimeout(res, 250));
+    }
+  };
+  return enqueue(async () => {
+    try {
+      // decided once the operations queued before this one are done
+      const from = state.lastSlice.get(label) || fullestSlice(label);
+      if (!from) throw new Error(`label ${label} has no voxels yet: segment it on a slice first`);
+      poll();
+      setStatus(`propagating label ${label} from ${from.axis} slice ${from.slice}…`);
+      const r = await api("POST", `${base()}/propagate`, { label, slice: from.slice, axis: from.axis });
+      polling = false;
+      bar.max = 1;
+      bar.value = 1;
+      $("#progress-text").textContent = "done";
+      await reloadMask();
+      await refreshLabels();
+      const span = r.slices.length ? `slices ${r.slices[0]}–${r.slices[1]}` : "no slices";
+      setStatus(`propagated label ${label} along ${r.axis}: ${span}, ${r.voxels} voxels (${((performance.now() - t0) / 1000).toFixed(1)} s)`, "ok");
+    } catch (e) {
+      $("#progress-text").textContent = "failed";
+      throw e;
+    } finally {
+      polling = false;
+      state.propagating = false;
+      $("#propagate").disabled = false;
+    }
+  });
+}
+
+function undo() {
+  if (!state.info) return;
+  return enqueue(async () => {
+    const r = await api("POST", `${base()}/undo`);
+    await reloadMask();
+    await refreshLabels();
+    state.prompt = null;
+    $("#prompt-info").textContent = describePrompt(null);
+    setStatus(`undid ${r.undone} (${r.remaining} more undo steps)`, "ok");
+  });
+}
+
+function save() {
+  if (!state.info) return showError(new Error("open a volume first"));
+  const format = $("#save-format").value;
+  return enqueue(async () => {
+    setStatus(`saving as ${format}…`);
+    const r = await api("POST", `${base()}/save`, { format });
+    state.lastSave = r;
+    const a = $("#download-link");
+    a.href = r.url;
+    a.download = r.file;
+    a.textContent = `download ${r.file}`;
+    a.hidden = false;
+    a.click();
+    setStatus(`saved ${r.file}`, "ok");
+  });
+}
+
+// -- display -------------------------------------------------------------------------------------------------
+function applyContrast() {
+  const vol = back();
+  if (!vol) return;
+  let lo = Number($("#cal-min").value);
+  let hi = Number($("#cal-max").value);
+  if (!(hi > lo)) hi = lo + 1;
+  vol.cal_min = lo;
+  vol.cal_max = hi;
+  nv.updateGLVolume();
+}
+
+// 2D pictures get a flipped x axis on their way to RAS; show them as stored (column 0 on the left).
+function applyConvention() {
+  if (!back()) return;
+  const twoD = state.info && state.info.is_2d;
+  $("#radiological").disabled = Boolean(twoD);
+  nv.setRadiologicalConvention(twoD ? back().permRAS[0] < 0 : $("#radiological").checked);
+  nv.setIsOrientationTextVisible(!twoD); // R/A/S letters mean nothing on a photo
+  drawUi();
+}
+
+function setView(name) {
+  const types = { multiplanar: nv.sliceTypeMultiplanar, axial: nv.sliceTypeAxial, coronal: nv.sliceTypeCoronal, sagittal: nv.sliceTypeSagittal, render: nv.sliceTypeRender };
+  $("#view").value = name;
+  nv.setSliceType(types[name] ?? nv.sliceTypeMultiplanar);
+  drawUi();
+}
+
+function setTool(tool) {
+  state.tool = tool;
+  for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === tool);
+  const v = $("#viewer");
+  v.classList.toggle("tool-active", tool !== "navigate");
+  v.classList.toggle("tool-brush", tool === "brush");
+  v.classList.toggle("tool-eraser", tool === "eraser");
+  drawUi();
+}
+
+function setBrush(r) {
+  state.brush = Math.max(0, Math.min(25, r));
+  $("#brush-size").value = String(state.brush);
+  $("#brush-size-value").textContent = String(state.brush);
+  drawUi();
+}
+
+function onKey(e) {
+  const typing = e.target instanceof HTMLElement && e.target.closest("input, select, textarea");
+  if (typing && e.key !== "Escape") return;
+  const k = e.key.toLowerCase();
+  if ((e.ctrlKey || e.metaKey) && k === "z") {
+    e.preventDefault();
+    undo();
+  } else if ((e.ctrlKey || e.metaKey) && k === "s") {
+    e.preventDefault();
+    save();
+  } else if (e.ctrlKey || e.metaKey || e.altKey) {
+    return;
+  } else if (TOOL_KEYS[k]) {
+    setTool(TOOL_KEYS[k]);
+  } else if (k === "s") {
+    save();
+  } else if (k === "g") {
+    propagate();
+  } else if (k === "[" || k === "]") {
+    setBrush(state.brush + (k === "]" ? 1 : -1));
+  } else if (/^[1-9]$/.test(k)) {
+    selectLabel(Number(k));
+  } else if (k === "escape") {
+    state.prompt = null;
+    state.drag = null;
+    $("#prompt-info").textContent = describePrompt(null);
+    drawUi();
+  } else if ((k === "pageup" || k === "pagedown") && back() && e.target !== glCanvas) {
+    nv.moveCrosshairInVox(0, 0, k === "pageup" ? 1 : -1);
+  } else {
+    return;
+  }
+  e.preventDefault();
+}
+
+// -- start ---------------------------------------------------------------------------------------------------
+function wire() {
+  $("#file-input").addEventListener("change", guard(async (e) => {
+    const f = e.target.files[0];
+    e.target.value = "";
+    await openUpload(f);
+  }));
+  $("#path-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    guard(openPath)($("#path-input").value.trim());
+  });
+  for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
+  $("#brush-size").addEventListener("input", (e) => setBrush(Number(e.target.value)));
+  $("#add-label").addEventListener("click", guard(addLabel));
+  $("#propagate").addEventListener("click", () => propagate());
+  $("#undo").addEventListener("click", () => undo());
+  $("#save").addEventListener("click", () => save());
+  $("#view").addEventListener("change", (e) => nv && setView(e.target.value));
+  $("#radiological").addEventListener("change", () => applyConvention());
+  $("#contrast").addEventListener("change", (e) => {
+    if (e.target.value === "custom") return;
+    const [lo, hi] = e.target.value.split(",");
+    $("#cal-min").value = lo;
+    $("#cal-max").value = hi;
+    applyContrast();
+  });
+  for (const id of ["#cal-min", "#cal-max"]) {
+    $(id).addEventListener("change", () => {
+      $("#contrast").value = "custom";
+      applyContrast();
+    });
+  }
+  $("#opacity").addEventListener("input", (e) => {
+    if (overlay()) {
+      nv.setOpacity(1, Number(e.target.value) / 100);
+    }
+  });
+  document.addEventListener("keydown", onKey);
+  const viewer = $("#viewer");
+  viewer.addEventListener("mousedown", onMouseDown, true);
+  viewer.addEventListener("mousemove", onMouseMove, true);
+  window.addEventListener("mouseup", onMouseUp, true);
+  viewer.addEventListener("mouseleave", () => {
+    state.hover = null;
+    drawUi();
+  });
+  new ResizeObserver(() => requestAnimationFrame(drawUi)).observe(viewer);
+}
+
+async function startViewer() {
+  try {
+    NV = await import("/vendor/niivue/index.js");
+  } catch (e) {
+    let why = "";
+    try {
+      const r = await fetch("/vendor/niivue/index.js", { method: "HEAD" });
+      if (!r.ok) why = (await fetch("/vendor/niivue/index.js").then((x) => x.json()).catch(() => ({}))).error || `HTTP ${r.status}`;
+    } catch {
+      /* offline */
+    }
+    const msg = $("#viewer-message");
+    msg.textContent = `The NiiVue viewer could not be loaded: ${why || e.message}. Install it on the server with \`npm ci --prefix src/medsamkit/app/web\` and reload this page.`;
+    msg.hidden = false;
+    throw new Error("the NiiVue viewer is not installed on the server");
+  }
+  glCanvas = $("#gl");
+  uiCanvas = $("#ui");
+  nv = new NV.Niivue({
+    backColor: [0, 0, 0, 1],
+    crosshairColor: [0.2, 0.75, 1, 0.8], // not red: label 1 is red
+    crosshairWidth: 0.25,
+    show3Dcrosshair: true,
+    isColorbar: false,
+    dragAndDropEnabled: false,
+    multiplanarShowRender: NV.SHOW_RENDER ? NV.SHOW_RENDER.NEVER : 0,
+    viewModeHotKey: "NoKey",
+    clipPlaneHotKey: "NoKey",
+    cycleClipPlaneHotKey: "NoKey",
+    logLevel: "warn",
+    loadingText: "open a volume: upload a file or type a path under the server's data folder",
+  });
+  await nv.attachToCanvas(glCanvas);
+  nv.onLocationChange = () => drawUi();
+  nv.onIntensityChange = (vol) => {
+    if (vol !== back()) return;
+    $("#cal-min").value = String(Math.round(vol.cal_min));
+    $("#cal-max").value = String(Math.round(vol.cal_max));
+    $("#contrast").value = "custom";
+  };
+  state.ready = true;
+}
+
+async function restoreSession() {
+  const m = location.hash.match(/session=([A-Za-z0-9_-]{32})/);
+  if (!m) return false;
+  try {
+    const r = await api("GET", `/api/sessions/${m[1]}`);
+    state.sid = m[1];
+    if (!r.volume) return false;
+    await showVolume(r.volume);
+    setStatus(`restored session with ${r.volume.source}`, "ok");
+    return true;
+  } catch (e) {
+    if (e.status === 404) {
+      history.replaceState(null, "", location.pathname);
+      return false;
+    }
+    throw e;
+  }
+}
+
+async function main() {
+  wire();
+  setTool("box");
+  setBrush(Number($("#brush-size").value));
+  renderLabels();
+  await startViewer();
+  if (!(await restoreSession())) setStatus("open a volume: upload a file, or type a path under the server's data folder");
+}
+
+// a small hook for scripted use and tests
+window.medsamkit = {
+  state,
+  get nv() {
+    return nv;
+  },
+  goTo,
+  screenOf,
+  locate,
+  // resolves when no request is queued or in flight and the viewer has drawn the result
+  idle: async () => {
+    do {
+      await queue;
+      while (state.pending > 0) await new Promise((r) => setTimeout(r, 20));
+    } while (state.pending > 0);
+    await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  },
+  setTool,
+  selectLabel,
+};
+
+main().catch(showError);

@@ -1,0 +1,445 @@
+"""The annotation page in a real browser: headless Chromium (Debian package, driven by Playwright) against a live
+uvicorn server on 127.0.0.1 that serves the NiiVue viewer from npm's node_modules and shares the session's
+predictor.
+
+Orientation is checked against geometry computed here, not by the page: a voxel's world position comes from
+nibabel's affine, NiiVue places that position on its canvas (``mm2frac`` + ``frac2canvasPosWithTile``), the
+mouse goes there, and the prompt the page builds must name that voxel in the API's slice frame. The volumes:
+a RAS hippocampus MRI (identity affine), the TotalSegmentator MR example (LPS: flipped x and y) and a 2D
+ultrasound picture.
+
+Needs /usr/bin/chromium (``apt-get install chromium``), ``pip install playwright`` (never ``playwright
+install``) and ``npm ci --prefix src/medsamkit/app/web``; skipped without them unless MEDSAMKIT_REQUIRE_BROWSER
+is set (CI). Screenshots go to the test's tmp folder, and to docs/images/app-*.png with
+MEDSAMKIT_UPDATE_SCREENSHOTS=1.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import socket
+import threading
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+nib = pytest.importorskip("nibabel")
+from PIL import Image  # noqa: E402
+
+from medsamkit.app import create_app  # noqa: E402
+from medsamkit.app import server as app_server  # noqa: E402
+from tests.conftest import DATA, box_of, dice, requires_shared  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("predictor")
+
+CHROMIUM = Path(os.environ.get("MEDSAMKIT_CHROMIUM", "/usr/bin/chromium"))
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+HIPPO = "msd_hippocampus_mri_3d/images/hippocampus_035.nii.gz"
+MR = "totalseg_examples_3d/images/mr_sm.nii.gz"
+KIDNEY_LEFT = 3  # in totalseg_examples_3d/labels.json
+US2D = "busi_breast_us/images/malignant_10.png"
+AXIAL, CORONAL, SAGITTAL = 0, 1, 2  # NiiVue's tiles (axCorSag)
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"{CHROMIUM} not found (Debian: apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright; it drives the system Chromium)"
+    if not (app_server.NIIVUE_DIST / "index.js").is_file():
+        return "the NiiVue npm package is not installed (npm ci --prefix src/medsamkit/app/web)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    why = _missing()
+    if why:
+        if os.environ.get("MEDSAMKIT_REQUIRE_BROWSER"):
+            pytest.fail(f"the browser tests are required here: {why}")
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(browser, predictor, tmp_path_factory):
+    """A live server on a free port of 127.0.0.1 (uvicorn in a thread); the data folder is ../shared/data/real."""
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    import uvicorn
+
+    app = create_app(DATA, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(30_000)
+    pg.goto(server + "/")
+    pg.wait_for_function("window.medsamkit && window.medsamkit.state.ready")
+    yield pg
+    ctx.close()
+    assert not errors, errors
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+def status(pg) -> tuple[str, str]:
+    el = pg.locator("[data-testid=status]")
+    return el.text_content() or "", el.get_attribute("class") or ""
+
+
+def idle(pg) -> None:
+    pg.evaluate("window.medsamkit.idle()")
+
+
+def open_path(pg, rel: str) -> dict:
+    pg.fill("[data-testid=path-input]", rel)
+    pg.click("[data-testid=open-path]")
+    pg.wait_for_function(
+        "([src]) => { const s = window.medsamkit.state; return s.info && s.info.source === src && "
+        "document.querySelector('[data-testid=status]').className === 'ok' }",
+        arg=[rel],
+    )
+    idle(pg)
+    return pg.evaluate("window.medsamkit.state.info")
+
+
+def open_upload(pg, path: Path) -> dict:
+    pg.set_input_files("[data-testid=file-input]", str(path))
+    pg.wait_for_function(
+        "([src]) => { const s = window.medsamkit.state; return s.info && s.info.source === src && "
+        "document.querySelector('[data-testid=status]').className === 'ok' }",
+        arg=[path.name],
+    )
+    idle(pg)
+    return pg.evaluate("window.medsamkit.state.info")
+
+
+def go_to(pg, i: int, j: int, k: int) -> None:
+    """Put the crosshair on native voxel (i, j, k): every tile shows a slice through it."""
+    pg.evaluate("([i, j, k]) => { const m = window.medsamkit; m.goTo('x', i); m.goTo('y', j); m.goTo('z', k); }", [i, j, k])
+    idle(pg)
+
+
+def screen_of(pg, affine: np.ndarray, ijk, tile: int = AXIAL) -> tuple[float, float]:
+    """Page coordinates where NiiVue draws the centre of native voxel ijk on a tile (axial/coronal/sagittal),
+    rounded: the page sees mouse events at whole CSS pixels."""
+    mm = (affine @ [*ijk, 1.0])[:3].tolist()
+    pos = pg.evaluate(
+        """([mm, tile]) => { const nv = window.medsamkit.nv; const r = nv.canvas.getBoundingClientRect();
+           const q = nv.frac2canvasPosWithTile(nv.mm2frac(mm), tile); const d = nv.uiData.dpr || 1;
+           return q ? [r.left + q.pos[0] / d, r.top + q.pos[1] / d] : null }""",
+        [mm, tile],
+    )
+    assert pos is not None, f"voxel {ijk} is not on the {tile} tile"
+    return round(pos[0]), round(pos[1])
+
+
+def slice_rect(pg, affine: np.ndarray, shape, k: int) -> dict:
+    """Page rectangle of axial slice k (all of its pixels) as NiiVue draws it."""
+    nz, ny, nx = shape
+    a = screen_of(pg, affine, (-0.5, -0.5, k))
+    b = screen_of(pg, affine, (nx - 0.5, ny - 0.5, k))
+    x, y = min(a[0], b[0]), min(a[1], b[1])
+    return {"x": x, "y": y, "width": abs(b[0] - a[0]), "height": abs(b[1] - a[1])}
+
+
+def overlay_pixels(pg, rect: dict) -> int:
+    """Screen pixels in rect tinted with label 1's colour (red (230, 25, 75) at 50% over grey)."""
+    shot = np.asarray(Image.open(io.BytesIO(pg.screenshot(clip=rect))).convert("RGB")).astype(int)
+    r, g, b = shot[..., 0], shot[..., 1], shot[..., 2]
+    return int(((r - g > 60) & (r - b > 40)).sum())
+
+
+def drag(pg, p0, p1, steps: int = 6) -> None:
+    pg.mouse.move(*p0)
+    pg.mouse.down()
+    pg.mouse.move(*p1, steps=steps)
+    pg.mouse.up()
+
+
+def api_mask(server: str, sid: str) -> tuple[np.ndarray, np.ndarray]:
+    """GET mask.nii.gz as a (Z, Y, X) array, and its affine."""
+    with urllib.request.urlopen(f"{server}/api/sessions/{sid}/mask.nii.gz") as r:
+        img = nib.Nifti1Image.from_bytes(gzip.decompress(r.read()))
+    return np.asarray(img.dataobj).transpose(2, 1, 0), img.affine
+
+
+def viewer_mask(pg, shape) -> np.ndarray:
+    """The page's overlay voxels (NIfTI order, i fastest) as a (Z, Y, X) array."""
+    return np.array(pg.evaluate("Array.from(window.medsamkit.nv.volumes[1].img)"), np.uint8).reshape(shape)
+
+
+def prompt(pg) -> dict:
+    return pg.evaluate("window.medsamkit.state.prompt")
+
+
+def screenshot(pg, tmp_path: Path, name: str) -> None:
+    out = tmp_path / f"app-{name}.png"
+    pg.screenshot(path=str(out))
+    if os.environ.get("MEDSAMKIT_UPDATE_SCREENSHOTS"):  # 256 colours without dithering: a third of the bytes
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        small = Image.open(out).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        small.save(DOCS_IMAGES / out.name, optimize=True)
+
+
+def zyx(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(path)
+    return np.asarray(img.dataobj).transpose(2, 1, 0), img.affine
+
+
+# -- tests -------------------------------------------------------------------------------------------------------
+@requires_shared
+def test_box_propagate_brush_undo_save(page, server, tmp_path):
+    """The whole loop on the LPS MR example: box on the left kidney, propagate, brush, undo, eraser, save."""
+    pg = page
+    source = nib.load(DATA / MR)
+    truth = zyx(DATA / MR.replace("images", "masks"))[0] == KIDNEY_LEFT
+    shape = truth.shape
+    k = 3  # the kidney spans slices 0..10; large here
+    assert truth[k].sum() > 150
+    x0, y0, x1, y1 = box_of(truth[k])
+    pad = 2
+
+    info = open_path(pg, MR)
+    assert info["shape"] == list(shape) and pg.text_content("[data-testid=volume-name]").startswith(MR)
+    sid = pg.evaluate("window.medsamkit.state.sid")
+    go_to(pg, (x0 + x1) // 2, (y0 + y1) // 2, k)
+    axial = slice_rect(pg, source.affine, shape, k)
+    assert overlay_pixels(pg, axial) == 0
+
+    # a box drag on the axial tile, corner to corner through NiiVue's own placement of the voxels
+    pg.keyboard.press("b")
+    drag(pg, screen_of(pg, source.affine, (x0 - pad, y0 - pad, k)), screen_of(pg, source.affine, (x1 + pad, y1 + pad, k)))
+    idle(pg)
+    text, kind = status(pg)
+    assert kind == "ok" and f"z slice {k}" in text, text
+    assert prompt(pg) == {"axis": "z", "slice": k, "label": 1, "box": [x0 - pad, y0 - pad, x1 + pad, y1 + pad], "points": []}
+    mask, _ = api_mask(server, sid)
+    seg = mask[k] == 1
+    assert dice(seg, truth[k]) > 0.7, dice(seg, truth[k])
+    ys, xs = np.nonzero(seg)
+    assert xs.min() >= x0 - pad and xs.max() <= x1 + pad and ys.min() >= y0 - pad and ys.max() <= y1 + pad
+    assert np.array_equal(viewer_mask(pg, shape), mask)
+    assert overlay_pixels(pg, axial) > 0.5 * seg.sum() * (axial["width"] / shape[2]) ** 2  # drawn where it is
+    assert pg.text_content("[data-testid=label-count-1]") == f"{seg.sum()} vx"
+    screenshot(pg, tmp_path, "box")
+
+    # name the label; the server keeps it
+    pg.fill("[data-testid=label-name-1]", "kidney_left")
+    pg.press("[data-testid=label-name-1]", "Enter")
+    idle(pg)
+    with urllib.request.urlopen(f"{server}/api/sessions/{sid}/labels") as r:
+        assert '"name":"kidney_left"' in r.read().decode()
+
+    # propagate through the volume, with progress
+    pg.click("[data-testid=propagate]")
+    pg.wait_for_function("document.querySelector('[data-testid=progress-text]').textContent === 'done'", timeout=240_000)
+    idle(pg)
+    text, kind = status(pg)
+    assert kind == "ok" and text.startswith("propagated label 1"), text
+    assert pg.evaluate("window.medsamkit.state.progress.total") == shape[0]
+    propagated, _ = api_mask(server, sid)
+    covered = np.flatnonzero((propagated == 1).any(axis=(1, 2)))
+    assert covered.size >= 4 and np.array_equal(propagated[k], mask[k])
+    near = [z for z in (k - 1, k + 1) if 0 <= z < shape[0] and truth[z].any()]
+    assert near and all(dice(propagated[z] == 1, truth[z]) > 0.5 for z in near)
+    assert np.array_equal(viewer_mask(pg, shape), propagated)
+    go_to(pg, (x0 + x1) // 2, (y0 + y1) // 2, k + 3)
+    assert overlay_pixels(pg, axial) > 0
+    screenshot(pg, tmp_path, "propagated")
+    go_to(pg, (x0 + x1) // 2, (y0 + y1) // 2, k)
+
+    # brush: a short stroke in an empty part of the slice adds exactly those pixels on that slice
+    free = propagated[k] == 0
+    row, col = next(
+        (r, c) for r in range(5, shape[1] - 5) for c in range(5, shape[2] - 12) if free[r - 4 : r + 5, c - 4 : c + 13].all()
+    )
+    pg.keyboard.press("r")
+    pg.keyboard.press("[")  # radius 2 -> 1
+    assert pg.text_content("#brush-size-value") == "1"
+    drag(pg, screen_of(pg, source.affine, (col, row, k)), screen_of(pg, source.affine, (col + 8, row, k)))
+    idle(pg)
+    brushed, _ = api_mask(server, sid)
+    added = (brushed == 1) & (propagated != 1)
+    assert np.flatnonzero(added.any(axis=(1, 2))).tolist() == [k]
+    assert added[k, row, col : col + 9].all() and 9 <= added.sum() <= 3 * 11
+    ys, xs = np.nonzero(added[k])
+    assert ys.min() >= row - 1 and ys.max() <= row + 1 and xs.min() >= col - 1 and xs.max() <= col + 9
+    assert np.array_equal(viewer_mask(pg, shape), brushed)
+
+    # ctrl+z takes the stroke back
+    pg.keyboard.press("Control+z")
+    idle(pg)
+    assert np.array_equal(api_mask(server, sid)[0], propagated)
+    assert np.array_equal(viewer_mask(pg, shape), propagated)
+
+    # eraser across the kidney's middle row
+    mid = (y0 + y1) // 2
+    cols = np.flatnonzero(propagated[k, mid] == 1)
+    pg.keyboard.press("e")
+    drag(pg, screen_of(pg, source.affine, (int(cols[0]) - 1, mid, k)), screen_of(pg, source.affine, (int(cols[-1]) + 1, mid, k)))
+    idle(pg)
+    erased, _ = api_mask(server, sid)
+    assert not (erased[k, mid] == 1).any() and (erased[k] == 1).sum() < (propagated[k] == 1).sum()
+    assert np.array_equal(np.delete(erased, k, axis=0), np.delete(propagated, k, axis=0))
+    screenshot(pg, tmp_path, "corrected")
+
+    # save as NIfTI through the page: the download is the server's mask on the source grid
+    pg.select_option("[data-testid=save-format]", "nii.gz")
+    with pg.expect_download() as dl:
+        pg.keyboard.press("s")
+    saved = tmp_path / dl.value.suggested_filename
+    dl.value.save_as(saved)
+    assert saved.name == "segmentation.nii.gz"
+    voxels, affine = zyx(saved)
+    assert np.array_equal(voxels, erased) and np.allclose(affine, source.affine, atol=1e-5)
+    assert nib.aff2axcodes(affine) == ("L", "P", "S")
+    assert pg.get_attribute("[data-testid=download-link]", "href").endswith("/download/segmentation.nii.gz")
+
+
+@requires_shared
+def test_clicks_name_the_voxel_under_the_mouse(page, server, tmp_path):
+    """Each tile maps the mouse to (axis, slice, x, y) of the API, for a RAS volume and for a 2D picture."""
+    pg = page
+    source = nib.load(DATA / HIPPO)
+    assert nib.aff2axcodes(source.affine) == ("R", "A", "S")
+    open_upload(pg, DATA / HIPPO)  # this one as an upload
+    sid = pg.evaluate("window.medsamkit.state.sid")
+    i, j, k = 12, 30, 21  # an off-centre voxel of the 35 x 47 x 37 grid
+    go_to(pg, i, j, k)
+    pg.keyboard.press("n")  # negative clicks alone are not sent: no model work, just the mapping
+    for tile, axis, slice_, point in ((AXIAL, "z", k, [i, j]), (CORONAL, "y", j, [i, k]), (SAGITTAL, "x", i, [j, k])):
+        pg.mouse.click(*screen_of(pg, source.affine, (i, j, k), tile))
+        assert prompt(pg) == {"axis": axis, "slice": slice_, "label": 1, "box": None, "points": [[*point, 0]]}, tile
+        assert status(pg)[1] == "error"
+        pg.keyboard.press("Escape")
+        assert prompt(pg) is None
+
+    # a box around the hippocampus, refined with a positive click: both reach the server in its slice frame
+    truth = zyx(DATA / HIPPO.replace("images", "masks"))[0] > 0
+    kz = int(truth.sum(axis=(1, 2)).argmax())
+    x0, y0, x1, y1 = box_of(truth[kz])
+    box = [x0 - 3, y0 - 3, x1 + 3, y1 + 3]
+    ys, xs = np.nonzero(truth[kz])
+    cy, cx = (int(v) for v in min(zip(ys, xs), key=lambda p: (p[0] - ys.mean()) ** 2 + (p[1] - xs.mean()) ** 2))
+    go_to(pg, cx, cy, kz)
+    pg.keyboard.press("b")
+    drag(pg, screen_of(pg, source.affine, (box[0], box[1], kz)), screen_of(pg, source.affine, (box[2], box[3], kz)))
+    idle(pg)
+    mask, affine = api_mask(server, sid)
+    assert dice(mask[kz] == 1, truth[kz]) > 0.3 and np.allclose(affine, source.affine)  # LiteMedSAM on this: ~0.44
+    pg.keyboard.press("p")
+    pg.mouse.click(*screen_of(pg, source.affine, (cx, cy, kz)))
+    idle(pg)
+    assert status(pg)[1] == "ok", status(pg)
+    assert prompt(pg) == {"axis": "z", "slice": kz, "label": 1, "box": box, "points": [[cx, cy, 1]]}
+    ys, xs = np.nonzero(api_mask(server, sid)[0][kz] == 1)
+    assert ys.size and xs.min() >= box[0] and xs.max() <= box[2] and ys.min() >= box[1] and ys.max() <= box[3]
+
+    # a 2D picture is shown as stored (column 0 on the left, row 0 at the top) and its pixels map the same way
+    info = open_path(pg, US2D)
+    assert info["is_2d"]
+    h, w = info["shape"][1:]
+    with urllib.request.urlopen(f"{server}/api/sessions/{sid}/volume.nii.gz") as r:
+        affine = nib.Nifti1Image.from_bytes(gzip.decompress(r.read())).affine
+    first, last = screen_of(pg, affine, (0, 0, 0)), screen_of(pg, affine, (w - 1, h - 1, 0))
+    assert first[0] < last[0] and first[1] < last[1]
+    pg.keyboard.press("n")
+    for x, y in ((int(0.2 * w), int(0.3 * h)), (int(0.8 * w), int(0.7 * h))):
+        pg.mouse.click(*screen_of(pg, affine, (x, y, 0)))
+        assert prompt(pg)["points"] == [[x, y, 0]] and prompt(pg)["axis"] == "z"
+        pg.keyboard.press("Escape")
+
+    # and a box around the lesion segments it
+    lesion = np.asarray(Image.open(DATA / US2D.replace("images", "masks"))) > 0
+    x0, y0, x1, y1 = box_of(lesion)
+    pg.keyboard.press("b")
+    drag(pg, screen_of(pg, affine, (x0 - 4, y0 - 4, 0)), screen_of(pg, affine, (x1 + 4, y1 + 4, 0)))
+    idle(pg)
+    assert prompt(pg)["box"] == [x0 - 4, y0 - 4, x1 + 4, y1 + 4]
+    mask = api_mask(server, sid)[0][0] == 1
+    assert dice(mask, lesion) > 0.6, dice(mask, lesion)
+    screenshot(pg, tmp_path, "2d")
+
+
+def test_page_says_when_the_viewer_is_not_installed(browser, server):
+    """Without `npm ci` the vendor route is a 404 with the fix, and the page shows it."""
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    message = '{"error": "the NiiVue viewer is not installed: run `npm ci --prefix src/medsamkit/app/web`"}'
+    pg.route("**/vendor/niivue/*", lambda route: route.fulfill(status=404, body=message, content_type="application/json"))
+    pg.goto(server + "/")
+    box = pg.locator("[data-testid=viewer-message]")
+    box.wait_for(state="visible")
+    assert "npm ci --prefix src/medsamkit/app/web" in box.text_content()
+    assert "Error" in (pg.text_content("[data-testid=status]") or "")
+    ctx.close()
+
+
+def test_vendor_route(tmp_path, monkeypatch):
+    """/vendor/niivue/ serves the npm package's dist files as JavaScript, and a clear 404 without them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(None, state_dir=tmp_path / "state"))
+    monkeypatch.setattr(app_server, "NIIVUE_DIST", tmp_path / "nowhere")
+    r = client.get("/vendor/niivue/index.js")
+    assert r.status_code == 404 and "npm ci --prefix src/medsamkit/app/web" in r.json()["error"]
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "index.js").write_text("export const x = 1;\n")
+    monkeypatch.setattr(app_server, "NIIVUE_DIST", dist)
+    r = client.get("/vendor/niivue/index.js")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript") and "export" in r.text
+    for bad in ("../package.json", ".hidden", "missing.js"):
+        assert client.get(f"/vendor/niivue/{bad}").status_code == 404
+    page = client.get("/")
+    assert page.status_code == 200 and 'src="/static/app.js"' in page.text
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")

@@ -38,8 +38,6 @@ from medsamkit.app import create_app  # noqa: E402
 from medsamkit.app import server as app_server  # noqa: E402
 from tests.conftest import DATA, box_of, dice, requires_shared  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("predictor")
-
 CHROMIUM = Path(os.environ.get("MEDSAMKIT_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = [
     "--headless",

@@ -29,8 +29,6 @@ with warnings.catch_warnings():  # starlette 1.x asks for httpx2 (not installed)
 from medsamkit.app import create_app  # noqa: E402
 from tests.conftest import DATA, box_of, dice, disk_image, requires_shared  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("predictor")
-
 SHAPE = (6, 64, 64)
 AFFINE = np.array([[-0.8, 0, 0, 30.0], [0, 0.8, 0, -20.0], [0, 0, 2.5, 5.0], [0, 0, 0, 1]])
 

@@ -7,8 +7,6 @@ from medsamkit.evaluate.prompting import run_protocol_2d
 from medsamkit.prompts import center_point, parse_protocol
 from tests.conftest import dice, disk_image
 
-pytestmark = pytest.mark.xdist_group("predictor")
-
 
 @pytest.fixture(scope="module")
 def two_blobs(predictor):

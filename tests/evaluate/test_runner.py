@@ -12,8 +12,6 @@ from PIL import Image
 from medsamkit.evaluate import EvalConfig, evaluate_case, load_case, load_dataset, load_masks, read_rows, run_evaluation
 from tests.conftest import DATA, disk_image, requires_shared
 
-pytestmark = pytest.mark.xdist_group("predictor")
-
 
 def two_disks(seed: int) -> tuple[np.ndarray, np.ndarray]:
     img, m1 = disk_image(96, 128, 40, 45, 18, seed=seed)

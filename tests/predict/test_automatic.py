@@ -19,8 +19,6 @@ from medsamkit.predict.masks import (
 )
 from tests.conftest import disk_image
 
-pytestmark = pytest.mark.xdist_group("predictor")
-
 
 def test_stability_score_is_the_iou_of_the_two_thresholded_masks():
     rng = np.random.default_rng(0)

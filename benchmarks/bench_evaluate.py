@@ -57,6 +57,21 @@ def evaluate(out: Path, images: int, protocols: list[str]) -> dict:
     }
 
 
+def matmul_probe() -> float:
+    """FP32 matmul GFLOP/s on 2 threads (PyTorch): how fast this machine is right now. The machine is shared;
+    its throughput has been seen to halve for minutes (147 -> 55-83 GFLOP/s), and every time here scales with it."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    return round(2 * 2048**3 * 10 / (time.perf_counter() - t0) / 1e9, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_evaluate.json")
@@ -67,13 +82,14 @@ def main() -> None:
     # warm the ONNX export cache so that the timed runs measure what a user's second command costs
     with tempfile.TemporaryDirectory() as tmp:
         evaluate(Path(tmp) / "warm", 1, ["box"])
-    results = {}
+    results: dict = {"matmul_gflops_before": matmul_probe()}
     with tempfile.TemporaryDirectory() as tmp:
         results["box"] = evaluate(Path(tmp) / "box", args.images, ["box"])
         print(json.dumps(results["box"], indent=1))
         several = ["box", "box-jitter:0.1", "point:centre", "iterative:3:farthest-error:start=box"]
         results["four_protocols"] = evaluate(Path(tmp) / "four", args.images, several)
         print(json.dumps(results["four_protocols"], indent=1))
+    results["matmul_gflops_after"] = matmul_probe()
     results["threads"] = THREADS
     results["target_s_per_image"] = 1.5
     results["peak_rss_children_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)

@@ -79,3 +79,17 @@ def test_fractal_dimension_is_defined_from_4_px_across():
     sq[2:9, 2:9] = True  # 7 px across: box sizes 1, 2, 4
     assert not math.isnan(fractal_dimension(sq))
     assert math.isnan(fractal_dimension(sq[2:5, 2:5]))
+
+
+def test_object_attributes_on_the_cropped_box_equal_the_whole_image():
+    rng = np.random.default_rng(4)
+    img = rng.random((120, 150)) * 255
+    yy, xx = np.mgrid[:120, :150]
+    blobs = [((yy - 60) / 25) ** 2 + ((xx - 70) / 40) ** 2 <= 1, (yy < 30) & (xx < 20)]  # inside, and at a corner
+    for m in blobs:
+        a = object_attributes(img, m)
+        assert a["contrast"] == contrast(img, m)
+        assert a["compactness"] == compactness(m)
+        assert a["fractal_dimension"] == fractal_dimension(m)
+        assert a["components"] == components(m) and a["box_fill"] == box_fill(m)
+        assert a["relative_size"] == m.sum() / m.size

@@ -135,15 +135,34 @@ def object_attributes(image: np.ndarray, mask: np.ndarray, spacing: Sequence[flo
     pixels), ``relative_size`` (fraction of the image), ``compactness``, ``fractal_dimension``, ``contrast``,
     ``components``, ``box_fill`` (see the functions of the same names)."""
     m = as_bool_mask(mask)
+    img = np.asarray(image)
+    if img.shape != m.shape:
+        raise ValueError(f"image shape {img.shape} does not match mask {m.shape}")
     n = int(m.sum())
     voxel = float(np.prod(spacing)) if spacing is not None else 1.0
+    width = None
+    if n:
+        # every attribute depends only on the object and its ring: work on the object's box plus the ring's width
+        # (exact - the ring is clipped at the image border either way - and ~10x faster on large images)
+        idx = np.nonzero(m)
+        lo = [int(i.min()) for i in idx]
+        hi = [int(i.max()) for i in idx]
+        width = max(3.0, 0.1 * max(b - a + 1 for a, b in zip(lo, hi)))
+        margin = int(math.ceil(width)) + 2
+        crop = tuple(slice(max(0, a - margin), min(s, b + margin + 1)) for a, b, s in zip(lo, hi, m.shape))
+        m, img = m[crop], img[crop]
     return {
         "size_px": float(n),
         "size": n * voxel,
-        "relative_size": n / m.size,
+        "relative_size": n / mask_size(mask),
         "compactness": compactness(m, spacing),
         "fractal_dimension": fractal_dimension(m),
-        "contrast": contrast(image, m),
+        "contrast": contrast(img, m, width),
         "components": float(components(m)),
         "box_fill": box_fill(m),
     }
+
+
+def mask_size(mask: np.ndarray) -> int:
+    """Number of pixels/voxels of the image grid of ``mask``."""
+    return int(np.prod(np.shape(mask)))

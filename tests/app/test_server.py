@@ -459,6 +459,11 @@ def test_concurrent_clients(app, tmp_path):
     masks = [png_array(base64.b64decode(r["mask"]["data"])) > 0 for r in results]
     assert all(np.array_equal(m, masks[0]) for m in masks) and dice(masks[0], truth[2]) > 0.8
     assert app.state.models.cache.misses == misses + 1  # one encode, shared by all eight
+    # memory stays bounded: slice embeddings within the global budget, volumes kept for at most max_loaded sessions
+    cache = app.state.models.cache
+    assert cache.nbytes <= cache.max_bytes
+    store = app.state.store
+    assert sum(1 for sess in store._sessions.values() if sess.volume is not None) <= store.max_loaded
 
 
 def test_serve_command(monkeypatch, tmp_path, capsys):

@@ -42,7 +42,7 @@ bench-volume: $(STAMP)
 bench-evaluate: $(STAMP)
 	$(BIN)/python benchmarks/bench_evaluate.py
 
-# LiteMedSAM on every 2D set of ../shared/data/real under 12 prompt protocols (~30 min on 2 cores)
+# LiteMedSAM on every 2D set of ../shared/data/real under 12 prompt protocols (~40 min on 2 cores)
 evaluate-real: $(STAMP)
 	$(BIN)/python experiments/evaluate_real_2d.py
 

@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import torch_matmul_gflops  # noqa: E402  (benchmarks/machine.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,17 +51,7 @@ def organ(n: int = 72, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
 
 
 def matmul_probe() -> float:
-    """FP32 matmul GFLOP/s on 2 threads: how fast this (shared) machine is right now."""
-    import torch
-
-    torch.set_num_threads(THREADS)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(2):
-        a @ b
-    t0 = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    return round(2 * 2048**3 * 10 / (time.perf_counter() - t0) / 1e9, 1)
+    return torch_matmul_gflops(THREADS)
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import torch_matmul_gflops  # benchmarks/machine.py (scripts run from their folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDSAMKIT_SHARED", ROOT.parent / "shared"))
 HC18 = SHARED / "data" / "real" / "hc18_fetal_head_us"
@@ -58,18 +60,7 @@ def evaluate(out: Path, images: int, protocols: list[str]) -> dict:
 
 
 def matmul_probe() -> float:
-    """FP32 matmul GFLOP/s on 2 threads (PyTorch): how fast this machine is right now. The machine is shared;
-    its throughput has been seen to halve for minutes (147 -> 55-83 GFLOP/s), and every time here scales with it."""
-    import torch
-
-    torch.set_num_threads(THREADS)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(2):
-        a @ b
-    t0 = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    return round(2 * 2048**3 * 10 / (time.perf_counter() - t0) / 1e9, 1)
+    return torch_matmul_gflops(THREADS)
 
 
 def main() -> None:

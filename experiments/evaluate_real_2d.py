@@ -1,8 +1,8 @@
 """LiteMedSAM on every 2D set of ../shared/data/real under the prompt protocols of the SAM-for-medicine
 evaluations (Huang et al., Mazurowski et al.): one `run_evaluation` over all sets, so the report compares them.
 
-Writes experiments/results/eval_2d/ (run.json, summary.json, report.html, results.csv; the per-case files and
-masks are kept locally for resuming but not committed) and prints the Dice table.
+Writes experiments/results/eval_2d/ (run.json, summary.json and table.md are committed; report.html, results.csv,
+the per-case files and masks are kept locally - for resuming - but not committed) and prints the Dice table.
 
 Usage: python experiments/evaluate_real_2d.py [--limit N] [--out DIR]
 """

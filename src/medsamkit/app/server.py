@@ -15,7 +15,6 @@ import gzip
 import io
 import json
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .._files import atomic_write_bytes
 from ..io import write_mask
 from ..predict import ObjectPrompt, Predictor, segment_2d, segment_volume
 from .model import ModelService
@@ -244,7 +244,7 @@ def create_app(
             vol = store.volume(s)
             f = s.folder / "display.nii.gz"
             if not f.is_file():
-                _atomic_bytes(f, _nifti_gz(vol.display, vol))
+                atomic_write_bytes(f, _nifti_gz(vol.display, vol))
             data = f.read_bytes()
         return Response(data, media_type="application/gzip", headers={"Content-Disposition": 'inline; filename="volume.nii.gz"'})
 
@@ -710,15 +710,6 @@ def _png(arr: np.ndarray) -> bytes:
 def _mask_payload(lab: np.ndarray) -> dict[str, Any]:
     """A slice's label values (uint8, slice frame) as a base64 PNG."""
     return {"encoding": "png-base64", "shape": list(lab.shape), "data": base64.b64encode(_png(lab)).decode()}
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write, atomic_write_bytes
 from ..io import ImageReadError, MedicalImage, read_image
 from ..preprocess.intensity import IntensityPreset, resolve_preset
 
@@ -185,15 +186,6 @@ def _new_meta() -> dict[str, Any]:
     return {"version": 1, "created": time.time(), "volume_id": None, "source": None, "options": {}, "names": {}, "exports": []}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class SessionStore:
     """All sessions of an app, persisted under ``state_dir``; ``data_dir`` is the folder clients may open
     volumes from by relative path (None: none)."""
@@ -277,12 +269,11 @@ class SessionStore:
             block = lab[tuple(slice(ix[0], ix[-1] + 1) for ix in nz)]
         else:
             offset, block = np.zeros(3, np.int64), np.zeros((0, 0, 0), np.uint8)
-        tmp = s.folder / f".labels.{secrets.token_hex(4)}.tmp.npz"
-        try:
-            np.savez_compressed(tmp, shape=np.array(lab.shape), offset=offset, block=block, volume_id=str(s.meta["volume_id"]))
-            os.replace(tmp, s.folder / "labels.npz")
-        finally:
-            tmp.unlink(missing_ok=True)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file handle: np.savez would add ".npz" to a bare name
+                np.savez_compressed(f, shape=np.array(lab.shape), offset=offset, block=block, volume_id=str(s.meta["volume_id"]))
+
+        atomic_write(s.folder / "labels.npz", write)
 
     def _load_labels(self, s: Session, shape: tuple[int, int, int]) -> np.ndarray:
         lab = np.zeros(shape, np.uint8)

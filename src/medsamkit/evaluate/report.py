@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write_text
 from .analysis import CORRELATED, FAILURE_DICE
 
 WORST_CASES = 8
@@ -372,8 +373,4 @@ def write_report(
             )
         )
     parts.append("</body></html>")
-    path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(out / "report.html", "\n".join(parts))

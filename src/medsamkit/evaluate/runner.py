@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write
 from ..metrics import compute_metrics
 from ..metrics.attributes import ATTRIBUTES, object_attributes
 from ..predict.predictor import Predictor
@@ -351,17 +352,6 @@ class EvaluationRun:
     skipped: int = 0
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
@@ -476,7 +466,7 @@ def run_evaluation(
         "versions": _versions(),
         "started": previous.get("started") if previous else time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    _atomic_write(run_file, lambda p: p.write_text(json.dumps(record, indent=2, default=_json_default)))
+    atomic_write(run_file, lambda p: p.write_text(json.dumps(record, indent=2, default=_json_default)))
 
     cases = [c for d in sets for c in d]
     rows: list[dict[str, Any]] = []
@@ -522,7 +512,7 @@ def run_evaluation(
             {"case": case.id, "dataset": case.dataset, "inputs": _case_inputs(case), "rows": clean_rows, "notes": case_notes},
             default=_json_default,
         )
-        _atomic_write(case_file, lambda p, text=payload: p.write_text(text))
+        atomic_write(case_file, lambda p, text=payload: p.write_text(text))
         rows.extend(r for r in clean_rows if r["protocol"] in names or r["protocol"] == "*")
         computed += 1
         if bar is not None:
@@ -550,7 +540,7 @@ def run_evaluation(
         "wall_s": round(wall, 2),
         "settings": settings,
     }
-    _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default)))
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default)))
     if report:
         write_report(out, rows, summary, {(c.dataset, c.id): c for c in cases})
     return EvaluationRun(out, rows, summary, computed, skipped)
@@ -580,7 +570,7 @@ def _save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
         with open(p, "wb") as f:
             np.savez_compressed(f, **old)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def load_masks(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -607,14 +597,14 @@ def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
             for r in rows:
                 w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
 
-    _atomic_write(out / "results.csv", write_csv)
+    atomic_write(out / "results.csv", write_csv)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         return
     table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows])
-    _atomic_write(out / "results.parquet", lambda p: pq.write_table(table, p))
+    atomic_write(out / "results.parquet", lambda p: pq.write_table(table, p))
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

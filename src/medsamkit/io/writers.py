@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write_text
 from .image import MedicalImage
 from .image2d import write_png
 
@@ -74,14 +75,8 @@ def write_mask(
         "modality_source": like.modality_source,
         **(metadata or {}),
     }
-    _atomic_text(sidecar_path(p), json.dumps(info, indent=2, default=str) + "\n")
+    atomic_write_text(sidecar_path(p), json.dumps(info, indent=2, default=str) + "\n")
     return p
-
-
-def _atomic_text(p: Path, text: str) -> None:
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
 
 
 def _tmp_like(p: Path) -> Path:

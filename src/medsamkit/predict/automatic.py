@@ -257,7 +257,7 @@ class AutomaticMaskGenerator:
         coords = np.zeros((n, 2, 2), np.float32)
         coords[:, 0] = p.transform.points_to_input(pts, p.geometry)
         labels = np.tile(np.array([[1, LABEL_PAD]], np.float32), (n, 1))
-        low, iou = p.engine.decode(p._prepared, coords, labels, np.array([1, 2, 3], np.int64))
+        low, iou = p.decode_low_res(coords, labels, outputs=(1, 2, 3), chunk_size=opts.points_per_batch)
         t["decode_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         stats["decoded_masks"] += low.shape[0] * low.shape[1]

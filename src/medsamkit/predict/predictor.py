@@ -171,28 +171,45 @@ class Predictor:
         """:meth:`predict` for prompts already in the model-input frame: labelled points ``coords (N, T, 2)``
         (x, y in model-input pixels) and ``labels (N, T)`` (-1 pad, 0/1 points, 2/3 box corners)."""
         geom = self.geometry
+        if outputs is None:
+            outputs = [1, 2, 3] if multimask else [0]
+        low, scores = self.decode_low_res(coords, labels, mask_input, outputs, chunk_size)
+        full = self.transform.logits_to_image(low, geom)
+        return Prediction(full > 0, scores, low, full if return_logits else None)
+
+    def decode_low_res(
+        self,
+        coords: np.ndarray,
+        labels: np.ndarray,
+        mask_input: Any = None,
+        outputs: Sequence[int] = (0,),
+        chunk_size: int = 8,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decode prompts already in the model-input frame (as :meth:`predict_model_frame`) without bringing the
+        masks to image size: low-res logits ``(N, K, 256, 256)`` float32 and predicted IoU ``(N, K)`` for the
+        ``outputs`` (indices among SAM's four). For callers that filter many masks before upscaling the few
+        they keep (everything mode); ``self.transform.logits_to_image`` then maps them to the image."""
+        if self._embedding is None:
+            raise RuntimeError("no image set: call set_image() first")
         coords = np.asarray(coords, np.float32)
         labels = np.asarray(labels, np.float32)
         n = coords.shape[0]
         masks_in = self._mask_input(mask_input, n)
-        if outputs is None:
-            outputs = [1, 2, 3] if multimask else [0]
-        outputs = np.asarray(outputs, dtype=np.int64).ravel()
-        if outputs.size == 0 or outputs.min() < 0 or outputs.max() > 3:
+        outs = np.asarray(outputs, dtype=np.int64).ravel()
+        if outs.size == 0 or outs.min() < 0 or outs.max() > 3:
             raise ValueError("outputs must be indices among 0..3")
-        k = len(outputs)
+        k = len(outs)
         low = np.empty((n, k, self.low_res, self.low_res), dtype=np.float32)
         scores = np.empty((n, k), dtype=np.float32)
         for a in range(0, n, max(1, chunk_size)):
             b = min(n, a + max(1, chunk_size))
             if masks_in is None:
-                lg, iou = self.engine.decode(self._prepared, coords[a:b], labels[a:b], outputs)
+                lg, iou = self.engine.decode(self._prepared, coords[a:b], labels[a:b], outs)
             else:
-                lg, iou = self.engine.decode_masked(self._embedding, coords[a:b], labels[a:b], masks_in[a:b], outputs)
+                lg, iou = self.engine.decode_masked(self._embedding, coords[a:b], labels[a:b], masks_in[a:b], outs)
             low[a:b] = lg
             scores[a:b] = iou
-        full = self.transform.logits_to_image(low, geom)
-        return Prediction(full > 0, scores, low, full if return_logits else None)
+        return low, scores
 
     def _prompt_points(self, point_coords: Any, point_labels: Any, boxes: Any, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
         """Validate prompts and turn them into labelled points ``(N, T, 2)``/``(N, T)`` in model-input space."""

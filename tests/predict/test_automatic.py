@@ -1,13 +1,26 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from PIL import Image
 
-from medsamkit.predict.automatic import AutomaticMaskGenerator, EverythingOptions, crop_boxes, point_grid
+from medsamkit.cli.main import main
+from medsamkit.predict.automatic import (
+    AutomaticMaskGenerator,
+    EverythingOptions,
+    _inside_prompt_box,
+    box_pyramid,
+    crop_boxes,
+    default_options,
+    everything_file,
+    point_grid,
+)
 from medsamkit.predict.masks import (
     box_iou_matrix,
     box_nms,
@@ -17,7 +30,7 @@ from medsamkit.predict.masks import (
     rle_encode,
     stability_score,
 )
-from tests.conftest import disk_image
+from tests.conftest import DATA, dice, disk_image, requires_shared
 
 
 def test_stability_score_is_the_iou_of_the_two_thresholded_masks():
@@ -117,7 +130,7 @@ def test_generator_records_are_consistent(predictor):
     # permissive thresholds: LiteMedSAM's point-prompt outputs score low (it was trained with boxes)
     opts = EverythingOptions(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_mode="rle")
     res = AutomaticMaskGenerator(predictor, opts).generate(img)
-    assert res.stats["points"] == 16 and res.stats["decoded_masks"] == 48
+    assert res.stats["prompts"] == 16 and res.stats["decoded_masks"] == 48
     assert res.records, res.stats
     areas = [r["area"] for r in res.records]
     assert areas == sorted(areas, reverse=True)
@@ -134,3 +147,106 @@ def test_generator_records_are_consistent(predictor):
     assert iou.max(initial=0) <= opts.box_nms_thresh
     labels = res.label_image()
     assert labels.shape == img.shape and labels.max() == len(res.records)
+
+
+def test_box_pyramid_levels_and_costs():
+    # sides 4/n, 8/n, ... 1, grid spacing a quarter of the side, capped at n per side
+    assert box_pyramid(32) == [(1 / 8, 32), (1 / 4, 16), (1 / 2, 8), (1.0, 4)]
+    assert sum(g * g for _, g in box_pyramid(32)) == 1360
+    assert sum(g * g for _, g in box_pyramid(16)) == 336
+    assert box_pyramid(1) == [(1.0, 1)]
+    assert box_pyramid(8, (0.5,)) == [(0.5, 8)]
+    with pytest.raises(ValueError, match="box_sizes"):
+        EverythingOptions(prompt_mode="boxes", box_sizes=(0.0,))
+    with pytest.raises(ValueError, match="prompt_mode"):
+        EverythingOptions(prompt_mode="grid")
+
+
+def test_default_options_per_model():
+    lite = default_options("litemedsam", points_per_side=8)
+    assert lite.prompt_mode == "boxes" and not lite.multimask_output and lite.points_per_side == 8
+    sam = default_options("sam_vit_b")
+    assert sam == EverythingOptions()  # SAM's own defaults
+    with pytest.raises(TypeError):
+        default_options("litemedsam", no_such_option=1)
+
+
+def test_inside_prompt_box_rule():
+    prompt = np.array([[10, 10, 50, 50]] * 4, float)
+    masks = np.array([[20, 20, 40, 40], [10, 20, 40, 40], [20, 20, 40, 50], [11.5, 11.5, 48, 48]], float)
+    assert _inside_prompt_box(masks, prompt, (256, 256), 1.0).tolist() == [True, False, False, True]
+    # sides on the image border do not count: an object cut by the image edge is still kept
+    on_border = np.array([[0, 0, 50, 50]], float)
+    assert _inside_prompt_box(np.array([[0, 0, 30, 30]], float), on_border, (256, 256), 1.0).tolist() == [True]
+
+
+def test_box_mode_finds_a_disk_with_the_bundled_model(predictor):
+    img, disk = disk_image(128, 160, 70, 60, 22)
+    # thresholds off: on this noisy synthetic disk the best mask (Dice 0.88) has stability 0.69
+    opts = default_options("litemedsam", points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    res = AutomaticMaskGenerator(predictor, opts).generate(img)
+    assert res.stats["prompts"] == sum(g * g for _, g in box_pyramid(8))
+    assert res.stats["decoded_masks"] == res.stats["prompts"]  # single output per box
+    best = max(
+        dice(rle_decode(r["segmentation"]) if isinstance(r["segmentation"], dict) else r["segmentation"], disk)
+        for r in res.records
+    )
+    assert best > 0.85, res.stats
+    for r in res.records:
+        assert r["predicted_iou"] >= opts.pred_iou_thresh and r["stability_score"] >= opts.stability_score_thresh
+        x0, y0, x1, y1 = r["prompt_box"]
+        bx, by, bw, bh = r["bbox"]
+        assert x0 <= bx and y0 <= by and bx + bw - 1 <= x1 + 1 and by + bh - 1 <= y1 + 1
+
+
+def test_skip_covered_decodes_fewer_prompts(predictor):
+    img, _ = disk_image(128, 128, 64, 64, 30)
+    full = AutomaticMaskGenerator(predictor, default_options("litemedsam", points_per_side=8)).generate(img)
+    fast = AutomaticMaskGenerator(predictor, default_options("litemedsam", points_per_side=8, skip_covered=True)).generate(img)
+    assert fast.stats["prompts_skipped"] > 0
+    assert fast.stats["prompts"] + fast.stats["prompts_skipped"] == full.stats["prompts"]
+
+
+@requires_shared
+def test_everything_cli_on_a_real_image(tmp_path, capsys):
+    src = sorted((DATA / "kvasir_seg" / "images").glob("*.jpg"))[0]
+    out = tmp_path / "out"
+    code = main(["everything", str(src), "-o", str(out), "--points-per-side", "8", "-q", "--json"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    stem = src.stem
+    labels = np.array(Image.open(out / f"{stem}_labels.png"))
+    doc = json.loads((out / f"{stem}_masks.json").read_text())
+    overlay = np.array(Image.open(out / f"{stem}_overlay.png"))
+    h, w = doc["shape"]
+    assert labels.shape == (h, w) and overlay.shape == (h, w, 3)
+    assert summary["masks"] == len(doc["records"]) == labels.max() > 0
+    assert doc["options"]["prompt_mode"] == "boxes" and doc["model"]["name"] == "litemedsam"
+    # each record's RLE decodes to its area; the label image shows each mask where no smaller mask covers it
+    for i, r in enumerate(doc["records"]):
+        m = rle_decode(r["segmentation"])
+        assert m.shape == (h, w) and m.sum() == r["area"]
+        assert (labels[m] >= i + 1).all()
+
+
+def test_everything_cli_errors(tmp_path, capsys):
+    vol = tmp_path / "vol.npz"
+    np.savez(vol, image=np.zeros((4, 16, 16), np.float32), spacing=np.ones(3))
+    assert main(["everything", str(tmp_path / "missing.png"), "-o", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert main(["everything", str(bad), "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main(["everything", str(bad), "-o", str(tmp_path), "--pred-iou-thresh", "2"]) == 2
+    assert "pred_iou_thresh" in capsys.readouterr().err
+
+
+def test_everything_file_refuses_volumes(tmp_path, predictor):
+    import nibabel as nib
+
+    p = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 5), np.int16), np.eye(4)), p)
+    with pytest.raises(ValueError, match="2D images"):
+        everything_file(predictor, p, tmp_path / "o", default_options("litemedsam", points_per_side=2))

@@ -91,12 +91,24 @@ def _read_tiff(p: Path, first_error: Exception) -> np.ndarray:
 
 
 def write_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
-    """Write a uint8 ``(H, W)`` or ``(H, W, 3|4)`` array as PNG atomically (temp file + rename)."""
+    """Write a uint8 ``(H, W)`` or ``(H, W, 3|4)`` array, or a uint16 ``(H, W)`` array (16-bit grey, e.g. a
+    label image with more than 255 labels), as PNG atomically (temp file + rename)."""
     from PIL import Image
 
     arr = np.asarray(array)
+    if arr.dtype == np.uint16 and arr.ndim == 2:
+        arr = np.ascontiguousarray(arr)
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        try:
+            Image.fromarray(arr).save(tmp, format="PNG")  # PIL stores uint16 as 16-bit grey (mode I;16)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return p
     if arr.dtype != np.uint8:
-        raise ValueError(f"PNG writer expects uint8, got {arr.dtype}")
+        raise ValueError(f"PNG writer expects uint8 (or 2D uint16), got {arr.dtype}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")

@@ -1,47 +1,59 @@
-"""Everything mode: automatic masks from a grid of point prompts (SAM's automatic mask generator, written here).
+"""Everything mode: automatic masks from a grid of prompts (SAM's automatic mask generator, written here).
 
 For each crop of the image (the whole image, plus optional layers of overlapping crops): encode the crop once,
-prompt the decoder with every point of a regular grid (batched), keep SAM's three multimask outputs of each
-point, and filter them:
+prompt the decoder with a grid of prompts in batches, and filter the masks:
 
 1. predicted IoU >= ``pred_iou_thresh``;
 2. stability score >= ``stability_score_thresh`` (IoU of the mask thresholded at ``mask_threshold`` ±
-   ``stability_score_offset``, computed on the logits at the crop's full resolution, as SAM does);
-3. in crops smaller than the image, masks touching the crop's inner edges are dropped (the object continues
-   outside the crop);
-4. box NMS within the crop (``box_nms_thresh``, by predicted IoU), then across crops (preferring masks from
-   smaller crops); 5. optionally, islands and holes smaller than ``min_mask_region_area`` are removed and NMS
-   re-run.
+   ``stability_score_offset``). Computed on the decoder's low-res logits (256 x 256 for the crop), not on
+   logits upscaled to the crop's resolution as SAM does: every filter runs before any upscaling, so only
+   masks that survive NMS are ever upscaled (that is what keeps the non-decoder cost small);
+3. box mode only: masks that reach the sides of their prompt box are dropped (``box_edge_margin``; sides on
+   the crop border excepted) — the object continues outside the box, and a box-trained model fills any box
+   with something;
+4. box NMS within the crop (``box_nms_thresh``, by predicted IoU) on boxes of the low-res masks, then again on
+   the exact boxes of the upscaled masks; in crops smaller than the image, masks touching the crop's inner
+   edges are dropped; NMS across crops prefers masks from smaller crops; 5. optionally, islands and holes
+   smaller than ``min_mask_region_area`` are removed and NMS re-run.
 
-Defaults are SAM's (32 points per side, batches of 64, IoU 0.88, stability 0.95 at offset 1.0, NMS 0.7, no
-crops, no small-region cleanup). Going further than SAM: ``skip_covered`` skips grid points that already lie
-inside a mask accepted by an earlier batch of the same crop (prompt reduction; measure its mask recall against
-the full grid before relying on it).
+Two prompt modes:
 
-Status: the generator follows SAM's recipe (point prompts, multimask outputs). Measured on a Kvasir image with
-the bundled LiteMedSAM (trained with box prompts only), its point-prompt outputs are not usable at SAM's
-thresholds: multimask outputs 1-3 predict IoU ~0.15-0.25 with stability 0, the single-mask output 0.46 median;
-box prompts centred on grid points do better with output 0 (predicted IoU 0.6-0.8, stability 0.6-0.85). A
-box-grid / single-output variant for box-trained models, the ``everything`` CLI and the speed targets are the
-open part of the everything-mode issue.
+- ``points`` (SAM): a ``points_per_side`` x ``points_per_side`` grid of single foreground clicks, SAM's three
+  multimask outputs each. SAM's defaults (:class:`EverythingOptions`): 32 points per side, batches of 64, IoU
+  0.88, stability 0.95 at offset 1.0, NMS 0.7, no crops, no small-region cleanup.
+- ``boxes`` (for box-trained models such as LiteMedSAM, whose lone-click masks are near-empty): a pyramid of
+  boxes centred on grid points (:func:`box_pyramid`: sides 4/n ... 1 of the crop, centres a quarter side apart,
+  about 4/3 n^2 prompts), the single output 0 each. :func:`default_options` gives the settings per model;
+  for ``litemedsam``: boxes, single output, predicted IoU >= 0.75, stability >= 0.80 (chosen by looking at the
+  overlays of Kvasir, GlaS and BUSI images; SAM's 0.88/0.95 keep 0-3 masks per image with this model).
+
+Going further than SAM: ``skip_covered`` visits the box pyramid coarse to fine and skips prompts whose grid
+point already lies inside a mask accepted by an earlier batch of the same crop (prompt reduction; it loses
+masks nested inside larger ones — ``benchmarks/bench_everything.py`` measures its mask recall against the full
+grid).
 
 Records: ``segmentation`` (bool ``(H, W)`` or COCO RLE), ``area`` (pixels), ``bbox`` (XYWH, inclusive pixel
-extent: w = x1 - x0 + 1), ``predicted_iou``, ``stability_score``, ``point_coords`` ([[x, y]] in image pixels),
-``crop_box`` (XYWH).
+extent: w = x1 - x0 + 1), ``predicted_iou``, ``stability_score``, ``point_coords`` ([[x, y]] in image pixels: the
+grid point), ``prompt_box`` (inclusive x0, y0, x1, y1 in image pixels; None in point mode), ``crop_box`` (XYWH).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
-from ..models.configs import LABEL_PAD
+from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 from ..preprocess.image2d import to_rgb_uint8
+from ..preprocess.transforms import _resize_logits
 from .masks import box_nms, mask_boxes, remove_small_regions, rle_encode, stability_score
 from .predictor import Predictor
 
@@ -64,18 +76,67 @@ class EverythingOptions:
     min_mask_region_area: int = 0
     skip_covered: bool = False
     output_mode: str = "binary_mask"  # or "rle"
+    prompt_mode: str = "points"  # or "boxes" (box pyramid, for box-trained models)
+    multimask_output: bool = True  # SAM's three outputs per prompt; False = the single output 0
+    box_sizes: tuple[float, ...] | None = None  # box mode: sides as fractions of the crop; None = the pyramid
+    box_edge_margin: float = 1.0  # box mode: drop masks reaching within this many low-res pixels of their box's
+    # sides (sides on the crop border excepted): the object continues outside the box; negative = keep all
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1 or self.points_per_batch < 1:
             raise ValueError("points_per_side and points_per_batch must be >= 1")
         if self.crop_n_layers < 0:
             raise ValueError("crop_n_layers must be >= 0")
+        if self.prompt_mode not in ("points", "boxes"):
+            raise ValueError(f"prompt_mode must be 'points' or 'boxes', got {self.prompt_mode!r}")
+        if self.box_sizes is not None and (not self.box_sizes or not all(0 < s <= 1 for s in self.box_sizes)):
+            raise ValueError(f"box_sizes must be fractions in (0, 1], got {self.box_sizes}")
         if self.output_mode not in ("binary_mask", "rle"):
             raise ValueError("output_mode must be 'binary_mask' or 'rle'")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
+
+
+#: everything-mode settings that work for each model family (measured on real images; see the module docstring)
+_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "litemedsam": {
+        "prompt_mode": "boxes",
+        "multimask_output": False,
+        "pred_iou_thresh": 0.75,
+        "stability_score_thresh": 0.80,
+    },
+}
+
+
+def default_options(model: str, **overrides: Any) -> EverythingOptions:
+    """Everything-mode options for a registered model: SAM's defaults, changed where the model needs it
+    (LiteMedSAM was trained with box prompts only: box pyramid, single output, lower thresholds), then
+    ``overrides``."""
+    base = dict(_MODEL_DEFAULTS.get(model, {}))
+    base.update(overrides)
+    return EverythingOptions(**base)
+
+
+def box_pyramid(points_per_side: int, sizes: tuple[float, ...] | None = None) -> list[tuple[float, int]]:
+    """Box prompts of box mode as ``(side, grid)`` pairs: boxes of ``side`` x the crop's width and height centred
+    on the cells of a ``grid`` x ``grid`` point grid (grid spacing = a quarter of the side, at most n per side).
+
+    Default pyramid (n = ``points_per_side``): sides 4/n, 8/n, ... up to 1, so the finest level has n x n boxes and
+    the whole pyramid about 4/3 n^2. With centres a quarter side apart, every object whose extent is at most 3/4
+    of a level's side lies inside one of that level's boxes, so an object of any size up to 3/4 of the image gets
+    a box 1.3-2.7x its extent (LiteMedSAM needs the object inside the box; see ``box_edge_margin``)."""
+    n = max(1, int(points_per_side))
+    if sizes is None:
+        sizes_l = []
+        s = 4.0 / n
+        while s < 1.0 - 1e-9:
+            sizes_l.append(s)
+            s *= 2
+        sizes_l.append(1.0)
+        sizes = tuple(sizes_l)
+    return [(float(s), int(min(n, max(1, round(4.0 / s))))) for s in sizes]
 
 
 def point_grid(n: int) -> np.ndarray:
@@ -136,7 +197,7 @@ def _mask_of(record: dict[str, Any]) -> np.ndarray:
 class AutomaticMaskGenerator:
     """Everything mode on a :class:`Predictor`.
 
-    >>> gen = AutomaticMaskGenerator(Predictor("litemedsam"), EverythingOptions(points_per_side=16))
+    >>> gen = AutomaticMaskGenerator(Predictor("litemedsam"), default_options("litemedsam", points_per_side=16))
     >>> result = gen.generate(image)        # (H, W) or (H, W, 3)
     >>> result.records[0]["bbox"], result.records[0]["stability_score"]
     """
@@ -146,165 +207,400 @@ class AutomaticMaskGenerator:
         self.options = options or EverythingOptions()
 
     def generate(self, image: np.ndarray, progress: Callable[[int, int], None] | None = None) -> EverythingResult:
-        """Masks of everything in ``image``. ``progress(done, total)`` is called after each batch of points."""
+        """Masks of everything in ``image`` ((H, W) grey or (H, W, 3) RGB; any dtype accepted by the predictor).
+        ``progress(done, total)`` is called after each batch of prompts."""
         opts = self.options
         rgb = to_rgb_uint8(image)
         h, w = rgb.shape[:2]
         boxes, layers = crop_boxes((h, w), opts.crop_n_layers, opts.crop_overlap_ratio)
-        totals = [max(1, opts.points_per_side // (opts.crop_n_points_downscale_factor**layer)) ** 2 for layer in layers]
-        total = sum(totals)
+        plans = [self._prompts_for(layer, (b[2] - b[0], b[3] - b[1])) for b, layer in zip(boxes, layers)]
+        total = sum(len(p) for p in plans)
         done = 0
-        stats: dict[str, Any] = {"points": 0, "points_skipped": 0, "decoded_masks": 0, "after_iou": 0, "after_stability": 0}
-        t = {"encode_s": 0.0, "decode_s": 0.0, "filter_s": 0.0, "nms_s": 0.0}
-        all_masks: list[np.ndarray] = []
-        all_boxes: list[np.ndarray] = []
-        all_iou: list[float] = []
-        all_stab: list[float] = []
-        all_pts: list[np.ndarray] = []
-        all_crop: list[int] = []
-        for ci, (crop, layer) in enumerate(zip(boxes, layers)):
+        stats: dict[str, Any] = {"prompts": 0, "prompts_skipped": 0, "decoded_masks": 0, "after_iou": 0, "after_stability": 0}
+        t = {"encode_s": 0.0, "decode_s": 0.0, "filter_s": 0.0, "nms_s": 0.0, "upscale_s": 0.0}
+        kept: list[_Candidate] = []
+        for ci, (crop, plan) in enumerate(zip(boxes, plans)):
             x0, y0, x1, y1 = crop
             t0 = time.perf_counter()
             self.predictor.set_image(rgb[y0:y1, x0:x1])
             t["encode_s"] += time.perf_counter() - t0
-            n_side = max(1, opts.points_per_side // (opts.crop_n_points_downscale_factor**layer))
             cw, ch = x1 - x0, y1 - y0
-            grid = point_grid(n_side) * np.array([cw, ch])
-            grid = np.minimum(grid, [cw - 1, ch - 1])
-            masks_c: list[np.ndarray] = []
-            boxes_c: list[np.ndarray] = []
-            iou_c: list[float] = []
-            stab_c: list[float] = []
-            pts_c: list[np.ndarray] = []
+            cands: list[_Candidate] = []
             covered = np.zeros((ch, cw), dtype=bool) if opts.skip_covered else None
-            for a in range(0, len(grid), opts.points_per_batch):
-                pts = grid[a : a + opts.points_per_batch]
+            for a in range(0, len(plan), opts.points_per_batch):
+                batch = plan[a : a + opts.points_per_batch]
                 if covered is not None:
+                    pts = batch.points
                     inside = covered[pts[:, 1].astype(int), pts[:, 0].astype(int)]
-                    stats["points_skipped"] += int(inside.sum())
-                    pts = pts[~inside]
-                if len(pts):
-                    m, b, iou, stab, p = self._batch(pts, (ch, cw), crop, (h, w), stats, t)
-                    masks_c += m
-                    boxes_c += b
-                    iou_c += iou
-                    stab_c += stab
-                    pts_c += p
-                    if covered is not None:
-                        for mk in m:
-                            covered |= mk
-                done += len(grid[a : a + opts.points_per_batch])
+                    stats["prompts_skipped"] += int(inside.sum())
+                    batch = batch.select(~inside)
+                if len(batch):
+                    new = self._batch(batch, stats, t)
+                    cands += new
+                    if covered is not None and new:
+                        t0 = time.perf_counter()
+                        for c in new:  # nearest-neighbour upscaling of the low-res mask is enough here
+                            low_m = (c.logits > opts.mask_threshold).astype(np.uint8)
+                            covered |= cv2.resize(low_m, (cw, ch), interpolation=cv2.INTER_NEAREST).astype(bool)
+                        t["upscale_s"] += time.perf_counter() - t0
+                done += min(opts.points_per_batch, len(plan) - a)
                 if progress is not None:
                     progress(done, total)
-            if not masks_c:
+            if not cands:
                 continue
+            # NMS on boxes from the low-res masks first (so that only survivors are upscaled), then again on the
+            # exact boxes of the upscaled masks
             t0 = time.perf_counter()
-            keep = box_nms(np.stack(boxes_c), np.array(iou_c), opts.box_nms_thresh)
+            keep = box_nms(np.stack([c.box for c in cands]), np.array([c.iou for c in cands]), opts.box_nms_thresh)
             t["nms_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            crop_kept: list[_Candidate] = []
             for k in keep:
+                c = cands[k]
+                m = self._upscale(c)  # exact mask at the crop's resolution
+                if not m.any():
+                    continue
+                if _touches_inner_edge(m, crop, (h, w)):
+                    continue
                 full = np.zeros((h, w), dtype=bool)
-                full[y0:y1, x0:x1] = masks_c[k]
-                all_masks.append(full)
-                all_boxes.append(boxes_c[k] + np.array([x0, y0, x0, y0]))
-                all_iou.append(iou_c[k])
-                all_stab.append(stab_c[k])
-                all_pts.append(pts_c[k] + np.array([x0, y0]))
-                all_crop.append(ci)
-        if len(boxes) > 1 and all_masks:
+                full[y0:y1, x0:x1] = m
+                c.mask, c.logits, c.crop = full, None, ci
+                c.box = mask_boxes(full[None])[0]
+                c.point = c.point + np.array([x0, y0])
+                crop_kept.append(c)
+            t["upscale_s"] += time.perf_counter() - t0
+            if crop_kept:
+                t0 = time.perf_counter()
+                keep = box_nms(np.stack([c.box for c in crop_kept]), np.array([c.iou for c in crop_kept]), opts.box_nms_thresh)
+                kept += [crop_kept[k] for k in keep]
+                t["nms_s"] += time.perf_counter() - t0
+        if len(boxes) > 1 and kept:
             t0 = time.perf_counter()
-            crop_area = np.array([(boxes[c][2] - boxes[c][0]) * (boxes[c][3] - boxes[c][1]) for c in all_crop], float)
-            keep = box_nms(np.stack(all_boxes), 1.0 / crop_area, opts.crop_nms_thresh)  # prefer smaller crops
+            crop_area = np.array(
+                [(boxes[c.crop][2] - boxes[c.crop][0]) * (boxes[c.crop][3] - boxes[c.crop][1]) for c in kept], float
+            )
+            keep = box_nms(np.stack([c.box for c in kept]), 1.0 / crop_area, opts.crop_nms_thresh)  # prefer smaller crops
+            kept = [kept[k] for k in keep]
             t["nms_s"] += time.perf_counter() - t0
-            all_masks, all_boxes, all_iou, all_stab, all_pts, all_crop = (
-                [seq[k] for k in keep] for seq in (all_masks, all_boxes, all_iou, all_stab, all_pts, all_crop)
-            )
-        if opts.min_mask_region_area > 0 and all_masks:
+        if opts.min_mask_region_area > 0 and kept:
             t0 = time.perf_counter()
-            all_masks, all_boxes, scores, changed = self._cleanup(all_masks, all_iou)
-            keep = box_nms(np.stack(all_boxes), scores, opts.box_nms_thresh) if all_masks else np.zeros(0, np.int64)
-            all_masks, all_boxes, all_iou, all_stab, all_pts, all_crop = (
-                [seq[k] for k in keep] for seq in (all_masks, all_boxes, all_iou, all_stab, all_pts, all_crop)
-            )
+            kept, changed = self._cleanup(kept)
             stats["cleaned"] = changed
             t["filter_s"] += time.perf_counter() - t0
         records = []
-        for m, b, iou, stab, p, c in zip(all_masks, all_boxes, all_iou, all_stab, all_pts, all_crop):
-            cb = boxes[c]
+        for c in kept:
+            cb = boxes[c.crop]
+            b = c.box
             records.append(
                 {
-                    "segmentation": rle_encode(m) if opts.output_mode == "rle" else m,
-                    "area": int(m.sum()),
+                    "segmentation": rle_encode(c.mask) if opts.output_mode == "rle" else c.mask,
+                    "area": int(c.mask.sum()),
                     "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0] + 1), float(b[3] - b[1] + 1)],
-                    "predicted_iou": round(float(iou), 5),
-                    "stability_score": round(float(stab), 5),
-                    "point_coords": [[float(p[0]), float(p[1])]],
+                    "predicted_iou": round(float(c.iou), 5),
+                    "stability_score": round(float(c.stability), 5),
+                    "point_coords": [[round(float(c.point[0]), 3), round(float(c.point[1]), 3)]],
+                    "prompt_box": None
+                    if c.prompt_box is None
+                    else [round(float(v), 3) for v in c.prompt_box + np.array([cb[0], cb[1]] * 2)],
                     "crop_box": [cb[0], cb[1], cb[2] - cb[0], cb[3] - cb[1]],
                 }
             )
         records.sort(key=lambda r: -r["area"])
-        stats["points"] = total - stats["points_skipped"]
+        stats["prompts"] = total - stats["prompts_skipped"]
         stats["masks"] = len(records)
         stats.update({k: round(v, 4) for k, v in t.items()})
         return EverythingResult(records, stats)
 
-    def _batch(self, pts, crop_hw, crop, image_hw, stats, t):  # noqa: ANN001, ANN202
-        """Decode one batch of grid points of the current crop and filter its masks; returns lists of crop-frame
-        masks, crop-frame boxes, predicted IoUs, stability scores and points."""
+    def _prompts_for(self, layer: int, crop_wh: tuple[int, int]) -> _Plan:
+        """The prompts of one crop, in crop pixel coordinates: grid points, or boxes centred on grid points."""
+        opts = self.options
+        n = max(1, opts.points_per_side // (opts.crop_n_points_downscale_factor**layer))
+        cw, ch = crop_wh
+        lim = np.array([cw - 1, ch - 1], float)
+        if opts.prompt_mode == "points":
+            pts = np.minimum(point_grid(n) * np.array([cw, ch]), lim)
+            return _Plan(pts, None)
+        pts_all, boxes_all = [], []
+        for size, n_s in box_pyramid(n, opts.box_sizes):
+            pts = np.minimum(point_grid(n_s) * np.array([cw, ch]), lim)
+            half = np.array([size * cw, size * ch]) / 2
+            bx = np.concatenate([np.maximum(pts - half, 0), np.minimum(pts + half, lim)], axis=1)
+            pts_all.append(pts)
+            boxes_all.append(bx)
+        if opts.skip_covered:  # coarse to fine: large boxes first, then finer prompts where nothing was found yet
+            pts_all, boxes_all = pts_all[::-1], boxes_all[::-1]
+        return _Plan(np.concatenate(pts_all), np.concatenate(boxes_all))
+
+    def _batch(self, batch: _Plan, stats: dict[str, Any], t: dict[str, float]) -> list[_Candidate]:
+        """Decode one batch of prompts of the current crop and filter its masks on the low-res logits."""
         opts = self.options
         p = self.predictor
-        n = len(pts)
+        geom = p.geometry
+        n = len(batch)
         t0 = time.perf_counter()
         coords = np.zeros((n, 2, 2), np.float32)
-        coords[:, 0] = p.transform.points_to_input(pts, p.geometry)
-        labels = np.tile(np.array([[1, LABEL_PAD]], np.float32), (n, 1))
-        low, iou = p.decode_low_res(coords, labels, outputs=(1, 2, 3), chunk_size=opts.points_per_batch)
+        if batch.boxes is None:
+            coords[:, 0] = p.transform.points_to_input(batch.points, geom)
+            labels = np.tile(np.array([[1, LABEL_PAD]], np.float32), (n, 1))
+        else:
+            coords[:] = p.transform.boxes_to_input(batch.boxes, geom).reshape(n, 2, 2)
+            labels = np.tile(np.array([[LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]], np.float32), (n, 1))
+        outputs = (1, 2, 3) if opts.multimask_output else (0,)
+        low, iou = p.decode_low_res(coords, labels, outputs=outputs, chunk_size=opts.points_per_batch)
         t["decode_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        stats["decoded_masks"] += low.shape[0] * low.shape[1]
-        low = low.reshape(-1, *low.shape[2:])
+        k = len(outputs)
+        stats["decoded_masks"] += n * k
+        # the part of the low-res frame that shows the crop (the rest is padding)
+        r = low.shape[-1] / p.transform.input_size
+        vh, vw = max(1, round(geom.resized[0] * r)), max(1, round(geom.resized[1] * r))
+        low = low[:, :, :vh, :vw].reshape(n * k, vh, vw)
         iou = iou.reshape(-1)
-        pts3 = np.repeat(pts, 3, axis=0)
-        ok = iou >= opts.pred_iou_thresh if opts.pred_iou_thresh > 0 else np.ones_like(iou, bool)
+        ok = iou >= opts.pred_iou_thresh
         stats["after_iou"] += int(ok.sum())
-        out: tuple[list, list, list, list, list] = ([], [], [], [], [])
+        out: list[_Candidate] = []
         if not ok.any():
             t["filter_s"] += time.perf_counter() - t0
             return out
-        full = p.transform.logits_to_image(np.ascontiguousarray(low[ok]), p.geometry)  # (k, ch, cw) logits
-        stab = stability_score(full, opts.mask_threshold, opts.stability_score_offset)
+        idx = np.flatnonzero(ok)
+        stab = stability_score(low[idx], opts.mask_threshold, opts.stability_score_offset)
         good = stab >= opts.stability_score_thresh
         stats["after_stability"] += int(good.sum())
-        masks = full[good] > opts.mask_threshold
-        boxes = mask_boxes(masks)
-        x0, y0, x1, y1 = crop
-        ih, iw = image_hw
-        ch, cw = crop_hw
-        for m, b, s, q, pt in zip(masks, boxes, iou[ok][good], stab[good], pts3[ok][good]):
-            if not m.any():
-                continue
-            # a mask that touches an edge of a crop that is not an edge of the image continues outside the crop
-            if (x0 > 0 and b[0] == 0) or (y0 > 0 and b[1] == 0) or (x1 < iw and b[2] == cw - 1) or (y1 < ih and b[3] == ch - 1):
-                continue
-            out[0].append(m)
-            out[1].append(b)
-            out[2].append(float(s))
-            out[3].append(float(q))
-            out[4].append(pt)
+        idx, stab = idx[good], stab[good]
+        if len(idx):
+            lowm = low[idx] > opts.mask_threshold
+            lbox = mask_boxes(lowm)
+            if batch.boxes is not None and opts.box_edge_margin >= 0:
+                inside = _inside_prompt_box(lbox, coords.reshape(n, 4)[idx // k] * r, (vh, vw), opts.box_edge_margin)
+                stats["after_box_edge"] = stats.get("after_box_edge", 0) + int(inside.sum())
+                idx, stab, lowm, lbox = idx[inside], stab[inside], lowm[inside], lbox[inside]
+            # low-res box -> crop pixel box (pixel edges scaled; an approximation used only for NMS)
+            sy = geom.original[0] / vh
+            sx = geom.original[1] / vw
+            cbox = np.stack([lbox[:, 0] * sx, lbox[:, 1] * sy, (lbox[:, 2] + 1) * sx - 1, (lbox[:, 3] + 1) * sy - 1], axis=1)
+            for j, i in enumerate(idx):
+                if not lowm[j].any():
+                    continue
+                q = i // k
+                out.append(
+                    _Candidate(
+                        logits=np.array(low[i]),
+                        box=cbox[j],
+                        iou=float(iou[i]),
+                        stability=float(stab[j]),
+                        point=batch.points[q].copy(),
+                        prompt_box=None if batch.boxes is None else batch.boxes[q].copy(),
+                        geom=geom,
+                    )
+                )
         t["filter_s"] += time.perf_counter() - t0
         return out
 
-    def _cleanup(self, masks: list[np.ndarray], iou: list[float]):  # noqa: ANN202
-        """Remove small islands and holes; changed masks get score 0 in the following NMS (SAM's rule: prefer
-        masks that did not need cleaning)."""
+    def _upscale(self, c: _Candidate) -> np.ndarray:
+        """The candidate's mask at the crop's resolution (bilinear logits, then the threshold)."""
+        if c.mask is not None:
+            return c.mask
+        h, w = c.geom.original
+        full = _resize_logits(c.logits[None], (h, w))[0]
+        return full > self.options.mask_threshold
+
+    def _cleanup(self, kept: list[_Candidate]) -> tuple[list[_Candidate], int]:
+        """Remove small islands and holes, then NMS again; changed masks get score 0 in that NMS (SAM's rule:
+        prefer masks that did not need cleaning)."""
         area = self.options.min_mask_region_area
-        new_masks, scores = [], []
+        scores = []
         changed_n = 0
-        for m, s in zip(masks, iou):
-            m2, c1 = remove_small_regions(m, area, "holes")
+        for c in kept:
+            m2, c1 = remove_small_regions(c.mask, area, "holes")
             m2, c2 = remove_small_regions(m2, area, "islands")
             changed = c1 or c2
             changed_n += int(changed)
-            new_masks.append(m2)
-            scores.append(0.0 if changed else float(s))
-        boxes = list(mask_boxes(np.stack(new_masks))) if new_masks else []
-        return new_masks, boxes, np.array(scores), changed_n
+            c.mask = m2
+            c.box = mask_boxes(m2[None])[0]
+            scores.append(0.0 if changed else c.iou)
+        kept = [c for c, s in zip(kept, scores) if c.mask.any()]
+        scores = [s for c, s in zip(kept, scores) if c.mask.any()]
+        if not kept:
+            return kept, changed_n
+        keep = box_nms(np.stack([c.box for c in kept]), np.array(scores), self.options.box_nms_thresh)
+        return [kept[k] for k in keep], changed_n
+
+
+@dataclass
+class _Plan:
+    """Prompts of one crop: points (n, 2) x/y crop pixels (the grid point of each prompt) and, in box mode, boxes
+    (n, 4) inclusive x0, y0, x1, y1 crop pixels."""
+
+    points: np.ndarray
+    boxes: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, sl: slice) -> _Plan:
+        return _Plan(self.points[sl], None if self.boxes is None else self.boxes[sl])
+
+    def select(self, keep: np.ndarray) -> _Plan:
+        return _Plan(self.points[keep], None if self.boxes is None else self.boxes[keep])
+
+
+@dataclass
+class _Candidate:
+    logits: np.ndarray | None  # low-res logits of the valid region (vh, vw)
+    box: np.ndarray  # inclusive x0, y0, x1, y1 (crop pixels, then image pixels once upscaled)
+    iou: float
+    stability: float
+    point: np.ndarray
+    prompt_box: np.ndarray | None
+    geom: Any
+    mask: np.ndarray | None = None
+    crop: int = 0
+
+
+def _inside_prompt_box(mask_box: np.ndarray, prompt_box: np.ndarray, valid_hw: tuple[int, int], margin: float) -> np.ndarray:
+    """(n,) bool: the low-res mask box lies inside its low-res prompt box with ``margin`` pixels to spare on every
+    side, except sides of the prompt box that lie on the image border (where the object may be cut anyway)."""
+    vh, vw = valid_hw
+    mb = np.asarray(mask_box, float)
+    pb = np.asarray(prompt_box, float)
+    ok = np.ones(len(mb), dtype=bool)
+    ok &= (pb[:, 0] <= margin) | (mb[:, 0] > pb[:, 0] + margin)
+    ok &= (pb[:, 1] <= margin) | (mb[:, 1] > pb[:, 1] + margin)
+    ok &= (pb[:, 2] >= vw - 1 - margin) | (mb[:, 2] < pb[:, 2] - margin)
+    ok &= (pb[:, 3] >= vh - 1 - margin) | (mb[:, 3] < pb[:, 3] - margin)
+    return ok
+
+
+def _touches_inner_edge(m: np.ndarray, crop: list[int], image_hw: tuple[int, int]) -> bool:
+    """Whether a crop-frame mask touches an edge of the crop that is not an edge of the image (the object then
+    continues outside the crop)."""
+    x0, y0, x1, y1 = crop
+    ih, iw = image_hw
+    return bool(
+        (x0 > 0 and m[:, 0].any()) or (y0 > 0 and m[0, :].any()) or (x1 < iw and m[:, -1].any()) or (y1 < ih and m[-1, :].any())
+    )
+
+
+def picture_2d(image: Any, preset: str = "auto", window: tuple[float, float] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The 2D picture the model sees for a :class:`medsamkit.io.MedicalImage` with one slice: RGB and uint8
+    images as they are (preset ``auto``), others through the intensity preset/window. Returns the picture
+    ``(H, W)`` or ``(H, W, 3)`` and a description of the intensity mapping. 3D volumes are refused."""
+    from ..preprocess.intensity import resolve_preset
+
+    arr = image.array
+    if arr.ndim == 3 and not image.is_rgb:
+        if arr.shape[0] != 1:
+            raise ValueError(f"everything mode works on 2D images; this input is a volume of {arr.shape[0]} slices")
+        arr = arr[0]
+    if image.is_rgb or (arr.dtype == np.uint8 and window is None and preset == "auto"):
+        return arr, {"preset": "passthrough"}
+    fitted = resolve_preset(arr, image.modality, preset, window)
+    return fitted.apply(arr), fitted.describe()
+
+
+def everything_file(
+    predictor: Predictor,
+    image_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    options: EverythingOptions | None = None,
+    stem: str | None = None,
+    preset: str = "auto",
+    window: tuple[float, float] | None = None,
+    model_name: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Everything mode on one 2D image file; writes (atomically) into ``out_dir``:
+
+    - ``<stem>_labels.png``: uint16 label image (record i -> label i + 1, records sorted by area, smaller masks
+      painted over larger ones);
+    - ``<stem>_masks.json``: the records (masks as COCO RLE, column-major like pycocotools), the options, the
+      model, the intensity mapping, counters and timings;
+    - ``<stem>_overlay.png``: the image with each mask tinted and outlined.
+
+    Returns a summary (paths, number of masks, timings). The same function serves the CLI and batch jobs;
+    ``progress`` shows a progress bar over the prompts on stderr."""
+    from .. import __version__
+    from .._files import atomic_write_text
+    from ..io import read_image
+    from ..io.image2d import write_png
+    from ..viz.overlay import overlay_masks
+
+    t_start = time.perf_counter()
+    path = Path(image_path)
+    out = Path(out_dir)
+    stem = stem or _stem_of(path)
+    opts = options or EverythingOptions()
+    t0 = time.perf_counter()
+    image = read_image(path)
+    picture, intensity = picture_2d(image, preset, window)
+    read_s = time.perf_counter() - t0
+    rle_opts = EverythingOptions(**{**asdict(opts), "output_mode": "rle"})
+    gen = AutomaticMaskGenerator(predictor, rle_opts)
+    t0 = time.perf_counter()
+    if progress:
+        from tqdm import tqdm
+
+        with tqdm(total=None, unit="prompt", desc="everything", leave=False) as bar:
+
+            def step(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result = gen.generate(picture, progress=step)
+    else:
+        result = gen.generate(picture)
+    gen_s = time.perf_counter() - t0
+    hw = picture.shape[:2]
+    labels = result.label_image(hw)
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    labels_path, json_path, overlay_path = (out / f"{stem}_{s}" for s in ("labels.png", "masks.json", "overlay.png"))
+    write_png(labels_path, labels)  # write_png is atomic
+    write_png(overlay_path, overlay_masks(picture, labels))
+    doc = {
+        "image": str(path),
+        "shape": list(hw),
+        "model": {
+            "name": model_name or predictor.engine.arch.name,
+            "backend": predictor.engine.backend,
+            "weights_id": predictor.engine.weights_id,
+            "pipeline": predictor.transform.name,
+        },
+        "options": asdict(rle_opts),
+        "intensity": intensity,
+        "medsamkit": __version__,
+        "stats": result.stats,
+        "records": result.records,
+    }
+    atomic_write_text(json_path, json.dumps(doc, default=_json_default))
+    write_s = time.perf_counter() - t0
+    return {
+        "image": str(path),
+        "masks": len(result.records),
+        "labels": str(labels_path),
+        "records": str(json_path),
+        "overlay": str(overlay_path),
+        "timings": {
+            "read_s": round(read_s, 4),
+            "generate_s": round(gen_s, 4),
+            "write_s": round(write_s, 4),
+            "total_s": round(time.perf_counter() - t_start, 4),
+        },
+        "stats": result.stats,
+    }
+
+
+def _stem_of(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".npz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -210,7 +210,12 @@ def train_unet(
         split = split_cases(ds.ids, val_fraction, test_fraction, seed=config.seed if split_seed is None else int(split_seed))
     if dist_info()[0] == 0:
         run.mkdir(parents=True, exist_ok=True)
-        info = {"dataset": str(ds.root), "seed": config.seed if split_seed is None else int(split_seed), "val_fraction": val_fraction, "test_fraction": test_fraction}
+        info = {
+            "dataset": str(ds.root),
+            "seed": config.seed if split_seed is None else int(split_seed),
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+        }
         write_split(split_file, split, **info)
     spec, parts = load_split_data(ds, split, input, size=int(size), samaug_dir=samaug_dir, label=label)
 

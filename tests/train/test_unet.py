@@ -175,3 +175,16 @@ def test_split_seed_fixes_the_split_across_training_seeds(tmp_path) -> None:
     train_unet(data, tmp_path / "free2", "raw", size=16, config=cfg, network=net, progress=False)
     other.append(read_split(tmp_path / "free2" / "split.json"))
     assert other[0] != other[1]
+
+
+def test_evaluate_unet_views_pick_the_inputs_of_a_both_model(both_run) -> None:
+    data, samaug, run, _ = both_run
+    raw = evaluate_unet(run, data, samaug, split="all", views=("raw",))
+    aug = evaluate_unet(run, data, samaug, split="all", views=("samaug",))
+    ens = evaluate_unet(run, data, samaug, split="all")
+    assert {r["views"] for r in raw} == {"raw"} and {r["views"] for r in aug} == {"samaug"}
+    assert {r["views"] for r in ens} == {"raw+samaug"}
+    # the raw view must not read priors: it works without a samaug folder at hand too
+    assert [r["dice"] for r in evaluate_unet(run, data, None, split="all", views=("raw",))] == [r["dice"] for r in raw]
+    with pytest.raises(ValueError, match="views"):
+        evaluate_unet(run, data, samaug, split="all", views=("augmented",))

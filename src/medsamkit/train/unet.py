@@ -372,6 +372,7 @@ def evaluate_unet(
     threshold: float = 0.5,
     checkpoint: str = "best",
     progress: bool = False,
+    views: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-case scores of a trained run at the original resolution, one dict per case in id order: ``case``,
     ``dice``, ``iou``, ``gt_pixels``, ``pred_pixels``, ``height``, ``width``, ``views`` ("raw", "samaug" or
@@ -380,6 +381,8 @@ def evaluate_unet(
     dataset: default the training dataset (from the run's config). samaug_dir: default the run's (needed for
     samaug/both models). split: "train", "val", "test" (from ``run_dir/split.json``) or "all" (every case of
     ``dataset``, e.g. an external test set). A pixel is foreground where the probability > ``threshold``.
+    views: force the inputs instead of the rules of :func:`views_for` — ("raw",), ("samaug",) or ("raw",
+    "samaug") (averaged), e.g. a ``both`` model on raw input alone; a ``raw`` model accepts only ("raw",).
     """
     from ..metrics.overlap import dice_from_counts, iou_from_counts, overlap_counts
 
@@ -400,12 +403,22 @@ def evaluate_unet(
         missing = sorted(set(ids) - set(ds.ids))
         if missing:
             raise ValueError(f"the run's {split} split names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
+    if views is not None:
+        views = tuple(views)
+        if views not in (("raw",), ("samaug",), ("raw", "samaug")):
+            raise ValueError(f"views must be ('raw',), ('samaug',) or ('raw', 'samaug'); got {views!r}")
+        if m.spec.kind == "raw" and views != ("raw",):
+            raise ValueError("a raw model only takes raw input: views=('raw',)")
+        if m.spec.kind == "samaug" and "raw" in views:
+            raise ValueError("a samaug model only takes augmented input: views=('samaug',)")
     need_priors = m.spec.kind == "samaug" or (m.spec.kind == "both" and ensemble)
+    if views is not None:
+        need_priors = "samaug" in views
     if samaug_dir is None and m.spec.kind != "raw":
         samaug_dir = m.meta.get("samaug_dir")
     if need_priors and samaug_dir is None:
         raise ValueError(f"a {m.spec.kind!r} model needs the dataset's priors: give samaug_dir")
-    use_priors = samaug_dir is not None and m.spec.kind != "raw"
+    use_priors = samaug_dir is not None and m.spec.kind != "raw" and (views is None or "samaug" in views)
     cases = ds.subset(ids).cases
     bar = None
     if progress:
@@ -417,10 +430,10 @@ def evaluate_unet(
         for case in cases:
             picture, labels = load_picture(case)
             pri = load_case_priors(samaug_dir, case.id) if use_priors else None  # type: ignore[arg-type]
-            views = views_for(m.spec, pri is not None, ensemble)
+            case_views = views if views is not None else views_for(m.spec, pri is not None, ensemble)
             if pri is not None and pri[0].shape != picture.shape[:2]:
                 raise ValueError(f"case {case.id}: priors are {pri[0].shape}, the image is {picture.shape[:2]}")
-            prob = _predict_views(m, picture, views, pri)
+            prob = _predict_views(m, picture, case_views, pri)
             pred = prob > threshold
             gt = binary_target(labels, m.spec.label)
             counts = overlap_counts(pred, gt)
@@ -433,7 +446,7 @@ def evaluate_unet(
                     "pred_pixels": counts[0],
                     "height": int(picture.shape[0]),
                     "width": int(picture.shape[1]),
-                    "views": "+".join(views),
+                    "views": "+".join(case_views),
                 }
             )
             if bar is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .batch import engine_options, uses_dask
 from .common import CliError, positive_int, say
 
 DEFAULT_PROTOCOLS = ("box",)
@@ -64,6 +65,9 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from .batch import add_engine_arguments
+
+    add_engine_arguments(p)  # --workers/--threads-per-worker/--scheduler: cases run on Dask, results as above
     p.set_defaults(func=run)
 
 
@@ -99,10 +103,7 @@ def run(args: argparse.Namespace) -> None:
             say(f"medsamkit: {d.name}: {len(d.skipped)} file(s) skipped (e.g. {d.skipped[0][0]}: {d.skipped[0][1]})")
         if not len(d):
             raise CliError(f"{d.root}: no (image, mask) cases found", code=1)
-    run_ = run_evaluation(
-        datasets,
-        args.output,
-        protocols,
+    kwargs = dict(
         model=args.model,
         checkpoint=args.checkpoint,
         backend=args.backend,
@@ -112,6 +113,23 @@ def run(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         report=not args.no_report,
     )
+    if uses_dask(args):
+        from ..batch import DaskEngine, ModelSpec, evaluate_mapper
+
+        try:
+            engine = DaskEngine(engine_options(args))
+        except ValueError as e:
+            raise CliError(f"evaluate: {e}") from e
+        spec = ModelSpec(
+            args.model,
+            checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
+            backend=args.backend,
+            threads=engine.model_threads(),
+        )
+        with engine:  # the cluster starts only when a case is left to compute
+            run_ = run_evaluation(datasets, args.output, protocols, map_cases=evaluate_mapper(engine, spec), **kwargs)
+    else:
+        run_ = run_evaluation(datasets, args.output, protocols, **kwargs)
     s = run_.summary
     for e in s["table"]:
         if e["dataset"] == "all" and (e["final"] or e["step"] == 0):

@@ -31,7 +31,7 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,16 @@ class CaseResult:
     rows: list[dict[str, Any]]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+
+
+CaseMapper = Callable[[Sequence[tuple[Case, Sequence[PromptProtocol]]], EvalConfig], Iterable[tuple[int, CaseResult]]]
+
+
+def case_error_result(case: Case, error: BaseException | str) -> CaseResult:
+    """The result of a case whose computation was lost (e.g. with its worker): one error row, retried by the
+    next run."""
+    text = error if isinstance(error, str) else _error_text(error)
+    return CaseResult([_error_row(_base_row(case, 0, case.modality, "", -1), "*", None, text)])
 
 
 def _spacing_array_order(image: Any, ndim: int) -> tuple[float, ...]:
@@ -423,11 +433,18 @@ def run_evaluation(
     limit: int | None = None,
     progress: bool = True,
     report: bool = True,
+    map_cases: CaseMapper | None = None,
 ) -> EvaluationRun:
     """Evaluate ``model`` on ``datasets`` (paths or loaded :class:`Dataset`) under ``protocols`` (strings of
     :mod:`medsamkit.prompts.protocol`), writing into ``out_dir`` (see the module docstring). ``limit``: first
     N cases per dataset (``load_dataset(path, modality=...)`` sets a modality the files do not state). Returns
-    the rows and the summary; the per-case work is :func:`evaluate_case`."""
+    the rows and the summary; the per-case work is :func:`evaluate_case`.
+
+    map_cases: computes the cases that are not done yet, e.g. on a cluster
+    (:func:`medsamkit.batch.evaluate_mapper`): called once with ``[(case, protocols to compute), ...]`` and the
+    config, it yields ``(index into that list, CaseResult)`` in any order, each from
+    ``evaluate_case(case, protocols, <a predictor of the same model>, config)``. Every file is written here, as each
+    case arrives; rows keep the cases' order. Default: this process, one case after another."""
     from .analysis import summarize
     from .report import write_report
 
@@ -469,13 +486,13 @@ def run_evaluation(
     atomic_write(run_file, lambda p: p.write_text(json.dumps(record, indent=2, default=_json_default)))
 
     cases = [c for d in sets for c in d]
-    rows: list[dict[str, Any]] = []
-    notes: list[dict[str, Any]] = []
-    computed = skipped = 0
+    per_case: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [([], {})] * len(cases)  # rows, notes
+    computed = skipped = errors = 0
     bar = _bar(len(cases), progress)
     t_run = time.perf_counter()
-    for case in cases:
-        case_file, mask_file = _case_paths(out, case)
+    tasks: list[tuple[int, list[PromptProtocol], list[dict[str, Any]], dict[str, Any]]] = []
+    for i, case in enumerate(cases):
+        case_file, _ = _case_paths(out, case)
         old_rows: list[dict[str, Any]] = []
         old_notes: dict[str, Any] = {}
         if case_file.exists():
@@ -491,35 +508,45 @@ def run_evaluation(
         retry = {r["protocol"] for r in old_rows if r.get("status") == "error"}  # 'invalid' rows are final
         todo = [p for p in protos if p.name not in done or p.name in retry]
         if not todo:
-            notes.append(old_notes)
-            rows.extend(r for r in old_rows if r["protocol"] in names)
+            per_case[i] = ([r for r in old_rows if r["protocol"] in names], old_notes)
             skipped += 1
             if bar is not None:
                 bar.update(1)
             continue
+        tasks.append((i, todo, old_rows, old_notes))
+
+    def local(jobs: Sequence[tuple[Case, Sequence[PromptProtocol]]], config: EvalConfig) -> Iterator[tuple[int, CaseResult]]:
+        for k, (case, todo) in enumerate(jobs):
+            yield k, evaluate_case(case, todo, predictor, config)
+
+    mapper = map_cases or local
+    for k, res in mapper([(cases[i], todo) for i, todo, _, _ in tasks], cfg):
+        i, todo, old_rows, old_notes = tasks[k]
+        case = cases[i]
+        case_file, mask_file = _case_paths(out, case)
         todo_names = {p.name for p in todo}
-        res = evaluate_case(case, todo, predictor, cfg)
         keep = [r for r in old_rows if r["protocol"] not in todo_names]
         if any(r["protocol"] == "*" for r in res.rows):
             keep = []
         case_rows = keep + res.rows
         if cfg.save_masks and res.masks:
             _save_masks(mask_file, res.masks)
-        clean_rows = [{k: _clean(v) for k, v in r.items()} for r in case_rows]
+        clean_rows = [{c: _clean(v) for c, v in r.items()} for r in case_rows]
         case_notes = res.notes or old_notes
-        notes.append(case_notes)
         payload = json.dumps(
             {"case": case.id, "dataset": case.dataset, "inputs": _case_inputs(case), "rows": clean_rows, "notes": case_notes},
             default=_json_default,
         )
         atomic_write(case_file, lambda p, text=payload: p.write_text(text))
-        rows.extend(r for r in clean_rows if r["protocol"] in names or r["protocol"] == "*")
+        per_case[i] = ([r for r in clean_rows if r["protocol"] in names or r["protocol"] == "*"], case_notes)
         computed += 1
         if bar is not None:
             bar.update(1)
-            errors = sum(1 for r in rows if r.get("status") != "ok")
+            errors += sum(1 for r in per_case[i][0] if r.get("status") != "ok")
             if errors:
                 bar.set_postfix(errors=errors)
+    rows = [r for case_rows, _ in per_case for r in case_rows]
+    notes = [n for _, n in per_case]
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t_run

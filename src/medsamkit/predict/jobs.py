@@ -1,0 +1,354 @@
+"""One prompted-segmentation job on one file: read, segment, write the mask atomically, return a record.
+
+:func:`segment_file` is the whole of ``medsamkit segment`` after argument parsing; ``medsamkit batch segment``
+runs the same function once per manifest row on Dask workers, so a batch output equals the CLI's.
+
+Coordinates are voxel/pixel indices: x = column (NIfTI i), y = row (j), z = slice (k); boxes are inclusive
+``(x0, y0, x1, y1)`` / ``(x0, y0, z0, x1, y1, z1)``. A 2D box on a volume is in the frame of ``axis``: (x, y) on
+z slices, (x, z) on y slices, (y, z) on x slices.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .predictor import Predictor
+
+AXIS_FRAME = {"z": "x,y", "y": "x,z", "x": "y,z"}
+
+
+class SegmentRequestError(ValueError):
+    """A request that cannot run as given (prompts that do not fit the input, a wrong output type): a usage
+    error, as opposed to a file that cannot be read or a prompt outside the image."""
+
+
+@dataclass
+class SegmentRequest:
+    """What to segment and where to write it (the vocabulary of ``medsamkit segment``).
+
+    image: input file or DICOM series folder. output: mask file (``.png`` for 2D; ``.nii.gz``, ``.nii``,
+    ``.nrrd``, ``.mha`` or ``.dcm`` for volumes); None lets :func:`segment_file` choose one.
+    boxes: 2D boxes ``[x0, y0, x1, y1]`` (a 2D image, or ``slice_index`` of a volume along ``axis``), one object
+    each. boxes3d: ``[x0, y0, z0, x1, y1, z1]``, one object each. points: ``[x, y]`` / ``[x, y, label]`` on 2D
+    images, ``[x, y, z]`` / ``[x, y, z, label]`` on volumes (label 1 foreground, 0 background; all points are
+    one object). world: box3d/points are RAS millimetres instead of voxel indices. names: one name per object,
+    in order. preset/window: intensity mapping (window = (level, width), overrides preset). modality/series:
+    override the file's modality; pick a DICOM series. overlay: also write an overlay PNG (2D).
+    ground_truth: a label mask on the input's grid; object i is scored against its label i (a mask with a single
+    non-zero value counts as label 1).
+    """
+
+    image: Path
+    output: Path | None = None
+    boxes: list[list[float]] = field(default_factory=list)
+    boxes3d: list[list[float]] = field(default_factory=list)
+    points: list[list[float]] = field(default_factory=list)
+    slice_index: int | None = None
+    axis: str = "z"
+    world: bool = False
+    names: list[str] = field(default_factory=list)
+    preset: str = "auto"
+    window: tuple[float, float] | None = None
+    modality: str | None = None
+    series: str | None = None
+    overlay: Path | None = None
+    ground_truth: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.image = Path(self.image)
+        self.output = None if self.output is None else Path(self.output)
+        self.overlay = None if self.overlay is None else Path(self.overlay)
+        self.ground_truth = None if self.ground_truth is None else Path(self.ground_truth)
+        if self.axis not in AXIS_FRAME:
+            raise SegmentRequestError(f"axis must be one of z, y, x; got {self.axis!r}")
+        if not (self.boxes or self.boxes3d or self.points):
+            raise SegmentRequestError("give at least one --box, --box3d or --point")
+
+    def prompts(self) -> dict[str, Any]:
+        """The prompts as given (for records)."""
+        out: dict[str, Any] = {}
+        for k in ("boxes", "boxes3d", "points", "names"):
+            if getattr(self, k):
+                out[k] = getattr(self, k)
+        if self.slice_index is not None:
+            out["slice"] = self.slice_index
+        if self.boxes or self.slice_index is not None:
+            out["axis"] = self.axis
+        if self.world:
+            out["world"] = True
+        return out
+
+
+def versions() -> dict[str, str]:
+    """Versions of medsamkit and of the libraries that decide its numbers."""
+    from .. import __version__
+
+    v = {"medsamkit": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("onnxruntime", "torch"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except ImportError:  # pragma: no cover
+            pass
+    return v
+
+
+def default_output(image: Any, out_dir: str | os.PathLike[str], stem: str) -> Path:
+    """``out_dir/<stem>.png`` for a 2D image, ``out_dir/<stem>.nii.gz`` for a volume."""
+    return Path(out_dir) / f"{stem}{'.nii.gz' if image.is_volume else '.png'}"
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem if path.suffix else name
+
+
+def segment_file(
+    predictor: Predictor | Callable[[], Predictor],
+    request: SegmentRequest,
+    *,
+    model_name: str | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    stem: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Read ``request.image``, segment it from the request's prompts and write the label mask (uint8 on the
+    input's grid: label i for the i-th object; points only: one object, label 1) with its JSON sidecar, both
+    atomically (temp file + rename).
+
+    predictor: a :class:`Predictor`, or a function returning one; it is called only once the input has been
+    read and the prompts checked, so a bad request costs no model load. model_name: the name recorded (default:
+    the architecture's). out_dir/stem: where the mask goes when ``request.output`` is None
+    (:func:`default_output`; stem defaults to the image's name without suffix).
+    Returns the record: ``image, output, kind ("2d" | "volume"), model, intensity, prompts, objects`` (label,
+    name, pixels/voxels, predicted IoU; volumes: key slice and slice range), ``metrics`` per object when
+    ``request.ground_truth`` is given, ``timings`` (seconds: read, model, segment, write, total).
+    Raises :class:`SegmentRequestError` for prompts that do not fit the input, ``ValueError`` (e.g.
+    ``ImageReadError``) for unreadable files or prompts outside the image.
+    """
+    from ..io import read_image
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    image = read_image(request.image, series_uid=request.series, modality=request.modality)
+    timings["read_s"] = time.perf_counter() - t0
+    output = request.output
+    if output is None:
+        if out_dir is None:
+            raise ValueError("segment_file: give request.output or out_dir")
+        output = default_output(image, out_dir, stem or _stem(request.image))
+    if image.is_volume:
+        record = _segment_volume(predictor, request, image, output, model_name, progress, timings, t0)
+    else:
+        record = _segment_2d(predictor, request, image, output, model_name, timings)
+    timings["total_s"] = time.perf_counter() - t0
+    record["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    return record
+
+
+def _get_predictor(predictor: Predictor | Callable[[], Predictor], timings: dict[str, float]) -> Predictor:
+    t = time.perf_counter()
+    p = predictor if isinstance(predictor, Predictor) else predictor()
+    timings["model_s"] = time.perf_counter() - t
+    return p
+
+
+def _names(request: SegmentRequest, n: int) -> dict[int, str]:
+    if len(request.names) > n:
+        raise SegmentRequestError(f"{len(request.names)} --label names for {n} object(s)")
+    return {i + 1: name for i, name in enumerate(request.names)}
+
+
+def _model_info(predictor: Predictor, model_name: str | None) -> dict[str, Any]:
+    return {
+        "name": model_name or predictor.engine.arch.name,
+        "backend": predictor.engine.backend,
+        "weights_id": predictor.engine.weights_id,
+        "pipeline": predictor.transform.name,
+    }
+
+
+def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_name, timings) -> dict[str, Any]:  # noqa: ANN001
+    from ..io import write_mask
+    from ..preprocess.intensity import resolve_preset
+    from .segment import segment_2d
+
+    if request.boxes3d or request.slice_index is not None or request.world:
+        raise SegmentRequestError("--box3d, --slice and --world are for volumes; this input is a 2D image")
+    if output.suffix.lower() != ".png":
+        raise SegmentRequestError(f"-o {output}: 2D masks are written as .png")
+    points = []
+    for v in request.points:
+        v = [float(x) for x in v]
+        if len(v) not in (2, 3):
+            raise SegmentRequestError("2D points are X,Y or X,Y,LABEL")
+        if len(v) == 3 and v[2] not in (0.0, 1.0):
+            raise SegmentRequestError(f"point {v}: LABEL must be 1 (foreground) or 0 (background)")
+        points.append(v if len(v) == 3 else v + [1.0])
+    boxes = [[float(x) for x in b] for b in request.boxes]
+    arr = image.array
+    preset_info: dict[str, Any] = {"preset": "passthrough"}
+    if image.is_rgb or (arr.dtype == np.uint8 and request.window is None and request.preset == "auto"):
+        picture = arr
+    else:
+        fitted = resolve_preset(arr, image.modality, request.preset, request.window)
+        picture, preset_info = fitted.apply(arr), fitted.describe()
+    names = _names(request, len(boxes) if boxes else 1)  # one object per box; points only: one object
+    model = _get_predictor(predictor, timings)
+    t = time.perf_counter()
+    result = segment_2d(model, picture, boxes=boxes, points=points)
+    timings["segment_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    write_mask(
+        output,
+        result.labels,
+        image,
+        names=names,
+        metadata={
+            "model": model_name or model.engine.arch.name,
+            "backend": model.engine.backend,
+            "intensity": preset_info,
+            "boxes_xyxy_inclusive": boxes,
+            "points_xy_label": points,
+            "predicted_iou": [round(float(s), 4) for s in result.scores],
+        },
+    )
+    if request.overlay is not None:
+        from ..io import write_png
+        from ..viz import overlay_masks
+
+        write_png(request.overlay, overlay_masks(picture, result.labels, boxes=boxes, points=points))
+    timings["write_s"] = time.perf_counter() - t
+    objects = [
+        {"label": i, "name": names.get(i), "pixels": int(m.sum()), "predicted_iou": round(float(s), 4)}
+        for i, (m, s) in enumerate(zip(result.masks, result.scores), start=1)
+    ]
+    record = _record(request, image, output, "2d", _model_info(model, model_name), preset_info, objects)
+    if request.ground_truth is not None:
+        record["metrics"] = _metrics(result.labels, request.ground_truth, image, len(objects))
+    return record
+
+
+def _to_voxel(image, values: list[float], world: bool) -> list[float]:  # noqa: ANN001
+    if not world:
+        return values
+    return [float(v) for v in np.rint(image.world_to_voxel(np.asarray(values, float)))]
+
+
+def _segment_volume(predictor, request: SegmentRequest, image, output: Path, model_name, progress, timings, t0) -> dict[str, Any]:  # noqa: ANN001
+    from ..io import write_mask
+    from .volume import ObjectPrompt, segment_volume
+
+    if request.overlay is not None:
+        raise SegmentRequestError("--overlay is for 2D inputs")
+    prompts: list[ObjectPrompt] = []
+    if request.boxes:
+        if request.slice_index is None:
+            raise SegmentRequestError("a --box on a volume needs --slice (or use --box3d)")
+        if request.world:
+            raise SegmentRequestError("--world applies to --box3d and --point; give the 2D --box in voxels")
+        prompts += [ObjectPrompt(label=len(prompts) + 1, box=list(b), slice_index=request.slice_index) for b in request.boxes]
+    for b in request.boxes3d:
+        b = [float(v) for v in b]
+        if len(b) != 6:
+            raise SegmentRequestError(f"box3d {b}: expected X0,Y0,Z0,X1,Y1,Z1")
+        if request.world:
+            a, c = _to_voxel(image, b[:3], True), _to_voxel(image, b[3:], True)
+            b = [min(a[0], c[0]), min(a[1], c[1]), min(a[2], c[2]), max(a[0], c[0]), max(a[1], c[1]), max(a[2], c[2])]
+        prompts.append(ObjectPrompt(label=len(prompts) + 1, box3d=b))
+    if request.points:
+        if prompts:
+            raise SegmentRequestError("on volumes, --point makes its own object; do not mix it with --box/--box3d")
+        pts = []
+        for v in request.points:
+            v = [float(x) for x in v]
+            if len(v) not in (3, 4):
+                raise SegmentRequestError(f"volume points need X,Y,Z[,LABEL]; got {v}")
+            label = v[3] if len(v) == 4 else 1.0
+            pts.append(_to_voxel(image, v[:3], request.world) + [label])
+        prompts.append(ObjectPrompt(label=1, points=pts))
+    if len(prompts) > 255:
+        raise SegmentRequestError("at most 255 objects fit in a uint8 label mask")
+    names = _names(request, len(prompts))
+    for p in prompts:
+        p.name = names.get(p.label)
+    model = _get_predictor(predictor, timings)
+    t = time.perf_counter()
+    seg = segment_volume(
+        image, prompts, model, axis=request.axis, preset=request.preset, window=request.window, progress=progress
+    )
+    timings["segment_s"] = time.perf_counter() - t
+    intensity = seg.preset.describe() if seg.preset else None
+    meta = {
+        "model": model_name or model.engine.arch.name,
+        "backend": model.engine.backend,
+        "intensity": intensity,
+        "axis": request.axis,
+        "axis_frame_of_2d_boxes": AXIS_FRAME[request.axis],
+        "prompts": [{k: v for k, v in p.__dict__.items() if v is not None} for p in prompts],
+        "objects": seg.objects,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    t = time.perf_counter()
+    write_mask(output, seg.labels, image, names=names or {p.label: f"object {p.label}" for p in prompts}, metadata=meta)
+    timings["write_s"] = time.perf_counter() - t
+    record = _record(request, image, output, "volume", _model_info(model, model_name), intensity, seg.objects)
+    if request.ground_truth is not None:
+        record["metrics"] = _metrics(seg.labels, request.ground_truth, image, len(prompts))
+    return record
+
+
+def _record(request: SegmentRequest, image, output: Path, kind: str, model, intensity, objects) -> dict[str, Any]:  # noqa: ANN001
+    return {
+        "image": str(request.image),
+        "output": str(output),
+        "kind": kind,
+        "grid_xyz": list(reversed(image.spatial_shape)),
+        "spacing_xyz": [float(s) for s in image.spacing],
+        "modality": image.modality,
+        "model": model,
+        "intensity": intensity,
+        "prompts": request.prompts(),
+        "objects": objects,
+    }
+
+
+def _metrics(labels: np.ndarray, gt_path: Path, image, n_objects: int) -> dict[str, Any]:  # noqa: ANN001
+    """Per object i: Dice, IoU, NSD (2 mm, or 2 px without spacing), HD95, ASSD against ground-truth label i."""
+    from ..io import read_image
+    from ..metrics import compute_metrics
+
+    gt_image = read_image(gt_path)
+    gt = np.asarray(gt_image.array)
+    if gt.ndim == labels.ndim + 1 and gt.shape[-1] in (3, 4) and not image.is_volume:
+        gt = gt[..., 0]
+    if gt.shape != labels.shape:
+        raise ValueError(f"ground truth {gt_path.name}: grid {gt.shape} differs from the image's {labels.shape}")
+    values = [int(v) for v in np.unique(gt) if v != 0]
+    if len(values) == 1:
+        gt = (gt != 0).astype(np.uint8)
+        values = [1]
+    spacing = tuple(reversed([float(s) for s in image.spacing]))[-labels.ndim :]
+    out: dict[str, Any] = {}
+    for label in range(1, n_objects + 1):
+        if label not in values:
+            out[str(label)] = None  # no ground truth for this object
+            continue
+        m = compute_metrics(labels == label, gt == label, spacing)
+        out[str(label)] = {k: (bool(v) if isinstance(v, (bool, np.bool_)) else round(float(v), 5)) for k, v in m.items()}
+    return out
+
+
+def default_stem(path: str | os.PathLike[str]) -> str:
+    """A file's name without its (medical) suffix: ``ct.nii.gz`` -> ``ct``."""
+    return _stem(Path(path))

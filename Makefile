@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-evaluate bench-everything evaluate-real lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-evaluate bench-everything bench-batch evaluate-real lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-evaluate: $(STAMP)
 
 bench-everything: $(STAMP)
 	$(BIN)/python benchmarks/bench_everything.py
+
+bench-batch: $(STAMP)
+	cd benchmarks && ../$(BIN)/python bench_batch.py
 
 # LiteMedSAM on every 2D set of ../shared/data/real under 12 prompt protocols (~40 min on 2 cores)
 evaluate-real: $(STAMP)

@@ -17,8 +17,8 @@ For each set (default: kvasir_seg and glas_gland_histo from ../shared/data/real)
 Writes experiments/results/samaug/results.json (every run and per-case Dice), table.md (mean ± sd over seeds)
 and prints the table. Runs resume (``--work`` keeps priors and runs; finished runs are not retrained).
 
-Usage: python experiments/samaug_unet.py [--sets kvasir_seg glas_gland_histo] [--seeds 0 1 2] [--size 256]
-       [--epochs-both 20] [--threads 2]
+Usage: python experiments/samaug_unet.py [--sets kvasir_seg glas_gland_histo] [--seeds 0 1 2] [--size 128]
+       [--epochs-both 30] [--lr 3e-3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -118,10 +118,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["kvasir_seg", "glas_gland_histo"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--epochs-both", type=int, default=20, help="epochs of the both runs (raw runs get twice as many)")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--epochs-both", type=int, default=30, help="epochs of the both runs (raw runs get twice as many)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--val-fraction", type=float, default=0.15)
     ap.add_argument("--test-fraction", type=float, default=0.25)

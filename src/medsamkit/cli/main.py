@@ -13,7 +13,7 @@ from .common import CliError, Parser
 
 def build_parser() -> Parser:
     from .. import __version__
-    from . import batch, demo, evaluate, everything, models, samaug, segment, serve, train
+    from . import autoseg, batch, demo, evaluate, everything, finetune, models, samaug, segment, serve, train
 
     parser = Parser(
         prog="medsamkit",
@@ -21,7 +21,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"medsamkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (segment, everything, evaluate, demo, models, serve, samaug, train, batch):
+    for module in (segment, everything, evaluate, demo, models, serve, samaug, train, batch, finetune, autoseg):
         module.add_parser(sub)
     return parser
 

@@ -22,8 +22,10 @@ passes ``train_step(model, batch) -> loss`` and ``val_step(model, batch) -> (mea
 
 torch.distributed: when a process group is initialised, only rank 0 writes files and shows progress, the
 validation sums are all-reduced, and ``set_epoch`` is called on each loader's sampler (``DistributedSampler``,
-see :func:`make_loader`) and dataset when they have one. Wrapping the model in DDP is the caller's job; the
-checkpoints hold the unwrapped module's weights.
+see :func:`make_loader`) and dataset when they have one. :func:`init_distributed` creates the group from
+``torchrun``'s environment (gloo on CPU, NCCL on CUDA) and :func:`wrap_ddp` wraps the model in
+``DistributedDataParallel`` (gradients averaged over the ranks, so every rank keeps identical weights); the caller
+wraps before calling :func:`fit`, and the checkpoints hold the unwrapped module's weights.
 """
 
 from __future__ import annotations
@@ -265,6 +267,51 @@ def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def init_distributed(device: str = "auto") -> bool:
+    """Join the process group ``torchrun`` describes in the environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) when ``WORLD_SIZE`` > 1 and no group exists yet: backend gloo for CPU
+    training, NCCL for CUDA (``device`` as in :class:`TrainConfig`; with CUDA each rank takes the GPU of its
+    ``LOCAL_RANK``). Each rank's torch thread count is lowered to its share of the CPU cores when
+    ``OMP_NUM_THREADS`` is unset. Returns True when this call created the group (the caller then ends it with
+    :func:`shutdown_distributed`), False otherwise (single process, or a group that already exists)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
+        return False
+    use_cuda = resolve_device(device).type == "cuda"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // max(1, local_world)))
+    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return True
+
+
+def shutdown_distributed() -> None:
+    """Leave and destroy the process group (no-op without one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def wrap_ddp(model: nn.Module, device: str | torch.device = "cpu", find_unused_parameters: bool = False) -> nn.Module:
+    """``model`` moved to ``device`` and wrapped in ``DistributedDataParallel`` when a process group with more
+    than one rank exists (rank 0's parameters and buffers are broadcast to every rank at wrapping); the model
+    itself otherwise. Every trainable parameter must take part in each step's loss unless
+    ``find_unused_parameters``."""
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    model.to(dev)
+    if dist_info()[1] <= 1:
+        return model
+    ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def make_loader(

@@ -1,0 +1,291 @@
+"""Adapting LiteMedSAM to real data: decoder fine-tuning, Medical-SAM-Adapter adapters and AutoSAM, against zero-shot
+LiteMedSAM (box prompts) and a MONAI U-Net (no prompts), on 2 CPU cores with a time budget per run.
+
+1. **Zero-shot first.** Box-prompted Dice of the bundled LiteMedSAM on every case of the candidate sets (one tight
+   box per label, the evaluation's ``box`` protocol; ``medsamkit.train.finetune.zero_shot_rows``) ->
+   ``zero_shot.json``. The two weakest candidates plus ``kvasir_seg`` are studied (or ``--sets``).
+2. **One split per set**: ``split_cases`` with ``--split-seed`` (default 0) and val/test fractions 0.15/0.25, the
+   same as ``experiments/samaug_unet.py``, so its U-Nets share the test cases.
+3. For each set and training seed: ``finetune`` in each ``--modes`` (default decoder, adapter, autosam) within
+   ``--minutes`` of wall-clock (the engine starts no epoch that would end past it; the best validation epoch is
+   kept), and a raw-input U-Net (``train_unet``) with the same budget as the prompt-free baseline:
+   * ``decoder``: embeddings cached once per set (``--work``/cache), no augmentation, cosine schedule over
+     ``--decoder-epochs``;
+   * ``adapter``: encoder + decoder adapters (ratio 0.25), MONAI augmentation, the encoder runs every step; constant
+     learning rate (the budget, not the planned epochs, ends the run);
+   * ``autosam``: prompt generator on the image and the cached embedding, cosine over ``--autosam-epochs``;
+   * ``unet``: ``train_unet`` raw input, size 256, cosine over ``--unet-epochs``.
+4. Test Dice at the original resolution (``evaluate_finetune``, PyTorch engine): prompted modes with each object's
+   tight box, against zero-shot LiteMedSAM on the same boxes; AutoSAM and the U-Net with no prompt, on the union of
+   the labels (``evaluate_unet``).
+
+Writes ``experiments/results/finetune/``: ``zero_shot.json``, ``results.json`` (every run: test Dice, zero-shot
+Dice on the same objects, epochs, minutes, parameter counts, adapter file size, per-object Dice) and ``table.md``
+(mean ± sd over seeds of each run's mean test Dice). Runs resume: a finished run (``test_rows.json`` present) is not
+trained again; run folders keep ``adapter.pt`` (``--keep-checkpoints`` also keeps last.pt/best.pt).
+
+Usage (2 CPU threads):
+    python experiments/finetune_real.py                       # zero-shot on the candidates, then 3 sets x 3 seeds
+    python experiments/finetune_real.py --seeds 0 --minutes 30 --sets drive glas_gland_histo kvasir_seg
+    python experiments/finetune_real.py --limit 4 --minutes 1 --decoder-epochs 1 --autosam-epochs 1 \\
+        --unet-epochs 1 --seeds 0 --out /tmp/ft_smoke                                  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDSAMKIT_SHARED", ROOT.parent / "shared"))
+DATA = SHARED / "data" / "real"
+OUT = ROOT / "experiments" / "results" / "finetune"
+CANDIDATES = ["busi_breast_us", "ph2_dermoscopy", "glas_gland_histo", "drive"]
+ALWAYS = "kvasir_seg"
+MODES = ("decoder", "adapter", "autosam")
+
+
+def dataset(name: str, limit: int | None):
+    from medsamkit.evaluate.datasets import load_dataset
+
+    ds = load_dataset(DATA / name)
+    return ds.subset(limit=limit) if limit else ds
+
+
+def zero_shot(names: list[str], args: argparse.Namespace) -> dict:
+    """Mean box Dice per set over all its cases (cached in zero_shot.json)."""
+    from medsamkit.train.finetune import summarize_rows, zero_shot_rows
+
+    f = args.out / "zero_shot.json"
+    doc = json.loads(f.read_text()) if f.is_file() else {}
+    for name in names:
+        key = f"{name}@{args.limit}" if args.limit else name
+        if key in doc:
+            continue
+        t0 = time.perf_counter()
+        rows = zero_shot_rows(dataset(name, args.limit), backend="auto")
+        s = summarize_rows(rows, ("dice",))["dice"]
+        doc[key] = {
+            "mean": round(s["mean"], 4),
+            "sd": round(s["sd"], 4),
+            "objects": s["n"],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(f"zero-shot box Dice {name}: {doc[key]}", flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(doc, indent=1) + "\n")
+    return {n: doc[f"{n}@{args.limit}" if args.limit else n] for n in names}
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [float(r[key]) for r in rows if r.get(key) is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
+    from medsamkit.train.finetune import default_config, evaluate_finetune, finetune
+
+    run = args.work / name / f"{mode}-s{seed}"
+    rows_file = run / "test_rows.json"
+    if not rows_file.is_file():
+        if run.exists():
+            shutil.rmtree(run)  # an unfinished run (killed) starts again: its budget would not be comparable
+        ds = dataset(name, args.limit)
+        common = {
+            "split_seed": args.split_seed,
+            "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction,
+        }
+        cache = str(args.work / name / "embeddings")
+        if mode == "decoder":
+            cfg = default_config(mode, epochs=args.decoder_epochs, seed=seed, max_minutes=args.minutes)
+            opts = {"cache_embeddings": cache}
+        elif mode == "autosam":
+            cfg = default_config(mode, epochs=args.autosam_epochs, seed=seed, max_minutes=args.minutes)
+            opts = {"cache_embeddings": cache, "autosam_input": "both"}
+        elif mode == "adapter":
+            cfg = default_config(
+                mode, epochs=args.adapter_epochs, batch_size=2, schedule="constant", seed=seed, max_minutes=args.minutes
+            )
+            opts = {"adapter_ratio": 0.25}
+        else:
+            raise ValueError(mode)
+        res = finetune(ds, run, mode, config=cfg, progress=True, **common, **opts)
+        rows = evaluate_finetune(run, ds, backend=args.eval_backend, progress=True)
+        rows_file.write_text(json.dumps(rows) + "\n")
+        if not args.keep_checkpoints:
+            for f in ("last.pt", "best.pt"):
+                (run / f).unlink(missing_ok=True)
+        del res
+    rows = json.loads(rows_file.read_text())
+    doc = json.loads((run / "finetune.json").read_text())
+    out = {
+        "set": name,
+        "mode": mode,
+        "seed": seed,
+        "test_dice": _mean(rows, "dice"),
+        "zero_shot_dice": _mean(rows, "zero_shot_dice"),
+        "test_objects": len(rows),
+        "epochs": doc["epochs"],
+        "stop_reason": doc["stop_reason"],
+        "best_epoch": doc["best_epoch"],
+        "best_val_dice": doc["best_val_dice"],
+        "train_minutes": round(doc["seconds"]["fit"] / 60, 2),
+        "encode_minutes": round(doc["seconds"]["encode"] / 60, 2),
+        "lr": doc["config"]["lr"],
+        "batch_size": doc["config"]["batch_size"],
+        "trainable_parameters": doc["parameters"]["trainable"],
+        "trainable_percent": doc["parameters"]["trainable_percent"],
+        "adapter_bytes": doc["adapter_bytes"],
+        "items": doc["items"],
+        "per_object": {f"{r['image']}#{r['object']}": round(float(r["dice"]), 4) for r in rows},
+    }
+    print(json.dumps({k: v for k, v in out.items() if k != "per_object"}), flush=True)
+    return out
+
+
+def run_unet(name: str, seed: int, args: argparse.Namespace) -> dict:
+    from medsamkit.train import TrainConfig, evaluate_unet, read_metrics, train_unet
+
+    run = args.work / name / f"unet-s{seed}"
+    rows_file = run / "test_rows.json"
+    ds = dataset(name, args.limit)
+    if not rows_file.is_file():
+        if run.exists():
+            shutil.rmtree(run)
+        cfg = TrainConfig(epochs=args.unet_epochs, batch_size=8, lr=1e-3, seed=seed, max_minutes=args.minutes)
+        train_unet(
+            ds,
+            run,
+            "raw",
+            size=256,
+            config=cfg,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            split_seed=args.split_seed,
+            progress=True,
+        )
+        rows = evaluate_unet(run, ds, split="test")
+        rows_file.write_text(json.dumps(rows) + "\n")
+        if not args.keep_checkpoints:
+            (run / "last.pt").unlink(missing_ok=True)
+    rows = json.loads(rows_file.read_text())
+    metrics = read_metrics(run)
+    out = {
+        "set": name,
+        "mode": "unet",
+        "seed": seed,
+        "test_dice": _mean(rows, "dice"),
+        "zero_shot_dice": None,
+        "test_objects": len(rows),
+        "epochs": len(metrics),
+        "train_minutes": round(sum(float(m["seconds"]) for m in metrics) / 60, 2),
+        "per_object": {r["case"]: round(float(r["dice"]), 4) for r in rows},
+    }
+    print(json.dumps({k: v for k, v in out.items() if k != "per_object"}), flush=True)
+    return out
+
+
+LABELS = {
+    "zero-shot": "zero-shot LiteMedSAM (box)",
+    "decoder": "decoder fine-tuned (box)",
+    "adapter": "adapters (box)",
+    "autosam": "AutoSAM (no prompt)",
+    "unet": "U-Net, raw input (no prompt)",
+}
+
+
+def table(results: list[dict], zs: dict) -> str:
+    lines = [
+        "| set | model | seeds | test Dice mean ± sd | zero-shot on the same boxes | epochs | train min/run | trainable params |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["set"] for r in results):
+        z = zs.get(name)
+        if z:
+            lines.append(f"| {name} | zero-shot, all cases (box) | - | {z['mean']:.3f} ± {z['sd']:.3f} (objects) | | | | |")
+        for mode in (*MODES, "unet"):
+            rs = [r for r in results if r["set"] == name and r["mode"] == mode and r["test_dice"] is not None]
+            if not rs:
+                continue
+            v = np.array([r["test_dice"] for r in rs])
+            sd = f"{v.std(ddof=1):.3f}" if len(v) > 1 else "-"
+            zsd = [r["zero_shot_dice"] for r in rs if r.get("zero_shot_dice") is not None]
+            zcell = f"{np.mean(zsd):.3f}" if zsd else ""
+            epochs = "/".join(str(r["epochs"]) for r in rs)
+            mins = np.mean([r["train_minutes"] for r in rs])
+            params = f"{rs[0]['trainable_parameters']:,}" if "trainable_parameters" in rs[0] else ""
+            lines.append(
+                f"| {name} | {LABELS[mode]} | {len(rs)} | {v.mean():.3f} ± {sd} | {zcell} | {epochs} | {mins:.1f} | {params} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--candidates", nargs="+", default=CANDIDATES, help="sets whose zero-shot Dice is measured first")
+    ap.add_argument("--sets", nargs="+", help="study these sets (default: the two weakest candidates + kvasir_seg)")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--no-unet", action="store_true", help="skip the U-Net baseline")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of each training run")
+    ap.add_argument("--decoder-epochs", type=int, default=40)
+    ap.add_argument("--adapter-epochs", type=int, default=100, help="upper bound; the budget ends adapter runs")
+    ap.add_argument("--autosam-epochs", type=int, default=40)
+    ap.add_argument("--unet-epochs", type=int, default=60)
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--val-fraction", type=float, default=0.15)
+    ap.add_argument("--test-fraction", type=float, default=0.25)
+    ap.add_argument("--limit", type=int, help="first N cases of each set (smoke tests)")
+    ap.add_argument("--eval-backend", default="torch", choices=("torch", "auto", "onnxruntime"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep-checkpoints", action="store_true", help="keep last.pt/best.pt of finished runs")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--work", type=Path, help="run folders and embedding caches (default OUT/work)")
+    args = ap.parse_args()
+    args.work = args.work or args.out / "work"
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("MEDSAMKIT_THREADS", str(args.threads))
+    zs = zero_shot(sorted(set(args.candidates) | set(args.sets or [])), args)
+    sets = args.sets or [*sorted(args.candidates, key=lambda n: zs[n]["mean"])[:2], ALWAYS]
+    known = ", ".join(f"{n} {zs[n]['mean']:.3f}" for n in sets if n in zs)
+    print(f"sets: {sets} (zero-shot box Dice {known})", flush=True)
+    zs.update(zero_shot([n for n in sets if n not in zs], args))
+    results_file = args.out / "results.json"
+    previous = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []
+    results: list[dict] = []
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+    def save() -> None:
+        done = {(r["set"], r["mode"], r["seed"]) for r in results}
+        doc = {
+            "settings": settings,
+            "zero_shot": zs,
+            "runs": [r for r in previous if (r["set"], r["mode"], r["seed"]) not in done] + results,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(json.dumps(doc, indent=1) + "\n")
+
+    for name in sets:
+        for seed in args.seeds:
+            for mode in args.modes:
+                results.append(run_mode(name, mode, seed, args))
+                save()
+            if not args.no_unet:
+                results.append(run_unet(name, seed, args))
+                save()
+    text = table(json.loads(results_file.read_text())["runs"], zs)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

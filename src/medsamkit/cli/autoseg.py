@@ -1,0 +1,87 @@
+"""``medsamkit autoseg``: prompt-free segmentation with a trained AutoSAM run (``medsamkit finetune --mode autosam``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .common import CliError, positive_int, say
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "autoseg",
+        help="segment an image without prompts with a trained AutoSAM run",
+        description="Segment IMAGE with no prompt: the AutoSAM prompt generator of RUN_DIR (from `medsamkit finetune "
+        "--mode autosam`) replaces the prompts of its base model. Writes a uint8 mask (1 = foreground) on the "
+        "image's grid with a JSON sidecar. Volumes are segmented slice by slice along z (the intensity preset is "
+        "fitted on the whole volume, as in training).",
+    )
+    p.add_argument("image", type=Path, help="input: PNG/JPEG/TIFF/BMP, NIfTI, NRRD, MHA, npz, a DICOM file or series folder")
+    p.add_argument("--autosam", type=Path, required=True, metavar="RUN_DIR", help="AutoSAM run folder (or its adapter.pt)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output mask (.png for 2D; .nii.gz, .nrrd, .mha for volumes)")
+    p.add_argument("--modality", help="override the modality the file states or that is guessed (CT, MR, ...)")
+    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when a DICOM folder holds several")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "onnxruntime", "torch"),
+        default="auto",
+        help="engine of the image encoder (default auto: ONNX Runtime when installed); the rest runs in PyTorch",
+    )
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from ..io import ImageReadError, read_image, write_mask
+    from ..models import WeightsError
+    from ..train.finetune import AutoSegmenter, load_autosam
+
+    t0 = time.perf_counter()
+    try:
+        image = read_image(args.image, series_uid=args.series, modality=args.modality)
+        model = load_autosam(args.autosam)
+        seg = AutoSegmenter(model, backend=args.backend, threads=args.threads)
+        if image.is_volume:
+            mask = _volume(seg, image, args.modality, show=not args.quiet and sys.stderr.isatty())
+        else:
+            from ..train.data import to_picture
+
+            mask = seg.segment(to_picture(image, args.modality)).mask.astype(np.uint8)
+        info = model.adapter_info
+        meta = {
+            "model": f"{Path(str(info['base']['model'])).name}+autosam",
+            "run": str(args.autosam),
+            "adapter_epoch": info.get("epoch"),
+            "prompt": "none (AutoSAM prompt generator)",
+            "backend": seg.predictor.engine.backend,
+        }
+        write_mask(args.output, mask, like=image, names={1: "foreground"}, metadata=meta)
+    except (ImageReadError, WeightsError, ValueError, FileNotFoundError) as e:
+        raise CliError(str(e).strip().splitlines()[0], code=1) from e
+    if not args.quiet:
+        say(f"{args.output}: {int(mask.sum())} foreground pixel(s) of {mask.size}; {time.perf_counter() - t0:.2f} s")
+
+
+def _volume(seg, image, modality: str | None, show: bool):  # noqa: ANN001, ANN202
+    import numpy as np
+
+    from ..preprocess.intensity import resolve_preset
+
+    if image.is_rgb:
+        raise ValueError("RGB volumes are not supported")
+    fitted = resolve_preset(image.array, modality or image.modality, "auto")
+    out = np.zeros(image.spatial_shape, np.uint8)
+    zs = range(image.spatial_shape[0])
+    if show:
+        from tqdm import tqdm
+
+        zs = tqdm(zs, desc="slices", unit="slice", leave=False)
+    for z in zs:
+        out[z] = seg.segment(fitted.apply(image.array[z])).mask
+    return out

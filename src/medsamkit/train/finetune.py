@@ -1,0 +1,1397 @@
+"""Adapting a SAM-family model to a labelled dataset: five modes, prompt sampling, cached embeddings, evaluation.
+
+:func:`finetune` splits a dataset (``run_dir/split.json``, the same :func:`~medsamkit.train.data.split_cases` as
+the U-Net, so a fixed ``split_seed`` gives both the same test cases), trains through
+:func:`medsamkit.train.engine.fit` and writes ``run_dir/adapter.pt``: **only the trained parameters** of the best
+epoch, loaded on top of the base checkpoint by :func:`load_adapted` (``medsamkit segment --adapter``) or, for
+AutoSAM, :func:`load_autosam` (``medsamkit autoseg``).
+
+Modes (:data:`MODES`); the prompt encoder is always frozen, BatchNorm layers always use their stored statistics:
+
+* ``decoder``: the mask decoder (MedSAM's decoder-only recipe);
+* ``full``: image encoder + mask decoder (MedSAM's recipe);
+* ``adapter``: bottleneck adapters in every encoder block and the decoder's two-way transformer
+  (:mod:`medsamkit.models.adapters`), base frozen;
+* ``lora``: low-rank updates of the attention projections (:mod:`medsamkit.models.lora`), base frozen;
+* ``autosam``: a prompt generator (:mod:`medsamkit.models.autosam`) replaces the prompts; SAM frozen (optionally
+  the decoder trained too). Trained and evaluated without any prompt, on the union of the target labels.
+
+In ``decoder`` and ``full`` mode the IoU-prediction head and the three multimask hypernetworks stay frozen: the loss
+only sees the single-mask output (output 0), so they would receive no gradient (and weight decay alone would move them).
+
+**Samples.** Every image (2D case, or an axial slice of a 3D case that holds the target: ``case@z``; the volume's
+intensity preset is fitted on the whole volume) gives one sample per **object**: each label value present
+(``objects="label"``, the evaluation's ``box`` protocol) or each connected component (``"component"``); objects with
+fewer than ``min_pixels`` pixels are skipped. Pictures are made as for the evaluation (the ``auto`` intensity
+preset) and fed through the model family's own pipeline (:mod:`medsamkit.preprocess.transforms`), exactly as
+:class:`~medsamkit.predict.Predictor` does at inference. Targets are the object masks mapped into the model-input
+frame (nearest neighbour onto the resized image, zero padding) at the low-res logit size.
+
+**Prompts**, sampled on the fly in the model-input frame: ``box`` (the object's tight box, each side moved outwards
+by a random 0..``bbox_shift`` pixels, MedSAM's jitter; 5 px at LiteMedSAM's 256 input), ``points``
+(``num_points`` random foreground pixels + SAM's padding point) or ``mixed`` (box or points per batch, p = 0.5).
+Validation uses the tight box (``points``: fixed random points). Draws are seeded by (seed, epoch, item).
+
+**Augmentation** (training items, when the encoder runs in the step): MONAI flips along both axes (p = 0.5 each),
+a rotation by k x 90 degrees (p = 0.5), a gamma contrast change in [0.7, 1.5] (p = 0.3) and Gaussian noise of
+sd 0.02 (p = 0.2) on the picture before the model's preprocessing (min-max normalisation would cancel a plain
+intensity scale or shift).
+
+**Cached embeddings** (``cache_embeddings=DIR``, modes ``decoder`` and ``autosam``, whose image encoder is frozen):
+every train/val picture is encoded once by the base model and stored in ``DIR`` under a content key (weights,
+pipeline, input size, picture bytes: :func:`medsamkit.predict.cache.embedding_key`, shared with ``medsamkit segment
+--embedding-cache``); training then never runs the encoder, and the pictures are not augmented. Without a cache,
+frozen-encoder modes still encode the validation pictures only once (in memory).
+
+**Distributed**: under ``torchrun`` every rank joins a gloo (CPU) / NCCL (CUDA) group, the model is wrapped in
+``DistributedDataParallel`` and each rank trains on its share of every epoch; rank 0 encodes the cache and writes
+every file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from .._files import atomic_write, atomic_write_text
+from ..evaluate.datasets import Case, Dataset, load_case
+from .data import Split, open_dataset, read_split, split_cases, to_picture, write_split
+from .engine import (
+    FitResult,
+    TrainConfig,
+    dist_info,
+    fit,
+    init_distributed,
+    load_checkpoint,
+    make_loader,
+    resolve_device,
+    seed_everything,
+    segmentation_dice,
+    shutdown_distributed,
+    wrap_ddp,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("decoder", "full", "adapter", "lora", "autosam")
+PROMPTS = ("box", "points", "mixed")
+OBJECTS = ("label", "component")
+AUTOSAM_INPUTS = ("image", "embedding", "both")
+ADAPTER_FORMAT = "medsamkit.finetune/1"
+ADAPTER_FILE = "adapter.pt"
+SUMMARY_FILE = "finetune.json"
+#: modes whose image encoder is the base model's (their embeddings can be cached)
+FROZEN_ENCODER_MODES = ("decoder", "autosam")
+#: AdamW learning rate of each mode when none is given (zero-initialised adapters and new networks take larger steps)
+DEFAULT_LR = {"decoder": 1e-4, "full": 3e-5, "adapter": 5e-4, "lora": 5e-4, "autosam": 1e-3}
+
+
+def default_config(mode: str = "decoder", **overrides: Any) -> TrainConfig:
+    """The training-loop settings :func:`finetune` uses when given none: 20 epochs, batch size 4, AdamW with the
+    mode's :data:`DEFAULT_LR` and weight decay 0.01 (MedSAM's), cosine schedule; ``overrides`` replace any field."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    settings: dict[str, Any] = {"epochs": 20, "batch_size": 4, "lr": DEFAULT_LR[mode], "weight_decay": 0.01}
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+# ---------------------------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """What :func:`finetune` adapts and how (the training loop's settings are a :class:`TrainConfig`).
+
+    mode: one of :data:`MODES`. model: registry name or checkpoint path of the base; checkpoint: another weight
+    file for ``model``'s architecture. size: model input side S (default the architecture's; other sizes for
+    TinyViT models only, a multiple of 16 >= 64: the embedding grid is S/4).
+    prompt: "box", "points" or "mixed"; num_points: points per prompt; bbox_shift: maximum outward move of each
+    box side, model-input pixels. objects: "label" or "component"; label: train on one label value only;
+    min_pixels: smallest object (pixels on the original grid). slices_per_case: 3D cases give at most this many
+    slices (evenly spaced among the slices holding the target; None: all).
+    augment: train-time augmentation (see the module docstring). cache_embeddings: folder of the embedding cache
+    (decoder/autosam). encode_backend: engine that fills the cache ("auto": ONNX Runtime when installed).
+    adapter_ratio, adapter_mlp_scale: :class:`~medsamkit.models.adapters.AdapterConfig`. lora_rank, lora_alpha:
+    :class:`~medsamkit.models.lora.LoraConfig`. autosam_tokens: k sparse tokens; autosam_input: what the generator
+    reads ("image", "embedding" or "both"); autosam_train_decoder: also train the mask decoder.
+    val_fraction, test_fraction, split_seed: the split (split_seed None: the training seed).
+    """
+
+    mode: str = "decoder"
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    size: int | None = None
+    prompt: str = "box"
+    num_points: int = 1
+    bbox_shift: int = 5
+    objects: str = "label"
+    label: int | None = None
+    min_pixels: int = 1
+    slices_per_case: int | None = None
+    augment: bool = True
+    cache_embeddings: str | None = None
+    encode_backend: str = "auto"
+    adapter_ratio: float = 0.25
+    adapter_mlp_scale: float = 0.5
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    autosam_tokens: int = 2
+    autosam_input: str = "both"
+    autosam_train_decoder: bool = False
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        def check_int(name: str, minimum: int, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {v!r}")
+
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.prompt not in PROMPTS:
+            raise ValueError(f"unknown prompt {self.prompt!r}; use one of {', '.join(PROMPTS)}")
+        if self.objects not in OBJECTS:
+            raise ValueError(f"unknown objects {self.objects!r}; use 'label' or 'component'")
+        if self.autosam_input not in AUTOSAM_INPUTS:
+            raise ValueError(f"unknown autosam_input {self.autosam_input!r}; use one of {', '.join(AUTOSAM_INPUTS)}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a registry name or a checkpoint path, got {self.model!r}")
+        check_int("num_points", 1)
+        check_int("bbox_shift", 0)
+        check_int("min_pixels", 1)
+        check_int("lora_rank", 1)
+        check_int("autosam_tokens", 0)
+        check_int("label", 1, optional=True)
+        check_int("slices_per_case", 1, optional=True)
+        check_int("split_seed", 0, optional=True)
+        check_int("size", 64, optional=True)
+        if self.size is not None and self.size % 16:
+            raise ValueError(f"size must be a multiple of 16, got {self.size}")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+        if self.cache_embeddings is not None and self.mode not in FROZEN_ENCODER_MODES:
+            raise ValueError(
+                f"cached embeddings need a frozen image encoder (modes {', '.join(FROZEN_ENCODER_MODES)}); "
+                f"mode {self.mode!r} trains the encoder"
+            )
+        if self.encode_backend not in ("auto", "onnxruntime", "torch"):
+            raise ValueError(f"unknown encode_backend {self.encode_backend!r}; use auto, onnxruntime or torch")
+        # the structure options are validated by their configs
+        self.adapter_config()
+        self.lora_config()
+
+    def adapter_config(self):  # noqa: ANN201 - AdapterConfig
+        from ..models.adapters import AdapterConfig
+
+        return AdapterConfig(ratio=self.adapter_ratio, mlp_scale=self.adapter_mlp_scale)
+
+    def lora_config(self):  # noqa: ANN201 - LoraConfig
+        from ..models.lora import LoraConfig
+
+        return LoraConfig(rank=int(self.lora_rank), alpha=self.lora_alpha)
+
+    @property
+    def cached(self) -> bool:
+        return self.cache_embeddings is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown finetune option(s): {', '.join(unknown)}")
+        return cls(**dict(data))
+
+
+# options that may differ between a run and its resumption (they do not change what is trained)
+_RESUMABLE_CHANGES = ("cache_embeddings", "encode_backend")
+
+
+# ------------------------------------------------------------------------------------------------ base models
+
+
+def arch_to_dict(spec: Any) -> dict[str, Any]:
+    """An :class:`~medsamkit.models.configs.ArchSpec` as plain JSON-able data (see :func:`arch_from_dict`)."""
+    from ..models.configs import ViTConfig
+
+    enc = spec.encoder
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(enc).items()}
+    return {
+        "name": spec.name,
+        "pipeline": spec.pipeline,
+        "encoder": "vit" if isinstance(enc, ViTConfig) else "tiny_vit",
+        "config": cfg,
+    }
+
+
+def arch_from_dict(data: Mapping[str, Any]) -> Any:
+    from ..models.configs import ArchSpec, TinyViTConfig, ViTConfig
+
+    try:
+        cls = {"vit": ViTConfig, "tiny_vit": TinyViTConfig}[data["encoder"]]
+        cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(data["config"]).items()}
+        return ArchSpec(str(data["name"]), cls(**cfg), data["pipeline"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not an architecture description: {e}") from e
+
+
+def load_base(
+    model: str | os.PathLike[str] | nn.Module = "litemedsam",
+    checkpoint: str | os.PathLike[str] | None = None,
+    size: int | None = None,
+):  # noqa: ANN201 - SamModel
+    """The base ``SamModel`` (eval mode, CPU): a registry name or checkpoint path (``models.load``), or a module
+    (used as is). size: rebuild a TinyViT model for an ``S x S`` input (same weights); ValueError for ViT models."""
+    from ..models import load
+    from ..models.configs import TinyViTConfig
+    from ..models.loading import WeightsRef
+    from ..models.sam import SamModel
+
+    if isinstance(model, nn.Module):
+        if not (hasattr(model, "image_encoder") and hasattr(model, "mask_decoder") and hasattr(model, "spec")):
+            raise ValueError(f"model must be a SamModel, got {type(model).__name__}")
+        net = model
+    else:
+        net = load(model, checkpoint=checkpoint)
+    spec = net.spec
+    if size is None or int(size) == spec.img_size:
+        return net
+    if not isinstance(spec.encoder, TinyViTConfig):
+        raise ValueError(f"size {size}: only TinyViT models ({spec.name} is a ViT) can be rebuilt for another input size")
+    enc = replace(spec.encoder, img_size=int(size))
+    new_spec = replace(spec, name=f"{spec.name.split('@')[0]}@{int(size)}", encoder=enc)
+    resized = SamModel(new_spec)
+    resized.load_state_dict(net.state_dict(), strict=True)
+    resized.eval()
+    ref = getattr(net, "weights", None)
+    if ref is not None:
+        resized.weights = WeightsRef(ref.name, new_spec, ref.path, ref.sha256)
+    return resized
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a module's state (names, shapes, bytes): the identity of a base model an adapter file needs."""
+    from ..models.backends.onnx import state_dict_digest
+
+    return state_dict_digest(model)
+
+
+# ---------------------------------------------------------------------------------------------- model building
+
+
+class FinetuneModel(nn.Module):
+    """The trained network: a ``SamModel`` (possibly adapted) and, in autosam mode, a prompt generator.
+
+    ``forward(batch, prompt)`` returns the single-mask low-res logits ``(N, 1, L, L)`` (L = 4 x embedding grid).
+    batch: ``{"image": (N, 3, S, S) model inputs, "embedding": (N, 256, g, g), "box": (N, 4) model-input x0, y0,
+    x1, y1, "points": (N, k, 2) model-input x, y}``; the embedding is computed from the image when absent.
+    prompt: "box" or "points" (ignored in autosam mode). BatchNorm layers stay in eval mode in training.
+    """
+
+    def __init__(self, sam: nn.Module, mode: str, generator: nn.Module | None = None) -> None:
+        super().__init__()
+        self.sam = sam
+        self.mode = mode
+        self.generator = generator
+
+    def train(self, mode: bool = True) -> FinetuneModel:
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, batch: Mapping[str, torch.Tensor], prompt: str = "box") -> torch.Tensor:
+        emb = batch.get("embedding")
+        image = batch.get("image")
+        if emb is None:
+            if image is None:
+                raise ValueError("a batch needs 'image' and/or 'embedding'")
+            emb = self.sam.encode(image)
+        zero = torch.zeros(1, dtype=torch.long, device=emb.device)
+        if self.generator is not None:
+            sparse, dense = self.generator(image if self.generator.config.use_image else None, emb)
+            pe = self.sam.prompt_encoder.dense_pe()
+            logits, _ = self.sam.mask_decoder.predict_all(emb, pe, sparse, dense, zero)
+            return logits
+        coords, labels = prompt_tensors(batch, prompt)
+        logits, _ = self.sam.decode(emb, coords, labels, outputs=zero)
+        return logits
+
+
+def prompt_tensors(batch: Mapping[str, torch.Tensor], prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labelled points of a batch's prompts: box -> ``(N, 2, 2)`` corners labelled 2, 3; points -> ``(N, k + 1, 2)``
+    labelled 1 plus SAM's padding point (label -1), as :class:`~medsamkit.predict.Predictor` builds them."""
+    if prompt == "box":
+        box = batch["box"].float()
+        n = box.shape[0]
+        labels = torch.tensor([2.0, 3.0], device=box.device).expand(n, 2)
+        return box.view(n, 2, 2), labels
+    if prompt == "points":
+        pts = batch["points"].float()
+        n, k = pts.shape[:2]
+        coords = torch.cat([pts, pts.new_zeros(n, 1, 2)], dim=1)
+        labels = torch.cat([pts.new_ones(n, k), pts.new_full((n, 1), -1.0)], dim=1)
+        return coords, labels
+    raise ValueError(f"unknown prompt {prompt!r}; use 'box' or 'points'")
+
+
+def _decoder_trainable(decoder: nn.Module) -> list[nn.Parameter]:
+    """The mask decoder's parameters that shape output 0 (all but the IoU head and hypernetworks 1-3)."""
+    skip = {id(p) for p in decoder.iou_prediction_head.parameters()}
+    for mlp in list(decoder.output_hypernetworks_mlps)[1:]:
+        skip |= {id(p) for p in mlp.parameters()}
+    return [p for p in decoder.parameters() if id(p) not in skip]
+
+
+def build_model(sam: nn.Module, options: FinetuneOptions) -> FinetuneModel:
+    """Adapt ``sam`` in place for ``options.mode`` and set ``requires_grad`` so that exactly the mode's
+    parameters train (see the module docstring)."""
+    mode = options.mode
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    generator = None
+    trainable: list[nn.Parameter] = []
+    if mode == "decoder":
+        trainable = _decoder_trainable(sam.mask_decoder)
+    elif mode == "full":
+        enc = sam.image_encoder
+        unused = {id(p) for name in ("norm_head", "head") if hasattr(enc, name) for p in getattr(enc, name).parameters()}
+        trainable = [p for p in enc.parameters() if id(p) not in unused] + _decoder_trainable(sam.mask_decoder)
+    elif mode == "adapter":
+        from ..models.adapters import adapter_parameters, add_adapters
+
+        add_adapters(sam, options.adapter_config())
+        trainable = adapter_parameters(sam)
+    elif mode == "lora":
+        from ..models.lora import add_lora, lora_parameters
+
+        add_lora(sam, options.lora_config())
+        trainable = lora_parameters(sam)
+    else:
+        generator = build_generator(sam, options)
+        trainable = list(generator.parameters())
+        if options.autosam_train_decoder:
+            trainable += _decoder_trainable(sam.mask_decoder)
+    for p in trainable:
+        p.requires_grad_(True)
+    return FinetuneModel(sam, mode, generator)
+
+
+def build_generator(sam: nn.Module, options: FinetuneOptions):  # noqa: ANN201 - PromptGenerator
+    from ..models.autosam import PromptGenerator, autosam_config_for
+
+    cfg = autosam_config_for(
+        sam,
+        num_sparse=int(options.autosam_tokens),
+        use_image=options.autosam_input in ("image", "both"),
+        use_embedding=options.autosam_input in ("embedding", "both"),
+    )
+    ref = sam.prompt_encoder.no_mask_embed.weight
+    return PromptGenerator(cfg, ref).to(device=ref.device, dtype=ref.dtype)
+
+
+def parameter_counts(model: nn.Module, base_parameters: int) -> dict[str, Any]:
+    """``trainable``, ``total`` (base + added), ``base`` and ``trainable_percent`` (of the base model)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "trainable": int(trainable),
+        "total": int(total),
+        "base": int(base_parameters),
+        "trainable_percent": round(100.0 * trainable / max(1, base_parameters), 3),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ images
+
+
+@dataclass
+class ImageRecord:
+    """One 2D training/evaluation image: a case, or a slice of a 3D case (``id`` = ``case@z``; slice -1 for 2D).
+
+    picture: uint8 ``(H, W)`` or ``(H, W, 3)``; objects: int32 ``(H, W)`` map, 0 = background, object i = value
+    ``object_ids[i]``; object_labels: the label value of each object; union: bool ``(H, W)`` of every target label.
+    """
+
+    id: str
+    case: str
+    slice: int
+    picture: np.ndarray
+    objects: np.ndarray
+    object_ids: list[int]
+    object_labels: list[int]
+    union: np.ndarray
+    key: str | None = None
+
+    def object_mask(self, i: int) -> np.ndarray:
+        return self.objects == self.object_ids[i]
+
+
+def _object_map(
+    labels: np.ndarray, values: Sequence[int], objects: str, min_pixels: int
+) -> tuple[np.ndarray, list[int], list[int]]:
+    from scipy import ndimage
+
+    out = np.zeros(labels.shape, np.int32)
+    ids: list[int] = []
+    owners: list[int] = []
+    structure = ndimage.generate_binary_structure(2, 2)
+    for v in values:
+        m = labels == v
+        if objects == "label":
+            if int(m.sum()) >= min_pixels:
+                ids.append(len(ids) + 1)
+                owners.append(int(v))
+                out[m] = ids[-1]
+            continue
+        lab, n = ndimage.label(m, structure=structure)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        for c in range(1, n + 1):
+            if sizes[c] >= min_pixels:
+                ids.append(len(ids) + 1)
+                owners.append(int(v))
+                out[lab == c] = ids[-1]
+    return out, ids, owners
+
+
+def _record(case_id: str, z: int, picture: np.ndarray, labels: np.ndarray, options: FinetuneOptions) -> ImageRecord | None:
+    values = [int(v) for v in np.unique(labels) if v > 0]
+    if options.label is not None:
+        values = [v for v in values if v == options.label]
+    if not values:
+        return None
+    union = np.isin(labels, values)
+    if options.mode == "autosam":  # one foreground object per image
+        objects = union.astype(np.int32)
+        ids, owners = ([1], [values[0]]) if int(union.sum()) >= options.min_pixels else ([], [])
+    else:
+        objects, ids, owners = _object_map(labels, values, options.objects, options.min_pixels)
+    if not ids:
+        return None
+    rid = case_id if z < 0 else f"{case_id}@{z}"
+    return ImageRecord(rid, case_id, z, np.ascontiguousarray(picture), objects, ids, owners, union)
+
+
+def read_images(cases: Sequence[Case], options: FinetuneOptions) -> list[ImageRecord]:
+    """The images of ``cases`` with their objects (2D cases as they are; 3D cases as axial slices holding the
+    target, at most ``options.slices_per_case`` evenly spaced ones). Images without a usable object are left out."""
+    from ..preprocess.intensity import resolve_preset
+
+    out: list[ImageRecord] = []
+    for case in cases:
+        image, mask = load_case(case)
+        if not image.is_volume:
+            rec = _record(case.id, -1, to_picture(image, case.modality), mask, options)
+            if rec is not None:
+                out.append(rec)
+            continue
+        if image.is_rgb:
+            raise ValueError(f"case {case.id}: RGB volumes are not supported")
+        fitted = resolve_preset(image.array, case.modality or image.modality, "auto")
+        target = mask > 0 if options.label is None else mask == options.label
+        zs = np.flatnonzero(target.reshape(target.shape[0], -1).sum(axis=1) >= options.min_pixels)
+        if options.slices_per_case is not None and zs.size > options.slices_per_case:
+            zs = zs[np.unique(np.round(np.linspace(0, zs.size - 1, options.slices_per_case)).astype(int))]
+        for z in zs:
+            rec = _record(case.id, int(z), fitted.apply(image.array[z]), np.asarray(mask[z]), options)
+            if rec is not None:
+                out.append(rec)
+    return out
+
+
+def to_model_frame(mask: np.ndarray, geometry: Any) -> np.ndarray:
+    """bool ``(H, W)`` on the image grid -> uint8 ``(S, S)`` in the model-input frame: nearest neighbour onto the
+    resized image (``geometry.resized``), zero elsewhere (the padding)."""
+    h, w = geometry.resized
+    s = geometry.input_size
+    small = cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    out = np.zeros((s, s), np.uint8)
+    out[:h, :w] = small
+    return out
+
+
+def _to_low_res(target: np.ndarray, low_res: int) -> np.ndarray:
+    if target.shape[0] == low_res:
+        return target
+    return cv2.resize(target, (low_res, low_res), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+# ----------------------------------------------------------------------------------------------------- dataset
+
+
+def _augment_transform():
+    from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandGaussianNoised, RandRotate90d
+
+    keys = ["image", "mask"]
+    return Compose(
+        [
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandRotate90d(keys, prob=0.5, max_k=3),
+            RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+            RandGaussianNoised("image", prob=0.2, mean=0.0, std=0.02),
+        ]
+    )
+
+
+def _plain(x: Any) -> np.ndarray:
+    t = x.as_tensor() if hasattr(x, "as_tensor") else x
+    return t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+class FinetuneDataset(torch.utils.data.Dataset):
+    """Items of one split: one per (image, object). Item: ``{"target": float32 (1, L, L), "box": float32 (4,),
+    "points": float32 (k, 2), "image": float32 (3, S, S)?, "embedding": float32 (256, g, g)?}`` (coordinates in
+    the model-input frame, x = column). ``image`` is present when the encoder runs in the step or the prompt
+    generator reads it; ``embedding`` when an embedding cache is given.
+
+    train: random prompt jitter and augmentation (seeded by (seed, epoch, index)); else tight boxes and fixed points.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[ImageRecord],
+        transform: Any,
+        low_res: int,
+        options: FinetuneOptions,
+        *,
+        train: bool,
+        seed: int = 0,
+        cache: Any = None,
+        need_image: bool = True,
+    ) -> None:
+        self.images = list(images)
+        self.transform = transform
+        self.low_res = int(low_res)
+        self.options = options
+        self.train = train
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cache = cache
+        self.need_image = need_image or cache is None
+        self.augment = train and options.augment and cache is None
+        self._aug = _augment_transform() if self.augment else None
+        self.items: list[tuple[int, int]] = []
+        self.dropped = 0
+        for i, rec in enumerate(self.images):
+            geom = self._geometry(rec)  # the picture's place in the model input (prepare is cheap next to a step)
+            for j in range(len(rec.object_ids)):
+                if to_model_frame(rec.object_mask(j), geom).any():
+                    self.items.append((i, j))
+                else:
+                    self.dropped += 1
+
+    def _geometry(self, rec: ImageRecord) -> Any:
+        return self.transform.prepare(rec.picture)[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        epoch = self.epoch if self.train else 0
+        return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index, 1 if self.train else 2]))
+
+    def _embedding(self, rec: ImageRecord) -> tuple[np.ndarray, Any]:
+        hit = self.cache.get(rec.key) if rec.key is not None else None
+        if hit is None:
+            raise RuntimeError(f"embedding of {rec.id} missing from the cache (key {rec.key})")
+        return hit
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from ..prompts import mask_box, random_points, shift_box
+
+        i, j = self.items[index]
+        rec = self.images[i]
+        mask = rec.object_mask(j)
+        picture = rec.picture
+        out: dict[str, Any] = {}
+        geom = None
+        if self.cache is not None:
+            emb, geom = self._embedding(rec)
+            out["embedding"] = torch.from_numpy(np.ascontiguousarray(emb[0], np.float32))
+        if self._aug is not None:
+            picture, mask = self._augment(picture, mask, index)
+        if self.need_image:
+            x, geom_x = self.transform.prepare(picture)
+            out["image"] = torch.from_numpy(x[0])
+            geom = geom if geom is not None else geom_x
+        target = to_model_frame(mask, geom)
+        if not target.any():  # an augmented object can vanish only by rounding: use the item unaugmented
+            target = to_model_frame(rec.object_mask(j), geom)
+        rng = self._rng(index)
+        box = mask_box(target)
+        if self.train and self.options.bbox_shift:
+            box = shift_box(box, self.options.bbox_shift, rng, geom.resized)
+        pts = random_points(target, self.options.num_points, rng)
+        out["target"] = torch.from_numpy(_to_low_res(target, self.low_res).astype(np.float32))[None]
+        out["box"] = torch.from_numpy(box.astype(np.float32))
+        out["points"] = torch.from_numpy(pts.astype(np.float32))
+        return out
+
+    def _augment(self, picture: np.ndarray, mask: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        self._aug.set_random_state(seed=seed)  # type: ignore[union-attr]
+        img = picture[None] if picture.ndim == 2 else picture.transpose(2, 0, 1)
+        data = {"image": img.astype(np.float32) / np.float32(255.0), "mask": mask[None].astype(np.uint8)}
+        res = self._aug(data)  # type: ignore[misc]
+        img = np.clip(_plain(res["image"]), 0.0, 1.0)
+        pic = np.rint(img * 255.0).astype(np.uint8)
+        pic = pic[0] if pic.shape[0] == 1 else pic.transpose(1, 2, 0)
+        return np.ascontiguousarray(pic), np.ascontiguousarray(_plain(res["mask"])[0] > 0)
+
+
+# ------------------------------------------------------------------------------------------- embedding cache
+
+
+def base_predictor(base: nn.Module, base_info: Mapping[str, Any], backend: str = "auto", cache: Any = None):  # noqa: ANN201
+    """A :class:`~medsamkit.predict.Predictor` of the base model with this process's torch thread count. A base
+    loaded by name or file at its native size is opened by name (ONNX Runtime then reuses the export and the
+    embedding-cache keys of ``medsamkit segment``); otherwise a copy of the module is used."""
+    from ..models.registry import ARCHS
+    from ..predict import Predictor
+
+    threads = torch.get_num_threads()
+    named = base_info.get("model") not in (None, "in-memory") and ARCHS.get(base.spec.name) == base.spec
+    if named:
+        return Predictor(
+            base_info["model"], checkpoint=base_info.get("checkpoint"), backend=backend, threads=threads, cache=cache
+        )
+    # a copy: an engine may change the module it is given (eval mode, channels-last memory format)
+    return Predictor(copy.deepcopy(base), backend=backend, threads=threads, cache=cache)
+
+
+def embed_images(
+    images: Sequence[ImageRecord], predictor: Any, *, compute: bool = True, progress: bool = False, desc: str = "encoding"
+) -> None:
+    """Set each record's embedding-cache key (:func:`~medsamkit.predict.cache.embedding_key` of the predictor's
+    weights, pipeline and the picture) and, with ``compute``, make sure ``predictor.cache`` holds its embedding
+    (encoding the pictures it lacks)."""
+    from ..predict.cache import embedding_key
+    from ..preprocess.image2d import to_rgb_uint8
+
+    eng, tf = predictor.engine, predictor.transform
+    for rec in images:
+        rec.key = embedding_key(eng.weights_id, tf.name, tf.input_size, to_rgb_uint8(rec.picture))
+    if not compute:
+        return
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), desc=desc, unit="image", leave=False, dynamic_ncols=True)
+    try:
+        for rec in images:
+            predictor.embed(rec.picture)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` did: the engine's :class:`FitResult`, where the trained parameters went (rank 0),
+    parameter counts, the split, the numbers of training/validation items, this process's rank and the trained
+    model (the best epoch's weights on rank 0, the last epoch's on the other ranks)."""
+
+    fit: FitResult
+    adapter_path: Path | None
+    parameters: dict[str, Any]
+    split: Split
+    items: dict[str, int] = field(default_factory=dict)
+    rank: int = 0
+    model: FinetuneModel | None = None
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.fit.run_dir
+
+
+def _loss():
+    from monai.losses import DiceCELoss
+
+    # Dice (squared denominators, per sample) + binary cross-entropy on the logits: MedSAM's loss
+    return DiceCELoss(sigmoid=True, squared_pred=True)
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def finetune(
+    dataset: Dataset | str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    mode: str = "decoder",
+    *,
+    model: str | os.PathLike[str] | nn.Module = "litemedsam",
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> FinetuneResult:
+    """Adapt a SAM-family model to a 2D (or sliced 3D) labelled dataset; everything goes to ``run_dir``.
+
+    mode: one of :data:`MODES`. model: registry name, checkpoint path or a ``SamModel`` (an in-memory base is
+    recorded by its weight digest; give it again as ``base=`` to :func:`load_adapted`). config: the training loop
+    (epochs, batch size, AdamW lr, schedule, gradient accumulation, patience, seed, device, max_minutes; default
+    :func:`default_config`).
+    options: :class:`FinetuneOptions` fields (prompt, bbox_shift, cache_embeddings, adapter_ratio, lora_rank, ...).
+    resume: continue from ``run_dir/last.pt`` (same split and options). Under ``torchrun`` the ranks train together
+    (DDP); call it on every rank.
+
+    Writes ``split.json``, ``config.json``, ``metrics.csv``, ``last.pt``, ``best.pt`` (the engine's files, whole
+    model), ``adapter.pt`` (the best epoch's trained parameters only) and ``finetune.json`` (options, base model,
+    parameter counts, items, timings).
+    """
+    config = config or default_config(mode)
+    model_name = model if not isinstance(model, nn.Module) else _module_name(model)
+    opts = FinetuneOptions(mode=mode, model=str(model_name), **options)
+    created = init_distributed(config.device)
+    try:
+        return _finetune(dataset, Path(run_dir), opts, model, config, resume, progress)
+    finally:
+        if created:
+            shutdown_distributed()
+
+
+def _module_name(model: nn.Module) -> str:
+    """How an in-memory base is named in the adapter file: its registry name, its weight file, or "in-memory"."""
+    ref = getattr(model, "weights", None)
+    if ref is None:
+        return "in-memory"
+    if ref.name != "custom":
+        return str(ref.name)
+    return str(ref.path)
+
+
+def _finetune(
+    dataset: Dataset | str | os.PathLike[str],
+    run: Path,
+    opts: FinetuneOptions,
+    model: str | os.PathLike[str] | nn.Module,
+    config: TrainConfig,
+    resume: bool,
+    progress: bool,
+) -> FinetuneResult:
+    t_start = time.perf_counter()
+    rank, world = dist_info()
+    ds = open_dataset(dataset)
+    split_file = run / "split.json"
+    summary_file = run / SUMMARY_FILE
+    if resume and summary_file.is_file():
+        _check_resume_options(summary_file, opts)
+    split_seed = config.seed if opts.split_seed is None else int(opts.split_seed)
+    if resume and split_file.is_file():
+        split = read_split(split_file)
+        missing = sorted(set(split.train + split.val + split.test) - set(ds.ids))
+        if missing:
+            raise ValueError(f"{split_file} names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
+    else:
+        split = split_cases(ds.ids, opts.val_fraction, opts.test_fraction, seed=split_seed)
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        info = {
+            "dataset": str(ds.root),
+            "seed": split_seed,
+            "val_fraction": opts.val_fraction,
+            "test_fraction": opts.test_fraction,
+        }
+        write_split(split_file, split, **info)
+
+    base = load_base(model, opts.checkpoint if not isinstance(model, nn.Module) else None, opts.size)
+    if isinstance(model, nn.Module):
+        base = copy.deepcopy(base) if base is model else base
+    base_parameters = sum(p.numel() for p in base.parameters())
+    base_info = {
+        "model": opts.model,
+        "checkpoint": opts.checkpoint,
+        "arch": arch_to_dict(base.spec),
+        "digest": weights_digest(base),
+        "weights_sha256": getattr(getattr(base, "weights", None), "sha256", None),
+    }
+    from ..preprocess.transforms import transform_for
+
+    spec = base.spec
+    transform = transform_for(spec.pipeline, spec.img_size)
+    t0 = time.perf_counter()
+    train_images = read_images(ds.subset(split.train).cases, opts)
+    val_images = read_images(ds.subset(split.val).cases, opts) if split.val else []
+    if not train_images:
+        raise ValueError(f"{ds.root}: no training image holds a usable object (label {opts.label}, min_pixels {opts.min_pixels})")
+    read_s = time.perf_counter() - t0
+
+    # embeddings: a disk cache filled by rank 0 (train + val), or validation embeddings in memory
+    from ..predict.cache import EmbeddingCache
+
+    frozen_encoder = opts.mode in FROZEN_ENCODER_MODES
+    cache = EmbeddingCache(max_bytes=1 << 30, disk_dir=opts.cache_embeddings) if opts.cached else None
+    val_cache = cache
+    t0 = time.perf_counter()
+    if cache is not None:
+        # rank 0 encodes (and exports the ONNX engine if needed); the other ranks only compute the keys afterwards
+        if rank == 0:
+            embed_images(
+                [*train_images, *val_images], base_predictor(base, base_info, opts.encode_backend, cache), progress=progress
+            )
+        if world > 1:
+            torch.distributed.barrier()
+        if rank != 0:
+            embed_images([*train_images, *val_images], base_predictor(base, base_info, opts.encode_backend, cache), compute=False)
+    elif frozen_encoder and val_images:
+        val_cache = EmbeddingCache(max_bytes=8 << 30)
+        embed_images(val_images, base_predictor(base, base_info, opts.encode_backend, val_cache), progress=progress and rank == 0)
+    encode_s = time.perf_counter() - t0
+
+    seed_everything(config.seed, deterministic=False)  # adapters / generator initialisation depends on the seed only
+    net = build_model(base, opts)
+    counts = parameter_counts(net, base_parameters)
+    need_image = not frozen_encoder or (opts.mode == "autosam" and opts.autosam_input != "embedding")
+    low_res = spec.low_res
+    train_ds = FinetuneDataset(
+        train_images, transform, low_res, opts, train=True, seed=config.seed, cache=cache, need_image=need_image
+    )
+    if not len(train_ds):
+        raise ValueError("no training object is visible at the model's input size")
+    train_loader = make_loader(train_ds, config.batch_size, shuffle=True, seed=config.seed, num_workers=config.num_workers)
+    val_loader = None
+    val_ds = None
+    if val_images:
+        val_ds = FinetuneDataset(
+            val_images, transform, low_res, opts, train=False, seed=config.seed, cache=val_cache, need_image=need_image
+        )
+        if len(val_ds):
+            val_loader = make_loader(val_ds, config.batch_size, shuffle=False, num_workers=config.num_workers)
+    loss_fn = _loss()
+    val_prompt = "points" if opts.prompt == "points" else "box"
+
+    def train_step(m: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        kind = opts.prompt
+        if kind == "mixed":
+            kind = "points" if float(torch.rand(())) < 0.5 else "box"
+        return loss_fn(m(batch, kind), batch["target"])
+
+    def val_step(m: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = m(batch, val_prompt)
+        return loss_fn(logits, batch["target"]), segmentation_dice(logits, batch["target"])
+
+    meta = {
+        "task": "finetune",
+        "options": opts.to_dict(),
+        "base": base_info,
+        "dataset": str(ds.root),
+        "parameters": counts,
+        "items": {"train": len(train_ds), "val": len(val_ds) if val_ds is not None else 0},
+    }
+    device = resolve_device(config.device)
+    wrapped = wrap_ddp(net, device)
+    result = fit(
+        wrapped,
+        train_loader,
+        val_loader,
+        loss_fn=loss_fn,
+        config=config,
+        run_dir=run,
+        train_step=train_step,
+        val_step=val_step,
+        resume=resume,
+        progress=progress,
+        meta=meta,
+    )
+    adapter_path = None
+    if rank == 0:
+        best = load_checkpoint(run / "best.pt")
+        net.load_state_dict(best["model"])
+        adapter_path = save_adapter(
+            run / ADAPTER_FILE, net, opts, base_info, epoch=best.get("epoch"), metric=best.get("metric"), counts=counts
+        )
+        doc = {
+            "format": ADAPTER_FORMAT,
+            "dataset": str(ds.root),
+            "options": opts.to_dict(),
+            "config": config.to_dict(),
+            "base": base_info,
+            "parameters": counts,
+            "adapter_file": ADAPTER_FILE,
+            "adapter_bytes": adapter_path.stat().st_size,
+            "base_bytes": _base_bytes(base),
+            "items": {
+                "train": len(train_ds),
+                "val": len(val_ds) if val_ds is not None else 0,
+                "dropped_train_objects": train_ds.dropped,
+                "train_images": len(train_images),
+                "val_images": len(val_images),
+            },
+            "cases": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+            "best_epoch": result.best_epoch,
+            "best_val_dice": None if math.isnan(result.best_metric) else result.best_metric,
+            "epochs": result.epochs,
+            "stop_reason": result.stop_reason,
+            "seconds": {
+                "read": round(read_s, 2),
+                "encode": round(encode_s, 2),
+                "fit": round(result.seconds, 2),
+                "total": round(time.perf_counter() - t_start, 2),
+            },
+            "world_size": world,
+        }
+        atomic_write_text(summary_file, json.dumps(doc, indent=2) + "\n")
+    if world > 1:
+        torch.distributed.barrier()
+    items = {"train": len(train_ds), "val": len(val_ds) if val_ds is not None else 0}
+    return FinetuneResult(result, adapter_path, counts, split, items, rank, net.eval())
+
+
+def _base_bytes(base: nn.Module) -> int | None:
+    ref = getattr(base, "weights", None)
+    try:
+        return int(Path(ref.path).stat().st_size) if ref is not None else None
+    except OSError:
+        return None
+
+
+def _check_resume_options(path: Path, opts: FinetuneOptions) -> None:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")).get("options", {})
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+    mine = opts.to_dict()
+    diff = [f"{k} {saved.get(k)!r} -> {mine[k]!r}" for k in mine if k not in _RESUMABLE_CHANGES and saved.get(k) != mine[k]]
+    if diff:
+        raise ValueError(f"cannot resume {path.parent}: the options differ from the run's ({'; '.join(diff)})")
+
+
+# ----------------------------------------------------------------------------------------------- adapter files
+
+
+def trained_state(model: FinetuneModel) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(trained ``SamModel`` parameters by state-dict key, the generator's whole state dict or None)."""
+    sam = {n: p.detach().cpu().clone() for n, p in model.sam.named_parameters() if p.requires_grad}
+    gen = None
+    if model.generator is not None:
+        gen = {k: v.detach().cpu().clone() for k, v in model.generator.state_dict().items()}
+    return sam, gen
+
+
+def save_adapter(
+    path: str | os.PathLike[str],
+    model: FinetuneModel,
+    options: FinetuneOptions,
+    base: Mapping[str, Any],
+    *,
+    epoch: int | None = None,
+    metric: float | None = None,
+    counts: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the trained parameters of ``model`` (only those: see :func:`trained_state`) with what is needed to
+    rebuild the adapted model on its base (mode, structure options, base identity) atomically to ``path``."""
+    sam_state, gen_state = trained_state(model)
+    structure: dict[str, Any] = {}
+    if options.mode == "adapter":
+        structure["adapter"] = options.adapter_config().to_dict()
+    elif options.mode == "lora":
+        structure["lora"] = options.lora_config().to_dict()
+    elif options.mode == "autosam":
+        structure["autosam"] = model.generator.config.to_dict()  # type: ignore[union-attr]
+    doc = {
+        "format": ADAPTER_FORMAT,
+        "mode": options.mode,
+        "base": dict(base),
+        "structure": structure,
+        "options": options.to_dict(),
+        "sam": sam_state,
+        "generator": gen_state,
+        "epoch": epoch,
+        "val_dice": None if metric is None or (isinstance(metric, float) and math.isnan(metric)) else float(metric),
+        "parameters": dict(counts or {}),
+    }
+    p = Path(path)
+    atomic_write(p, lambda tmp: torch.save(doc, tmp))
+    return p
+
+
+def read_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """An adapter file (``adapter.pt``, or a run folder holding one), read with ``weights_only=True``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / ADAPTER_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"adapter file not found: {p} (train one with `medsamkit finetune`)")
+    try:
+        doc = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
+        raise ValueError(f"cannot read {p}: {' '.join(str(e).split())[:200]}") from e
+    if not isinstance(doc, dict) or doc.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{p} is not a medsamkit adapter file (format {ADAPTER_FORMAT})")
+    doc["path"] = str(p)
+    return doc
+
+
+def _build_base_for(doc: Mapping[str, Any], base: Any) -> nn.Module:
+    info = doc["base"]
+    spec = arch_from_dict(info["arch"])
+    if base is None:
+        if info["model"] == "in-memory":
+            raise ValueError(f"{doc['path']} was trained on an in-memory model: pass it as base=")
+        sam = load_base(info["model"], info.get("checkpoint"), spec.img_size)
+    elif isinstance(base, nn.Module):
+        sam = copy.deepcopy(load_base(base, None, spec.img_size))
+    else:
+        sam = load_base(base, None, spec.img_size)
+    digest = weights_digest(sam)
+    if digest != info["digest"]:
+        raise ValueError(
+            f"{doc['path']} was trained on other base weights ({info['model']}, digest {info['digest'][:12]}...) "
+            f"than the model given (digest {digest[:12]}...)"
+        )
+    return sam
+
+
+def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    own = module.state_dict()
+    bad = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad or wrong:
+        raise ValueError(f"{what}: {len(bad)} unknown key(s) {bad[:3]}, {len(wrong)} shape mismatch(es) {wrong[:3]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+
+
+def load_adapted(
+    adapter: str | os.PathLike[str],
+    base: str | os.PathLike[str] | nn.Module | None = None,
+    *,
+    merge: bool = True,
+    device: str | torch.device = "cpu",
+    prompted: bool = False,
+) -> nn.Module:
+    """The adapted model of an adapter file (or run folder): the base (named in the file, or ``base``: a registry
+    name, checkpoint path or ``SamModel``, copied) with the mode's structure and the trained parameters, in eval
+    mode on ``device``. The base's weight digest must match the file's (ValueError otherwise).
+
+    Prompted modes return a ``SamModel`` usable by ``Predictor(model, backend="torch")``; its ``weights`` name
+    ``<base>+<mode>`` and the adapter file's sha256 (so embedding caches never mix it with the base), its
+    architecture is named ``<arch>+<mode>`` (what ``medsamkit segment`` records). merge: fold
+    LoRA updates into the weights (any backend; equal to the unmerged model up to float rounding). AutoSAM files
+    return an :class:`~medsamkit.models.autosam.AutoSam` (ValueError with ``prompted=True``: the caller needs a
+    prompted model).
+    """
+    from ..models.loading import WeightsRef
+    from ..models.weights import file_digest
+
+    doc = read_adapter(adapter)
+    mode = doc.get("mode")
+    if mode not in MODES:
+        raise ValueError(f"{doc['path']}: unknown mode {mode!r}")
+    if prompted and mode == "autosam":
+        raise ValueError(f"{doc['path']} is an AutoSAM run: it segments without prompts (use `medsamkit autoseg --autosam`)")
+    sam = _build_base_for(doc, base)
+    structure = doc.get("structure") or {}
+    generator = None
+    if mode == "adapter":
+        from ..models.adapters import AdapterConfig, add_adapters
+
+        add_adapters(sam, AdapterConfig.from_dict(structure["adapter"]))
+    elif mode == "lora":
+        from ..models.lora import LoraConfig, add_lora
+
+        add_lora(sam, LoraConfig.from_dict(structure["lora"]))
+    elif mode == "autosam":
+        from ..models.autosam import AutoSamConfig, PromptGenerator
+
+        generator = PromptGenerator(AutoSamConfig.from_dict(structure["autosam"]))
+        if doc.get("generator") is None:
+            raise ValueError(f"{doc['path']}: an autosam file without generator weights")
+        _load_into(generator, doc["generator"], f"{doc['path']} (generator)")
+    _load_into(sam, doc.get("sam") or {}, doc["path"])
+    if mode == "lora" and merge:
+        from ..models.lora import merge_lora
+
+        merge_lora(sam)
+    base_name = str(doc["base"]["model"])
+    if mode != "autosam":
+        # a name that says what the weights are: records (``medsamkit segment`` sidecars) and embedding-cache keys
+        sam.spec = replace(sam.spec, name=f"{sam.spec.name}+{mode}")
+        sam.weights = WeightsRef(f"{Path(base_name).name}+{mode}", sam.spec, Path(doc["path"]), file_digest(doc["path"]))
+    dev = torch.device(device)
+    if generator is not None:
+        from ..models.autosam import AutoSam
+
+        out = AutoSam(sam, generator).to(dev).eval()
+        out.adapter_info = {k: doc.get(k) for k in ("mode", "base", "epoch", "val_dice", "path")}  # type: ignore[attr-defined]
+        return out
+    sam.to(dev).eval()
+    sam.adapter_info = {k: doc.get(k) for k in ("mode", "base", "epoch", "val_dice", "path")}
+    return sam
+
+
+# --------------------------------------------------------------------------------------------------- AutoSAM use
+
+
+@dataclass
+class AutoSegmentation:
+    """mask: bool ``(H, W)`` (logit > 0); logits: float32 ``(H, W)`` on the image grid; low_res_logits: float32
+    ``(L, L)`` in the model-input frame."""
+
+    mask: np.ndarray
+    logits: np.ndarray
+    low_res_logits: np.ndarray
+
+
+class AutoSegmenter:
+    """Prompt-free segmentation with a trained AutoSAM: ``AutoSegmenter(load_autosam(RUN_DIR)).segment(image)``.
+
+    The image goes through the base model's pipeline and image encoder (AutoSAM never changes the encoder; a base
+    named in the run is opened by name, so ``backend`` "auto" / "onnxruntime" reuse the base's ONNX export, "torch"
+    runs it in PyTorch), then the prompt generator and the mask decoder run in PyTorch.
+    """
+
+    def __init__(self, model: nn.Module, backend: str = "auto", threads: int | None = None) -> None:
+        from ..predict import Predictor
+
+        if not hasattr(model, "generator"):
+            raise ValueError("AutoSegmenter needs an AutoSam model (load_autosam)")
+        self.model = model.eval()
+        info = getattr(model, "adapter_info", None) or {}
+        base = info.get("base") or {}
+        if base.get("model") not in (None, "in-memory"):
+            if threads:
+                torch.set_num_threads(threads)
+            self.predictor = base_predictor(model.sam, base, backend)
+        else:
+            self.predictor = Predictor(copy.deepcopy(model.sam), backend=backend, threads=threads)
+
+    def segment(self, image: np.ndarray) -> AutoSegmentation:
+        """image: ``(H, W)``, ``(H, W, 1|3|4)`` array (uint8, or any numeric dtype min-max scaled, as
+        :meth:`~medsamkit.predict.Predictor.set_image`)."""
+        x, _ = self.predictor.preprocess(image)
+        emb, geom = self.predictor.embed(image)
+        return self.segment_embedded(x, emb, geom)
+
+    def segment_embedded(self, x: np.ndarray, embedding: np.ndarray, geometry: Any) -> AutoSegmentation:
+        """As :meth:`segment` from the preprocessed input ``(1, 3, S, S)`` and its embedding ``(1, 256, g, g)``."""
+        dev = next(self.model.parameters()).device
+        with torch.inference_mode():
+            low = self.model(
+                torch.from_numpy(np.ascontiguousarray(x)).to(dev), torch.from_numpy(np.ascontiguousarray(embedding)).to(dev)
+            )
+        low_np = low[0].float().cpu().numpy()
+        full = self.predictor.transform.logits_to_image(low_np, geometry)[0]
+        return AutoSegmentation(full > 0, full.astype(np.float32), low_np[0])
+
+
+def load_autosam(run: str | os.PathLike[str], base: Any = None, device: str | torch.device = "cpu") -> nn.Module:
+    """The :class:`~medsamkit.models.autosam.AutoSam` of an autosam run folder or adapter file."""
+    m = load_adapted(run, base, device=device)
+    if not hasattr(m, "generator"):
+        raise ValueError(
+            f"{run} is a {m.adapter_info['mode']} run, not an AutoSAM run: use it with `medsamkit segment --adapter`"
+        )
+    return m
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+
+def _dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    from ..metrics.overlap import dice_from_counts, iou_from_counts, overlap_counts
+
+    counts = overlap_counts(pred, gt)
+    return float(dice_from_counts(*counts)), float(iou_from_counts(*counts))
+
+
+def _run_doc(run: Path) -> dict[str, Any]:
+    f = run / SUMMARY_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} not found: {run} is not a finished `medsamkit finetune` run")
+    return json.loads(f.read_text(encoding="utf-8"))
+
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def evaluate_finetune(
+    run_dir: str | os.PathLike[str],
+    dataset: Dataset | str | os.PathLike[str] | None = None,
+    split: str = "test",
+    *,
+    zero_shot: bool = True,
+    prompt: str = "box",
+    backend: str = "torch",
+    base: Any = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Score a finetune run on a split at the original resolution: one row per object (prompted modes: the
+    object's tight box, or with ``prompt="point"`` its centre point; AutoSAM: no prompt, one row per image against
+    the union of the target labels), in image order.
+
+    Row: ``case``, ``image`` (``case`` or ``case@z``), ``slice``, ``object``, ``label``, ``pixels``, ``dice``,
+    ``iou`` and, with ``zero_shot``, ``zero_shot_dice`` / ``zero_shot_iou`` of the base model (at the run's input
+    size) given the same box (for AutoSAM rows: the tight box of the whole target). dataset: default the run's.
+    split: "train", "val", "test" (``split.json``) or "all". backend: engine of both models ("torch": exactly the
+    training numerics).
+    base: the base model when the run was trained on an in-memory one (see :func:`load_adapted`).
+    """
+    from ..predict import Predictor
+    from ..prompts import center_point, mask_box
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if prompt not in ("box", "point"):
+        raise ValueError(f"prompt must be 'box' or 'point', got {prompt!r}")
+    run = Path(run_dir)
+    doc = _run_doc(run)
+    opts = FinetuneOptions.from_dict(doc["options"])
+    ds = open_dataset(dataset if dataset is not None else doc["dataset"])
+    if split == "all":
+        ids = ds.ids
+    else:
+        ids = getattr(read_split(run / "split.json"), split)
+        missing = sorted(set(ids) - set(ds.ids))
+        if missing:
+            raise ValueError(f"the run's {split} split names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
+    images = read_images(ds.subset(ids).cases, replace(opts, cache_embeddings=None))
+    file = read_adapter(run)
+    adapted = load_adapted(run, base)
+    base_model = _build_base_for(file, base)
+    base_pred = base_predictor(base_model, file["base"], backend) if base is None else Predictor(base_model, backend=backend)
+    autosam = opts.mode == "autosam"
+    threads = torch.get_num_threads()
+    seg = AutoSegmenter(adapted, backend=backend, threads=threads) if autosam else None
+    ad_pred = None if autosam else Predictor(adapted, backend=backend, threads=threads)
+    shared_encoder = opts.mode in FROZEN_ENCODER_MODES
+    rows: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), unit="image", desc="evaluating")
+    try:
+        for rec in images:
+            emb, geom = base_pred.embed(rec.picture)
+            base_pred.set_embedding(emb, geom)
+            base_row = {"case": rec.case, "image": rec.id, "slice": rec.slice}
+            if seg is not None:
+                x, _ = seg.predictor.preprocess(rec.picture)
+                out = seg.segment_embedded(x, emb, geom)
+                gt = rec.union
+                d, j = _dice_iou(out.mask, gt)
+                row = {**base_row, "object": 1, "label": -1 if opts.label is None else opts.label, "pixels": int(gt.sum())}
+                row.update(dice=d, iou=j)
+                if zero_shot:
+                    zs = base_pred.predict(boxes=mask_box(gt)).masks[0, 0]
+                    row["zero_shot_dice"], row["zero_shot_iou"] = _dice_iou(zs, gt)
+                rows.append(row)
+            else:
+                assert ad_pred is not None
+                if shared_encoder:
+                    ad_pred.set_embedding(emb, geom)
+                else:
+                    ad_pred.set_image(rec.picture)
+                for j_obj, label in enumerate(rec.object_labels):
+                    gt = rec.object_mask(j_obj)
+                    if prompt == "box":
+                        kw = {"boxes": mask_box(gt)}
+                    else:
+                        kw = {"point_coords": center_point(gt)[None], "point_labels": np.ones(1)}
+                    pred = ad_pred.predict(**kw).masks[0, 0]
+                    d, j = _dice_iou(pred, gt)
+                    row = {**base_row, "object": j_obj + 1, "label": int(label), "pixels": int(gt.sum()), "dice": d, "iou": j}
+                    if zero_shot:
+                        zs = base_pred.predict(**kw).masks[0, 0]
+                        row["zero_shot_dice"], row["zero_shot_iou"] = _dice_iou(zs, gt)
+                    rows.append(row)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
+
+
+def zero_shot_rows(
+    dataset: Dataset | str | os.PathLike[str],
+    ids: Sequence[str] | None = None,
+    *,
+    model: str | os.PathLike[str] | nn.Module = "litemedsam",
+    objects: str = "label",
+    label: int | None = None,
+    union: bool = False,
+    backend: str = "auto",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Box-prompted Dice of a base model on a dataset's cases (all, or ``ids``): one row per object (``objects``
+    "label" or "component"; ``union``: one object per image, the union of the target labels), as
+    :func:`evaluate_finetune` rows (``dice``, ``iou``)."""
+    from ..predict import Predictor
+    from ..prompts import mask_box
+
+    ds = open_dataset(dataset)
+    opts = FinetuneOptions(mode="autosam" if union else "decoder", objects=objects, label=label)
+    images = read_images(ds.subset(ids).cases if ids is not None else ds.cases, opts)
+    pred = Predictor(model, backend=backend, threads=torch.get_num_threads())
+    rows = []
+    for rec in images:
+        pred.set_image(rec.picture)
+        for j_obj, lab in enumerate(rec.object_labels):
+            gt = rec.object_mask(j_obj)
+            d, j = _dice_iou(pred.predict(boxes=mask_box(gt)).masks[0, 0], gt)
+            rows.append(
+                {
+                    "case": rec.case,
+                    "image": rec.id,
+                    "slice": rec.slice,
+                    "object": j_obj + 1,
+                    "label": int(lab),
+                    "pixels": int(gt.sum()),
+                    "dice": d,
+                    "iou": j,
+                }
+            )
+        if progress:
+            log.info("%s: %d object(s)", rec.id, len(rec.object_labels))
+    return rows
+
+
+def summarize_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("dice", "zero_shot_dice")) -> dict[str, Any]:
+    """``{key: {"mean", "sd", "n"}}`` over the rows that have the key (sd: sample standard deviation, ddof 1)."""
+    out: dict[str, Any] = {}
+    for k in keys:
+        vals = np.array([float(r[k]) for r in rows if k in r and r[k] is not None], dtype=np.float64)
+        if vals.size:
+            out[k] = {
+                "mean": float(vals.mean()),
+                "sd": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
+                "n": int(vals.size),
+            }
+    return out

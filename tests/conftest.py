@@ -79,3 +79,22 @@ def box_of(mask: np.ndarray) -> list[int]:
     """Inclusive (x0, y0, x1, y1) of a mask's pixels."""
     ys, xs = np.nonzero(mask)
     return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+
+
+def one_line_error(capsys, code: int, expect_code: int) -> str:
+    """The CLI's stderr after a failing call: exactly one line, no traceback, with the expected exit code."""
+    err = capsys.readouterr().err.strip()
+    assert code == expect_code, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (training tests on a shared 2-core machine), then restore the count."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -6,27 +6,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medsamkit.cli.main import main
 from medsamkit.train import read_split
+from tests.conftest import one_line_error
 from tests.train.synth import make_dataset
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(saved)
-
-
-def _one_line_error(capsys, code: int, expect_code: int) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == expect_code, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_finetune_then_segment_and_autoseg(tmp_path, capsys) -> None:
@@ -66,20 +56,20 @@ def test_finetune_then_segment_and_autoseg(tmp_path, capsys) -> None:
 
     # each run is used by the command made for it
     code = main(["segment", str(image), "--box", "8,8,50,50", "--adapter", str(auto / "adapter.pt"), "-o", str(mask_path)])
-    assert "autoseg" in _one_line_error(capsys, code, 1)
+    assert "autoseg" in one_line_error(capsys, code, 1)
     code = main(["autoseg", str(image), "--autosam", str(run), "-o", str(seg_path)])
-    assert "not an AutoSAM run" in _one_line_error(capsys, code, 1)
+    assert "not an AutoSAM run" in one_line_error(capsys, code, 1)
 
 
 def test_finetune_usage_errors(tmp_path, capsys) -> None:
     data, _ = make_dataset(tmp_path, n=4, size=(32, 32))
     code = main(["finetune", str(data), "-o", str(tmp_path / "r"), "--mode", "adapter", "--cache-embeddings", str(tmp_path)])
-    assert "frozen image encoder" in _one_line_error(capsys, code, 2)
+    assert "frozen image encoder" in one_line_error(capsys, code, 2)
     code = main(["finetune", str(data), "-o", str(tmp_path / "r"), "--mode", "prefix"])
-    assert "invalid choice" in _one_line_error(capsys, code, 2)
+    assert "invalid choice" in one_line_error(capsys, code, 2)
     code = main(["finetune", str(data), "-o", str(tmp_path / "r"), "--size", "100"])
-    assert "multiple of 16" in _one_line_error(capsys, code, 1)
+    assert "multiple of 16" in one_line_error(capsys, code, 1)
     code = main(["finetune", str(tmp_path / "missing"), "-o", str(tmp_path / "r")])
-    assert "not found" in _one_line_error(capsys, code, 1)
+    assert "not found" in one_line_error(capsys, code, 1)
     code = main(["autoseg", str(data / "images" / "c00.png"), "--autosam", str(tmp_path / "no"), "-o", str(tmp_path / "a.png")])
-    assert "adapter file not found" in _one_line_error(capsys, code, 1)
+    assert "adapter file not found" in one_line_error(capsys, code, 1)

@@ -7,27 +7,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medsamkit.cli.main import main
 from medsamkit.train import read_split
+from tests.conftest import one_line_error
 from tests.train.synth import make_dataset
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(saved)
-
-
-def _one_line_error(capsys, code: int, expect_code: int) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == expect_code, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_train_and_predict_round_trip(tmp_path, capsys) -> None:
@@ -53,7 +43,7 @@ def test_train_and_predict_round_trip(tmp_path, capsys) -> None:
 
     # one image without priors: the ensemble needs them, --no-ensemble uses the raw input
     code = main(["predict-unet", str(run), str(image), "-o", str(mask_path)])
-    assert "priors" in _one_line_error(capsys, code, 1)
+    assert "priors" in one_line_error(capsys, code, 1)
     assert main(["predict-unet", str(run), str(image), "-o", str(tmp_path / "raw.png"), "--no-ensemble", "-q"]) == 0
     capsys.readouterr()
 
@@ -77,12 +67,12 @@ def test_train_and_predict_round_trip(tmp_path, capsys) -> None:
 def test_cli_errors(tmp_path, capsys) -> None:
     data, _ = make_dataset(tmp_path, n=4)
     code = main(["train", "unet", str(data), "-o", str(tmp_path / "r"), "--input", "samaug"])
-    assert "--samaug-dir" in _one_line_error(capsys, code, 2)
+    assert "--samaug-dir" in one_line_error(capsys, code, 2)
     code = main(["train", "unet", str(data), "-o", str(tmp_path / "r"), "--size", "40"])
-    assert "multiple of 16" in _one_line_error(capsys, code, 1)
+    assert "multiple of 16" in one_line_error(capsys, code, 1)
     code = main(["train"])
-    assert "name the model" in _one_line_error(capsys, code, 2)
+    assert "name the model" in one_line_error(capsys, code, 2)
     code = main(["predict-unet", str(tmp_path / "r"), "-o", str(tmp_path / "m.png")])
-    assert "IMAGE or --dataset" in _one_line_error(capsys, code, 2)
+    assert "IMAGE or --dataset" in one_line_error(capsys, code, 2)
     code = main(["predict-unet", str(tmp_path / "nothing"), str(data / "images" / "c00.png"), "-o", str(tmp_path / "m.png")])
-    assert "best.pt" in _one_line_error(capsys, code, 1)
+    assert "best.pt" in one_line_error(capsys, code, 1)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .common import CliError, positive_int, say
+from .everything import add_everything_options
 
 SEGMENT_HELP = (
     "Segment every row of MANIFEST (CSV with a header, or JSONL) on a Dask cluster. Columns: image (required; "
@@ -83,7 +84,7 @@ def add_parser(sub) -> None:
     e.add_argument("manifest", type=Path, help="CSV (with a header) or JSONL manifest")
     e.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output folder")
     _model_arguments(e)
-    _everything_arguments(e)
+    add_everything_options(e.add_argument_group("everything mode (defaults: the model's)"))
     _run_arguments(e)
     e.set_defaults(func=run_everything)
 
@@ -102,7 +103,7 @@ def add_parser(sub) -> None:
     a.add_argument("--layout", choices=("auto", "folder", "nnunet", "msd"), default="auto", help="dataset layout")
     a.add_argument("--limit", type=positive_int, help="only the first N cases of a dataset")
     _model_arguments(a)
-    _everything_arguments(a)
+    add_everything_options(a.add_argument_group("everything mode (defaults: the model's)"))
     _run_arguments(a)
     a.set_defaults(func=run_samaug)
 
@@ -122,20 +123,6 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_engine_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary on success")
-
-
-def _everything_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `medsamkit everything` (same names, read by its options_from_args)."""
-    g = p.add_argument_group("everything mode (defaults: the model's, see `medsamkit everything --help`)")
-    g.add_argument("--points-per-side", type=positive_int, help="grid size n")
-    g.add_argument("--points-per-batch", type=positive_int, help="prompts decoded together")
-    g.add_argument("--prompt-mode", choices=("points", "boxes"), help="grid prompts")
-    g.add_argument("--pred-iou-thresh", type=float, help="minimum predicted IoU")
-    g.add_argument("--stability-thresh", type=float, help="minimum stability score")
-    g.add_argument("--nms-thresh", type=float, help="box NMS IoU threshold")
-    g.add_argument("--crop-layers", type=int, help="crop layers")
-    g.add_argument("--min-region-area", type=int, help="remove islands/holes smaller than this many pixels")
-    g.add_argument("--skip-covered", action="store_true", help="skip grid prompts already inside an accepted mask")
 
 
 def _start(args: argparse.Namespace, make_job):  # noqa: ANN001, ANN202

@@ -23,16 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output folder")
     p.add_argument("--model", default="litemedsam", help="model name from `medsamkit models` (default litemedsam)")
     p.add_argument("--checkpoint", type=Path, help="weights file for --model (default: the registry's)")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help="inference backend")
-    p.add_argument("--points-per-side", type=positive_int, help="grid size n (default 32; the cost grows with n^2)")
-    p.add_argument("--points-per-batch", type=positive_int, help="prompts decoded together (default 64)")
-    p.add_argument("--prompt-mode", choices=("points", "boxes"), help="grid prompts (default: the model's; boxes for litemedsam)")
-    p.add_argument("--pred-iou-thresh", type=float, help="minimum predicted IoU")
-    p.add_argument("--stability-thresh", type=float, help="minimum stability score")
-    p.add_argument("--nms-thresh", type=float, help="box NMS IoU threshold (default 0.7)")
-    p.add_argument("--crop-layers", type=int, help="crop layers (0 = whole image only; each layer has 4x the crops)")
-    p.add_argument("--min-region-area", type=int, help="remove islands/holes smaller than this many pixels")
-    p.add_argument("--skip-covered", action="store_true", help="skip grid prompts already inside an accepted mask")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"), help="inference backend")
+    add_everything_options(p)
     p.add_argument("--preset", default="auto", help="intensity preset for non-RGB images (see `medsamkit segment`)")
     p.add_argument(
         "--window",
@@ -43,6 +35,20 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_everything_options(p: argparse.ArgumentParser) -> None:
+    """The everything-mode options (also used by `medsamkit batch everything/samaug`); unset ones keep the
+    model's defaults (:func:`options_from_args`)."""
+    p.add_argument("--points-per-side", type=positive_int, help="grid size n (default 32; the cost grows with n^2)")
+    p.add_argument("--points-per-batch", type=positive_int, help="prompts decoded together (default 64)")
+    p.add_argument("--prompt-mode", choices=("points", "boxes"), help="grid prompts (default: the model's; boxes for litemedsam)")
+    p.add_argument("--pred-iou-thresh", type=float, help="minimum predicted IoU")
+    p.add_argument("--stability-thresh", type=float, help="minimum stability score")
+    p.add_argument("--nms-thresh", type=float, help="box NMS IoU threshold (default 0.7)")
+    p.add_argument("--crop-layers", type=int, help="crop layers (0 = whole image only; each layer has 4x the crops)")
+    p.add_argument("--min-region-area", type=int, help="remove islands/holes smaller than this many pixels")
+    p.add_argument("--skip-covered", action="store_true", help="skip grid prompts already inside an accepted mask")
 
 
 def options_from_args(args: argparse.Namespace):  # noqa: ANN201

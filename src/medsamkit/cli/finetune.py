@@ -13,20 +13,10 @@ import json
 from pathlib import Path
 
 from .._files import atomic_write_text
-from .common import CliError, positive_int, say
+from .common import CliError, non_negative_int, positive_int, say
 from .train import _fraction, _positive_float
 
 _CSV_COLUMNS = ("case", "image", "slice", "object", "label", "pixels", "dice", "iou", "zero_shot_dice", "zero_shot_iou")
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return v
 
 
 def add_parser(sub) -> None:
@@ -60,7 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--num-points", type=positive_int, default=1, help="points per point prompt (default 1)")
     p.add_argument(
         "--bbox-shift",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=5,
         help="max outward move of each box side in model-input pixels (default 5)",
     )
@@ -79,7 +69,7 @@ def add_parser(sub) -> None:
     p.add_argument("--adapter-ratio", type=_positive_float, default=0.25, help="adapter bottleneck / block width (default 0.25)")
     p.add_argument("--lora-rank", type=positive_int, default=4, help="LoRA rank (default 4)")
     p.add_argument("--lora-alpha", type=_positive_float, help="LoRA alpha (default: the rank, i.e. scale 1)")
-    p.add_argument("--autosam-tokens", type=_non_negative_int, default=2, help="AutoSAM sparse tokens (default 2)")
+    p.add_argument("--autosam-tokens", type=non_negative_int, default=2, help="AutoSAM sparse tokens (default 2)")
     p.add_argument("--autosam-input", choices=AUTOSAM_INPUTS, default="both", help="what the AutoSAM generator reads")
     p.add_argument("--autosam-train-decoder", action="store_true", help="AutoSAM: train the mask decoder too")
     p.add_argument("--val-fraction", type=_fraction, default=0.2, help="share of cases for validation (default 0.2)")

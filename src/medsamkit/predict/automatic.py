@@ -524,11 +524,12 @@ def everything_file(
     from ..io import read_image
     from ..io.image2d import write_png
     from ..viz.overlay import overlay_masks
+    from .jobs import default_stem
 
     t_start = time.perf_counter()
     path = Path(image_path)
     out = Path(out_dir)
-    stem = stem or _stem_of(path)
+    stem = stem or default_stem(path)
     opts = options or EverythingOptions()
     t0 = time.perf_counter()
     image = read_image(path)
@@ -588,14 +589,6 @@ def everything_file(
         },
         "stats": result.stats,
     }
-
-
-def _stem_of(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".npz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _json_default(o: Any) -> Any:

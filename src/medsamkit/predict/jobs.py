@@ -180,7 +180,7 @@ def _model_info(predictor: Predictor, model_name: str | None) -> dict[str, Any]:
 
 def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_name, timings) -> dict[str, Any]:  # noqa: ANN001
     from ..io import write_mask
-    from ..preprocess.intensity import resolve_preset
+    from .automatic import picture_2d
     from .segment import segment_2d
 
     if request.boxes3d or request.slice_index is not None or request.world:
@@ -196,13 +196,7 @@ def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_n
             raise SegmentRequestError(f"point {v}: LABEL must be 1 (foreground) or 0 (background)")
         points.append(v if len(v) == 3 else v + [1.0])
     boxes = [[float(x) for x in b] for b in request.boxes]
-    arr = image.array
-    preset_info: dict[str, Any] = {"preset": "passthrough"}
-    if image.is_rgb or (arr.dtype == np.uint8 and request.window is None and request.preset == "auto"):
-        picture = arr
-    else:
-        fitted = resolve_preset(arr, image.modality, request.preset, request.window)
-        picture, preset_info = fitted.apply(arr), fitted.describe()
+    picture, preset_info = picture_2d(image, request.preset, request.window)
     names = _names(request, len(boxes) if boxes else 1)  # one object per box; points only: one object
     model = _get_predictor(predictor, timings)
     t = time.perf_counter()

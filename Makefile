@@ -53,7 +53,8 @@ evaluate-real: $(STAMP)
 	$(BIN)/python experiments/evaluate_real_2d.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) medsamkit-demo .pytest_cache $(WEB)/node_modules

@@ -46,9 +46,7 @@ def monai_metrics(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) 
             "dice": mm.DiceMetric(include_background=True, reduction="none", ignore_empty=False)(p, g),
             "iou": mm.MeanIoU(include_background=True, reduction="none", ignore_empty=False)(p, g),
             "hd95": mm.HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(p, g, spacing=sp),
-            "hausdorff": mm.HausdorffDistanceMetric(include_background=True, percentile=None, reduction="none")(
-                p, g, spacing=sp
-            ),
+            "hausdorff": mm.HausdorffDistanceMetric(include_background=True, percentile=None, reduction="none")(p, g, spacing=sp),
             "assd": mm.SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(p, g, spacing=sp),
         }
         for t in TOLERANCES:

@@ -269,6 +269,7 @@ class SessionStore:
             block = lab[tuple(slice(ix[0], ix[-1] + 1) for ix in nz)]
         else:
             offset, block = np.zeros(3, np.int64), np.zeros((0, 0, 0), np.uint8)
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:  # a file handle: np.savez would add ".npz" to a bare name
                 np.savez_compressed(f, shape=np.array(lab.shape), offset=offset, block=block, volume_id=str(s.meta["volume_id"]))

@@ -83,6 +83,13 @@ def zero_shot(names: list[str], args: argparse.Namespace) -> dict:
     return {n: doc[f"{n}@{args.limit}" if args.limit else n] for n in names}
 
 
+def all_zero_shot(args: argparse.Namespace) -> dict:
+    """Every set's cached zero-shot entry (``zero_shot.json``; earlier calls may have studied other sets)."""
+    f = args.out / "zero_shot.json"
+    doc = json.loads(f.read_text()) if f.is_file() else {}
+    return {k: v for k, v in doc.items() if "@" not in k} if not args.limit else doc
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     vals = [float(r[key]) for r in rows if r.get(key) is not None]
     return round(float(np.mean(vals)), 4) if vals else None
@@ -138,6 +145,8 @@ def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
         "best_val_dice": doc["best_val_dice"],
         "train_minutes": round(doc["seconds"]["fit"] / 60, 2),
         "encode_minutes": round(doc["seconds"]["encode"] / 60, 2),
+        "planned_epochs": doc["config"]["epochs"],
+        "budget_minutes": doc["config"]["max_minutes"],
         "lr": doc["config"]["lr"],
         "batch_size": doc["config"]["batch_size"],
         "trainable_parameters": doc["parameters"]["trainable"],
@@ -185,6 +194,8 @@ def run_unet(name: str, seed: int, args: argparse.Namespace) -> dict:
         "zero_shot_dice": None,
         "test_objects": len(rows),
         "epochs": len(metrics),
+        "planned_epochs": args.unet_epochs,
+        "budget_minutes": args.minutes,
         "train_minutes": round(sum(float(m["seconds"]) for m in metrics) / 60, 2),
         "per_object": {r["case"]: round(float(r["dice"]), 4) for r in rows},
     }
@@ -201,15 +212,35 @@ LABELS = {
 }
 
 
+def samaug_unets() -> dict[str, list[float]]:
+    """Test Dice per seed of the SAMAug experiment's raw-input U-Nets (``experiments/samaug_unet.py``: 128 px,
+    same split seed and fractions, hence the same test cases), by set; empty when that experiment is absent."""
+    f = ROOT / "experiments" / "results" / "samaug" / "results.json"
+    if not f.is_file():
+        return {}
+    out: dict[str, list[float]] = {}
+    for r in json.loads(f.read_text())["runs"]:
+        if r.get("input") == "raw" and r.get("dice_raw") is not None:
+            out.setdefault(r["set"], []).append(float(r["dice_raw"]))
+    return out
+
+
 def table(results: list[dict], zs: dict) -> str:
+    """Markdown table: per set, zero-shot over all cases, then each mode's mean ± sd over seeds of the run's mean
+    test Dice, the zero-shot Dice on the same test objects (box prompts) and the gain over it."""
     lines = [
-        "| set | model | seeds | test Dice mean ± sd | zero-shot on the same boxes | epochs | train min/run | trainable params |",
-        "|---|---|---|---|---|---|---|---|",
+        "| set | model | seeds | test Dice mean ± sd | zero-shot, same test objects (box) | gain | epochs | "
+        "train min/run | trainable params |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    other = samaug_unets()
     for name in dict.fromkeys(r["set"] for r in results):
         z = zs.get(name)
         if z:
-            lines.append(f"| {name} | zero-shot, all cases (box) | - | {z['mean']:.3f} ± {z['sd']:.3f} (objects) | | | | |")
+            lines.append(
+                f"| {name} | zero-shot LiteMedSAM, all {z['objects']} objects (box) | - | {z['mean']:.3f} ± {z['sd']:.3f} "
+                "(over objects) | | | | | |"
+            )
         for mode in (*MODES, "unet"):
             rs = [r for r in results if r["set"] == name and r["mode"] == mode and r["test_dice"] is not None]
             if not rs:
@@ -218,11 +249,21 @@ def table(results: list[dict], zs: dict) -> str:
             sd = f"{v.std(ddof=1):.3f}" if len(v) > 1 else "-"
             zsd = [r["zero_shot_dice"] for r in rs if r.get("zero_shot_dice") is not None]
             zcell = f"{np.mean(zsd):.3f}" if zsd else ""
+            gain = f"{v.mean() - np.mean(zsd):+.3f}" if zsd else ""
+            if mode == "autosam" and zsd:  # no prompt vs a prompted base: not a gain, shown for reference
+                zcell, gain = f"({zcell}, union box)", ""
             epochs = "/".join(str(r["epochs"]) for r in rs)
             mins = np.mean([r["train_minutes"] for r in rs])
             params = f"{rs[0]['trainable_parameters']:,}" if "trainable_parameters" in rs[0] else ""
             lines.append(
-                f"| {name} | {LABELS[mode]} | {len(rs)} | {v.mean():.3f} ± {sd} | {zcell} | {epochs} | {mins:.1f} | {params} |"
+                f"| {name} | {LABELS[mode]} | {len(rs)} | {v.mean():.3f} ± {sd} | {zcell} | {gain} | {epochs} | {mins:.1f} "
+                f"| {params} |"
+            )
+        if name in other:
+            v = np.array(other[name])
+            sd = f"{v.std(ddof=1):.3f}" if len(v) > 1 else "-"
+            lines.append(
+                f"| {name} | U-Net of the SAMAug experiment, 128 px (no prompt) | {len(v)} | {v.mean():.3f} ± {sd} | | | | | |"
             )
     return "\n".join(lines)
 
@@ -248,8 +289,15 @@ def main() -> None:
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep last.pt/best.pt of finished runs")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--work", type=Path, help="run folders and embedding caches (default OUT/work)")
+    ap.add_argument("--table-only", action="store_true", help="rewrite table.md from results.json and stop")
     args = ap.parse_args()
     args.work = args.work or args.out / "work"
+    if args.table_only:
+        doc = json.loads((args.out / "results.json").read_text())
+        text = table(doc["runs"], {**all_zero_shot(args), **doc["zero_shot"]})
+        (args.out / "table.md").write_text(text + "\n")
+        print(text)
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -282,7 +330,7 @@ def main() -> None:
             if not args.no_unet:
                 results.append(run_unet(name, seed, args))
                 save()
-    text = table(json.loads(results_file.read_text())["runs"], zs)
+    text = table(json.loads(results_file.read_text())["runs"], {**all_zero_shot(args), **zs})
     (args.out / "table.md").write_text(text + "\n")
     print(text)
 

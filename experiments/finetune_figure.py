@@ -30,7 +30,8 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def panels(name: str, seed: int, work: Path) -> tuple[str, list[tuple[str, np.ndarray | None, np.ndarray | None]], np.ndarray]:
-    """(image id, [(title, mask or None, box or None)], picture) for one set."""
+    """(image id, [(title, bool (H, W) mask or None, box or None)], picture) for one set; boxes are inclusive pixel
+    boxes (x0, y0, x1, y1) in x = column, y = row of the original image."""
     import json
 
     import torch

@@ -25,12 +25,7 @@ from tests.models.test_layouts import SMALL, _random_model
 FAMILIES = ("litemedsam", "sam")  # TinyViT and ViT encoders
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread, the machine is shared
 
 
 def _inputs(model, seed: int = 1):

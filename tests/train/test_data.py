@@ -226,3 +226,20 @@ def test_real_datasets_load(name) -> None:
         x = c.views["raw"]
         assert x.shape == (spec.in_channels, 64, 64) and 0 <= x.min() and x.max() <= 1 and x.std() > 0.01
         assert 0 < c.target.mean() < 1  # every case has an object, none is all object
+
+
+def test_run_split_is_saved_read_back_on_resume_and_checked(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from medsamkit.train.data import read_split, run_split
+
+    ds = SimpleNamespace(ids=[f"c{i}" for i in range(10)], root=tmp_path / "data")
+    assert run_split(tmp_path / "quiet", ds, 0.2, 0.2, seed=3, write=False) and not (tmp_path / "quiet").exists()
+    first = run_split(tmp_path / "run", ds, 0.2, 0.2, seed=3)
+    assert read_split(tmp_path / "run" / "split.json") == first
+    # resume keeps the saved split even when asked for another seed; a new run with that seed splits anew
+    assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4, resume=True) == first
+    assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4) != first
+    fewer = SimpleNamespace(ids=ds.ids[:5], root=ds.root)
+    with pytest.raises(ValueError, match="lacks"):
+        run_split(tmp_path / "run", fewer, 0.2, 0.2, seed=4, resume=True)

@@ -319,6 +319,35 @@ def write_split(path: str | os.PathLike[str], split: Split, **info: Any) -> Path
     return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
+def run_split(
+    run_dir: str | os.PathLike[str],
+    dataset: Any,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    *,
+    resume: bool = False,
+    write: bool = True,
+) -> Split:
+    """The split of a training run: on ``resume`` the run's ``split.json`` when present (ValueError when it names a
+    case ``dataset`` lacks), else :func:`split_cases` of ``dataset.ids``. With ``write`` (rank 0) the run folder is
+    created and the split saved with the dataset root, seed and fractions."""
+    run = Path(run_dir)
+    split_file = run / "split.json"
+    if resume and split_file.is_file():
+        split = read_split(split_file)
+        missing = sorted(set(split.train + split.val + split.test) - set(dataset.ids))
+        if missing:
+            raise ValueError(f"{split_file} names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
+    else:
+        split = split_cases(dataset.ids, val_fraction, test_fraction, seed=seed)
+    if write:
+        run.mkdir(parents=True, exist_ok=True)
+        info = {"dataset": str(dataset.root), "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+        write_split(split_file, split, **info)
+    return split
+
+
 def read_split(path: str | os.PathLike[str]) -> Split:
     """A split written by :func:`write_split`."""
     p = Path(path)

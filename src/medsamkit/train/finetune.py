@@ -68,7 +68,7 @@ from torch import nn
 
 from .._files import atomic_write, atomic_write_text
 from ..evaluate.datasets import Case, Dataset, load_case
-from .data import Split, open_dataset, read_split, split_cases, to_picture, write_split
+from .data import Split, open_dataset, read_split, run_split, to_picture
 from .engine import (
     FitResult,
     TrainConfig,
@@ -806,27 +806,11 @@ def _finetune(
     t_start = time.perf_counter()
     rank, world = dist_info()
     ds = open_dataset(dataset)
-    split_file = run / "split.json"
     summary_file = run / SUMMARY_FILE
     if resume and summary_file.is_file():
         _check_resume_options(summary_file, opts)
     split_seed = config.seed if opts.split_seed is None else int(opts.split_seed)
-    if resume and split_file.is_file():
-        split = read_split(split_file)
-        missing = sorted(set(split.train + split.val + split.test) - set(ds.ids))
-        if missing:
-            raise ValueError(f"{split_file} names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
-    else:
-        split = split_cases(ds.ids, opts.val_fraction, opts.test_fraction, seed=split_seed)
-    if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        info = {
-            "dataset": str(ds.root),
-            "seed": split_seed,
-            "val_fraction": opts.val_fraction,
-            "test_fraction": opts.test_fraction,
-        }
-        write_split(split_file, split, **info)
+    split = run_split(run, ds, opts.val_fraction, opts.test_fraction, split_seed, resume=resume, write=rank == 0)
 
     base = load_base(model, opts.checkpoint if not isinstance(model, nn.Module) else None, opts.size)
     if isinstance(model, nn.Module):

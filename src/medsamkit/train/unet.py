@@ -44,8 +44,7 @@ from .data import (
     read_split,
     resize_input,
     resize_probability,
-    split_cases,
-    write_split,
+    run_split,
 )
 from .engine import FitResult, TrainConfig, dist_info, fit, load_checkpoint, make_loader, seed_everything
 
@@ -200,23 +199,8 @@ def train_unet(
         raise ValueError(f"input {input!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
     ds = open_dataset(dataset)
     run = Path(run_dir)
-    split_file = run / "split.json"
-    if resume and split_file.is_file():
-        split = read_split(split_file)
-        missing = sorted(set(split.train + split.val + split.test) - set(ds.ids))
-        if missing:
-            raise ValueError(f"{split_file} names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
-    else:
-        split = split_cases(ds.ids, val_fraction, test_fraction, seed=config.seed if split_seed is None else int(split_seed))
-    if dist_info()[0] == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        info = {
-            "dataset": str(ds.root),
-            "seed": config.seed if split_seed is None else int(split_seed),
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-        }
-        write_split(split_file, split, **info)
+    split_seed = config.seed if split_seed is None else int(split_seed)
+    split = run_split(run, ds, val_fraction, test_fraction, split_seed, resume=resume, write=dist_info()[0] == 0)
     spec, parts = load_split_data(ds, split, input, size=int(size), samaug_dir=samaug_dir, label=label)
 
     seed_everything(config.seed, deterministic=False)  # the initial weights depend on the seed only

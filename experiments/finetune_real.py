@@ -293,6 +293,8 @@ def main() -> None:
     args = ap.parse_args()
     args.work = args.work or args.out / "work"
     if args.table_only:
+        if not (args.out / "results.json").is_file():
+            raise SystemExit(f"no results.json in {args.out}: run the study first")
         doc = json.loads((args.out / "results.json").read_text())
         text = table(doc["runs"], {**all_zero_shot(args), **doc["zero_shot"]})
         (args.out / "table.md").write_text(text + "\n")

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
+
 
 def is_torch(x: Any) -> bool:
     """Whether ``x`` is a torch tensor (subclasses such as MONAI's MetaTensor live in other modules, so the
@@ -31,13 +33,13 @@ def as_bool_mask(x: Any, name: str = "mask") -> np.ndarray:
     non-numeric dtypes."""
     a = to_numpy(x)
     if a.ndim == 0:
-        raise ValueError(f"{name} must have at least one dimension, got a scalar")
+        raise InputError(f"{name} must have at least one dimension, got a scalar")
     if a.dtype == bool:
         return a
     if a.dtype.kind in "fc":
         n_nan = int(np.count_nonzero(np.isnan(a)))
         if n_nan:
-            raise ValueError(f"{name} contains {n_nan} NaN values")
+            raise InputError(f"{name} contains {n_nan} NaN values")
     elif a.dtype.kind not in "iub":
-        raise ValueError(f"{name} has dtype {a.dtype}; expected a bool or numeric array")
+        raise InputError(f"{name} has dtype {a.dtype}; expected a bool or numeric array")
     return a != 0

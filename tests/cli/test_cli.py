@@ -27,7 +27,7 @@ def two_disks(tmp_path) -> tuple[Path, np.ndarray, np.ndarray]:
     return path, d1, d2
 
 
-def _one_line_error(capsys, code: int, expect_code: int = 1) -> str:
+def _one_line_error(capsys, code: int, expect_code: int = 2) -> str:
     err = capsys.readouterr().err.strip()
     assert code == expect_code, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -67,9 +67,9 @@ def test_segment_box_with_point_and_rgba_input(tmp_path, capsys) -> None:
         (["--box", "a,b,c,d"], 2, "X0,Y0,X1,Y1"),
         (["--point", "1,2,5"], 2, "LABEL must be 1"),
         ([], 2, "at least one --box, --box3d or --point"),
-        (["--box", "10,10,400,50"], 1, "lies outside the 260x180 image"),
-        (["--box", "50,10,40,50"], 1, "x0 <= x1"),
-        (["--box", "1,1,5,5", "--model", "no_such"], 1, "unknown model 'no_such'"),
+        (["--box", "10,10,400,50"], 2, "lies outside the 260x180 image"),
+        (["--box", "50,10,40,50"], 2, "x0 <= x1"),
+        (["--box", "1,1,5,5", "--model", "no_such"], 2, "unknown model 'no_such'"),
         (["--box", "1,1,5,5", "--threads", "0"], 2, "must be at least 1"),
         (["--box", "1,1,5,5", "--backend", "cuda"], 2, "invalid choice"),
     ],
@@ -128,5 +128,5 @@ def test_subprocess_error_has_no_traceback(tmp_path) -> None:
         timeout=120,
         env=env,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # an input error
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

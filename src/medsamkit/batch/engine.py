@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import MedsamkitError, OptionError
+
 log = logging.getLogger("medsamkit")
 
 
@@ -60,9 +62,9 @@ class EngineOptions:
         for name in ("workers", "threads_per_worker", "max_in_flight"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {v}")
+                raise OptionError(f"{name.replace('_', '-')} must be at least 1, got {v}")
         if self.scheduler is not None and self.workers is not None:
-            raise ValueError("give either a scheduler address or a number of local workers, not both")
+            raise OptionError("give either a scheduler address or a number of local workers, not both")
 
     def local_layout(self) -> tuple[int, int]:
         """(workers, threads per worker) of the local cluster."""
@@ -256,12 +258,12 @@ class DaskEngine:
             try:
                 self._client = Client(o.scheduler, timeout="30s")
             except (OSError, TimeoutError) as e:
-                raise ValueError(f"cannot reach the Dask scheduler at {o.scheduler}: {e}") from e
+                raise MedsamkitError(f"cannot reach the Dask scheduler at {o.scheduler}: {e}") from e
             self._own.append(self._client)
             try:
                 self._client.wait_for_workers(1, timeout=120)
             except TimeoutError as e:
-                raise ValueError(f"no Dask worker joined the scheduler at {o.scheduler} within 120 s") from e
+                raise MedsamkitError(f"no Dask worker joined the scheduler at {o.scheduler} within 120 s") from e
         else:
             workers, threads = o.local_layout()
             from ..models.backends import default_threads

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .._files import atomic_write_text
+from ..errors import InputError
 from .engine import DaskEngine, ModelSpec, PredictorLease, error_text
 from .manifest import ManifestItem, safe_stem
 
@@ -73,15 +74,15 @@ def _number_lists(key: str, value: Any, counts: tuple[int, ...], what: str) -> l
     elif isinstance(value, (list, tuple)):
         groups = [value]
     else:
-        raise ValueError(f"{key}: {value!r} is not {what}")
+        raise InputError(f"{key}: {value!r} is not {what}")
     out = []
     for g in groups:
         try:
             numbers = [float(v) for v in g]
         except (TypeError, ValueError):
-            raise ValueError(f"{key}: {value!r} is not {what}") from None
+            raise InputError(f"{key}: {value!r} is not {what}") from None
         if len(numbers) not in counts:
-            raise ValueError(f"{key}: {value!r} is not {what}")
+            raise InputError(f"{key}: {value!r} is not {what}")
         out.append(numbers)
     return out
 
@@ -90,9 +91,9 @@ def _int(key: str, value: Any) -> int:
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{key}: {value!r} is not an integer") from None
+        raise InputError(f"{key}: {value!r} is not an integer") from None
     if f != int(f):
-        raise ValueError(f"{key}: {value!r} is not an integer")
+        raise InputError(f"{key}: {value!r} is not an integer")
     return int(f)
 
 
@@ -104,7 +105,7 @@ def _bool(key: str, value: Any) -> bool:
         return True
     if text in ("0", "false", "no", "n"):
         return False
-    raise ValueError(f"{key}: {value!r} is not true/false")
+    raise InputError(f"{key}: {value!r} is not true/false")
 
 
 def _names(value: Any) -> list[str]:
@@ -119,6 +120,24 @@ def _window(value: Any) -> tuple[float, float]:
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     return parse_window(str(value))
+
+
+def output_inside(out_dir: str | Path, value: Any) -> Path:
+    """A manifest row's ``output``: a path relative to ``out_dir`` that stays inside it (after resolving ``..``
+    and symbolic links). Absolute paths, ``~`` and paths that leave ``out_dir`` raise
+    :class:`~medsamkit.errors.OutputError`."""
+    from ..errors import OutputError
+
+    if not isinstance(value, str) or not value.strip():
+        raise OutputError(f"output: expected a file name inside the output folder, got {value!r}")
+    rel = Path(value.strip())
+    if rel.is_absolute() or value.strip().startswith("~"):
+        raise OutputError(f"output {value!r}: give a path relative to the output folder (outputs stay inside OUT_DIR)")
+    root = Path(out_dir).resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise OutputError(f"output {value!r} leads outside the output folder {root}; outputs stay inside OUT_DIR")
+    return target
 
 
 # -- segment ---------------------------------------------------------------------------------------------------
@@ -155,17 +174,13 @@ class SegmentJob:
         return self.model.settings()
 
     def prepare(self, item: ManifestItem) -> dict[str, Any]:
-        from ..predict.jobs import SegmentRequest
+        from ..predict.jobs import SegmentRequest, check_request_outputs
 
         f = item.fields
         image = item.path("image")
         if image is None:
-            raise ValueError("no image (the 'image' column is empty)")
-        output = f.get("output")
-        if output is not None:
-            output = Path(str(output)).expanduser()
-            if not output.is_absolute():
-                output = Path(self.out_dir) / output
+            raise InputError("no image (the 'image' column is empty)")
+        output = None if f.get("output") is None else output_inside(self.out_dir, f["output"])
         request = SegmentRequest(
             image=image,
             output=output,
@@ -182,7 +197,13 @@ class SegmentJob:
             series=str(f["series"]) if "series" in f else None,
             ground_truth=item.path("ground_truth"),
         )
+        if output is not None:
+            check_request_outputs(request, output)  # no input overwritten, a mask format, a writable folder
         return {"request": request, "line": item.line, "row": f}
+
+    def planned_output(self, payload: dict[str, Any]) -> Path | None:
+        """The mask path a row names (None: ``OUT_DIR/masks/<id>``, unique per item)."""
+        return payload["request"].output
 
     def error_text(self, e: BaseException) -> str:
         """Errors name manifest columns, not command-line options."""
@@ -236,7 +257,7 @@ class EverythingJob:
         f = item.fields
         image = item.path("image")
         if image is None:
-            raise ValueError("no image (the 'image' column is empty)")
+            raise InputError("no image (the 'image' column is empty)")
         window = _window(f["window"]) if "window" in f else None
         return {"image": image, "preset": str(f.get("preset", "auto")), "window": window, "line": item.line, "row": f}
 
@@ -317,7 +338,7 @@ class SamaugJob:
         f = item.fields
         image, mask = item.path("image"), item.path("mask")
         if image is None or mask is None:
-            raise ValueError("a SAMAug case needs an image and a mask")
+            raise InputError("a SAMAug case needs an image and a mask")
         case = Case(
             id=safe_stem(item.id),
             image=image,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputError
 from .manifest import ManifestItem
 
 STATES = ("pending", "running", "done", "failed")
@@ -104,12 +105,12 @@ class Ledger:
                 self.db.execute("INSERT INTO job VALUES ('created', ?)", (json.dumps(time.strftime("%Y-%m-%dT%H:%M:%S")),))
             return
         if rows.get("kind") != kind:
-            raise ValueError(f"{self.path.parent} holds a batch {rows.get('kind')} job, not {kind}; use another output folder")
+            raise OutputError(f"{self.path.parent} holds a batch {rows.get('kind')} job, not {kind}; use another output folder")
         old = rows.get("settings", {})
         new = json.loads(json.dumps(settings, sort_keys=True))
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
-            raise ValueError(
+            raise OutputError(
                 f"{self.path.parent} holds a batch {kind} job with other settings ({', '.join(changed)}); "
                 "use another output folder"
             )
@@ -213,6 +214,13 @@ class Ledger:
         for r in self.db.execute(f"SELECT state, COUNT(*) AS n FROM items {where} GROUP BY state", args):
             out[r["state"]] = int(r["n"])
         return out
+
+    def output_owner(self, output: str, item_id: str) -> dict[str, Any] | None:
+        """The finished item (id, line) other than ``item_id`` whose output is ``output``, or None."""
+        r = self.db.execute(
+            "SELECT id, line FROM items WHERE state = 'done' AND output = ? AND id != ? LIMIT 1", (output, item_id)
+        ).fetchone()
+        return dict(r) if r is not None else None
 
     def mark_started(self, item_id: str, worker: str, when: float) -> None:
         self.db.execute(

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 CSV_SUFFIXES = (".csv", ".tsv")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 UNREADABLE = "__unreadable__"  # payload key of a row that could not be read
@@ -40,7 +42,7 @@ class ManifestItem:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise ValueError(f"{key}: expected a path, got {value!r}")
+            raise InputError(f"{key}: expected a path, got {value!r}")
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base / p
 
@@ -85,14 +87,14 @@ def _normalise(raw: dict[Any, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
         if k is None:  # csv: more cells than header columns
-            raise ValueError(f"the row has more cells than the header has columns ({len(v)} extra)")
+            raise InputError(f"the row has more cells than the header has columns ({len(v)} extra)")
         key = str(k).strip().lower()
         if isinstance(v, str):
             v = v.strip()
         if v is None or v == "" or v == []:
             continue
         if key in out:
-            raise ValueError(f"column {key!r} appears twice")
+            raise InputError(f"column {key!r} appears twice")
         out[key] = v
     return out
 
@@ -117,7 +119,7 @@ def manifest_format(path: str | os.PathLike[str]) -> str:
         return "csv"
     if s in JSONL_SUFFIXES:
         return "jsonl"
-    raise ValueError(f"{Path(path).name}: a manifest is a .csv/.tsv (with a header) or .jsonl/.ndjson file")
+    raise InputError(f"{Path(path).name}: a manifest is a .csv/.tsv (with a header) or .jsonl/.ndjson file")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Iterator[ManifestItem]:
@@ -127,7 +129,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Iterator[ManifestItem]:
     p = Path(path)
     fmt = manifest_format(p)
     if not p.is_file():
-        raise ValueError(f"manifest not found: {p}")
+        raise InputError(f"manifest not found: {p}")
     base = p.resolve().parent
     if fmt == "csv":
         yield from _read_csv(p, base)
@@ -140,9 +142,9 @@ def _read_csv(p: Path, base: Path) -> Iterator[ManifestItem]:
         reader = csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
         if not header or not any(header):
-            raise ValueError(f"{p.name}: the manifest is empty or has no header line")
+            raise InputError(f"{p.name}: the manifest is empty or has no header line")
         if "image" not in header:
-            raise ValueError(f"{p.name}: the header has no 'image' column (columns: {', '.join(header)})")
+            raise InputError(f"{p.name}: the header has no 'image' column (columns: {', '.join(header)})")
         for raw in reader:
             line = reader.line_num
             try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import atomic_write_text
+from ..errors import FileInputError, InputError, OptionError, OutputError
 from .engine import DaskEngine, EngineOptions, run_item
 from .jobs import future_error
 from .ledger import Ledger, Registration
@@ -107,12 +108,12 @@ def run_batch(
     bad row is a failed item, never an exception. Returns the :class:`BatchSummary` (also in
     ``OUT_DIR/summary.json``)."""
     if max_retries < 0:
-        raise ValueError("max_retries must be >= 0")
+        raise OptionError("max_retries must be >= 0")
     if isinstance(manifest, (str, os.PathLike)):
         manifest = Path(manifest)
         manifest_format(manifest)
         if not manifest.is_file():
-            raise ValueError(f"manifest not found: {manifest}")
+            raise FileInputError(f"manifest not found: {manifest}")
         base = manifest.resolve().parent
         source = str(manifest.resolve())
     else:
@@ -170,7 +171,7 @@ def _lock(out: Path):  # noqa: ANN202
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise ValueError(f"another batch run is using {out}") from None
+        raise OutputError(f"another batch run is using {out}") from None
     return f
 
 
@@ -208,6 +209,24 @@ def _finish(ledger: Ledger, run: int, summary: BatchSummary) -> None:
     summary.failures = failures
 
 
+def _claim_output(job: Any, payload: Any, item: ManifestItem, claimed: dict[str, tuple[str, int]], ledger: Ledger) -> None:
+    """Refuse a row whose named output is another item's (of this run, or finished earlier): the later row would
+    overwrite finished work."""
+    planned = job.planned_output(payload) if hasattr(job, "planned_output") else None
+    if planned is None:
+        return
+    key = str(Path(planned).resolve())
+    other = claimed.get(key)
+    if other is not None and other[0] != item.id:
+        raise OutputError(f"output {planned} is also the output of item {other[0]} (line {other[1]}); give each row its own")
+    owner = ledger.output_owner(key, item.id)
+    if owner is not None:
+        raise OutputError(
+            f"output {planned} is the finished output of item {owner['id']} (line {owner['line']}); give this row another one"
+        )
+    claimed[key] = (item.id, item.line)
+
+
 def _process(
     job: Any,
     base: Path,
@@ -234,6 +253,7 @@ def _process(
     events: queue.SimpleQueue = queue.SimpleQueue()
     client.subscribe_topic(topic, events.put)
     active: set[str] = set()
+    claimed: dict[str, tuple[str, int]] = {}  # output path -> (item id, line) in this run
     starts: dict[str, int] = {}
     seconds = [0, 0.0]  # items computed on workers, their seconds
     loads = [0, 0.0]
@@ -272,8 +292,9 @@ def _process(
                 item = ManifestItem.from_payload(r["id"], r["line"], r["payload"], base)
                 try:
                     if item.error:
-                        raise ValueError(item.error)
+                        raise InputError(item.error)
                     payload = job.prepare(item)
+                    _claim_output(job, payload, item, claimed, ledger)
                 except (ValueError, OSError) as e:
                     ledger.mark_failed(item.id, job.error_text(e) if hasattr(job, "error_text") else str(e))
                     tick(failed=True)
@@ -296,6 +317,7 @@ def _process(
                     loads[1] += float(res["model_load_s"])
                 if res["ok"]:
                     output = res["record"].get("output") if isinstance(res["record"], dict) else None
+                    output = str(Path(output).resolve()) if output else output
                     ledger.mark_done(item_id, output=output, seconds=res["seconds"], starts=max(1, n), worker=res.get("worker"))
                 else:
                     ledger.mark_failed(

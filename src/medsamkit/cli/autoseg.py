@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from .common import CliError, positive_int, say
+from ..errors import InputError
+from .common import positive_int, say
 
 
 def add_parser(sub) -> None:
@@ -38,32 +39,31 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from ..io import ImageReadError, read_image, write_mask
-    from ..models import WeightsError
+    from ..io import read_image, write_mask
+    from ..io.writers import check_mask_fits, check_mask_output
     from ..train.finetune import AutoSegmenter, load_autosam
 
     t0 = time.perf_counter()
-    try:
-        image = read_image(args.image, series_uid=args.series, modality=args.modality)
-        model = load_autosam(args.autosam)
-        seg = AutoSegmenter(model, backend=args.backend, threads=args.threads)
-        if image.is_volume:
-            mask = _volume(seg, image, args.modality, show=not args.quiet and sys.stderr.isatty())
-        else:
-            from ..train.data import to_picture
+    check_mask_output(args.output, [args.image, args.autosam])
+    image = read_image(args.image, series_uid=args.series, modality=args.modality)
+    check_mask_fits(image, args.output)
+    model = load_autosam(args.autosam)
+    seg = AutoSegmenter(model, backend=args.backend, threads=args.threads)
+    if image.is_volume:
+        mask = _volume(seg, image, args.modality, show=not args.quiet and sys.stderr.isatty())
+    else:
+        from ..train.data import to_picture
 
-            mask = seg.segment(to_picture(image, args.modality)).mask.astype(np.uint8)
-        info = model.adapter_info
-        meta = {
-            "model": f"{Path(str(info['base']['model'])).name}+autosam",
-            "run": str(args.autosam),
-            "adapter_epoch": info.get("epoch"),
-            "prompt": "none (AutoSAM prompt generator)",
-            "backend": seg.predictor.engine.backend,
-        }
-        write_mask(args.output, mask, like=image, names={1: "foreground"}, metadata=meta)
-    except (ImageReadError, WeightsError, ValueError, FileNotFoundError) as e:
-        raise CliError(str(e).strip().splitlines()[0], code=1) from e
+        mask = seg.segment(to_picture(image, args.modality)).mask.astype(np.uint8)
+    info = model.adapter_info
+    meta = {
+        "model": f"{Path(str(info['base']['model'])).name}+autosam",
+        "run": str(args.autosam),
+        "adapter_epoch": info.get("epoch"),
+        "prompt": "none (AutoSAM prompt generator)",
+        "backend": seg.predictor.engine.backend,
+    }
+    write_mask(args.output, mask, like=image, names={1: "foreground"}, metadata=meta)
     if not args.quiet:
         say(f"{args.output}: {int(mask.sum())} foreground pixel(s) of {mask.size}; {time.perf_counter() - t0:.2f} s")
 
@@ -74,7 +74,7 @@ def _volume(seg, image, modality: str | None, show: bool):  # noqa: ANN001, ANN2
     from ..preprocess.intensity import resolve_preset
 
     if image.is_rgb:
-        raise ValueError("RGB volumes are not supported")
+        raise InputError("RGB volumes are not supported")
     fitted = resolve_preset(image.array, modality or image.modality, "auto")
     out = np.zeros(image.spatial_shape, np.uint8)
     zs = range(image.spatial_shape[0])

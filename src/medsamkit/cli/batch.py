@@ -129,10 +129,7 @@ def _start(args: argparse.Namespace, make_job):  # noqa: ANN001, ANN202
     """Engine and job for a batch command, then the run and its report."""
     from ..batch import DaskEngine, ModelSpec
 
-    try:
-        engine = DaskEngine(engine_options(args))
-    except ValueError as e:
-        raise CliError(f"batch {args.job}: {e}") from e
+    engine = DaskEngine(engine_options(args))
     spec = ModelSpec(
         args.model,
         checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
@@ -145,11 +142,8 @@ def _start(args: argparse.Namespace, make_job):  # noqa: ANN001, ANN202
 def _run(args: argparse.Namespace, engine, job, source) -> None:  # noqa: ANN001
     from ..batch import run_batch
 
-    try:
-        with engine:
-            summary = run_batch(job, source, engine=engine, max_retries=args.max_retries, progress=not args.quiet)
-    except ValueError as e:
-        raise CliError(f"batch {args.job}: {e}", code=1) from e
+    with engine:
+        summary = run_batch(job, source, engine=engine, max_retries=args.max_retries, progress=not args.quiet)
     _report(summary, args.quiet)
 
 
@@ -179,14 +173,11 @@ def run_samaug(args: argparse.Namespace) -> None:
     if source.is_dir():
         from ..evaluate import load_dataset
 
-        try:
-            ds = load_dataset(source, layout=args.layout)
-        except (ValueError, OSError) as e:
-            raise CliError(f"{source}: {e}", code=1) from e
+        ds = load_dataset(source, layout=args.layout)
         if args.limit is not None:
             ds = ds.subset(limit=args.limit)
         if not len(ds):
-            raise CliError(f"{ds.root}: no (image, mask) cases found", code=1)
+            raise CliError(f"{ds.root}: no (image, mask) cases found")
         source = dataset_items(ds)
     elif args.limit is not None:
         raise CliError("batch samaug: --limit applies to a dataset folder")
@@ -200,7 +191,7 @@ def _check_common(args: argparse.Namespace) -> None:
     if args.max_retries < 0:
         raise CliError(f"batch {args.job}: --max-retries must be >= 0")
     if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise CliError(f"batch {args.job}: checkpoint not found: {args.checkpoint}", code=1)
+        raise CliError(f"batch {args.job}: checkpoint not found: {args.checkpoint}")
 
 
 def run_segment(args: argparse.Namespace) -> None:
@@ -237,7 +228,10 @@ def _report(summary, quiet: bool) -> None:  # noqa: ANN001
         if len(s.failures) > 10:
             say(f"  ... and {failed_now - 10} more (see summary.json or `medsamkit batch status`)")
     if failed_now:
-        raise CliError(f"batch {s.job}: {failed_now} item(s) failed", code=1)
+        raise CliError(
+            f"batch {s.job}: {failed_now} item(s) failed; finished items are kept, re-running retries the failed ones",
+            code=3,
+        )
 
 
 def run_status(args: argparse.Namespace) -> None:
@@ -245,7 +239,7 @@ def run_status(args: argparse.Namespace) -> None:
 
     path = args.folder / "ledger.sqlite"
     if not path.is_file():
-        raise CliError(f"batch status: no ledger in {args.folder}", code=1)
+        raise CliError(f"batch status: no ledger in {args.folder}")
     with Ledger(path) as ledger:
         job = ledger.job()
         counts = ledger.counts()

@@ -77,32 +77,26 @@ def run(args: argparse.Namespace) -> None:
     from ..prompts import parse_protocol
 
     protocols = args.prompt or list(DEFAULT_PROTOCOLS)
-    try:
-        for text in protocols:
-            parse_protocol(text)
-        window = parse_window(args.window) if args.window else None
-        config = EvalConfig(
-            seed=args.seed,
-            mode=args.mode,
-            nsd_tolerance=args.nsd_tolerance,
-            preset=args.preset,
-            window=window,
-            min_slice_pixels=args.min_slice_pixels,
-            save_masks=not args.no_masks,
-        )
-    except ValueError as e:
-        raise CliError(str(e)) from e
+    for text in protocols:
+        parse_protocol(text)
+    window = parse_window(args.window) if args.window else None
+    config = EvalConfig(
+        seed=args.seed,
+        mode=args.mode,
+        nsd_tolerance=args.nsd_tolerance,
+        preset=args.preset,
+        window=window,
+        min_slice_pixels=args.min_slice_pixels,
+        save_masks=not args.no_masks,
+    )
     datasets = []
     for path in args.dataset:
-        try:
-            datasets.append(load_dataset(path, layout=args.layout, channel=args.channel, modality=args.modality))
-        except (ValueError, OSError) as e:
-            raise CliError(f"{path}: {e}", code=1) from e
+        datasets.append(load_dataset(path, layout=args.layout, channel=args.channel, modality=args.modality))
     for d in datasets:
         if d.skipped:
             say(f"medsamkit: {d.name}: {len(d.skipped)} file(s) skipped (e.g. {d.skipped[0][0]}: {d.skipped[0][1]})")
         if not len(d):
-            raise CliError(f"{d.root}: no (image, mask) cases found", code=1)
+            raise CliError(f"{d.root}: no (image, mask) cases found")
     kwargs = dict(
         model=args.model,
         checkpoint=args.checkpoint,
@@ -116,10 +110,7 @@ def run(args: argparse.Namespace) -> None:
     if uses_dask(args):
         from ..batch import DaskEngine, ModelSpec, evaluate_mapper
 
-        try:
-            engine = DaskEngine(engine_options(args))
-        except ValueError as e:
-            raise CliError(f"evaluate: {e}") from e
+        engine = DaskEngine(engine_options(args))
         spec = ModelSpec(
             args.model,
             checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
@@ -143,3 +134,11 @@ def run(args: argparse.Namespace) -> None:
         f"{s['errors']} error rows, {s['run']['wall_s']} s -> {run_.out_dir}/results.csv, summary.json"
         + ("" if args.no_report else ", report.html")
     )
+    failed = s["errors"] - s.get("invalid", 0)
+    if failed:
+        cases = sorted({f"{e['dataset']}/{e['case']}" for e in s.get("error_examples", []) if e.get("status") == "error"})
+        shown = f" ({', '.join(cases[:5])}{', ...' if len(cases) > 5 else ''})" if cases else ""
+        raise CliError(
+            f"evaluate: {failed} result row(s) failed{shown}; the rest is kept in {run_.out_dir} and a re-run retries them",
+            code=3,
+        )

@@ -69,10 +69,7 @@ def options_from_args(args: argparse.Namespace):  # noqa: ANN201
     overrides = {k: v for k, v in mapping.items() if v is not None}
     if overrides.get("prompt_mode") == "points" and "multimask_output" not in overrides:
         overrides["multimask_output"] = True
-    try:
-        return default_options(args.model, **overrides)
-    except (TypeError, ValueError) as e:
-        raise CliError(str(e)) from None
+    return default_options(args.model, **overrides)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -91,24 +91,21 @@ def run(args: argparse.Namespace) -> None:
 
     if args.cache_embeddings is not None and args.mode not in ("decoder", "autosam"):
         raise CliError(f"--cache-embeddings needs a frozen image encoder (--mode decoder or autosam), not {args.mode}")
-    try:
-        overrides = {
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "weight_decay": args.weight_decay,
-            "warmup_epochs": args.warmup_epochs,
-            "grad_accum_steps": args.grad_accum,
-            "patience": args.patience,
-            "seed": args.seed,
-            "num_workers": args.workers,
-            "device": args.device,
-            "max_minutes": args.max_minutes,
-        }
-        if args.lr is not None:
-            overrides["lr"] = args.lr
-        config = default_config(args.mode, **overrides)
-    except ValueError as e:
-        raise CliError(str(e)) from e
+    overrides = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "weight_decay": args.weight_decay,
+        "warmup_epochs": args.warmup_epochs,
+        "grad_accum_steps": args.grad_accum,
+        "patience": args.patience,
+        "seed": args.seed,
+        "num_workers": args.workers,
+        "device": args.device,
+        "max_minutes": args.max_minutes,
+    }
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    config = default_config(args.mode, **overrides)
     options = {
         "checkpoint": str(args.checkpoint) if args.checkpoint is not None else None,
         "size": args.size,
@@ -132,19 +129,16 @@ def run(args: argparse.Namespace) -> None:
         "test_fraction": args.test_fraction,
         "split_seed": args.split_seed,
     }
-    try:
-        res = finetune(
-            args.dataset,
-            args.output,
-            args.mode,
-            model=args.model,
-            config=config,
-            resume=args.resume,
-            progress=not args.quiet,
-            **options,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        raise CliError(str(e).strip().splitlines()[0], code=1) from e
+    res = finetune(
+        args.dataset,
+        args.output,
+        args.mode,
+        model=args.model,
+        config=config,
+        resume=args.resume,
+        progress=not args.quiet,
+        **options,
+    )
     if res.rank != 0:
         return
     f = res.fit
@@ -162,10 +156,7 @@ def run(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from ..train.finetune import evaluate_finetune, summarize_rows
 
-    try:
-        rows = evaluate_finetune(args.output, progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as e:
-        raise CliError(str(e).strip().splitlines()[0], code=1) from e
+    rows = evaluate_finetune(args.output, progress=not args.quiet)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()

@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args_list: list[str]) -> int:
+    """Exit status: 0 done; 1 an internal error (a bug: the traceback goes to a log file) or a failure of the
+    environment (memory, disk); 2 an input error (:class:`~medsamkit.errors.InputError`: a bad file, prompt or
+    option); 3 a job that finished with failed items (``batch``, ``evaluate``: finished work is kept);
+    130 interrupted."""
+    from ..errors import MedsamkitError, one_line
+
     try:
         parser = build_parser()
         args = parser.parse_args(args_list)
@@ -81,15 +87,47 @@ def _run(args_list: list[str]) -> int:
         msg = str(e)
         print(msg if msg.startswith("medsamkit") else f"medsamkit: error: {msg}", file=sys.stderr)
         return e.code
+    except MedsamkitError as e:
+        print(f"medsamkit: error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("medsamkit: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback unless asked
+    except MemoryError:
+        print("medsamkit: error: out of memory (the input may be larger than this machine can hold)", file=sys.stderr)
+        return 1
+    except OSError as e:  # the environment: a full disk, a permission, a vanished file
         if os.environ.get("MEDSAMKIT_DEBUG"):
             raise
-        text = str(e).strip()
-        print(f"medsamkit: error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"medsamkit: error: {where}{e.strerror or one_line(e)}", file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback in a log file
+        if os.environ.get("MEDSAMKIT_DEBUG"):
+            raise
+        log_file = _log_traceback(e)
+        where = f"; traceback in {log_file}" if log_file else ""
+        text = f"{type(e).__name__}: {one_line(e, 200)}{where}"
+        print(f"medsamkit: internal error (a bug, please report it): {text}", file=sys.stderr)
+        return 1
+
+
+def _log_traceback(exc: BaseException) -> str | None:
+    """Write ``exc``'s traceback to ``<cache>/logs/`` and return the file's path (None if that fails)."""
+    import time
+    import traceback
+
+    from ..models.weights import cache_dir
+
+    try:
+        folder = cache_dir() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        path.write_text(f"medsamkit {' '.join(sys.argv[1:])}\n\n{text}", encoding="utf-8")
+        return str(path)
+    except OSError:
+        return None
 
 
 def run() -> None:

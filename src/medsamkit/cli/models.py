@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CliError
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -19,13 +17,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..models import WeightsError, availability, list_models, resolve_weights
+    from ..models import availability, list_models, resolve_weights
 
     if args.download:
-        try:
-            path = resolve_weights(args.download, download=True)
-        except WeightsError as e:
-            raise CliError(str(e), code=1) from e
+        path = resolve_weights(args.download, download=True)
         print(f"{args.download}: {path}")
         return
     rows = [("model", "arch", "input", "licence", "status", "weights / how to get them")]

@@ -58,32 +58,23 @@ def run_prepare(args: argparse.Namespace) -> None:
         raise CliError("--alpha applies to --mode add only")
     if not 0.0 <= alpha <= 1.0:
         raise CliError(f"--alpha must be in [0, 1], got {alpha}")
-    try:
-        ds = load_dataset(args.dataset, layout=args.layout)
-    except (ValueError, OSError) as e:
-        raise CliError(f"{args.dataset}: {e}", code=1) from e
+    ds = load_dataset(args.dataset, layout=args.layout)
     if not len(ds):
-        raise CliError(f"{ds.root}: no (image, mask) cases found", code=1)
+        raise CliError(f"{ds.root}: no (image, mask) cases found")
     overrides = {} if args.points_per_side is None else {"points_per_side": args.points_per_side}
-    try:
-        options = default_options(args.model, **overrides)
-    except (TypeError, ValueError) as e:
-        raise CliError(str(e)) from e
+    options = default_options(args.model, **overrides)
     predictor = Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads)
     generator = AutomaticMaskGenerator(predictor, options)
-    try:
-        s = prepare_dataset(
-            ds,
-            args.output,
-            generator,
-            args.mode,
-            progress=not args.quiet,
-            alpha=alpha,
-            thickness=args.thickness,
-            limit=args.limit,
-        )
-    except ValueError as e:
-        raise CliError(str(e), code=1) from e
+    s = prepare_dataset(
+        ds,
+        args.output,
+        generator,
+        args.mode,
+        progress=not args.quiet,
+        alpha=alpha,
+        thickness=args.thickness,
+        limit=args.limit,
+    )
     c = s["counts"]
     print(
         f"samaug {s['mode']}: {c['cases']} cases ({c['computed']} computed, {c['cached']} cached, {c['failed']} failed), "
@@ -93,4 +84,4 @@ def run_prepare(args: argparse.Namespace) -> None:
         for f in s["failures"]:
             say(f"medsamkit: samaug: case {f['case']} failed: {f['error']}")
         ids = ", ".join(f["case"] for f in s["failures"][:5]) + (", ..." if len(s["failures"]) > 5 else "")
-        raise CliError(f"{len(s['failures'])} case(s) failed ({ids}); see {Path(args.output) / 'samaug.json'}", code=1)
+        raise CliError(f"{len(s['failures'])} case(s) failed ({ids}); see {Path(args.output) / 'samaug.json'}", code=3)

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import CliError, box_arg, numbers_arg, positive_int, say
+from .common import box_arg, numbers_arg, positive_int, say
 
 
 def add_parser(sub) -> None:
@@ -62,13 +62,20 @@ def add_parser(sub) -> None:
     p.add_argument("--window", metavar="LEVEL,WIDTH", help="explicit CT window, e.g. 40,400 (overrides --preset)")
     p.add_argument("--modality", help="override the modality the file states or that is guessed (CT, MR, ...)")
     p.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when a DICOM folder holds several")
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="a DICOM series with missing or unevenly spaced slices: resample it onto a uniform grid (first and last "
+        "slice kept, missing slices interpolated) so the mask can be NIfTI/NRRD/MHA; without it only -o .dcm is exact",
+    )
     p.add_argument("--label", action="append", default=[], metavar="NAME", help="name of each object, in order")
     p.add_argument(
         "-o",
         "--output",
         type=Path,
         required=True,
-        help="output mask: .png (2D); .nii.gz, .nii, .nrrd, .mha, or .dcm (DICOM-SEG, DICOM input) for volumes",
+        help="output mask: .png (2D: label values 0, 1, 2... - dark in image viewers, see --overlay); .nii.gz, .nii, "
+        ".nrrd, .mha, or .dcm (DICOM-SEG, DICOM input) for volumes. An input is never overwritten",
     )
     p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
     p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
@@ -92,49 +99,39 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..io import ImageReadError
-    from ..io.dicom import DicomSegError
-    from ..models import WeightsError
-    from ..predict.jobs import SegmentRequest, SegmentRequestError, segment_file
+    from ..predict.jobs import SegmentRequest, segment_file
+    from ..preprocess.intensity import parse_window
 
     t0 = time.perf_counter()
-    try:
-        window = None
-        if args.window is not None:
-            from ..preprocess.intensity import parse_window
-
-            try:
-                window = parse_window(args.window)
-            except ValueError as e:
-                raise SegmentRequestError(f"--{e}") from e
-        request = SegmentRequest(
-            image=args.image,
-            output=args.output,
-            boxes=args.box,
-            boxes3d=args.box3d,
-            points=args.point,
-            slice_index=args.slice,
-            axis=args.axis,
-            world=args.world,
-            names=args.label,
-            preset=args.preset,
-            window=window,
-            modality=args.modality,
-            series=args.series,
-            overlay=args.overlay,
-        )
-        show = not args.quiet and sys.stderr.isatty()
-        record = segment_file(lambda: _predictor(args), request, model_name=None if args.adapter else args.model, progress=show)
-    except SegmentRequestError as e:
-        raise CliError(f"segment: {e}") from e
-    except (ImageReadError, WeightsError, DicomSegError, ValueError) as e:
-        raise CliError(str(e).strip().splitlines()[0], code=1) from e
+    request = SegmentRequest(
+        image=args.image,
+        output=args.output,
+        boxes=args.box,
+        boxes3d=args.box3d,
+        points=args.point,
+        slice_index=args.slice,
+        axis=args.axis,
+        world=args.world,
+        names=args.label,
+        preset=args.preset,
+        window=None if args.window is None else parse_window(args.window),
+        modality=args.modality,
+        series=args.series,
+        overlay=args.overlay,
+        resample=args.resample,
+    )
+    show = not args.quiet and sys.stderr.isatty()
+    record = segment_file(lambda: _predictor(args), request, model_name=None if args.adapter else args.model, progress=show)
     if args.quiet:
         return
     objects = record["objects"]
     if record["kind"] == "2d":
         areas = ", ".join(f"{o['pixels']} px (predicted IoU {o['predicted_iou']:.2f})" for o in objects)
-        say(f"{args.output}: {len(objects)} object(s): {areas}; {time.perf_counter() - t0:.2f} s")
+        see = f"; picture in {args.overlay}" if args.overlay else "; add --overlay FILE.png for a picture"
+        say(
+            f"{args.output}: {len(objects)} object(s): {areas}; {time.perf_counter() - t0:.2f} s "
+            f"(label values 1..{len(objects)} on 0: dark in an image viewer{see})"
+        )
     else:
         desc = ", ".join(f"label {o['label']}: {o['voxels']} voxels on slices {o['slices']}" for o in objects)
         say(f"{args.output}: {desc}; {time.perf_counter() - t0:.1f} s")

@@ -113,40 +113,34 @@ def run_train_unet(args: argparse.Namespace) -> None:
 
     if args.input != "raw" and args.samaug_dir is None:
         raise CliError(f"--input {args.input} needs --samaug-dir (the output folder of `medsamkit samaug prepare`)")
-    try:
-        config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup_epochs,
-            patience=args.patience,
-            seed=args.seed,
-            num_workers=args.workers,
-            device=args.device,
-            max_minutes=args.max_minutes,
-        )
-    except ValueError as e:
-        raise CliError(str(e)) from e
-    try:
-        res = train_unet(
-            args.dataset,
-            args.output,
-            args.input,
-            args.samaug_dir,
-            size=args.size,
-            arch=args.arch,
-            config=config,
-            label=args.label,
-            split_seed=args.split_seed,
-            val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction,
-            augment=not args.no_augment,
-            resume=args.resume,
-            progress=not args.quiet,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        raise CliError(str(e), code=1) from e
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        patience=args.patience,
+        seed=args.seed,
+        num_workers=args.workers,
+        device=args.device,
+        max_minutes=args.max_minutes,
+    )
+    res = train_unet(
+        args.dataset,
+        args.output,
+        args.input,
+        args.samaug_dir,
+        size=args.size,
+        arch=args.arch,
+        config=config,
+        label=args.label,
+        split_seed=args.split_seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        augment=not args.no_augment,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
     best = f"best val Dice {res.best_metric:.4f} at epoch {res.best_epoch}" if res.best_epoch else "no validation"
     print(f"{best}; {res.epochs} epoch(s), {res.stop_reason}")
     say(f"medsamkit: {res.seconds:.1f} s -> {args.output}/best.pt, metrics.csv")
@@ -157,13 +151,10 @@ def run_predict_unet(args: argparse.Namespace) -> None:
         raise CliError("predict-unet: give either IMAGE or --dataset DATASET")
     if not 0.0 <= args.threshold < 1.0:
         raise CliError(f"--threshold must be in [0, 1), got {args.threshold}")
-    try:
-        if args.dataset is not None:
-            _score_dataset(args)
-        else:
-            _predict_image(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise CliError(str(e), code=1) from e
+    if args.dataset is not None:
+        _score_dataset(args)
+    else:
+        _predict_image(args)
 
 
 def _predict_image(args: argparse.Namespace) -> None:
@@ -171,20 +162,22 @@ def _predict_image(args: argparse.Namespace) -> None:
 
     from ..evaluate.datasets import case_id_of
     from ..io import read_image, write_mask
+    from ..io.writers import check_mask_output
     from ..train.data import prior_path
     from ..train.unet import load_unet, predict_unet, views_for
 
     if args.output.suffix.lower() == ".csv":
         raise CliError("predict-unet IMAGE writes a mask: give -o MASK.png (a CSV is written with --dataset)")
+    check_mask_output(args.output, [args.image, args.priors])
     model = load_unet(args.run_dir, args.checkpoint)
     image = read_image(args.image)
     if image.is_volume:
-        raise CliError(f"{args.image.name} is a volume {image.spatial_shape}; predict-unet takes 2D images", code=1)
+        raise CliError(f"{args.image.name} is a volume {image.spatial_shape}; predict-unet takes 2D images")
     priors = args.priors
     if args.samaug_dir is not None:
         priors = prior_path(args.samaug_dir, case_id_of(args.image))
         if not priors.is_file():
-            raise CliError(f"no priors for {args.image.name} in {args.samaug_dir}: {priors} not found", code=1)
+            raise CliError(f"no priors for {args.image.name} in {args.samaug_dir}: {priors} not found")
     if priors is not None and model.spec.kind == "raw":
         say("medsamkit: the model was trained on raw images; the priors are not used")
         priors = None

@@ -30,6 +30,8 @@ import numpy as np
 from medsamkit.io import MODALITIES, ImageReadError, MedicalImage, format_of, guess_modality, read_image
 from medsamkit.io.dicom import is_dicom_file
 
+from ..errors import FileInputError, InputError, MissingFileError
+
 LAYOUTS = ("folder", "nnunet", "msd")
 
 # dataset.json modality / channel names -> medsamkit modality (case-insensitive); names of normalisation schemes
@@ -151,7 +153,7 @@ class Dataset:
             cases = [c for c in cases if c.id in wanted]
         if limit is not None:
             if limit < 0:
-                raise ValueError(f"limit must be >= 0, got {limit}")
+                raise InputError(f"limit must be >= 0, got {limit}")
             cases = cases[:limit]
         return Dataset(self.name, self.root, self.layout, list(cases), dict(self.labels), self.modality, list(self.skipped))
 
@@ -184,18 +186,18 @@ def load_dataset(
     if root.is_file() and root.name == "dataset.json":
         root = root.parent
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root}")
+        raise MissingFileError(f"dataset folder not found: {root}")
     if layout not in ("auto", *LAYOUTS):
-        raise ValueError(f"unknown layout {layout!r}; use 'auto' or one of {', '.join(LAYOUTS)}")
+        raise InputError(f"unknown layout {layout!r}; use 'auto' or one of {', '.join(LAYOUTS)}")
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or channel < 0:
-        raise ValueError(f"channel must be an integer >= 0, got {channel!r}")
+        raise InputError(f"channel must be an integer >= 0, got {channel!r}")
     channel = int(channel)
     user_modality = _user_modality(modality)
     meta = _read_json(root / "dataset.json") if (root / "dataset.json").is_file() else None
     if layout == "auto":
         layout = _detect_layout(root, meta)
     if layout in ("nnunet", "msd") and meta is None:
-        raise ValueError(f"{root}: the {layout} layout needs a dataset.json in the dataset folder")
+        raise InputError(f"{root}: the {layout} layout needs a dataset.json in the dataset folder")
     name = name or root.name
     if layout == "folder":
         ds = _load_folder(root, name, meta, channel)
@@ -217,7 +219,7 @@ def _user_modality(modality: str | None) -> str | None:
         return m
     mapped = modality_from_name(modality)
     if mapped is None:
-        raise ValueError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+        raise InputError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
     return mapped
 
 
@@ -225,9 +227,9 @@ def _read_json(p: Path) -> dict[str, Any]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {p}: {e}") from e
+        raise FileInputError(f"cannot read {p}: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a JSON object, got {type(data).__name__}")
+        raise InputError(f"{p}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -246,7 +248,7 @@ def _detect_layout(root: Path, meta: dict[str, Any] | None) -> str:
     detail = ""
     if meta is not None:
         detail = f" (its dataset.json has keys {', '.join(sorted(meta))} but neither 'training' nor 'channel_names')"
-    raise ValueError(
+    raise InputError(
         f"{root}: cannot tell the dataset layout{detail}; found {shown}. Accepted layouts: "
         "'folder' (images/ + masks/ with matching case names), 'nnunet' (dataset.json with channel_names, "
         "imagesTr/, labelsTr/), 'msd' (dataset.json with a training list, imagesTr/, labelsTr/)"
@@ -318,11 +320,11 @@ def _parse_labels(obj: Any, source: str) -> dict[int, str]:
     if obj is None:
         return {}
     if not isinstance(obj, dict):
-        raise ValueError(f"{source}: labels must be a JSON object, got {type(obj).__name__}")
+        raise InputError(f"{source}: labels must be a JSON object, got {type(obj).__name__}")
     out: dict[int, str] = {}
     for k, v in obj.items():
         if isinstance(v, (list, tuple)):
-            raise ValueError(
+            raise InputError(
                 f"{source}: label {k!r} is region-based ({v}); region-based (overlapping) labels are not supported, "
                 "give one integer value per label"
             )
@@ -333,13 +335,13 @@ def _parse_labels(obj: Any, source: str) -> dict[int, str]:
         elif val_int is not None and isinstance(k, str):
             value, label = val_int, k
         else:
-            raise ValueError(f"{source}: cannot read label entry {k!r}: {v!r}; expected value -> name or name -> value")
+            raise InputError(f"{source}: cannot read label entry {k!r}: {v!r}; expected value -> name or name -> value")
         if value < 0:
-            raise ValueError(f"{source}: label {label!r} has negative value {value}")
+            raise InputError(f"{source}: label {label!r} has negative value {value}")
         if value == 0:
             continue
         if value in out and out[value] != label:
-            raise ValueError(f"{source}: value {value} is named both {out[value]!r} and {label!r}")
+            raise InputError(f"{source}: value {value} is named both {out[value]!r} and {label!r}")
         out[value] = label
     return dict(sorted(out.items()))
 
@@ -370,7 +372,7 @@ def _dataset_json_modality(meta: dict[str, Any] | None, channel: int) -> str | N
 def _load_folder(root: Path, name: str, meta: dict[str, Any] | None, channel: int) -> Dataset:
     for sub in ("images", "masks"):
         if not (root / sub).is_dir():
-            raise ValueError(f"{root}: the folder layout needs images/ and masks/ folders; {sub}/ is missing")
+            raise InputError(f"{root}: the folder layout needs images/ and masks/ folders; {sub}/ is missing")
     skipped: list[tuple[str, str]] = []
     images = _scan(root / "images", root, skipped, allow_dicom_dirs=True)
     masks = _scan(root / "masks", root, skipped, allow_dicom_dirs=False)
@@ -414,18 +416,18 @@ def _load_nnunet(root: Path, name: str, meta: dict[str, Any], channel: int) -> D
     src = str(root / "dataset.json")
     channel_names = meta.get("channel_names")
     if not isinstance(channel_names, dict) or not channel_names:
-        raise ValueError(f'{src}: nnU-Net dataset.json needs a \'channel_names\' object such as {{"0": "CT"}}')
+        raise InputError(f'{src}: nnU-Net dataset.json needs a \'channel_names\' object such as {{"0": "CT"}}')
     if str(channel) not in channel_names:
         listed = ", ".join(f"{k}: {v}" for k, v in channel_names.items())
-        raise ValueError(f"{src}: channel {channel} does not exist; channel_names lists {len(channel_names)} ({listed})")
+        raise InputError(f"{src}: channel {channel} does not exist; channel_names lists {len(channel_names)} ({listed})")
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or not ending:
-        raise ValueError(f"{src}: nnU-Net dataset.json needs a 'file_ending' such as \".nii.gz\"")
+        raise InputError(f"{src}: nnU-Net dataset.json needs a 'file_ending' such as \".nii.gz\"")
     labels = _parse_labels(meta.get("labels", {}), src)
     modality = modality_from_name(channel_names[str(channel)])
     for sub in ("imagesTr", "labelsTr"):
         if not (root / sub).is_dir():
-            raise ValueError(f"{root}: nnU-Net layout without {sub}/")
+            raise InputError(f"{root}: nnU-Net layout without {sub}/")
 
     skipped: list[tuple[str, str]] = []
     images: dict[str, dict[int, Path]] = {}
@@ -466,13 +468,13 @@ def _load_msd(root: Path, name: str, meta: dict[str, Any], channel: int) -> Data
     src = str(root / "dataset.json")
     training = meta.get("training")
     if not isinstance(training, list):
-        raise ValueError(f'{src}: \'training\' must be a list of {{"image": ..., "label": ...}} entries')
+        raise InputError(f'{src}: \'training\' must be a list of {{"image": ..., "label": ...}} entries')
     mods = meta.get("modality")
     modality: str | None = None
     if isinstance(mods, dict) and mods:
         if str(channel) not in mods:
             listed = ", ".join(f"{k}: {v}" for k, v in mods.items())
-            raise ValueError(f"{src}: channel {channel} does not exist; the dataset lists {len(mods)} modalities ({listed})")
+            raise InputError(f"{src}: channel {channel} does not exist; the dataset lists {len(mods)} modalities ({listed})")
         modality = modality_from_name(mods[str(channel)])
     labels = _parse_labels(meta.get("labels", {}), src)
 
@@ -592,7 +594,7 @@ def _label_array(mask_img: MedicalImage, image: MedicalImage, case: Case) -> np.
     if not mask_img.is_volume and arr.ndim == 3:  # colour 2D mask: fine when it is grey stored as RGB(A)
         colour = arr[..., :3] if arr.shape[2] >= 3 else arr
         if not all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(1, colour.shape[2])):
-            raise ValueError(
+            raise InputError(
                 f"case {case.id}: mask {case.mask.name} is a colour image whose channels differ; give a label image "
                 "with one channel (0 = background, 1..K = labels)"
             )
@@ -602,7 +604,7 @@ def _label_array(mask_img: MedicalImage, image: MedicalImage, case: Case) -> np.
     elif not image.is_volume and mask_img.is_volume and arr.shape[0] == 1:
         arr = arr[0]  # a 2D mask saved as a one-slice volume
     if arr.shape != image.spatial_shape:
-        raise ValueError(
+        raise InputError(
             f"case {case.id}: mask shape {arr.shape} does not match the image's spatial shape {image.spatial_shape} "
             f"({case.mask.name} vs {case.image.name})"
         )
@@ -613,25 +615,25 @@ def _as_labels(arr: np.ndarray, case: Case) -> np.ndarray:
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"case {case.id}: mask dtype {arr.dtype} is not a label type")
+        raise InputError(f"case {case.id}: mask dtype {arr.dtype} is not a label type")
     if arr.size == 0:
         return arr.astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"case {case.id}: mask {case.mask.name} holds NaN or infinite values")
+            raise InputError(f"case {case.id}: mask {case.mask.name} holds NaN or infinite values")
         frac = arr != np.round(arr)
         if frac.any():
             bad = arr[frac][:3].tolist()
-            raise ValueError(
+            raise InputError(
                 f"case {case.id}: mask {case.mask.name} holds non-integer values (e.g. {bad}); labels must be integers >= 0"
             )
     lo, hi = arr.min(), arr.max()
     if lo < 0:
-        raise ValueError(f"case {case.id}: mask {case.mask.name} holds negative values (min {lo}); labels must be >= 0")
+        raise InputError(f"case {case.id}: mask {case.mask.name} holds negative values (min {lo}); labels must be >= 0")
     for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
         if hi <= np.iinfo(dtype).max:
             return arr if arr.dtype == dtype else arr.astype(dtype)
-    raise ValueError(f"case {case.id}: mask values up to {hi} do not fit an integer label type")
+    raise InputError(f"case {case.id}: mask values up to {hi} do not fit an integer label type")
 
 
 def _close(a: Sequence[float], b: Sequence[float], scale: float) -> bool:

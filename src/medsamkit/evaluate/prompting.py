@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PromptError
 from ..predict.predictor import Predictor
 from ..predict.volume import ObjectPrompt, PropagationOptions, segment_volume
 from ..prompts import (
@@ -99,9 +100,9 @@ def run_protocol_2d(predictor: Predictor, gt: np.ndarray, protocol: PromptProtoc
     Returns one :class:`StepResult` per recorded step (``protocol.steps``)."""
     gt = np.asarray(gt, dtype=bool)
     if gt.shape != predictor.image_size:
-        raise ValueError(f"ground truth {gt.shape} does not match the image {predictor.image_size}")
+        raise PromptError(f"ground truth {gt.shape} does not match the image {predictor.image_size}")
     if not gt.any():
-        raise ValueError("the object is empty: nothing to prompt")
+        raise PromptError("the object is empty: nothing to prompt")
     h, w = gt.shape
     kind = protocol.kind
     if kind in ("box", "box-shift", "box-jitter"):
@@ -139,7 +140,7 @@ def run_protocol_2d(predictor: Predictor, gt: np.ndarray, protocol: PromptProtoc
         return _iterative(predictor, gt, protocol, rng)
     if kind == "uncertainty":
         return [_uncertainty(predictor, gt, protocol, rng)]
-    raise ValueError(f"protocol {protocol.name!r} is not available for 2D objects")
+    raise PromptError(f"protocol {protocol.name!r} is not available for 2D objects")
 
 
 def _iterative(predictor: Predictor, gt: np.ndarray, protocol: PromptProtocol, rng: np.random.Generator) -> list[StepResult]:
@@ -212,12 +213,12 @@ def run_protocol_3d(
         or (protocol.kind == "box" and protocol.components)
         or protocol.select != ("first" if protocol.kind.startswith("box") else "auto")
     ):
-        raise ValueError(
+        raise PromptError(
             f"protocol {protocol.name!r} is not available in volume mode (use one of {', '.join(VOLUME_KINDS)} with "
             "default selection, or evaluate slice by slice)"
         )
     if not gt.any():
-        raise ValueError("the object is empty: nothing to prompt")
+        raise PromptError("the object is empty: nothing to prompt")
     prompt: dict[str, Any]
     if protocol.kind.startswith("box"):
         box = mask_box_3d(gt)

@@ -260,7 +260,7 @@ def write_report(
         "code{background:#f4f4f4;padding:1px 3px}</style></head><body>",
         "<h1>medsamkit evaluation report</h1>",
         f"<p>Model <code>{html.escape(str(settings.get('model', '?')))}</code>, seed {settings.get('seed')}, "
-        f"mode {settings.get('mode')}, NSD tolerance {settings.get('nsd_tolerance')} mm; "
+        f"mode {settings.get('mode')}, NSD tolerance {_tolerance(settings.get('nsd_tolerance'), ok)}; "
         f"{summary.get('objects', 0)} objects, {summary.get('rows', 0)} rows, {summary.get('errors', 0)} error rows.</p>",
     ]
     conv = summary.get("conventions", {})
@@ -374,3 +374,14 @@ def write_report(
         )
     parts.append("</body></html>")
     return atomic_write_text(out / "report.html", "\n".join(parts))
+
+
+def _tolerance(tol: Any, rows: Sequence[dict[str, Any]]) -> str:
+    """The NSD tolerance with the unit it had: mm for images with a physical spacing, pixels for the others."""
+    units = [r.get("spacing_unit") or "mm" for r in rows]
+    px, n = sum(u == "px" for u in units), len(units)
+    if n and px == n:
+        return f"{tol} pixels (the images have no physical spacing)"
+    if px:
+        return f"{tol} mm ({tol} pixels for the {px} of {n} rows whose images have no physical spacing)"
+    return f"{tol} mm"

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .._files import atomic_write
+from ..errors import InputError, OptionError
 from ..metrics import compute_metrics
 from ..metrics.attributes import ATTRIBUTES, object_attributes
 from ..predict.predictor import Predictor
@@ -71,6 +72,7 @@ COLUMNS = (
     "encode_s",
     "image_shape",
     "spacing",
+    "spacing_unit",
     "prompt",
 )
 
@@ -96,11 +98,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise OptionError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.nsd_tolerance > 0:
-            raise ValueError("the NSD tolerance must be > 0 mm")
+            raise OptionError("the NSD tolerance must be > 0 mm")
         if self.min_slice_pixels < 1:
-            raise ValueError("min_slice_pixels must be >= 1")
+            raise OptionError("min_slice_pixels must be >= 1")
 
 
 def object_seed(seed: int, dataset: str, case: str, label: int, slice_index: int, protocol: str) -> int:
@@ -161,8 +163,9 @@ def _error_text(e: BaseException | str) -> str:
 
 def _error_row(base: dict[str, Any], protocol: str, seed: int | None, e: BaseException | str) -> dict[str, Any]:
     """An error row. Status ``invalid`` when a protocol cannot be applied to an object (a ``ValueError`` of the
-    prompt simulation: the same every time, not retried), else ``error`` (retried by the next run)."""
-    status = "invalid" if isinstance(e, ValueError) and protocol != "*" else "error"
+    prompt simulation, an :class:`~medsamkit.errors.InputError`: the same every time, not retried), else
+    ``error`` (retried by the next run)."""
+    status = "invalid" if isinstance(e, InputError) and protocol != "*" else "error"
     return {**base, "protocol": protocol, "step": 0, "seed": seed, "status": status, "error": _error_text(e)}
 
 
@@ -221,6 +224,8 @@ def evaluate_case(
             encode_s = time.perf_counter() - t0
             spacing = _spacing_array_order(image, 2)
             _objects_2d(case, picture, mask, labels, modality, -1, "image", spacing, encode_s, protos, predictor, cfg, result)
+        for row in result.rows:
+            row["spacing_unit"] = image.spacing_unit  # what NSD's tolerance, HD95 and ASSD are measured in
     except Exception as e:  # noqa: BLE001
         if os.environ.get("MEDSAMKIT_DEBUG"):
             traceback.print_exc()
@@ -451,15 +456,15 @@ def run_evaluation(
     cfg = config or EvalConfig()
     protos = [parse_protocol(p) for p in protocols]
     if not protos:
-        raise ValueError("give at least one prompt protocol")
+        raise OptionError("give at least one prompt protocol")
     names = [p.name for p in protos]
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate prompt protocols: {names}")
+        raise OptionError(f"duplicate prompt protocols: {names}")
     sets = [d if isinstance(d, Dataset) else load_dataset(d) for d in datasets]
     seen_names = [d.name for d in sets]
     dupes = sorted({n for n in seen_names if seen_names.count(n) > 1})
     if dupes:
-        raise ValueError(f"several datasets are named {', '.join(dupes)}: results are stored by dataset name, rename one")
+        raise OptionError(f"several datasets are named {', '.join(dupes)}: results are stored by dataset name, rename one")
     if limit is not None:
         sets = [d.subset(limit=limit) for d in sets]
     out = Path(out_dir)
@@ -472,7 +477,7 @@ def run_evaluation(
         old = previous.get("settings", {})
         changed = {k for k in set(old) | set(settings) if json.dumps(old.get(k)) != json.dumps(settings.get(k))}
         if changed:
-            raise ValueError(f"{out} holds a run with other settings ({', '.join(sorted(changed))}); use another output folder")
+            raise OptionError(f"{out} holds a run with other settings ({', '.join(sorted(changed))}); use another output folder")
         names_all = list(dict.fromkeys(previous.get("protocols", []) + names))
     else:
         names_all = names

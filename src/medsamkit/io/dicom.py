@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GeometryError, OutputError
 from .image import MedicalImage
 from .image2d import ImageReadError
 
@@ -101,21 +102,21 @@ def _assemble(folder: Path, items: list) -> MedicalImage:
         if not np.allclose([float(v) for v in h.PixelSpacing], ps0, atol=1e-4):
             raise ImageReadError(f"{folder}: mixed series: {p.name} has another PixelSpacing")
     n = np.cross(iop0[:3], iop0[3:])
-    pos = np.array([np.dot(n, [float(v) for v in h.ImagePositionPatient]) for _, h in items])
+    ipp = np.array([[float(v) for v in h.ImagePositionPatient] for _, h in items])
+    pos = ipp @ n
     order = np.argsort(pos, kind="stable")
     items = [items[i] for i in order]
-    pos = pos[order]
+    pos, ipp = pos[order], ipp[order]
+    problem = None
     if len(items) > 1:
         gaps = np.diff(pos)
         if np.any(gaps < 1e-3):
             dup = items[int(np.argmin(gaps)) + 1][0].name
-            raise ImageReadError(f"{folder}: two slices at the same position ({dup}); mixed or duplicated series")
+            raise GeometryError(f"{folder}: two slices at the same position ({dup}); mixed or duplicated series")
         dz = float(np.median(gaps))
-        if np.max(np.abs(gaps - dz)) > 0.01 * dz + 1e-3:
-            warnings.warn(
-                f"{folder}: slice spacing varies ({gaps.min():.3g}..{gaps.max():.3g} mm); using the median {dz:.3g} mm",
-                stacklevel=2,
-            )
+        tilt = _tilt(folder, ipp, n, pos)
+        gap = None if tilt else _gap(folder, pos, dz, [p.name for p, _ in items])
+        problem = ("tilt", tilt) if tilt else (("spacing", gap) if gap else None)
     else:
         dz = float(getattr(first, "SliceThickness", 1.0) or 1.0)
     slices = []
@@ -149,7 +150,45 @@ def _assemble(folder: Path, items: list) -> MedicalImage:
         modality_source="dicom" if modality else "none",
         source=folder,
         format="dicom-series",
-        meta={"dicom_files": [p for p, _ in items], "series_uid": _series_key(first)},
+        meta={
+            "dicom_files": [p for p, _ in items],
+            "series_uid": _series_key(first),
+            "slice_positions_mm": [float(v) for v in pos],
+            **({"grid_problem": problem[1], "grid_problem_kind": problem[0]} if problem else {}),
+        },
+    )
+
+
+def _gap(folder: Path, pos: np.ndarray, dz: float, names: list[str]) -> str | None:
+    """None when the slices are evenly spaced (within 1 % of the median step), else a description of the
+    largest departure: which slices, how far apart, how many slices seem to be missing."""
+    gaps = np.diff(pos)
+    dev = np.abs(gaps - dz)
+    if float(dev.max()) <= 0.01 * dz + 1e-3:
+        return None
+    k = int(np.argmax(dev))
+    missing = int(round(gaps[k] / dz)) - 1
+    what = f"about {missing} slice(s) missing there" if missing >= 1 else "the spacing varies"
+    return (
+        f"{folder.name}: the slice spacing is not uniform: slices {k} and {k + 1} ({names[k]}, {names[k + 1]}) are "
+        f"{gaps[k]:.4g} mm apart where the series' usual spacing is {dz:.4g} mm ({what}; spacings "
+        f"{gaps.min():.4g}..{gaps.max():.4g} mm)"
+    )
+
+
+def _tilt(folder: Path, ipp: np.ndarray, normal: np.ndarray, pos: np.ndarray) -> str | None:
+    """None when every slice lies along the slice normal from the first one, else a description of the shear
+    (gantry tilt): the slices cannot be stacked on a rectilinear voxel grid."""
+    step = ipp - ipp[0]
+    inplane = step - np.outer(pos - pos[0], normal)
+    drift = float(np.linalg.norm(inplane, axis=1).max())
+    if drift <= 1e-2 + 1e-4 * float(abs(pos[-1] - pos[0])):
+        return None
+    span = float(abs(pos[-1] - pos[0]))
+    angle = float(np.degrees(np.arctan2(drift, span))) if span > 0 else 90.0
+    return (
+        f"{folder.name}: the slices are sheared against their plane (gantry tilt of about {angle:.1f} degrees: the last "
+        f"slice is offset {drift:.3g} mm in-plane from the first); they do not lie on a rectilinear voxel grid"
     )
 
 
@@ -176,12 +215,14 @@ def read_dicom_file(path: str | Path) -> MedicalImage:
     if a.ndim == 2 and (slope != 1 or inter != 0):
         a = a.astype(np.float32) * slope + inter
     ps = [float(v) for v in getattr(ds, "PixelSpacing", [1.0, 1.0])]
+    spacing_known = "PixelSpacing" in ds
     if "ImageOrientationPatient" in ds:
         iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
         direction2 = np.eye(2)  # in-plane axes; the 3D plane is kept in meta
         meta: dict[str, Any] = {"iop": iop.tolist(), "ipp": [float(v) for v in getattr(ds, "ImagePositionPatient", [0, 0, 0])]}
     else:
         direction2, meta = np.eye(2), {}
+    meta["spacing_known"] = spacing_known
     modality = str(ds.get("Modality", "") or "") or None
     return MedicalImage(
         array=a,
@@ -199,7 +240,7 @@ def read_dicom_file(path: str | Path) -> MedicalImage:
 # -- DICOM-SEG -------------------------------------------------------------------------------------------
 
 
-class DicomSegError(ValueError):
+class DicomSegError(OutputError):
     """A DICOM-SEG cannot be written for this source."""
 
 
@@ -268,6 +309,11 @@ def write_dicom_seg(
     from .. import __version__
 
     files = like.meta.get("dicom_files")
+    if "resampled" in like.meta:
+        raise DicomSegError(
+            "this volume was resampled onto a uniform grid, so its slices are not the series' own: a DICOM-SEG must "
+            "lie on the source slices (write .nii.gz, .nrrd or .mha of the resampled grid, or DICOM-SEG without resampling)"
+        )
     if like.format != "dicom-series" or not files:
         raise DicomSegError("DICOM-SEG output needs a DICOM series as input (write .nii.gz or .nrrd instead)")
     lab = np.asarray(labels)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -49,6 +51,12 @@ class MedicalImage:
         return not self.is_volume and self.array.ndim == 3
 
     @property
+    def spacing_unit(self) -> str:
+        """``"mm"`` when the file gives a physical spacing, ``"px"`` when it does not (PNG/JPEG/TIFF, an npz
+        without ``spacing``, a DICOM image without PixelSpacing): then ``spacing`` is 1 per pixel."""
+        return "px" if self.format == "raster" or self.meta.get("spacing_known") is False else "mm"
+
+    @property
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape of the voxel grid in array order: (Z, Y, X) or (Y, X)."""
         return tuple(self.array.shape[: len(self.spacing)])
@@ -64,7 +72,7 @@ class MedicalImage:
     def affine_ras(self) -> np.ndarray:
         """4x4 NIfTI-style affine mapping (i, j, k, 1) to RAS world mm (volumes only)."""
         if not self.is_volume:
-            raise ValueError("a RAS affine is defined for volumes")
+            raise InputError("a RAS affine is defined for volumes")
         a = self.affine_lps()
         a[:3, :] = LPS_TO_RAS @ a[:3, :]
         return a
@@ -85,7 +93,7 @@ class MedicalImage:
     def with_array(self, array: np.ndarray, **changes: Any) -> MedicalImage:
         """The same geometry carrying another array of the same spatial shape (e.g. a mask)."""
         if tuple(array.shape[: len(self.spacing)]) != self.spatial_shape:
-            raise ValueError(f"array shape {array.shape} does not match the image grid {self.spatial_shape}")
+            raise InputError(f"array shape {array.shape} does not match the image grid {self.spatial_shape}")
         fields = {**self.__dict__, "array": array, **changes}
         return MedicalImage(**fields)
 

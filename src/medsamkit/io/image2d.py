@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FileInputError, OutputError
+
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-class ImageReadError(ValueError):
-    """A file could not be read as an image."""
+class ImageReadError(FileInputError):
+    """A file could not be read as an image (a :class:`~medsamkit.errors.FileInputError`)."""
 
 
 def read_image_2d(path: str | os.PathLike[str]) -> np.ndarray:
@@ -108,7 +110,7 @@ def write_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
             tmp.unlink(missing_ok=True)
         return p
     if arr.dtype != np.uint8:
-        raise ValueError(f"PNG writer expects uint8 (or 2D uint16), got {arr.dtype}")
+        raise OutputError(f"PNG writer expects uint8 (or 2D uint16), got {arr.dtype}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")

@@ -196,7 +196,8 @@ def _read_npz(p: Path) -> MedicalImage:
         raise ImageReadError(f"cannot read {p.name} as npz: {e}".splitlines()[0]) from e
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
         sp = tuple(float(v) for v in spacing[::-1]) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
-        return MedicalImage(arr, sp, (0.0, 0.0, 0.0), np.eye(3), source=p, format="npz")
+        known = {"spacing_known": spacing is not None and len(spacing) == 3}
+        return MedicalImage(arr, sp, (0.0, 0.0, 0.0), np.eye(3), source=p, format="npz", meta=known)
     if arr.ndim in (2, 3):
-        return MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), np.eye(2), source=p, format="npz")
+        return MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), np.eye(2), source=p, format="npz", meta={"spacing_known": False})
     raise ImageReadError(f"{p.name}: npz array '{key}' has shape {arr.shape}; expected 2D or 3D")

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._files import atomic_write_text
+from ..errors import OutputError
+from .geometry import check_grid_output
 from .image import MedicalImage
 from .image2d import write_png
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".dcm")
 
 
-def _suffix(p: Path) -> str:
+def mask_suffix(path: str | os.PathLike[str]) -> str:
+    """The lower-case mask format suffix of a path, ``.nii.gz`` counted as one."""
+    p = Path(path)
     return ".nii.gz" if p.name.lower().endswith(".nii.gz") else p.suffix.lower()
 
 
@@ -28,6 +33,42 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """``mask.nii.gz`` -> ``mask.nii.gz.json``: label names, preset, prompts, model and source."""
     p = Path(path)
     return p.with_name(p.name + ".json")
+
+
+def check_mask_output(
+    path: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
+    extra: dict[str, str | os.PathLike[str]] | None = None,
+) -> None:
+    """Check, before any work, that a mask (and its JSON sidecar, and the ``extra`` outputs: label -> path) can
+    be written at ``path``: a mask format (:data:`MASK_SUFFIXES`), no input overwritten (``inputs``: files or
+    folders the job reads; symlinks and hard links count), no two outputs the same, writable folders. Raises
+    :class:`~medsamkit.errors.OutputError` naming the output."""
+    from .._files import check_outputs, check_writable
+
+    if mask_suffix(path) not in MASK_SUFFIXES:
+        raise OutputError(f"-o {path}: unsupported mask format; use one of {', '.join(MASK_SUFFIXES)}")
+    outputs = {"-o": Path(path), "the mask's JSON sidecar": sidecar_path(path), **(extra or {})}
+    check_outputs(outputs, list(inputs))
+    for what, p in outputs.items():
+        check_writable(p, what)
+
+
+def check_mask_fits(like: MedicalImage, path: str | os.PathLike[str]) -> None:
+    """Refuse a mask format that does not fit the image: a PNG for a volume, a volume format for a 2D image,
+    DICOM-SEG for anything but a DICOM series, one-grid formats for a series whose slices are not on one grid
+    (:class:`~medsamkit.errors.GeometryError`). Raises :class:`~medsamkit.errors.OutputError`."""
+    s = mask_suffix(path)
+    name = Path(path).name
+    if not like.is_volume:
+        if s != ".png":
+            raise OutputError(f"-o {name}: 2D masks are written as .png")
+        return
+    if s == ".png":
+        raise OutputError(f"-o {name}: a volume mask cannot be a PNG; use .nii.gz, .nrrd, .mha (.dcm: DICOM series)")
+    if s == ".dcm" and like.format != "dicom-series":
+        raise OutputError(f"-o {name}: DICOM-SEG output needs a DICOM series as input; write .nii.gz, .nrrd or .mha")
+    check_grid_output(like, s)
 
 
 def write_mask(
@@ -43,11 +84,12 @@ def write_mask(
     p = Path(path)
     lab = np.asarray(labels)
     if lab.shape != like.spatial_shape:
-        raise ValueError(f"mask shape {lab.shape} does not match the image grid {like.spatial_shape}")
+        raise OutputError(f"mask shape {lab.shape} does not match the image grid {like.spatial_shape}")
     if lab.min(initial=0) < 0 or lab.max(initial=0) > 255:
-        raise ValueError("mask labels must be within 0..255")
+        raise OutputError("mask labels must be within 0..255")
     lab = lab.astype(np.uint8)
-    s = _suffix(p)
+    s = mask_suffix(p)
+    check_grid_output(like, s)
     p.parent.mkdir(parents=True, exist_ok=True)
     if s in (".nii", ".nii.gz"):
         _write_nifti(p, lab, like)
@@ -55,14 +97,14 @@ def write_mask(
         _write_itk(p, lab, like)
     elif s == ".png":
         if like.is_volume:
-            raise ValueError(f"{p.name}: a volume mask cannot be a PNG; use .nii.gz, .nrrd or .mha")
+            raise OutputError(f"{p.name}: a volume mask cannot be a PNG; use .nii.gz, .nrrd or .mha")
         write_png(p, lab)
     elif s == ".dcm":
         from .dicom import write_dicom_seg
 
         write_dicom_seg(p, lab, like, names=names)
     else:
-        raise ValueError(f"{p.name}: unsupported mask format {s or '(no suffix)'}; use one of {', '.join(MASK_SUFFIXES)}")
+        raise OutputError(f"{p.name}: unsupported mask format {s or '(no suffix)'}; use one of {', '.join(MASK_SUFFIXES)}")
     info = {
         "mask": p.name,
         "labels": {str(k): v for k, v in sorted((names or {}).items())},
@@ -73,6 +115,7 @@ def write_mask(
         "spacing_xyz": list(like.spacing),
         "modality": like.modality,
         "modality_source": like.modality_source,
+        **({"resampled": like.meta["resampled"]} if "resampled" in like.meta else {}),
         **(metadata or {}),
     }
     atomic_write_text(sidecar_path(p), json.dumps(info, indent=2, default=str) + "\n")
@@ -96,7 +139,7 @@ def _write_nifti(p: Path, lab: np.ndarray, like: MedicalImage) -> None:
         img = nib.Nifti1Image(data, None, header=header)  # affine None: keep the header's sform/qform as is
     else:
         if not like.is_volume:
-            raise ValueError(f"{p.name}: write 2D masks as .png")
+            raise OutputError(f"{p.name}: write 2D masks as .png")
         img = nib.Nifti1Image(data, like.affine_ras())
         img.header.set_sform(like.affine_ras(), code=1)
         img.header.set_qform(like.affine_ras(), code=1)

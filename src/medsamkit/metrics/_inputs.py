@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import as_bool_mask, is_torch
+from ..errors import InputError
 
 SpacingLike = float | Sequence[float] | None
 
@@ -23,7 +24,7 @@ def as_mask_pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     """Both masks as bool arrays; raises ``ValueError`` when their shapes differ."""
     p, g = as_mask(pred, "pred"), as_mask(gt, "gt")
     if p.shape != g.shape:
-        raise ValueError(f"pred and gt must have the same shape, got pred {p.shape} and gt {g.shape}")
+        raise InputError(f"pred and gt must have the same shape, got pred {p.shape} and gt {g.shape}")
     return p, g
 
 
@@ -36,7 +37,7 @@ def as_spacing(spacing: SpacingLike, ndim: int) -> tuple[float, ...]:
     if s.ndim == 0:
         s = np.full(ndim, float(s))
     elif s.ndim != 1 or s.shape[0] != ndim:
-        raise ValueError(f"spacing {list(np.ravel(s))} must have one entry per array axis ({ndim}), got {s.size}")
+        raise InputError(f"spacing {list(np.ravel(s))} must have one entry per array axis ({ndim}), got {s.size}")
     if not np.all(np.isfinite(s)) or not np.all(s > 0):
-        raise ValueError(f"spacing must be finite and > 0 on every axis, got {s.tolist()}")
+        raise InputError(f"spacing must be finite and > 0 on every axis, got {s.tolist()}")
     return tuple(float(v) for v in s)

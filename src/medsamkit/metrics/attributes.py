@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._arrays import as_bool_mask
+from ..errors import InputError
 
 
 def compactness(mask: np.ndarray, spacing: Sequence[float] | None = None) -> float:
@@ -48,7 +49,7 @@ def compactness(mask: np.ndarray, spacing: Sequence[float] | None = None) -> flo
         area = float(mesh_surface_area(verts, faces))
         vol = n * float(np.prod(sp))
         return area**3 / (36 * math.pi * vol * vol)
-    raise ValueError(f"compactness needs a 2D or 3D mask, got shape {m.shape}")
+    raise InputError(f"compactness needs a 2D or 3D mask, got shape {m.shape}")
 
 
 def boundary(mask: np.ndarray) -> np.ndarray:
@@ -103,7 +104,7 @@ def contrast(image: np.ndarray, mask: np.ndarray, width: float | None = None) ->
     m = as_bool_mask(mask)
     img = np.asarray(image, dtype=np.float64)
     if img.shape != m.shape:
-        raise ValueError(f"image shape {img.shape} does not match mask {m.shape}")
+        raise InputError(f"image shape {img.shape} does not match mask {m.shape}")
     r = ring(m, width)
     if not m.any() or not r.any():
         return float("nan")
@@ -137,7 +138,7 @@ def object_attributes(image: np.ndarray, mask: np.ndarray, spacing: Sequence[flo
     m = as_bool_mask(mask)
     img = np.asarray(image)
     if img.shape != m.shape:
-        raise ValueError(f"image shape {img.shape} does not match mask {m.shape}")
+        raise InputError(f"image shape {img.shape} does not match mask {m.shape}")
     n = int(m.sum())
     voxel = float(np.prod(spacing)) if spacing is not None else 1.0
     width = None

@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import KDTree
 
+from ..errors import InputError
 from ._inputs import SpacingLike, as_mask_pair, as_spacing
 from .overlap import dice_from_counts, iou_from_counts, overlap_counts, volume_difference_from_counts
 
@@ -152,7 +153,7 @@ class _Surfaces:
 
     def hausdorff(self, percentile: float = 100.0) -> float:
         if not 0.0 <= percentile <= 100.0:
-            raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+            raise InputError(f"percentile must be in [0, 100], got {percentile}")
         if self.both_empty:
             return 0.0
         if self.one_empty:
@@ -172,7 +173,7 @@ class _Surfaces:
     def nsd(self, tolerance: float) -> float:
         tol = float(tolerance)
         if not (math.isfinite(tol) and tol >= 0):
-            raise ValueError(f"tolerance must be finite and >= 0, got {tolerance}")
+            raise InputError(f"tolerance must be finite and >= 0, got {tolerance}")
         if self.both_empty:
             return 1.0
         if self.one_empty:

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import OptionError
+
 #: attribute under which an adapted model keeps its :class:`AdapterConfig`
 CONFIG_ATTR = "adapter_config"
 
@@ -48,11 +50,11 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 < self.ratio <= 4:
-            raise ValueError(f"adapter ratio must be in (0, 4], got {self.ratio!r}")
+            raise OptionError(f"adapter ratio must be in (0, 4], got {self.ratio!r}")
         if isinstance(self.mlp_scale, bool) or not isinstance(self.mlp_scale, (int, float)) or not self.mlp_scale > 0:
-            raise ValueError(f"adapter mlp_scale must be > 0, got {self.mlp_scale!r}")
+            raise OptionError(f"adapter mlp_scale must be > 0, got {self.mlp_scale!r}")
         if not (self.encoder or self.decoder):
-            raise ValueError("adapters need encoder=True and/or decoder=True")
+            raise OptionError("adapters need encoder=True and/or decoder=True")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +71,7 @@ class Adapter(nn.Module):
     def __init__(self, dim: int, ratio: float = 0.25, skip: bool = True) -> None:
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"adapter dim must be an integer >= 1, got {dim!r}")
+            raise OptionError(f"adapter dim must be an integer >= 1, got {dim!r}")
         hidden = max(1, round(dim * ratio))
         self.skip = skip
         self.down = nn.Linear(dim, hidden)
@@ -125,11 +127,11 @@ def _blocks(model: nn.Module, config: AdapterConfig) -> Iterator[tuple[nn.Module
                 found = True
                 yield m, m.attn, m.mlp, None, m.mlp.lin1.in_features
         if not found:
-            raise ValueError(f"no TinyViT or ViT transformer block found in the image encoder ({type(enc).__name__})")
+            raise OptionError(f"no TinyViT or ViT transformer block found in the image encoder ({type(enc).__name__})")
     if config.decoder:
         for m in model.mask_decoder.transformer.layers:
             if not isinstance(m, TwoWayBlock):  # pragma: no cover - the decoder is built from TwoWayBlocks
-                raise ValueError(f"unexpected decoder block {type(m).__name__}")
+                raise OptionError(f"unexpected decoder block {type(m).__name__}")
             yield m, m.self_attn, m.mlp, None, m.mlp.lin1.in_features
 
 
@@ -140,7 +142,7 @@ def add_adapters(model: nn.Module, config: AdapterConfig | None = None) -> list[
     ValueError when the model already carries adapters."""
     config = config or AdapterConfig()
     if getattr(model, CONFIG_ATTR, None) is not None:
-        raise ValueError("the model already has adapters")
+        raise OptionError("the model already has adapters")
     ref = next(model.parameters())
     for block, attn, mlp, norm, dim in list(_blocks(model, config)):
         a_attn = Adapter(dim, config.ratio, skip=True).to(device=ref.device, dtype=ref.dtype)

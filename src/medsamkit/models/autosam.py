@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import OptionError
+
 
 @dataclass(frozen=True)
 class AutoSamConfig:
@@ -56,22 +58,22 @@ class AutoSamConfig:
         for name in ("embed_dim", "grid", "input_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"AutoSamConfig.{name} must be an integer >= 1, got {v!r}")
+                raise OptionError(f"AutoSamConfig.{name} must be an integer >= 1, got {v!r}")
         if isinstance(self.num_sparse, bool) or not isinstance(self.num_sparse, int) or self.num_sparse < 0:
-            raise ValueError(f"AutoSamConfig.num_sparse must be an integer >= 0, got {self.num_sparse!r}")
+            raise OptionError(f"AutoSamConfig.num_sparse must be an integer >= 0, got {self.num_sparse!r}")
         widths = tuple(self.widths)
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"AutoSamConfig.widths must be positive integers, got {self.widths!r}")
+            raise OptionError(f"AutoSamConfig.widths must be positive integers, got {self.widths!r}")
         object.__setattr__(self, "widths", widths)
         if not (self.use_image or self.use_embedding):
-            raise ValueError("the prompt generator needs use_image and/or use_embedding")
+            raise OptionError("the prompt generator needs use_image and/or use_embedding")
         if self.use_image:
             ratio = self.input_size / self.grid
             n = round(math.log2(ratio)) if ratio >= 1 else -1
             if n < 0 or 2**n * self.grid != self.input_size:
-                raise ValueError(f"input_size {self.input_size} must be the grid {self.grid} times a power of two")
+                raise OptionError(f"input_size {self.input_size} must be the grid {self.grid} times a power of two")
             if len(widths) != n + 1:
-                raise ValueError(
+                raise OptionError(
                     f"input_size {self.input_size} -> grid {self.grid} takes {n} halvings: give {n + 1} widths, got {len(widths)}"
                 )
 
@@ -130,7 +132,7 @@ class PromptGenerator(nn.Module):
         nn.init.zeros_(self.dense_head.bias)
         base = torch.zeros(cfg.embed_dim) if no_mask_embed is None else no_mask_embed.detach().reshape(-1).clone().float()
         if base.numel() != cfg.embed_dim:
-            raise ValueError(f"no_mask_embed has {base.numel()} values, the prompt width is {cfg.embed_dim}")
+            raise OptionError(f"no_mask_embed has {base.numel()} values, the prompt width is {cfg.embed_dim}")
         self.dense_bias = nn.Parameter(base)
         if cfg.num_sparse:
             self.sparse_head = nn.Linear(w, cfg.num_sparse * cfg.embed_dim)
@@ -146,7 +148,7 @@ class PromptGenerator(nn.Module):
         feats = None
         if cfg.use_image:
             if images is None:
-                raise ValueError("this prompt generator reads the image: pass images (B, 3, S, S)")
+                raise OptionError("this prompt generator reads the image: pass images (B, 3, S, S)")
             x = images
             if x.shape[-1] != cfg.input_size or x.shape[-2] != cfg.input_size:
                 x = F.interpolate(x, size=(cfg.input_size, cfg.input_size), mode="bilinear", align_corners=False, antialias=True)
@@ -156,9 +158,9 @@ class PromptGenerator(nn.Module):
             feats = x
         if cfg.use_embedding:
             if embedding is None:
-                raise ValueError("this prompt generator reads the image embedding: pass embedding (B, 256, g, g)")
+                raise OptionError("this prompt generator reads the image embedding: pass embedding (B, 256, g, g)")
             if embedding.shape[-1] != cfg.grid or embedding.shape[-2] != cfg.grid:
-                raise ValueError(f"embedding grid {tuple(embedding.shape[-2:])} != the generator's {cfg.grid}")
+                raise OptionError(f"embedding grid {tuple(embedding.shape[-2:])} != the generator's {cfg.grid}")
             e = self.embed_proj(embedding)
             feats = e if feats is None else feats + e
         assert feats is not None
@@ -189,7 +191,7 @@ class AutoSam(nn.Module):
     def __init__(self, sam: nn.Module, generator: PromptGenerator) -> None:
         super().__init__()
         if generator.config.grid != sam.spec.embed_grid:
-            raise ValueError(f"the generator's grid {generator.config.grid} != the model's embedding grid {sam.spec.embed_grid}")
+            raise OptionError(f"the generator's grid {generator.config.grid} != the model's embedding grid {sam.spec.embed_grid}")
         self.sam = sam
         self.generator = generator
 
@@ -202,7 +204,7 @@ class AutoSam(nn.Module):
         ``images`` with the image encoder when None). Returns low-res logits ``(B, 1, 4g, 4g)``."""
         if embedding is None:
             if images is None:
-                raise ValueError("give images and/or their embedding")
+                raise OptionError("give images and/or their embedding")
             embedding = self.sam.encode(images)
         sparse, dense = self.generator(images if self.generator.config.use_image else None, embedding)
         pe = self.sam.prompt_encoder.dense_pe()

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import OptionError
+
 #: attribute under which an adapted model keeps its :class:`LoraConfig`
 CONFIG_ATTR = "lora_config"
 ENCODER_TARGETS = ("qkv", "proj")
@@ -43,16 +45,16 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
+            raise OptionError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
         if self.alpha is not None and (
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))
             or not math.isfinite(self.alpha)
             or self.alpha <= 0
         ):
-            raise ValueError(f"LoRA alpha must be > 0 (or None for alpha = rank), got {self.alpha!r}")
+            raise OptionError(f"LoRA alpha must be > 0 (or None for alpha = rank), got {self.alpha!r}")
         if not (self.encoder or self.decoder):
-            raise ValueError("LoRA needs encoder=True and/or decoder=True")
+            raise OptionError("LoRA needs encoder=True and/or decoder=True")
 
     @property
     def scaling(self) -> float:
@@ -72,7 +74,7 @@ class LoraDelta(nn.Module):
     def __init__(self, out_features: int, in_features: int, rank: int, scaling: float) -> None:
         super().__init__()
         if rank > min(out_features, in_features):
-            raise ValueError(f"LoRA rank {rank} exceeds the layer's size {out_features} x {in_features}")
+            raise OptionError(f"LoRA rank {rank} exceeds the layer's size {out_features} x {in_features}")
         self.scaling = float(scaling)
         self.lora_a = nn.Parameter(torch.empty(rank, in_features))
         self.lora_b = nn.Parameter(torch.zeros(out_features, rank))
@@ -93,7 +95,7 @@ def _targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Linear]
             if isinstance(m, (TinyAttention, ViTAttention)):
                 out += [(f"image_encoder.{name}.{t}", getattr(m, t)) for t in ENCODER_TARGETS]
         if not out:
-            raise ValueError(f"no TinyViT or ViT attention found in the image encoder ({type(model.image_encoder).__name__})")
+            raise OptionError(f"no TinyViT or ViT attention found in the image encoder ({type(model.image_encoder).__name__})")
     if config.decoder:
         for name, m in model.mask_decoder.transformer.named_modules():
             if isinstance(m, Attention):
@@ -106,10 +108,10 @@ def add_lora(model: nn.Module, config: LoraConfig | None = None) -> list[str]:
     the names of the new (trainable) parameters. ValueError when the model already carries LoRA."""
     config = config or LoraConfig()
     if getattr(model, CONFIG_ATTR, None) is not None:
-        raise ValueError("the model already has LoRA updates")
+        raise OptionError("the model already has LoRA updates")
     for _, layer in _targets(model, config):
         if not isinstance(layer, nn.Linear) or parametrize.is_parametrized(layer, "weight"):
-            raise ValueError(f"cannot add LoRA to {type(layer).__name__}")
+            raise OptionError(f"cannot add LoRA to {type(layer).__name__}")
         w = layer.weight
         delta = LoraDelta(layer.out_features, layer.in_features, config.rank, config.scaling).to(device=w.device, dtype=w.dtype)
         parametrize.register_parametrization(layer, "weight", delta)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import OptionError
 from .configs import LITEMEDSAM, MOBILESAM, VIT_B, VIT_H, VIT_L, ArchSpec
 from .weights import PackageFile, UrlFile, WeightsError, cache_dir, fetch_url_file, file_digest
 
@@ -44,7 +45,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register(entry: ModelEntry, overwrite: bool = False) -> None:
     """Add a model to the registry (e.g. a fine-tuned checkpoint served from your own URL)."""
     if entry.name in _REGISTRY and not overwrite:
-        raise ValueError(f"model {entry.name!r} is already registered")
+        raise OptionError(f"model {entry.name!r} is already registered")
     _REGISTRY[entry.name] = entry
 
 

@@ -18,11 +18,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
+
 CACHE_ENV = "MEDSAMKIT_CACHE"
 
 
-class WeightsError(RuntimeError):
-    """A weight file could not be found, downloaded, verified or loaded."""
+class WeightsError(InputError, RuntimeError):
+    """A weight file could not be found, downloaded, verified or loaded (exit 2: the model or checkpoint the
+    user named cannot be used as given)."""
 
 
 def cache_dir() -> Path:

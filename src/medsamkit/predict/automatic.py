@@ -51,6 +51,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..errors import OptionError
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 from ..preprocess.image2d import to_rgb_uint8
 from ..preprocess.transforms import _resize_logits
@@ -84,19 +85,19 @@ class EverythingOptions:
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise ValueError("points_per_side and points_per_batch must be >= 1")
+            raise OptionError("points_per_side and points_per_batch must be >= 1")
         if self.crop_n_layers < 0:
-            raise ValueError("crop_n_layers must be >= 0")
+            raise OptionError("crop_n_layers must be >= 0")
         if self.prompt_mode not in ("points", "boxes"):
-            raise ValueError(f"prompt_mode must be 'points' or 'boxes', got {self.prompt_mode!r}")
+            raise OptionError(f"prompt_mode must be 'points' or 'boxes', got {self.prompt_mode!r}")
         if self.box_sizes is not None and (not self.box_sizes or not all(0 < s <= 1 for s in self.box_sizes)):
-            raise ValueError(f"box_sizes must be fractions in (0, 1], got {self.box_sizes}")
+            raise OptionError(f"box_sizes must be fractions in (0, 1], got {self.box_sizes}")
         if self.output_mode not in ("binary_mask", "rle"):
-            raise ValueError("output_mode must be 'binary_mask' or 'rle'")
+            raise OptionError("output_mode must be 'binary_mask' or 'rle'")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
+                raise OptionError(f"{name} must be in [0, 1], got {v}")
 
 
 #: everything-mode settings that work for each model family (measured on real images; see the module docstring)
@@ -177,7 +178,7 @@ class EverythingResult:
         """``(H, W)`` uint16 label image: record i (largest first) gets label i + 1, smaller masks painted over
         larger ones so that nested structures stay visible."""
         if not self.records and shape is None:
-            raise ValueError("no records and no shape")
+            raise OptionError("no records and no shape")
         shp = shape or tuple(_mask_of(self.records[0]).shape)
         out = np.zeros(shp, dtype=np.uint16)
         for i, r in enumerate(self.records):
@@ -490,7 +491,7 @@ def picture_2d(image: Any, preset: str = "auto", window: tuple[float, float] | N
     arr = image.array
     if arr.ndim == 3 and not image.is_rgb:
         if arr.shape[0] != 1:
-            raise ValueError(f"everything mode works on 2D images; this input is a volume of {arr.shape[0]} slices")
+            raise OptionError(f"everything mode works on 2D images; this input is a volume of {arr.shape[0]} slices")
         arr = arr[0]
     if image.is_rgb or (arr.dtype == np.uint8 and window is None and preset == "auto"):
         return arr, {"preset": "passthrough"}

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import FileInputError, OptionError, OutputError
 from .predictor import Predictor
 
 AXIS_FRAME = {"z": "x,y", "y": "x,z", "x": "y,z"}
 
 
-class SegmentRequestError(ValueError):
+class SegmentRequestError(OptionError):
     """A request that cannot run as given (prompts that do not fit the input, a wrong output type): a usage
     error, as opposed to a file that cannot be read or a prompt outside the image."""
 
@@ -43,7 +44,9 @@ class SegmentRequest:
     in order. preset/window: intensity mapping (window = (level, width), overrides preset). modality/series:
     override the file's modality; pick a DICOM series. overlay: also write an overlay PNG (2D).
     ground_truth: a label mask on the input's grid; object i is scored against its label i (a mask with a single
-    non-zero value counts as label 1).
+    non-zero value counts as label 1). resample: a volume whose slices are not evenly spaced (a DICOM series with
+    missing slices) is resampled onto a uniform grid first (:func:`medsamkit.io.geometry.resample_uniform`);
+    without it such a volume can only be written as DICOM-SEG.
     """
 
     image: Path
@@ -61,6 +64,7 @@ class SegmentRequest:
     series: str | None = None
     overlay: Path | None = None
     ground_truth: Path | None = None
+    resample: bool = False
 
     def __post_init__(self) -> None:
         self.image = Path(self.image)
@@ -137,16 +141,23 @@ def segment_file(
     ``ImageReadError``) for unreadable files or prompts outside the image.
     """
     from ..io import read_image
+    from ..io.geometry import resample_uniform
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    if request.output is not None:
+        check_request_outputs(request, request.output)  # before reading: a bad output costs nothing
     image = read_image(request.image, series_uid=request.series, modality=request.modality)
+    if request.resample:
+        image = resample_uniform(image)
     timings["read_s"] = time.perf_counter() - t0
     output = request.output
     if output is None:
         if out_dir is None:
-            raise ValueError("segment_file: give request.output or out_dir")
+            raise OptionError("segment_file: give request.output or out_dir")
         output = default_output(image, out_dir, stem or _stem(request.image))
+        check_request_outputs(request, output)
+    check_output_fits(image, output, request)  # before the model loads and the propagation runs
     if image.is_volume:
         record = _segment_volume(predictor, request, image, output, model_name, progress, timings, t0)
     else:
@@ -154,6 +165,32 @@ def segment_file(
     timings["total_s"] = time.perf_counter() - t0
     record["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return record
+
+
+def check_request_outputs(request: SegmentRequest, output: Path) -> None:
+    """Refuse, before any work, a mask output (and ``--overlay``) that would overwrite an input (the image, a file
+    of its DICOM folder, the ground truth; symlinks and hard links count) or each other, that has no mask format,
+    or whose folder cannot be written (:func:`medsamkit.io.writers.check_mask_output`)."""
+    from ..io.writers import check_mask_output
+
+    extra = {}
+    if request.overlay is not None:
+        if request.overlay.suffix.lower() != ".png":
+            raise OutputError(f"--overlay {request.overlay}: the overlay is a PNG picture; name it .png")
+        extra["--overlay"] = request.overlay
+    check_mask_output(output, [request.image, request.ground_truth], extra=extra)
+
+
+def check_output_fits(image: Any, output: Path, request: SegmentRequest) -> None:
+    """Refuse a mask format that does not fit the input that was read (:func:`medsamkit.io.writers.check_mask_fits`),
+    before the model loads and the propagation runs."""
+    from ..io.writers import check_mask_fits
+
+    if "resampled" in image.meta and output.name.lower().endswith(".dcm"):
+        raise SegmentRequestError(
+            f"-o {output}: a DICOM-SEG must lie on the series' own slices; drop --resample, or write .nii.gz/.nrrd/.mha"
+        )
+    check_mask_fits(image, output)
 
 
 def _get_predictor(predictor: Predictor | Callable[[], Predictor], timings: dict[str, float]) -> Predictor:
@@ -246,12 +283,17 @@ def _segment_volume(predictor, request: SegmentRequest, image, output: Path, mod
     if request.overlay is not None:
         raise SegmentRequestError("--overlay is for 2D inputs")
     prompts: list[ObjectPrompt] = []
+    if request.world:
+        from ..io.geometry import check_uniform
+
+        check_uniform(image, "--world coordinates")
     if request.boxes:
         if request.slice_index is None:
             raise SegmentRequestError("a --box on a volume needs --slice (or use --box3d)")
         if request.world:
             raise SegmentRequestError("--world applies to --box3d and --point; give the 2D --box in voxels")
-        prompts += [ObjectPrompt(label=len(prompts) + 1, box=list(b), slice_index=request.slice_index) for b in request.boxes]
+        for b in request.boxes:
+            prompts.append(ObjectPrompt(label=len(prompts) + 1, box=list(b), slice_index=request.slice_index))
     for b in request.boxes3d:
         b = [float(v) for v in b]
         if len(b) != 6:
@@ -322,12 +364,16 @@ def _metrics(labels: np.ndarray, gt_path: Path, image, n_objects: int) -> dict[s
     from ..io import read_image
     from ..metrics import compute_metrics
 
+    if image.is_volume:
+        from ..io.geometry import check_uniform
+
+        check_uniform(image, "surface metrics in mm (NSD, HD95)")
     gt_image = read_image(gt_path)
     gt = np.asarray(gt_image.array)
     if gt.ndim == labels.ndim + 1 and gt.shape[-1] in (3, 4) and not image.is_volume:
         gt = gt[..., 0]
     if gt.shape != labels.shape:
-        raise ValueError(f"ground truth {gt_path.name}: grid {gt.shape} differs from the image's {labels.shape}")
+        raise FileInputError(f"ground truth {gt_path.name}: grid {gt.shape} differs from the image's {labels.shape}")
     values = [int(v) for v in np.unique(gt) if v != 0]
     if len(values) == 1:
         gt = (gt != 0).astype(np.uint8)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..errors import InputError
+
 
 def stability_score(logits: np.ndarray | torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> np.ndarray:
     """SAM's stability score of mask logits ``(..., H, W)``: the IoU between the masks thresholded at
@@ -94,7 +96,7 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
     h, w = (int(v) for v in rle["size"])
     counts = np.asarray(rle["counts"], dtype=np.int64)
     if counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected {h}x{w} = {h * w}")
+        raise InputError(f"RLE counts sum to {int(counts.sum())}, expected {h}x{w} = {h * w}")
     values = np.arange(len(counts)) % 2 == 1
     return np.repeat(values, counts).reshape((h, w), order="F")
 
@@ -103,7 +105,7 @@ def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.nda
     """Remove connected regions smaller than ``area`` pixels: ``mode="islands"`` drops small foreground
     components, ``"holes"`` fills small background components (8-connected). Returns (mask, changed)."""
     if mode not in ("islands", "holes"):
-        raise ValueError("mode must be 'islands' or 'holes'")
+        raise InputError("mode must be 'islands' or 'holes'")
     m = np.asarray(mask, dtype=bool)
     target = ~m if mode == "holes" else m
     lab, n = ndimage.label(target, structure=np.ones((3, 3), bool))

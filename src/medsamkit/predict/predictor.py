@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, PromptError
 from ..models.backends import Engine, create_engine
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 from ..preprocess.image2d import to_rgb_uint8
@@ -121,7 +122,7 @@ class Predictor:
         if emb.ndim == 3:
             emb = emb[None]
         if emb.shape != self.embed_shape:
-            raise ValueError(f"embedding must be {self.embed_shape}, got {emb.shape}")
+            raise InputError(f"embedding must be {self.embed_shape}, got {emb.shape}")
         # the decoder's prompt-independent work for this image, done once (every prompt needs it)
         self._embedding, self._geometry, self._prepared = emb, geometry, self.engine.prepare(emb)
 
@@ -197,7 +198,7 @@ class Predictor:
         masks_in = self._mask_input(mask_input, n)
         outs = np.asarray(outputs, dtype=np.int64).ravel()
         if outs.size == 0 or outs.min() < 0 or outs.max() > 3:
-            raise ValueError("outputs must be indices among 0..3")
+            raise PromptError("outputs must be indices among 0..3")
         k = len(outs)
         low = np.empty((n, k, self.low_res, self.low_res), dtype=np.float32)
         scores = np.empty((n, k), dtype=np.float32)
@@ -220,14 +221,14 @@ class Predictor:
             if box_arr.ndim == 1:
                 box_arr = box_arr[None]
             if box_arr.ndim != 2 or box_arr.shape[1] != 4:
-                raise ValueError(f"boxes must be (4,) or (N, 4) as x0, y0, x1, y1; got shape {np.shape(boxes)}")
+                raise PromptError(f"boxes must be (4,) or (N, 4) as x0, y0, x1, y1; got shape {np.shape(boxes)}")
             if box_arr.shape[0] == 0:
-                raise ValueError("boxes is empty")
+                raise PromptError("boxes is empty")
             for i, (x0, y0, x1, y1) in enumerate(box_arr):
                 if x0 > x1 or y0 > y1:
-                    raise ValueError(f"box {i} {_fmt(box_arr[i])}: need x0 <= x1 and y0 <= y1")
+                    raise PromptError(f"box {i} {_fmt(box_arr[i])}: need x0 <= x1 and y0 <= y1")
                 if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
-                    raise ValueError(
+                    raise PromptError(
                         f"box {i} {_fmt(box_arr[i])} lies outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
                     )
         pts = None
@@ -237,7 +238,7 @@ class Predictor:
             if pts.ndim == 2:
                 pts = pts[None]
             if pts.ndim != 3 or pts.shape[-1] != 2 or pts.shape[1] == 0:
-                raise ValueError(f"point_coords must be (P, 2) or (N, P, 2) as x, y; got shape {np.shape(point_coords)}")
+                raise PromptError(f"point_coords must be (P, 2) or (N, P, 2) as x, y; got shape {np.shape(point_coords)}")
             if point_labels is None:
                 plab = np.ones(pts.shape[:2])
             else:
@@ -245,26 +246,26 @@ class Predictor:
                 if plab.ndim == 1:
                     plab = plab[None]
                 if plab.shape != pts.shape[:2]:
-                    raise ValueError(f"point_labels shape {np.shape(point_labels)} does not match points {pts.shape[:2]}")
+                    raise PromptError(f"point_labels shape {np.shape(point_labels)} does not match points {pts.shape[:2]}")
                 if not np.isin(plab, (0, 1)).all():
-                    raise ValueError("point_labels must be 1 (foreground) or 0 (background)")
+                    raise PromptError("point_labels must be 1 (foreground) or 0 (background)")
             bad = (pts[..., 0] < 0) | (pts[..., 0] > w - 1) | (pts[..., 1] < 0) | (pts[..., 1] > h - 1)
             if bad.any():
                 i, j = np.argwhere(bad)[0]
-                raise ValueError(
+                raise PromptError(
                     f"point {_fmt(pts[i, j])} lies outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
                 )
         elif point_labels is not None:
-            raise ValueError("point_labels given without point_coords")
+            raise PromptError("point_labels given without point_coords")
         if box_arr is None and pts is None:
-            raise ValueError("give at least one prompt: boxes and/or point_coords")
+            raise PromptError("give at least one prompt: boxes and/or point_coords")
 
         n = box_arr.shape[0] if box_arr is not None else pts.shape[0]  # type: ignore[union-attr]
         parts_c: list[np.ndarray] = []
         parts_l: list[np.ndarray] = []
         if pts is not None:
             if pts.shape[0] not in (1, n):
-                raise ValueError(f"{pts.shape[0]} point sets for {n} boxes: give (P, 2) or ({n}, P, 2)")
+                raise PromptError(f"{pts.shape[0]} point sets for {n} boxes: give (P, 2) or ({n}, P, 2)")
             parts_c.append(np.broadcast_to(self.transform.points_to_input(pts, geom), (n, pts.shape[1], 2)))
             parts_l.append(np.broadcast_to(plab, (n, pts.shape[1])))
             if box_arr is None:
@@ -287,7 +288,7 @@ class Predictor:
         elif m.ndim == 3:
             m = m[:, None]
         if m.ndim != 4 or m.shape[1:] != (1, r, r) or m.shape[0] not in (1, n):
-            raise ValueError(
+            raise PromptError(
                 f"mask_input must be low-res logits ({r}, {r}), (N, {r}, {r}) or (N, 1, {r}, {r}) with N = {n}; "
                 f"got shape {np.shape(mask_input)}"
             )
@@ -298,9 +299,9 @@ def _finite(a: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numeric") from None
+        raise PromptError(f"{name} must be numeric") from None
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise PromptError(f"{name} contains NaN or infinite values")
     return arr
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import MedsamkitWarning, PromptError
 from .predictor import Predictor
 
 
@@ -37,22 +39,39 @@ def segment_2d(
     multimask: None = automatic (single output for box prompts; for point-only prompts the best of SAM's
     three multimask outputs by predicted IoU, SAM's advice for ambiguous clicks).
     """
-    if image is not None:
-        predictor.set_image(image)
     box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else None
     pts = labs = None
     if len(points):
         rows = [list(p) for p in points]
         if any(len(r) not in (2, 3) for r in rows):
-            raise ValueError("each point must be (x, y) or (x, y, label)")
+            raise PromptError("each point must be (x, y) or (x, y, label)")
         pts = np.array([r[:2] for r in rows], dtype=np.float64)
         labs = np.array([r[2] if len(r) == 3 else 1 for r in rows], dtype=np.float64)
     if box_arr is None and pts is None:
-        raise ValueError("give at least one box or point")
+        raise PromptError("give at least one box or point")
     if box_arr is not None and pts is not None and box_arr.shape[0] > 1:
-        raise ValueError("points can refine a single box; with several boxes, run them separately")
+        raise PromptError("points can refine a single box; with several boxes, run them separately")
     if box_arr is not None and box_arr.shape[0] > 255:
-        raise ValueError(f"{box_arr.shape[0]} boxes: a uint8 label mask holds at most 255 objects")
+        raise PromptError(f"{box_arr.shape[0]} boxes: a uint8 label mask holds at most 255 objects")
+    if image is not None:
+        size = np.shape(image)[:2]
+        if is_constant(image):
+            warnings.warn(
+                f"the picture the model sees is constant (every pixel {_first_value(image)}; check the image and its intensity "
+                "window): there is nothing to segment; the mask is empty",
+                MedsamkitWarning,
+                stacklevel=2,
+            )
+            return _empty(size, box_arr.shape[0] if box_arr is not None else 1)
+        predictor.set_image(image)
+    if box_arr is None and labs is not None and not (labs == 1).any():
+        warnings.warn(
+            "the prompt has only background points (label 0): they say where the object is not, so the mask is empty; "
+            "add a foreground point (label 1) or a box",
+            MedsamkitWarning,
+            stacklevel=2,
+        )
+        return _empty(predictor.image_size, 1)
     use_multi = (box_arr is None) if multimask is None else multimask
     out = predictor.predict(point_coords=pts, point_labels=labs, boxes=box_arr, multimask=use_multi)
     masks, scores = out.best() if use_multi else (out.masks[:, 0], out.scores[:, 0])
@@ -60,3 +79,23 @@ def segment_2d(
     for i, m in enumerate(masks, start=1):
         labels[m] = i
     return Segmentation2D(labels, masks, scores)
+
+
+def is_constant(image: np.ndarray) -> bool:
+    """True when every pixel of ``image`` (``(H, W)`` or ``(H, W, C)``, any numeric dtype) has the same value
+    (per channel) - a picture with nothing in it for the model to segment."""
+    a = np.asarray(image)
+    if a.size == 0:
+        return False
+    flat = a.reshape(-1, a.shape[-1]) if a.ndim == 3 else a.reshape(-1, 1)
+    return bool((flat == flat[0]).all())
+
+
+def _first_value(image: np.ndarray) -> str:
+    v = np.asarray(image).reshape(-1)[:1]
+    return f"{v[0]:g}" if v.size and np.issubdtype(v.dtype, np.number) else "equal"
+
+
+def _empty(size: tuple[int, ...], n: int) -> Segmentation2D:
+    h, w = int(size[0]), int(size[1])
+    return Segmentation2D(np.zeros((h, w), np.uint8), np.zeros((n, h, w), bool), np.zeros(n, np.float32))

@@ -8,6 +8,7 @@ Voxel coordinates are ``(x, y, z)`` = the NIfTI/ITK voxel index ``(i, j, k)``; t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..errors import InputError, MedsamkitWarning, OptionError, PromptError
 from ..io.image import MedicalImage
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT
 from ..preprocess.intensity import IntensityPreset, resolve_preset
@@ -103,18 +105,18 @@ def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, int, int]) -> _Plan:
     n_slices = extent[axis]
     given = [p.box is not None, p.box3d is not None, p.points is not None]
     if sum(given) != 1:
-        raise ValueError(f"object {p.label}: give exactly one of box (+ slice), box3d or points")
+        raise PromptError(f"object {p.label}: give exactly one of box (+ slice), box3d or points")
     if p.box3d is not None:
         b = [float(v) for v in p.box3d]
         if len(b) != 6:
-            raise ValueError(f"object {p.label}: box3d needs 6 numbers x0,y0,z0,x1,y1,z1")
+            raise PromptError(f"object {p.label}: box3d needs 6 numbers x0,y0,z0,x1,y1,z1")
         lo3 = dict(zip("xyz", b[:3]))
         hi3 = dict(zip("xyz", b[3:]))
         for a in "xyz":
             if lo3[a] > hi3[a]:
-                raise ValueError(f"object {p.label}: box3d {a}0 > {a}1")
+                raise PromptError(f"object {p.label}: box3d {a}0 > {a}1")
             if lo3[a] < 0 or hi3[a] > extent[a] - 1:
-                raise ValueError(
+                raise PromptError(
                     f"object {p.label}: box3d {tuple(b)} lies outside the {x}x{y}x{z} volume ({a} must be in 0..{extent[a] - 1})"
                 )
         c, r = frame
@@ -124,34 +126,34 @@ def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, int, int]) -> _Plan:
     if p.box is not None:
         b = np.array([float(v) for v in p.box])
         if b.shape != (4,):
-            raise ValueError(f"object {p.label}: box needs 4 numbers")
+            raise PromptError(f"object {p.label}: box needs 4 numbers")
         if p.slice_index is None:
-            raise ValueError(f"object {p.label}: a 2D box needs the slice index (--slice)")
+            raise PromptError(f"object {p.label}: a 2D box needs the slice index (--slice)")
         s = int(p.slice_index)
         if not 0 <= s < n_slices:
-            raise ValueError(f"object {p.label}: slice {s} is outside 0..{n_slices - 1} along {axis}")
+            raise PromptError(f"object {p.label}: slice {s} is outside 0..{n_slices - 1} along {axis}")
         c, r = frame
         if b[0] > b[2] or b[1] > b[3]:
-            raise ValueError(f"object {p.label}: box needs x0 <= x1 and y0 <= y1")
+            raise PromptError(f"object {p.label}: box needs x0 <= x1 and y0 <= y1")
         if b.min() < 0 or b[2] > extent[c] - 1 or b[3] > extent[r] - 1:
-            raise ValueError(
+            raise PromptError(
                 f"object {p.label}: box {tuple(b)} lies outside the {extent[c]}x{extent[r]} slice "
                 f"({c} must be in 0..{extent[c] - 1}, {r} in 0..{extent[r] - 1})"
             )
         return _Plan(s, b, None, 0, n_slices - 1)
     pts = np.array([[float(v) for v in q] for q in p.points or []])
     if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] not in (3, 4):
-        raise ValueError(f"object {p.label}: points must be (x, y, z) or (x, y, z, label)")
+        raise PromptError(f"object {p.label}: points must be (x, y, z) or (x, y, z, label)")
     if pts.shape[1] == 3:
         pts = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
     xyz = {"x": pts[:, 0], "y": pts[:, 1], "z": pts[:, 2]}
     for a in "xyz":
         if xyz[a].min() < 0 or xyz[a].max() > extent[a] - 1:
-            raise ValueError(f"object {p.label}: a point lies outside the {x}x{y}x{z} volume")
+            raise PromptError(f"object {p.label}: a point lies outside the {x}x{y}x{z} volume")
     if np.unique(np.round(xyz[axis])).size != 1:
-        raise ValueError(f"object {p.label}: all points of an object must lie on one slice along {axis}")
+        raise PromptError(f"object {p.label}: all points of an object must lie on one slice along {axis}")
     if not np.isin(pts[:, 3], (0, 1)).all():
-        raise ValueError(f"object {p.label}: point labels must be 1 (foreground) or 0 (background)")
+        raise PromptError(f"object {p.label}: point labels must be 1 (foreground) or 0 (background)")
     c, r = frame
     return _Plan(int(round(xyz[axis][0])), None, np.stack([xyz[c], xyz[r], pts[:, 3]], 1), 0, n_slices - 1)
 
@@ -190,7 +192,7 @@ def _box_predict(
         res = predictor.predict(boxes=box, mask_input=mask_input)
         return res.masks[0, 0], res.low_res_logits[0, 0], float(res.scores[0, 0]), float(res.scores[0, 0])
     if selection != "box-fit":
-        raise ValueError(f"unknown output selection {selection!r}")
+        raise OptionError(f"unknown output selection {selection!r}")
     res = predictor.predict(boxes=box, mask_input=mask_input, outputs=[0, 1, 2, 3])
     target = box if fit_box is None else fit_box
     fits = [_box_iou(b, target) if (b := _bbox(m)) is not None else -1.0 for m in res.masks[0]]
@@ -226,18 +228,18 @@ def segment_volume(
     for reuse between objects (4 MB per slice). Returns a :class:`VolumeSegmentation`.
     """
     if axis not in AXES:
-        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+        raise OptionError(f"axis must be one of {AXES}, got {axis!r}")
     if method not in ("medsamkit", "official"):
-        raise ValueError(f"unknown method {method!r}")
+        raise OptionError(f"unknown method {method!r}")
     img = image if isinstance(image, MedicalImage) else None
     arr = np.asarray(image.array if img is not None else image)
     if arr.ndim != 3:
-        raise ValueError(f"segment_volume needs a 3D volume (Z, Y, X); got shape {arr.shape}")
+        raise InputError(f"segment_volume needs a 3D volume (Z, Y, X); got shape {arr.shape}")
     if not prompts:
-        raise ValueError("give at least one object prompt")
+        raise PromptError("give at least one object prompt")
     labels_seen = [p.label for p in prompts]
     if len(set(labels_seen)) != len(labels_seen) or not all(1 <= v <= 255 for v in labels_seen):
-        raise ValueError("object labels must be distinct values in 1..255")
+        raise PromptError("object labels must be distinct values in 1..255")
     fitted = resolve_preset(arr, img.modality if img is not None else None, preset, window)
     slices = arr.transpose(_TRANSPOSE[axis])  # a view; each slice is mapped to uint8 only when it is needed
     plans = [_plan(p, axis, arr.shape) for p in prompts]
@@ -259,9 +261,15 @@ def segment_volume(
     records = []
     bar = _progress(sum(pl.hi - pl.lo + 1 for pl in plans), progress)
     for p, pl in zip(prompts, plans):
-        if method == "official":
+        empty = _nothing_to_segment(pl, fitted.apply(slices[pl.key]))
+        if empty is not None:
+            warnings.warn(f"object {p.label}: {empty}; its mask is empty", MedsamkitWarning, stacklevel=2)
+            obj, ious = np.zeros(slices.shape, bool), []
+            if bar is not None:
+                bar.update(pl.hi - pl.lo + 1)
+        elif method == "official":
             if p.box3d is None:
-                raise ValueError("method 'official' needs a 3D box per object")
+                raise PromptError("method 'official' needs a 3D box per object")
             obj, ious = _official(predictor, set_slice, slices.shape, pl, bar)
         else:
             obj, ious = _propagate(predictor, set_slice, slices.shape, pl, opts, bar)
@@ -281,6 +289,16 @@ def segment_volume(
         bar.close()
     inverse = np.argsort(_TRANSPOSE[axis])
     return VolumeSegmentation(np.ascontiguousarray(out.transpose(inverse)), records, fitted, axis)
+
+
+def _nothing_to_segment(pl: _Plan, key_picture: np.ndarray) -> str | None:
+    """Why an object's prompt cannot select anything (only background points; a constant key slice), or None."""
+    if pl.points is not None and not (pl.points[:, 2] == 1).any():
+        return "the prompt has only background points (label 0), which say where the object is not"
+    flat = key_picture.reshape(-1)
+    if flat.size and (flat == flat[0]).all():
+        return f"slice {pl.key} is constant (every pixel {flat[0]} after the intensity mapping): there is nothing to segment"
+    return None
 
 
 def _progress(total: int, enabled: bool):

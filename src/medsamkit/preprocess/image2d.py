@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Return an ``(H, W, 3)`` uint8 copy-or-view of ``image``.
@@ -15,19 +17,19 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """
     arr = np.asarray(image)
     if arr.size == 0:
-        raise ValueError(f"image is empty (shape {arr.shape})")
+        raise InputError(f"image is empty (shape {arr.shape})")
     if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
         pass
     elif arr.ndim != 2:
-        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
+        raise InputError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
     if arr.dtype == bool or np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"image dtype {arr.dtype} is not a real numeric type")
+        raise InputError(f"image dtype {arr.dtype} is not a real numeric type")
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]
     if arr.dtype != np.uint8:
         f = arr.astype(np.float64)
         if not np.isfinite(f).all():
-            raise ValueError("image contains NaN or infinite values")
+            raise InputError("image contains NaN or infinite values")
         lo, hi = float(f.min()), float(f.max())
         f = (f - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(f)
         arr = np.rint(f).astype(np.uint8)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, OptionError
+
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     "soft_tissue": (40.0, 400.0),
     "lung": (-600.0, 1500.0),
@@ -63,9 +65,9 @@ def parse_window(text: str) -> tuple[float, float]:
     try:
         level, width = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"window {text!r}: expected LEVEL,WIDTH (two numbers, e.g. 40,400)") from None
+        raise OptionError(f"window {text!r}: expected LEVEL,WIDTH (two numbers, e.g. 40,400)") from None
     if width <= 0:
-        raise ValueError(f"window {text!r}: WIDTH must be positive")
+        raise OptionError(f"window {text!r}: WIDTH must be positive")
     return level, width
 
 
@@ -78,12 +80,12 @@ def resolve_preset(
     if np.issubdtype(a.dtype, np.floating):
         bad = int((~np.isfinite(a)).sum())
         if bad:
-            raise ValueError(f"the image contains {bad} NaN or infinite voxels")
+            raise InputError(f"the image contains {bad} NaN or infinite voxels")
     if window is not None:
         level, width = window
         return IntensityPreset("window", level - width / 2, level + width / 2)
     if preset not in PRESETS or preset == "window":
-        raise ValueError(
+        raise InputError(
             f"unknown intensity preset {preset!r}; use one of {', '.join(p for p in PRESETS if p != 'window')} or --window L,W"
         )
     if preset == "auto":
@@ -98,7 +100,7 @@ def resolve_preset(
         return IntensityPreset(preset, level - width / 2, level + width / 2)
     if preset == "passthrough":
         if a.dtype != np.uint8:
-            raise ValueError(f"preset passthrough needs uint8 data, the image is {a.dtype}; use percentile or a window")
+            raise OptionError(f"preset passthrough needs uint8 data, the image is {a.dtype}; use percentile or a window")
         return IntensityPreset("passthrough")
     positive = a[a > 0]
     if positive.size == 0:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..errors import OptionError
 from .image2d import to_rgb_uint8
 
 SAM_PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
@@ -183,7 +184,7 @@ def transform_for(pipeline: str, input_size: int | None = None) -> Transform:
     try:
         t = TRANSFORMS[pipeline]()
     except KeyError:
-        raise ValueError(f"unknown pipeline {pipeline!r}; known: {sorted(TRANSFORMS)}") from None
+        raise OptionError(f"unknown pipeline {pipeline!r}; known: {sorted(TRANSFORMS)}") from None
     if input_size is not None:
         t.input_size = input_size
     return t

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..errors import OptionError, PromptError
 from ._checks import as_mask
 
 
@@ -18,7 +19,7 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
     m = as_mask(mask, ndim=2)
     rows = np.flatnonzero(m.any(axis=1))
     if rows.size == 0:
-        raise ValueError("the mask is empty: no box can be derived from it")
+        raise PromptError("the mask is empty: no box can be derived from it")
     cols = np.flatnonzero(m.any(axis=0))
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
 
@@ -58,7 +59,7 @@ def shift_box(box: np.ndarray, max_shift: int, rng: np.random.Generator, shape: 
     """MedSAM's ``bbox_shift``: each side moved outwards by an independent random integer in ``0..max_shift``
     pixels (MedSAM draws ``randint(0, bbox_shift)`` per side), then clipped to the image ``(H, W)``."""
     if max_shift < 0:
-        raise ValueError(f"bbox shift must be >= 0 pixels, got {max_shift}")
+        raise OptionError(f"bbox shift must be >= 0 pixels, got {max_shift}")
     d = rng.integers(0, max_shift + 1, size=4).astype(np.float64)
     b = np.asarray(box, dtype=np.float64) + d * np.array([-1, -1, 1, 1])
     return clip_box(b, shape)
@@ -69,7 +70,7 @@ def jitter_box(box: np.ndarray, ratio: float, rng: np.random.Generator, shape: t
     ``[-ratio, +ratio]`` times the box width (x0, x1) or height (y0, y1), rounded to whole pixels, then the box
     is clipped to the image ``(H, W)`` and re-ordered so that x0 <= x1, y0 <= y1. The box can shrink or grow."""
     if not 0 <= ratio < 1:
-        raise ValueError(f"jitter ratio must be in [0, 1), got {ratio}")
+        raise OptionError(f"jitter ratio must be in [0, 1), got {ratio}")
     b = np.asarray(box, dtype=np.float64)
     w = b[2] - b[0] + 1
     h = b[3] - b[1] + 1
@@ -82,7 +83,7 @@ def jitter_box_3d(box: np.ndarray, ratio: float, rng: np.random.Generator, shape
     """:func:`jitter_box` for a 3D box ``(x0, y0, z0, x1, y1, z1)`` (inclusive voxel indices) in a volume of
     ``shape_zyx`` = (Z, Y, X)."""
     if not 0 <= ratio < 1:
-        raise ValueError(f"jitter ratio must be in [0, 1), got {ratio}")
+        raise OptionError(f"jitter ratio must be in [0, 1), got {ratio}")
     b = np.asarray(box, dtype=np.float64)
     ext = b[3:] - b[:3] + 1
     d = np.rint(rng.uniform(-ratio, ratio, size=6) * np.concatenate([ext, ext]))
@@ -92,7 +93,7 @@ def jitter_box_3d(box: np.ndarray, ratio: float, rng: np.random.Generator, shape
 def shift_box_3d(box: np.ndarray, max_shift: int, rng: np.random.Generator, shape_zyx: tuple[int, int, int]) -> np.ndarray:
     """:func:`shift_box` for a 3D box ``(x0, y0, z0, x1, y1, z1)``; every face moves outwards by 0..max_shift."""
     if max_shift < 0:
-        raise ValueError(f"bbox shift must be >= 0 voxels, got {max_shift}")
+        raise OptionError(f"bbox shift must be >= 0 voxels, got {max_shift}")
     d = rng.integers(0, max_shift + 1, size=6).astype(np.float64)
     return clip_box_3d(np.asarray(box, np.float64) + d * np.array([-1, -1, -1, 1, 1, 1]), shape_zyx)
 
@@ -101,7 +102,7 @@ def mask_box_3d(mask: np.ndarray) -> np.ndarray:
     """Tight inclusive 3D box ``(x0, y0, z0, x1, y1, z1)`` of a ``(Z, Y, X)`` mask; ``ValueError`` when empty."""
     m = as_mask(mask, ndim=3)
     if not m.any():
-        raise ValueError("the mask is empty: no box can be derived from it")
+        raise PromptError("the mask is empty: no box can be derived from it")
     z = np.flatnonzero(m.any(axis=(1, 2)))
     y = np.flatnonzero(m.any(axis=(0, 2)))
     x = np.flatnonzero(m.any(axis=(0, 1)))

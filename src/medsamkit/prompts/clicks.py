@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import OptionError, PromptError
 from ._checks import as_mask
 from .points import interior_distance
 
@@ -44,7 +45,7 @@ def error_regions(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndar
     p = as_mask(pred, ndim=2)
     g = as_mask(gt, ndim=2)
     if p.shape != g.shape:
-        raise ValueError(f"prediction shape {p.shape} does not match ground truth {g.shape}")
+        raise PromptError(f"prediction shape {p.shape} does not match ground truth {g.shape}")
     return g & ~p, p & ~g
 
 
@@ -64,7 +65,7 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str, rng: np.random.Gener
         return Click(int(c), int(r), positive)
     if rule == "random-error":
         if rng is None:
-            raise ValueError("the random-error rule needs a random generator (rng)")
+            raise OptionError("the random-error rule needs a random generator (rng)")
         err = fn | fp
         n = int(err.sum())
         if n == 0:
@@ -73,4 +74,4 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str, rng: np.random.Gener
         i = int(rng.integers(n))
         r, c = int(rows[i]), int(cols[i])
         return Click(c, r, bool(fn[r, c]))
-    raise ValueError(f"unknown click rule {rule!r}; use one of {', '.join(RULES)}")
+    raise OptionError(f"unknown click rule {rule!r}; use one of {', '.join(RULES)}")

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..errors import OptionError, PromptError
 from ._checks import as_mask
 
 
 def _nonempty(mask: np.ndarray) -> np.ndarray:
     m = as_mask(mask, ndim=2)
     if not m.any():
-        raise ValueError("the mask is empty: no point can be placed in it")
+        raise PromptError("the mask is empty: no point can be placed in it")
     return m
 
 
@@ -59,7 +60,7 @@ def random_points(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
     """``k`` distinct foreground pixels drawn uniformly (with replacement only when the object has fewer than
     ``k`` pixels). Returns ``(k, 2)`` float (x, y)."""
     if k < 1:
-        raise ValueError(f"number of points must be >= 1, got {k}")
+        raise OptionError(f"number of points must be >= 1, got {k}")
     m = _nonempty(mask)
     rows, cols = np.nonzero(m)
     idx = rng.choice(rows.size, size=k, replace=rows.size < k)
@@ -75,7 +76,7 @@ def ring_mask(mask: np.ndarray, width: float | None = None) -> np.ndarray:
         cols = np.flatnonzero(m.any(axis=0))
         width = max(3.0, 0.1 * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
     if width <= 0:
-        raise ValueError(f"ring width must be > 0 pixels, got {width}")
+        raise OptionError(f"ring width must be > 0 pixels, got {width}")
     outside = ndimage.distance_transform_edt(~m)
     return (outside > 0) & (outside <= width)
 
@@ -86,12 +87,12 @@ def positive_negative_points(
     """``k`` random positive points inside the object and ``m`` random negative points in the ring around it
     (:func:`ring_mask`). Returns coords ``(k + m, 2)`` float (x, y) and labels ``(k + m,)`` (1, then 0)."""
     if m < 0:
-        raise ValueError(f"number of negative points must be >= 0, got {m}")
+        raise OptionError(f"number of negative points must be >= 0, got {m}")
     pos = random_points(mask, k, rng)
     if m == 0:
         return pos, np.ones(k, dtype=np.int64)
     ring = ring_mask(mask, ring_width)
     if not ring.any():
-        raise ValueError("the object fills the image: there is no background around it for negative points")
+        raise PromptError("the object fills the image: there is no background around it for negative points")
     neg = random_points(ring, m, rng)
     return np.concatenate([pos, neg]), np.concatenate([np.ones(k, np.int64), np.zeros(m, np.int64)])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..errors import OptionError
 from .clicks import RULES
 
 KINDS = ("box", "box-shift", "box-jitter", "point", "points", "iterative", "uncertainty", "everything")
@@ -114,9 +115,9 @@ def _int(text: str, what: str, minimum: int) -> int:
     try:
         v = int(text)
     except ValueError:
-        raise ValueError(f"{what} must be an integer, got {text!r}") from None
+        raise OptionError(f"{what} must be an integer, got {text!r}") from None
     if v < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {v}")
+        raise OptionError(f"{what} must be >= {minimum}, got {v}")
     return v
 
 
@@ -125,9 +126,9 @@ def _ratio(text: str) -> float:
     try:
         v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
-        raise ValueError(f"jitter ratio must be a number like 0.1 or 10%, got {text!r}") from None
+        raise OptionError(f"jitter ratio must be a number like 0.1 or 10%, got {text!r}") from None
     if not 0 <= v < 1:
-        raise ValueError(f"jitter ratio must be in [0, 1), got {text!r}")
+        raise OptionError(f"jitter ratio must be in [0, 1), got {text!r}")
     return v
 
 
@@ -135,11 +136,11 @@ def parse_protocol(text: str) -> PromptProtocol:
     """Parse a protocol string (module docstring) into a :class:`PromptProtocol`; ``ValueError`` naming
     the problem for anything malformed."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("empty prompt protocol")
+        raise OptionError("empty prompt protocol")
     tokens = [t.strip() for t in text.strip().split(":")]
     kind = tokens[0].lower()
     if kind not in KINDS:
-        raise ValueError(f"unknown prompt protocol {tokens[0]!r}; use one of {', '.join(KINDS)}")
+        raise OptionError(f"unknown prompt protocol {tokens[0]!r}; use one of {', '.join(KINDS)}")
     args = [t for t in tokens[1:] if "=" not in t]
     opts: dict[str, str] = {}
     for t in tokens[1:]:
@@ -148,18 +149,18 @@ def parse_protocol(text: str) -> PromptProtocol:
             opts[key.strip().lower()] = value.strip().lower()
     select = opts.pop("select", _default_select(kind))
     if select not in SELECTIONS:
-        raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+        raise OptionError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
     fields: dict[str, object] = {"kind": kind, "select": select}
 
     def expect(n_min: int, n_max: int, usage: str) -> None:
         if not n_min <= len(args) <= n_max:
-            raise ValueError(f"{text!r}: expected {usage}")
+            raise OptionError(f"{text!r}: expected {usage}")
 
     if kind == "box":
         expect(0, 1, "box or box:components")
         if args:
             if args[0].lower() != "components":
-                raise ValueError(f"{text!r}: the only box option is 'components'")
+                raise OptionError(f"{text!r}: the only box option is 'components'")
             fields["components"] = True
     elif kind == "box-shift":
         expect(1, 1, "box-shift:N (pixels)")
@@ -172,7 +173,7 @@ def parse_protocol(text: str) -> PromptProtocol:
         p = (args[0] if args else "centre").lower()
         p = "centre" if p == "center" else p
         if p not in POINT_KINDS:
-            raise ValueError(f"{text!r}: point must be one of {', '.join(POINT_KINDS)}")
+            raise OptionError(f"{text!r}: point must be one of {', '.join(POINT_KINDS)}")
         fields["point"] = p
     elif kind == "points":
         expect(1, 1, "points:K or points:K+M")
@@ -184,27 +185,27 @@ def parse_protocol(text: str) -> PromptProtocol:
         fields["clicks"] = _int(args[0], "number of clicks", 1)
         rule = args[1].lower()
         if rule not in RULES:
-            raise ValueError(f"{text!r}: click rule must be one of {', '.join(RULES)}")
+            raise OptionError(f"{text!r}: click rule must be one of {', '.join(RULES)}")
         fields["rule"] = rule
         if len(args) == 3:
             if args[2].lower() != "mask":
-                raise ValueError(f"{text!r}: unknown iterative flag {args[2]!r} (only 'mask')")
+                raise OptionError(f"{text!r}: unknown iterative flag {args[2]!r} (only 'mask')")
             fields["mask_input"] = True
         start = opts.pop("start", "click")
         if start not in ("click", "box"):
-            raise ValueError(f"{text!r}: start must be click or box")
+            raise OptionError(f"{text!r}: start must be click or box")
         fields["start"] = start
     elif kind == "uncertainty":
         expect(2, 2, "uncertainty:K:R (K jittered boxes, jitter ratio R)")
         if select != "first":
-            raise ValueError(f"{text!r}: uncertainty protocols average the single-mask output; select does not apply")
+            raise OptionError(f"{text!r}: uncertainty protocols average the single-mask output; select does not apply")
         fields["samples"] = _int(args[0], "number of samples", 2)
         fields["jitter"] = _ratio(args[1])
     elif kind == "everything":
-        raise ValueError(
+        raise OptionError(
             "the 'everything' protocol needs medsamkit's automatic mask generator (everything mode), "
             "which is not implemented yet; it comes with the everything-mode issue"
         )
     if opts:
-        raise ValueError(f"{text!r}: unknown option(s) {', '.join(sorted(opts))}")
+        raise OptionError(f"{text!r}: unknown option(s) {', '.join(sorted(opts))}")
     return PromptProtocol(**fields)  # type: ignore[arg-type]

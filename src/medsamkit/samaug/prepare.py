@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._files import atomic_write, atomic_write_text
+from ..errors import OptionError
 from ..evaluate.datasets import Case, Dataset, load_case, load_dataset
 from ..io.image2d import write_png
 from ..preprocess.image2d import to_rgb_uint8
@@ -85,11 +86,11 @@ def _options_dict(generator: AutomaticMaskGenerator) -> dict[str, Any]:
 
 def _check_settings(mode: str, alpha: float, thickness: int) -> None:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise OptionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        raise OptionError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if isinstance(thickness, bool) or not isinstance(thickness, int) or thickness < 1:
-        raise ValueError(f"thickness must be an integer >= 1, got {thickness!r}")
+        raise OptionError(f"thickness must be an integer >= 1, got {thickness!r}")
 
 
 def _sha256_file(path: Path) -> str:
@@ -167,7 +168,7 @@ def _load_picture(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 picture the model sees (``(H, W)`` or ``(H, W, 3|4)``) and the ``(H, W)`` label mask."""
     image, mask = load_case(case)
     if image.is_volume:
-        raise ValueError(
+        raise OptionError(
             f"case {case.id}: SAMAug preparation handles 2D images; {case.image.name} is 3D {image.spatial_shape} "
             "(extract 2D slices first)"
         )
@@ -179,7 +180,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
     m = np.asarray(mask)
     if m.size and int(m.max()) > 255:
         if int(m.max()) > 65535:
-            raise ValueError(f"labels up to {int(m.max())} do not fit a 16-bit PNG mask")
+            raise OptionError(f"labels up to {int(m.max())} do not fit a 16-bit PNG mask")
         from PIL import Image
 
         def write(tmp: Path) -> None:
@@ -239,7 +240,7 @@ def prepare_case(
     t0 = time.perf_counter()
     paths = case_paths(out_dir, case.id, mode)
     if case.image.is_dir():
-        raise ValueError(f"case {case.id}: {case.image.name} is a DICOM series (3D); SAMAug preparation handles 2D images")
+        raise OptionError(f"case {case.id}: {case.image.name} is a DICOM series (3D); SAMAug preparation handles 2D images")
     key = case_key(
         _sha256_file(case.image), generator, mode, alpha=alpha, thickness=thickness, channel=case.channel, key_extra=key_extra
     )
@@ -329,7 +330,7 @@ def prepare_dataset(
         changed = [k for k, v in settings.items() if previous.get(k) is not None and previous.get(k) != v]
         if changed:
             was = ", ".join(f"{k}={previous.get(k)!r}" for k in changed)
-            raise ValueError(f"{out} holds a SAMAug preparation with {was}; use another output folder")
+            raise OptionError(f"{out} holds a SAMAug preparation with {was}; use another output folder")
     out.mkdir(parents=True, exist_ok=True)
 
     bar = None

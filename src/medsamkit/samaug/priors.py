@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._files import atomic_write_bytes
+from ..errors import FileInputError, OptionError
 from ..preprocess.image2d import to_rgb_uint8
 
 #: version of the prior maps' definition and of the files written by :mod:`medsamkit.samaug`; part of every
@@ -66,7 +67,7 @@ def record_mask(record: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
     """The ``(H, W)`` bool mask of an everything-mode record (``segmentation`` as a bool array or COCO RLE
     dict). Raises ``ValueError`` when it is missing or not of ``shape``."""
     if not isinstance(record, dict) or "segmentation" not in record:
-        raise ValueError("an everything-mode record must be a dict with a 'segmentation' entry")
+        raise OptionError("an everything-mode record must be a dict with a 'segmentation' entry")
     seg = record["segmentation"]
     if isinstance(seg, dict):
         from ..predict.masks import rle_decode
@@ -76,17 +77,17 @@ def record_mask(record: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
         m = np.asarray(seg)
         if m.dtype != bool:
             if not np.issubdtype(m.dtype, np.number) or not np.isin(m, (0, 1)).all():
-                raise ValueError(f"record segmentation must be a bool mask or COCO RLE, got {m.dtype} values")
+                raise OptionError(f"record segmentation must be a bool mask or COCO RLE, got {m.dtype} values")
             m = m.astype(bool)
     if m.shape != tuple(shape):
-        raise ValueError(f"record mask has shape {m.shape}, expected {tuple(shape)}")
+        raise OptionError(f"record mask has shape {m.shape}, expected {tuple(shape)}")
     return m
 
 
 def _shape(shape: Sequence[int]) -> tuple[int, int]:
     s = tuple(int(v) for v in shape)
     if len(s) != 2 or min(s) < 1:
-        raise ValueError(f"shape must be (H, W) with H, W >= 1, got {tuple(shape)}")
+        raise OptionError(f"shape must be (H, W) with H, W >= 1, got {tuple(shape)}")
     return s  # type: ignore[return-value]
 
 
@@ -94,9 +95,9 @@ def _stability(record: dict[str, Any], i: int) -> float:
     try:
         s = float(record["stability_score"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"record {i} has no numeric 'stability_score'") from None
+        raise OptionError(f"record {i} has no numeric 'stability_score'") from None
     if not (math.isfinite(s) and 0.0 <= s <= 1.0):
-        raise ValueError(f"record {i}: stability_score must be in [0, 1], got {s}")
+        raise OptionError(f"record {i}: stability_score must be in [0, 1], got {s}")
     return s
 
 
@@ -118,9 +119,9 @@ def outer_boundary(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
     outside)."""
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:
-        raise ValueError(f"mask must be 2D (H, W), got shape {m.shape}")
+        raise OptionError(f"mask must be 2D (H, W), got shape {m.shape}")
     if isinstance(thickness, bool) or not isinstance(thickness, (int, np.integer)) or thickness < 1:
-        raise ValueError(f"thickness must be an integer >= 1, got {thickness!r}")
+        raise OptionError(f"thickness must be an integer >= 1, got {thickness!r}")
     if not m.any():
         return m.copy()
     filled = ndimage.binary_fill_holes(m, structure=_CROSS)
@@ -180,15 +181,15 @@ def priors_from_records(records: Sequence[dict[str, Any]], shape: Sequence[int],
 def _check_prior(prior: Any, name: str, hw: tuple[int, int]) -> np.ndarray:
     p = np.asarray(prior)
     if p.dtype != bool and (not np.issubdtype(p.dtype, np.number) or np.iscomplexobj(p)):
-        raise ValueError(f"{name} must be a real-valued (H, W) array, got dtype {p.dtype}")
+        raise OptionError(f"{name} must be a real-valued (H, W) array, got dtype {p.dtype}")
     if p.shape != hw:
-        raise ValueError(f"{name} has shape {p.shape}, the image is {hw[0]} x {hw[1]} (H, W)")
+        raise OptionError(f"{name} has shape {p.shape}, the image is {hw[0]} x {hw[1]} (H, W)")
     f = p.astype(np.float64)
     if not np.isfinite(f).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise OptionError(f"{name} contains NaN or infinite values")
     lo, hi = float(f.min()), float(f.max())
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{name} values must be in [0, 1], got {lo:g}..{hi:g}")
+        raise OptionError(f"{name} values must be in [0, 1], got {lo:g}..{hi:g}")
     return f
 
 
@@ -200,13 +201,13 @@ def is_grey(image: np.ndarray) -> bool:
         return True
     if a.ndim == 3 and a.shape[2] in (3, 4):
         return False
-    raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}")
+    raise OptionError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}")
 
 
 def augmented_channels(mode: str, grey: bool) -> int:
     """Channels of :func:`augment_image`'s output: 3 in ``"add"`` mode; 3 (grey) or 5 (RGB) in ``"stack"``."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise OptionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     return 3 if mode == "add" or grey else 5
 
 
@@ -227,7 +228,7 @@ def augment_image(
     [0, 1]; ``alpha`` is not used. Bad shapes, modes, alpha or prior values raise ``ValueError``.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise OptionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     arr = np.asarray(image)
     grey = is_grey(arr)
     rgb = to_rgb_uint8(arr)  # validates dtype/values; uint8 kept, else min-max to 0..255; alpha dropped
@@ -239,10 +240,10 @@ def augment_image(
         chans = [base.astype(np.float32) / np.float32(255.0), seg[..., None], bnd[..., None]]
         return np.concatenate(chans, axis=2).astype(np.float32)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        raise OptionError(f"alpha must be a number in [0, 1], got {alpha!r}")
     a = float(alpha)
     if not (math.isfinite(a) and 0.0 <= a <= 1.0):
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        raise OptionError(f"alpha must be in [0, 1], got {alpha!r}")
     out = rgb.copy()
     out[..., 1] = _blend(rgb[..., 1], seg, a)
     out[..., 2] = _blend(rgb[..., 2], bnd, a)
@@ -282,19 +283,19 @@ def load_priors(path: str | os.PathLike[str]) -> tuple[Priors, str]:
     try:
         z = np.load(p, allow_pickle=False)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read prior file {p}: {' '.join(str(e).split())[:160]}") from e
+        raise FileInputError(f"cannot read prior file {p}: {' '.join(str(e).split())[:160]}") from e
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"cannot read prior file {p}: not an npz archive")
+        raise FileInputError(f"cannot read prior file {p}: not an npz archive")
     with z:
         if "seg_prior" not in z or "boundary_prior" not in z:
-            raise ValueError(f"{p.name}: a prior file needs arrays seg_prior and boundary_prior, found {sorted(z.keys())}")
+            raise FileInputError(f"{p.name}: a prior file needs arrays seg_prior and boundary_prior, found {sorted(z.keys())}")
         try:
             seg = np.asarray(z["seg_prior"], dtype=np.float32)
             bnd = np.asarray(z["boundary_prior"], dtype=np.float32)
             n = int(z["n_masks"]) if "n_masks" in z else -1
             key = str(z["key"]) if "key" in z else ""
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"cannot read prior file {p}: {' '.join(str(e).split())[:160]}") from e
+            raise FileInputError(f"cannot read prior file {p}: {' '.join(str(e).split())[:160]}") from e
     if seg.ndim != 2 or seg.shape != bnd.shape:
-        raise ValueError(f"{p.name}: seg_prior {seg.shape} and boundary_prior {bnd.shape} must be the same (H, W)")
+        raise OptionError(f"{p.name}: seg_prior {seg.shape} and boundary_prior {bnd.shape} must be the same (H, W)")
     return Priors(seg, bnd, n), key

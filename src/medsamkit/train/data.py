@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .._files import atomic_write_text
+from ..errors import FileInputError, MissingFileError, OptionError
 from ..evaluate.datasets import Case, Dataset, load_case, load_dataset
 from ..io.image import MedicalImage
 from ..preprocess.image2d import to_rgb_uint8
@@ -72,17 +73,17 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
-            raise ValueError(f"unknown input kind {self.kind!r}; use one of {', '.join(INPUT_KINDS)}")
+            raise OptionError(f"unknown input kind {self.kind!r}; use one of {', '.join(INPUT_KINDS)}")
         if self.colour not in COLOURS:
-            raise ValueError(f"colour must be 'grey' or 'rgb', got {self.colour!r}")
+            raise OptionError(f"colour must be 'grey' or 'rgb', got {self.colour!r}")
         if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 8:
-            raise ValueError(f"size must be an integer >= 8, got {self.size!r}")
+            raise OptionError(f"size must be an integer >= 8, got {self.size!r}")
         if self.kind != "raw" and self.mode not in ("add", "stack"):
-            raise ValueError(f"input {self.kind!r} needs the SAMAug mode 'add' or 'stack', got {self.mode!r}")
+            raise OptionError(f"input {self.kind!r} needs the SAMAug mode 'add' or 'stack', got {self.mode!r}")
         if self.label is not None and (
             isinstance(self.label, bool) or not isinstance(self.label, (int, np.integer)) or self.label < 1
         ):
-            raise ValueError(f"label must be an integer >= 1 or None, got {self.label!r}")
+            raise OptionError(f"label must be an integer >= 1 or None, got {self.label!r}")
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -117,7 +118,7 @@ def to_picture(image: np.ndarray | MedicalImage, modality: str | None = None) ->
     ``modality`` (or the image's) is CT, percentile otherwise). ValueError for volumes and bad shapes."""
     if isinstance(image, MedicalImage):
         if image.is_volume:
-            raise ValueError(f"expected a 2D image, got a volume of shape {image.spatial_shape}")
+            raise OptionError(f"expected a 2D image, got a volume of shape {image.spatial_shape}")
         modality = modality or image.modality
         arr = np.asarray(image.array)
     else:
@@ -125,11 +126,11 @@ def to_picture(image: np.ndarray | MedicalImage, modality: str | None = None) ->
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-        raise ValueError(f"expected a 2D image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
+        raise OptionError(f"expected a 2D image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError(f"image is empty (shape {arr.shape})")
+        raise OptionError(f"image is empty (shape {arr.shape})")
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"image dtype {arr.dtype} is not a real numeric type")
+        raise OptionError(f"image dtype {arr.dtype} is not a real numeric type")
     if arr.ndim == 3:
         arr = arr[..., :3]
     return np.ascontiguousarray(resolve_preset(arr, modality, "auto").apply(arr))
@@ -139,7 +140,7 @@ def load_picture(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """A 2D case as ``(picture uint8 (H, W) or (H, W, 3), labels (H, W) unsigned int)``; ValueError for 3D."""
     image, mask = load_case(case)
     if image.is_volume:
-        raise ValueError(
+        raise OptionError(
             f"case {case.id}: training handles 2D images; {case.image.name} is 3D {image.spatial_shape} (extract 2D slices first)"
         )
     return to_picture(image, case.modality), mask
@@ -155,7 +156,7 @@ def _as_colour(picture: np.ndarray, colour: str) -> np.ndarray:
     if colour == "rgb":
         return to_rgb_uint8(picture)
     if picture.ndim != 2:
-        raise ValueError(f"the model takes grey pictures; got a colour image of shape {picture.shape}")
+        raise OptionError(f"the model takes grey pictures; got a colour image of shape {picture.shape}")
     return picture
 
 
@@ -167,14 +168,14 @@ def read_samaug_settings(samaug_dir: str | os.PathLike[str]) -> dict[str, Any]:
     d = Path(samaug_dir)
     f = d / "samaug.json"
     if not f.is_file():
-        raise FileNotFoundError(f"{d} is not a SAMAug folder: {f.name} not found (run `medsamkit samaug prepare` first)")
+        raise MissingFileError(f"{d} is not a SAMAug folder: {f.name} not found (run `medsamkit samaug prepare` first)")
     try:
         doc = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {f}: {e}") from e
+        raise FileInputError(f"cannot read {f}: {e}") from e
     mode = doc.get("mode") if isinstance(doc, dict) else None
     if mode not in ("add", "stack"):
-        raise ValueError(f"{f}: 'mode' must be 'add' or 'stack', got {mode!r}")
+        raise OptionError(f"{f}: 'mode' must be 'add' or 'stack', got {mode!r}")
     alpha = doc.get("alpha", 0.5)
     return {"mode": mode, "alpha": float(alpha) if alpha is not None else 0.5}
 
@@ -192,10 +193,10 @@ def as_priors(priors: Any) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(priors, Mapping):
         if "seg_prior" in priors and "boundary_prior" in priors:
             return np.asarray(priors["seg_prior"], np.float32), np.asarray(priors["boundary_prior"], np.float32)
-        raise ValueError(f"a priors mapping needs 'seg_prior' and 'boundary_prior', got {', '.join(map(str, priors))}")
+        raise OptionError(f"a priors mapping needs 'seg_prior' and 'boundary_prior', got {', '.join(map(str, priors))}")
     if isinstance(priors, (tuple, list)) and len(priors) == 2:
         return np.asarray(priors[0], np.float32), np.asarray(priors[1], np.float32)
-    raise ValueError(
+    raise OptionError(
         f"priors must be a Priors object, a (seg, boundary) pair, a mapping or an npz path, not {type(priors).__name__}"
     )
 
@@ -209,7 +210,7 @@ def load_case_priors(samaug_dir: str | os.PathLike[str], case_id: str) -> tuple[
     """The priors of one case; FileNotFoundError naming the file when the case was not prepared."""
     p = prior_path(samaug_dir, case_id)
     if not p.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no SAMAug priors for case {case_id!r}: {p} not found (prepare the dataset with `medsamkit samaug prepare`)"
         )
     return as_priors(p)
@@ -232,18 +233,18 @@ def make_view(picture: np.ndarray, spec: InputSpec, view: str, priors: tuple[np.
                 img = np.concatenate([img, np.zeros((*img.shape[:2], 2), np.float32)], axis=2)
     elif view == "samaug":
         if spec.kind == "raw":
-            raise ValueError("a model trained on raw inputs has no augmented view")
+            raise OptionError("a model trained on raw inputs has no augmented view")
         if priors is None:
-            raise ValueError("the augmented (SAMAug) input needs the image's priors")
+            raise OptionError("the augmented (SAMAug) input needs the image's priors")
         from ..samaug.priors import augment_image
 
         seg, bnd = priors
         out = augment_image(pic, seg, bnd, mode=spec.mode, alpha=spec.alpha)  # type: ignore[arg-type]
         img = out.astype(np.float32) / np.float32(255.0) if out.dtype == np.uint8 else out.astype(np.float32)
     else:
-        raise ValueError(f"unknown view {view!r}; use 'raw' or 'samaug'")
+        raise OptionError(f"unknown view {view!r}; use 'raw' or 'samaug'")
     if img.shape[2] != spec.in_channels:
-        raise ValueError(f"the {view} input has {img.shape[2]} channels, the model takes {spec.in_channels}")
+        raise OptionError(f"the {view} input has {img.shape[2]} channels, the model takes {spec.in_channels}")
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
@@ -294,17 +295,17 @@ def split_cases(ids: Sequence[str], val_fraction: float = 0.2, test_fraction: fl
     left to train on."""
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {f!r}")
+            raise OptionError(f"{name} must be in [0, 1), got {f!r}")
     if isinstance(ids, str):
-        raise ValueError("ids must be a sequence of case ids, not one string")
+        raise OptionError("ids must be a sequence of case ids, not one string")
     unique = sorted(set(ids))
     if len(unique) != len(list(ids)):
-        raise ValueError("case ids must be unique")
+        raise OptionError("case ids must be unique")
     n = len(unique)
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     if n - n_test - n_val < 1:
-        raise ValueError(
+        raise OptionError(
             f"{n} case(s) cannot be split into val {val_fraction} and test {test_fraction} with at least one training case"
         )
     order = np.random.default_rng(seed).permutation(n)
@@ -338,7 +339,7 @@ def run_split(
         split = read_split(split_file)
         missing = sorted(set(split.train + split.val + split.test) - set(dataset.ids))
         if missing:
-            raise ValueError(f"{split_file} names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
+            raise OptionError(f"{split_file} names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
     else:
         split = split_cases(dataset.ids, val_fraction, test_fraction, seed=seed)
     if write:
@@ -355,7 +356,7 @@ def read_split(path: str | os.PathLike[str]) -> Split:
         doc = json.loads(p.read_text(encoding="utf-8"))
         return Split(list(doc["train"]), list(doc["val"]), list(doc["test"]))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"cannot read the split file {p}: {e}") from e
+        raise FileInputError(f"cannot read the split file {p}: {e}") from e
 
 
 # -------------------------------------------------------------------------------------------------- dataset
@@ -386,13 +387,13 @@ def prepare_cases(
     """Read ``cases`` (or take them from ``pictures``: id -> (picture, labels)) and make their views at
     ``spec.size``. The augmented view needs ``samaug_dir``."""
     if "samaug" in spec.views and samaug_dir is None:
-        raise ValueError(f"input {spec.kind!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
+        raise OptionError(f"input {spec.kind!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
     out = []
     for case in cases:
         picture, labels = pictures[case.id] if pictures is not None and case.id in pictures else load_picture(case)
         priors = load_case_priors(samaug_dir, case.id) if "samaug" in spec.views else None  # type: ignore[arg-type]
         if priors is not None and priors[0].shape != picture.shape[:2]:
-            raise ValueError(
+            raise OptionError(
                 f"case {case.id}: priors are {priors[0].shape[0]} x {priors[0].shape[1]}, the image is "
                 f"{picture.shape[0]} x {picture.shape[1]}; prepare the priors on this dataset's images"
             )
@@ -416,7 +417,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self, cases: Sequence[CaseData], spec: InputSpec, *, augment: bool = False, ensemble: bool = False, seed: int = 0
     ) -> None:
         if augment and ensemble:
-            raise ValueError("augmentation is for training items; ensemble items are for validation")
+            raise OptionError("augmentation is for training items; ensemble items are for validation")
         self.cases = list(cases)
         self.spec = spec
         self.augment = augment
@@ -489,7 +490,7 @@ def open_dataset(dataset: Dataset | str | os.PathLike[str]) -> Dataset:
     ds = load_dataset(dataset)
     if not len(ds):
         detail = f" ({len(ds.skipped)} file(s) skipped, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]})" if ds.skipped else ""
-        raise ValueError(f"{ds.root}: no (image, mask) cases found{detail}")
+        raise OptionError(f"{ds.root}: no (image, mask) cases found{detail}")
     return ds
 
 
@@ -507,9 +508,9 @@ def load_split_data(
     come from ``samaug_dir``."""
     ds = open_dataset(dataset)
     if kind not in INPUT_KINDS:
-        raise ValueError(f"unknown input kind {kind!r}; use one of {', '.join(INPUT_KINDS)}")
+        raise OptionError(f"unknown input kind {kind!r}; use one of {', '.join(INPUT_KINDS)}")
     if kind != "raw" and samaug_dir is None:
-        raise ValueError(f"input {kind!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
+        raise OptionError(f"input {kind!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
     settings = read_samaug_settings(samaug_dir) if kind != "raw" else {"mode": None, "alpha": 0.5}  # type: ignore[arg-type]
     wanted = [*split.train, *split.val]
     sub = ds.subset(wanted)

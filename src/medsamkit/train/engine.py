@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_write, atomic_write_text
+from ..errors import FileInputError, MissingFileError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class TrainConfig:
         def positive_int(name: str, minimum: int = 1) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, got {v!r}")
+                raise OptionError(f"TrainConfig.{name} must be an integer >= {minimum}, got {v!r}")
 
         positive_int("epochs")
         positive_int("batch_size")
@@ -131,21 +132,21 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "warmup_epochs", "min_lr_ratio", "min_delta"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
+                raise OptionError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+            raise OptionError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.min_lr_ratio > 1:
-            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise OptionError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip is not None and not (self.grad_clip > 0):
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
+            raise OptionError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if self.max_minutes is not None and not (self.max_minutes > 0):
-            raise ValueError(f"TrainConfig.max_minutes must be > 0 or None, got {self.max_minutes!r}")
+            raise OptionError(f"TrainConfig.max_minutes must be > 0 or None, got {self.max_minutes!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+            raise OptionError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+            raise OptionError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+            raise OptionError(f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +157,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+            raise OptionError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
         return cls(**dict(data))
 
 
@@ -197,7 +198,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     the previous flags when it returns.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise OptionError(f"seed must be an integer >= 0, got {seed!r}")
     seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -251,7 +252,7 @@ def _set_rng_state(state: Mapping[str, Any], generators: Sequence[torch.Generato
         torch.cuda.set_rng_state_all(state["cuda"])
     saved = state["generators"]
     if len(saved) != len(generators):
-        raise ValueError(
+        raise OptionError(
             f"the checkpoint holds {len(saved)} loader generator state(s) but the loaders have {len(generators)}; "
             "resume with loaders built the same way"
         )
@@ -361,9 +362,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+        raise OptionError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use 'cpu' or 'auto'")
+        raise OptionError(f"device {device!r} asked for but CUDA is not available; use 'cpu' or 'auto'")
     return d
 
 
@@ -385,10 +386,10 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, Mapping):
         if "image" in batch and "label" in batch:
             return batch["image"], batch["label"]
-        raise ValueError(f"a dict batch needs 'image' and 'label' keys, got {', '.join(map(str, batch))}")
+        raise OptionError(f"a dict batch needs 'image' and 'label' keys, got {', '.join(map(str, batch))}")
     if isinstance(batch, (list, tuple)) and len(batch) == 2:
         return batch[0], batch[1]
-    raise ValueError(
+    raise OptionError(
         "the default steps read (inputs, targets) pairs or {'image', 'label'} dicts; "
         f"got {type(batch).__name__} - pass train_step/val_step for other batches"
     )
@@ -415,11 +416,11 @@ def segmentation_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     Both empty -> 1.0, one empty -> 0.0 (as :func:`medsamkit.metrics.dice`).
     """
     if logits.ndim < 3:
-        raise ValueError(f"logits must be (N, C, *spatial), got shape {tuple(logits.shape)}")
+        raise OptionError(f"logits must be (N, C, *spatial), got shape {tuple(logits.shape)}")
     pred = logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(dim=1) > 0
     t = target[:, 0] if target.ndim == logits.ndim else target
     if t.shape != pred.shape:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+        raise OptionError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
     t = t > 0
     inter = (pred & t).flatten(1).sum(1).double()
     total = (pred.flatten(1).sum(1) + t.flatten(1).sum(1)).double()
@@ -451,7 +452,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameters (every parameter has requires_grad=False)")
+        raise OptionError("the model has no trainable parameters (every parameter has requires_grad=False)")
     groups = [
         g
         for g in ({"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
@@ -472,13 +473,13 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     (no code runs while reading it); ValueError when the file is not one."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise MissingFileError(f"checkpoint not found: {p}")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
-        raise ValueError(f"cannot read checkpoint {p}: {' '.join(str(e).split())[:200]}") from e
+        raise FileInputError(f"cannot read checkpoint {p}: {' '.join(str(e).split())[:200]}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{p} is not a medsamkit training checkpoint (format {CHECKPOINT_FORMAT})")
+        raise FileInputError(f"{p} is not a medsamkit training checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
 
 
@@ -540,23 +541,23 @@ def fit(
     """
     config = config or TrainConfig()
     if (train_step is None or val_step is None) and loss_fn is None:
-        raise ValueError("fit needs loss_fn unless both train_step and val_step are given")
+        raise OptionError("fit needs loss_fn unless both train_step and val_step are given")
     if meta is not None:
         json.dumps(meta)  # fail now, not after the first epoch
     train_step = train_step or _default_train_step(loss_fn)  # type: ignore[arg-type]
     val_step = val_step or _default_val_step(loss_fn, metric_fn)  # type: ignore[arg-type]
     out = Path(run_dir) if run_dir is not None else None
     if resume and out is None:
-        raise ValueError("resume=True needs a run_dir")
+        raise OptionError("resume=True needs a run_dir")
     rank, world = dist_info()
     writer = out is not None and rank == 0
     device = resolve_device(config.device)
     try:
         n_batches = len(train_loader)
     except TypeError:
-        raise ValueError("train_loader must have a length (a map-style dataset) for the learning-rate schedule") from None
+        raise OptionError("train_loader must have a length (a map-style dataset) for the learning-rate schedule") from None
     if n_batches == 0:
-        raise ValueError("train_loader yields no batches (empty training set, or drop_last with too few samples)")
+        raise OptionError("train_loader yields no batches (empty training set, or drop_last with too few samples)")
     steps_per_epoch = math.ceil(n_batches / config.grad_accum_steps)
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
@@ -697,7 +698,7 @@ def _check_resumable(ckpt: Mapping[str, Any], config: TrainConfig, path: Path) -
     saved = ckpt.get("config", {})
     diff = [f"{k} {saved.get(k)!r} -> {getattr(config, k)!r}" for k in _RESUME_FIELDS if saved.get(k) != getattr(config, k)]
     if diff:
-        raise ValueError(f"cannot resume {path}: the run's settings differ from the checkpoint's ({'; '.join(diff)})")
+        raise OptionError(f"cannot resume {path}: the run's settings differ from the checkpoint's ({'; '.join(diff)})")
 
 
 def _default_train_step(loss_fn: Callable[[Any, Any], torch.Tensor]) -> TrainStep:
@@ -749,7 +750,7 @@ def _train_epoch(
         batch = to_device(batch, device)
         loss = step(model, batch)
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-            raise ValueError("train_step must return a scalar tensor")
+            raise OptionError("train_step must return a scalar tensor")
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, batch {i + 1}")
         (loss / accum).backward()

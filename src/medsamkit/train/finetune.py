@@ -67,6 +67,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_write, atomic_write_text
+from ..errors import FileInputError, MissingFileError, OptionError
 from ..evaluate.datasets import Case, Dataset, load_case
 from .data import Split, open_dataset, read_split, run_split, to_picture
 from .engine import (
@@ -103,7 +104,7 @@ def default_config(mode: str = "decoder", **overrides: Any) -> TrainConfig:
     """The training-loop settings :func:`finetune` uses when given none: 20 epochs, batch size 4, AdamW with the
     mode's :data:`DEFAULT_LR` and weight decay 0.01 (MedSAM's), cosine schedule; ``overrides`` replace any field."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        raise OptionError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     settings: dict[str, Any] = {"epochs": 20, "batch_size": 4, "lr": DEFAULT_LR[mode], "weight_decay": 0.01}
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -162,18 +163,18 @@ class FinetuneOptions:
             if optional and v is None:
                 return
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {v!r}")
+                raise OptionError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {v!r}")
 
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+            raise OptionError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.prompt not in PROMPTS:
-            raise ValueError(f"unknown prompt {self.prompt!r}; use one of {', '.join(PROMPTS)}")
+            raise OptionError(f"unknown prompt {self.prompt!r}; use one of {', '.join(PROMPTS)}")
         if self.objects not in OBJECTS:
-            raise ValueError(f"unknown objects {self.objects!r}; use 'label' or 'component'")
+            raise OptionError(f"unknown objects {self.objects!r}; use 'label' or 'component'")
         if self.autosam_input not in AUTOSAM_INPUTS:
-            raise ValueError(f"unknown autosam_input {self.autosam_input!r}; use one of {', '.join(AUTOSAM_INPUTS)}")
+            raise OptionError(f"unknown autosam_input {self.autosam_input!r}; use one of {', '.join(AUTOSAM_INPUTS)}")
         if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"model must be a registry name or a checkpoint path, got {self.model!r}")
+            raise OptionError(f"model must be a registry name or a checkpoint path, got {self.model!r}")
         check_int("num_points", 1)
         check_int("bbox_shift", 0)
         check_int("min_pixels", 1)
@@ -184,18 +185,18 @@ class FinetuneOptions:
         check_int("split_seed", 0, optional=True)
         check_int("size", 64, optional=True)
         if self.size is not None and self.size % 16:
-            raise ValueError(f"size must be a multiple of 16, got {self.size}")
+            raise OptionError(f"size must be a multiple of 16, got {self.size}")
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+                raise OptionError(f"{name} must be in [0, 1), got {v!r}")
         if self.cache_embeddings is not None and self.mode not in FROZEN_ENCODER_MODES:
-            raise ValueError(
+            raise OptionError(
                 f"cached embeddings need a frozen image encoder (modes {', '.join(FROZEN_ENCODER_MODES)}); "
                 f"mode {self.mode!r} trains the encoder"
             )
         if self.encode_backend not in ("auto", "onnxruntime", "torch"):
-            raise ValueError(f"unknown encode_backend {self.encode_backend!r}; use auto, onnxruntime or torch")
+            raise OptionError(f"unknown encode_backend {self.encode_backend!r}; use auto, onnxruntime or torch")
         # the structure options are validated by their configs
         self.adapter_config()
         self.lora_config()
@@ -222,7 +223,7 @@ class FinetuneOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown finetune option(s): {', '.join(unknown)}")
+            raise OptionError(f"unknown finetune option(s): {', '.join(unknown)}")
         return cls(**dict(data))
 
 
@@ -255,7 +256,7 @@ def arch_from_dict(data: Mapping[str, Any]) -> Any:
         cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(data["config"]).items()}
         return ArchSpec(str(data["name"]), cls(**cfg), data["pipeline"])
     except (KeyError, TypeError) as e:
-        raise ValueError(f"not an architecture description: {e}") from e
+        raise OptionError(f"not an architecture description: {e}") from e
 
 
 def load_base(
@@ -272,7 +273,7 @@ def load_base(
 
     if isinstance(model, nn.Module):
         if not (hasattr(model, "image_encoder") and hasattr(model, "mask_decoder") and hasattr(model, "spec")):
-            raise ValueError(f"model must be a SamModel, got {type(model).__name__}")
+            raise OptionError(f"model must be a SamModel, got {type(model).__name__}")
         net = model
     else:
         net = load(model, checkpoint=checkpoint)
@@ -280,7 +281,7 @@ def load_base(
     if size is None or int(size) == spec.img_size:
         return net
     if not isinstance(spec.encoder, TinyViTConfig):
-        raise ValueError(f"size {size}: only TinyViT models ({spec.name} is a ViT) can be rebuilt for another input size")
+        raise OptionError(f"size {size}: only TinyViT models ({spec.name} is a ViT) can be rebuilt for another input size")
     enc = replace(spec.encoder, img_size=int(size))
     new_spec = replace(spec, name=f"{spec.name.split('@')[0]}@{int(size)}", encoder=enc)
     resized = SamModel(new_spec)
@@ -329,7 +330,7 @@ class FinetuneModel(nn.Module):
         image = batch.get("image")
         if emb is None:
             if image is None:
-                raise ValueError("a batch needs 'image' and/or 'embedding'")
+                raise OptionError("a batch needs 'image' and/or 'embedding'")
             emb = self.sam.encode(image)
         zero = torch.zeros(1, dtype=torch.long, device=emb.device)
         if self.generator is not None:
@@ -356,7 +357,7 @@ def prompt_tensors(batch: Mapping[str, torch.Tensor], prompt: str) -> tuple[torc
         coords = torch.cat([pts, pts.new_zeros(n, 1, 2)], dim=1)
         labels = torch.cat([pts.new_ones(n, k), pts.new_full((n, 1), -1.0)], dim=1)
         return coords, labels
-    raise ValueError(f"unknown prompt {prompt!r}; use 'box' or 'points'")
+    raise OptionError(f"unknown prompt {prompt!r}; use 'box' or 'points'")
 
 
 def _decoder_trainable(decoder: nn.Module) -> list[nn.Parameter]:
@@ -510,7 +511,7 @@ def read_images(cases: Sequence[Case], options: FinetuneOptions) -> list[ImageRe
                 out.append(rec)
             continue
         if image.is_rgb:
-            raise ValueError(f"case {case.id}: RGB volumes are not supported")
+            raise OptionError(f"case {case.id}: RGB volumes are not supported")
         fitted = resolve_preset(image.array, case.modality or image.modality, "auto")
         target = mask > 0 if options.label is None else mask == options.label
         zs = np.flatnonzero(target.reshape(target.shape[0], -1).sum(axis=1) >= options.min_pixels)
@@ -831,7 +832,9 @@ def _finetune(
     train_images = read_images(ds.subset(split.train).cases, opts)
     val_images = read_images(ds.subset(split.val).cases, opts) if split.val else []
     if not train_images:
-        raise ValueError(f"{ds.root}: no training image holds a usable object (label {opts.label}, min_pixels {opts.min_pixels})")
+        raise OptionError(
+            f"{ds.root}: no training image holds a usable object (label {opts.label}, min_pixels {opts.min_pixels})"
+        )
     read_s = time.perf_counter() - t0
 
     # embeddings: a disk cache filled by rank 0 (train + val), or validation embeddings in memory
@@ -865,7 +868,7 @@ def _finetune(
         train_images, transform, low_res, opts, train=True, seed=config.seed, cache=cache, need_image=need_image
     )
     if not len(train_ds):
-        raise ValueError("no training object is visible at the model's input size")
+        raise OptionError("no training object is visible at the model's input size")
     train_loader = make_loader(train_ds, config.batch_size, shuffle=True, seed=config.seed, num_workers=config.num_workers)
     val_loader = None
     val_ds = None
@@ -967,11 +970,11 @@ def _check_resume_options(path: Path, opts: FinetuneOptions) -> None:
     try:
         saved = json.loads(path.read_text(encoding="utf-8")).get("options", {})
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+        raise FileInputError(f"cannot read {path}: {e}") from e
     mine = opts.to_dict()
     diff = [f"{k} {saved.get(k)!r} -> {mine[k]!r}" for k in mine if k not in _RESUMABLE_CHANGES and saved.get(k) != mine[k]]
     if diff:
-        raise ValueError(f"cannot resume {path.parent}: the options differ from the run's ({'; '.join(diff)})")
+        raise OptionError(f"cannot resume {path.parent}: the options differ from the run's ({'; '.join(diff)})")
 
 
 # ----------------------------------------------------------------------------------------------- adapter files
@@ -1029,13 +1032,13 @@ def read_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
     if p.is_dir():
         p = p / ADAPTER_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"adapter file not found: {p} (train one with `medsamkit finetune`)")
+        raise MissingFileError(f"adapter file not found: {p} (train one with `medsamkit finetune`)")
     try:
         doc = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
-        raise ValueError(f"cannot read {p}: {' '.join(str(e).split())[:200]}") from e
+        raise FileInputError(f"cannot read {p}: {' '.join(str(e).split())[:200]}") from e
     if not isinstance(doc, dict) or doc.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{p} is not a medsamkit adapter file (format {ADAPTER_FORMAT})")
+        raise FileInputError(f"{p} is not a medsamkit adapter file (format {ADAPTER_FORMAT})")
     doc["path"] = str(p)
     return doc
 
@@ -1045,7 +1048,7 @@ def _build_base_for(doc: Mapping[str, Any], base: Any) -> nn.Module:
     spec = arch_from_dict(info["arch"])
     if base is None:
         if info["model"] == "in-memory":
-            raise ValueError(f"{doc['path']} was trained on an in-memory model: pass it as base=")
+            raise OptionError(f"{doc['path']} was trained on an in-memory model: pass it as base=")
         sam = load_base(info["model"], info.get("checkpoint"), spec.img_size)
     elif isinstance(base, nn.Module):
         sam = copy.deepcopy(load_base(base, None, spec.img_size))
@@ -1053,7 +1056,7 @@ def _build_base_for(doc: Mapping[str, Any], base: Any) -> nn.Module:
         sam = load_base(base, None, spec.img_size)
     digest = weights_digest(sam)
     if digest != info["digest"]:
-        raise ValueError(
+        raise OptionError(
             f"{doc['path']} was trained on other base weights ({info['model']}, digest {info['digest'][:12]}...) "
             f"than the model given (digest {digest[:12]}...)"
         )
@@ -1065,7 +1068,7 @@ def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) 
     bad = [k for k in state if k not in own]
     wrong = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
     if bad or wrong:
-        raise ValueError(f"{what}: {len(bad)} unknown key(s) {bad[:3]}, {len(wrong)} shape mismatch(es) {wrong[:3]}")
+        raise OptionError(f"{what}: {len(bad)} unknown key(s) {bad[:3]}, {len(wrong)} shape mismatch(es) {wrong[:3]}")
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v)
@@ -1096,9 +1099,9 @@ def load_adapted(
     doc = read_adapter(adapter)
     mode = doc.get("mode")
     if mode not in MODES:
-        raise ValueError(f"{doc['path']}: unknown mode {mode!r}")
+        raise OptionError(f"{doc['path']}: unknown mode {mode!r}")
     if prompted and mode == "autosam":
-        raise ValueError(f"{doc['path']} is an AutoSAM run: it segments without prompts (use `medsamkit autoseg --autosam`)")
+        raise OptionError(f"{doc['path']} is an AutoSAM run: it segments without prompts (use `medsamkit autoseg --autosam`)")
     sam = _build_base_for(doc, base)
     structure = doc.get("structure") or {}
     generator = None
@@ -1115,7 +1118,7 @@ def load_adapted(
 
         generator = PromptGenerator(AutoSamConfig.from_dict(structure["autosam"]))
         if doc.get("generator") is None:
-            raise ValueError(f"{doc['path']}: an autosam file without generator weights")
+            raise OptionError(f"{doc['path']}: an autosam file without generator weights")
         _load_into(generator, doc["generator"], f"{doc['path']} (generator)")
     _load_into(sam, doc.get("sam") or {}, doc["path"])
     if mode == "lora" and merge:
@@ -1164,7 +1167,7 @@ class AutoSegmenter:
         from ..predict import Predictor
 
         if not hasattr(model, "generator"):
-            raise ValueError("AutoSegmenter needs an AutoSam model (load_autosam)")
+            raise OptionError("AutoSegmenter needs an AutoSam model (load_autosam)")
         self.model = model.eval()
         info = getattr(model, "adapter_info", None) or {}
         base = info.get("base") or {}
@@ -1198,7 +1201,7 @@ def load_autosam(run: str | os.PathLike[str], base: Any = None, device: str | to
     """The :class:`~medsamkit.models.autosam.AutoSam` of an autosam run folder or adapter file."""
     m = load_adapted(run, base, device=device)
     if not hasattr(m, "generator"):
-        raise ValueError(
+        raise OptionError(
             f"{run} is a {m.adapter_info['mode']} run, not an AutoSAM run: use it with `medsamkit segment --adapter`"
         )
     return m
@@ -1217,7 +1220,7 @@ def _dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
 def _run_doc(run: Path) -> dict[str, Any]:
     f = run / SUMMARY_FILE
     if not f.is_file():
-        raise FileNotFoundError(f"{f} not found: {run} is not a finished `medsamkit finetune` run")
+        raise MissingFileError(f"{f} not found: {run} is not a finished `medsamkit finetune` run")
     return json.loads(f.read_text(encoding="utf-8"))
 
 
@@ -1250,9 +1253,9 @@ def evaluate_finetune(
     from ..prompts import center_point, mask_box
 
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        raise OptionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if prompt not in ("box", "point"):
-        raise ValueError(f"prompt must be 'box' or 'point', got {prompt!r}")
+        raise OptionError(f"prompt must be 'box' or 'point', got {prompt!r}")
     run = Path(run_dir)
     doc = _run_doc(run)
     opts = FinetuneOptions.from_dict(doc["options"])
@@ -1263,7 +1266,7 @@ def evaluate_finetune(
         ids = getattr(read_split(run / "split.json"), split)
         missing = sorted(set(ids) - set(ds.ids))
         if missing:
-            raise ValueError(f"the run's {split} split names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
+            raise OptionError(f"the run's {split} split names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
     images = read_images(ds.subset(ids).cases, replace(opts, cache_embeddings=None))
     file = read_adapter(run)
     adapted = load_adapted(run, base)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import MissingFileError, OptionError
 from ..evaluate.datasets import Dataset
 from ..io.image import MedicalImage
 from .data import (
@@ -85,19 +86,19 @@ def build_network(
     from monai.networks import nets
 
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
+        raise OptionError(f"unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+            raise OptionError(f"{name} must be an integer >= 1, got {v!r}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        raise OptionError(f"dropout must be in [0, 1), got {dropout!r}")
     ch = tuple(int(c) for c in (channels or DEFAULT_CHANNELS[arch]))
     st = tuple(int(s) for s in (strides or DEFAULT_STRIDES))
     if any(c < 1 for c in ch) or any(s < 1 for s in st):
-        raise ValueError(f"channels and strides must be positive, got {ch} and {st}")
+        raise OptionError(f"channels and strides must be positive, got {ch} and {st}")
     if arch in ("unet", "attentionunet"):
         if len(st) != len(ch) - 1:
-            raise ValueError(
+            raise OptionError(
                 f"{arch}: give one stride per level change: {len(ch)} channels need {len(ch) - 1} strides, got {len(st)}"
             )
         if arch == "unet":
@@ -105,7 +106,7 @@ def build_network(
         return nets.AttentionUnet(2, in_channels, out_channels, channels=ch, strides=st, dropout=dropout)
     if arch == "basicunet":
         if len(ch) != 6:
-            raise ValueError(f"basicunet takes six feature numbers, got {len(ch)}: {ch}")
+            raise OptionError(f"basicunet takes six feature numbers, got {len(ch)}: {ch}")
         return nets.BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, features=ch, dropout=dropout)
     return nets.SegResNet(
         spatial_dims=2, init_filters=ch[0], in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout or None
@@ -189,14 +190,14 @@ def train_unet(
     extra = dict(network or {})
     unknown = sorted(set(extra) - {"channels", "strides", "num_res_units", "dropout"})
     if unknown:
-        raise ValueError(f"unknown network option(s): {', '.join(unknown)}; use channels, strides, num_res_units, dropout")
+        raise OptionError(f"unknown network option(s): {', '.join(unknown)}; use channels, strides, num_res_units, dropout")
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
+        raise OptionError(f"unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
     multiple = size_multiple(arch, extra.get("strides"))
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < multiple or size % multiple:
-        raise ValueError(f"size must be a positive multiple of {multiple} for {arch}, got {size!r}")
+        raise OptionError(f"size must be a positive multiple of {multiple} for {arch}, got {size!r}")
     if input != "raw" and samaug_dir is None:
-        raise ValueError(f"input {input!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
+        raise OptionError(f"input {input!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
     ds = open_dataset(dataset)
     run = Path(run_dir)
     split_seed = config.seed if split_seed is None else int(split_seed)
@@ -260,17 +261,17 @@ def load_unet(run_dir: str | os.PathLike[str], checkpoint: str = "best", device:
     """The network of a :func:`train_unet` run from ``run_dir/best.pt`` (or ``"last"``), in eval mode on
     ``device``. The file is read with ``weights_only=True``."""
     if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+        raise OptionError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     run = Path(run_dir)
     path = run / f"{checkpoint}.pt"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} not found: {run} is not a finished medsamkit U-Net run (train one with `medsamkit train unet`)"
         )
     ckpt = load_checkpoint(path)
     meta = dict(ckpt.get("meta") or {})
     if meta.get("task") != "unet" or "network" not in meta or "input" not in meta:
-        raise ValueError(f"{path} is a training checkpoint but not of a U-Net run (task {meta.get('task')!r})")
+        raise OptionError(f"{path} is a training checkpoint but not of a U-Net run (task {meta.get('task')!r})")
     net = build_network(**meta["network"])
     net.load_state_dict(ckpt["model"])
     dev = torch.device(device)
@@ -285,13 +286,13 @@ def views_for(spec: InputSpec, have_priors: bool, ensemble: bool) -> tuple[str, 
         return ("raw",)
     if spec.kind == "samaug":
         if not have_priors:
-            raise ValueError(
+            raise OptionError(
                 "this model was trained on SAMAug-augmented inputs: give the image's priors (priors= / --priors / --samaug-dir)"
             )
         return ("samaug",)
     if ensemble:
         if not have_priors:
-            raise ValueError(
+            raise OptionError(
                 "this model was trained on both raw and augmented inputs; its test-time ensemble needs the image's priors "
                 "(priors= / --priors / --samaug-dir), or use ensemble=False (--no-ensemble) for the raw input alone"
             )
@@ -321,7 +322,7 @@ def predict_unet(
     if "samaug" in views:
         pri = as_priors(priors)
         if pri[0].shape != picture.shape[:2] or pri[1].shape != picture.shape[:2]:
-            raise ValueError(
+            raise OptionError(
                 f"priors are {pri[0].shape} and {pri[1].shape}, the image is {picture.shape[0]} x {picture.shape[1]} (H, W)"
             )
     return _predict_views(m, picture, views, pri)
@@ -371,14 +372,14 @@ def evaluate_unet(
     from ..metrics.overlap import dice_from_counts, iou_from_counts, overlap_counts
 
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        raise OptionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+        raise OptionError(f"threshold must be in [0, 1), got {threshold!r}")
     m = load_unet(run_dir, checkpoint)
     if dataset is None:
         dataset = m.meta.get("dataset")
         if not dataset:
-            raise ValueError(f"{run_dir}: the run does not name its dataset; give one")
+            raise OptionError(f"{run_dir}: the run does not name its dataset; give one")
     ds = open_dataset(dataset)
     if split == "all":
         ids = ds.ids
@@ -386,22 +387,22 @@ def evaluate_unet(
         ids = getattr(read_split(Path(run_dir) / "split.json"), split)
         missing = sorted(set(ids) - set(ds.ids))
         if missing:
-            raise ValueError(f"the run's {split} split names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
+            raise OptionError(f"the run's {split} split names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
     if views is not None:
         views = tuple(views)
         if views not in (("raw",), ("samaug",), ("raw", "samaug")):
-            raise ValueError(f"views must be ('raw',), ('samaug',) or ('raw', 'samaug'); got {views!r}")
+            raise OptionError(f"views must be ('raw',), ('samaug',) or ('raw', 'samaug'); got {views!r}")
         if m.spec.kind == "raw" and views != ("raw",):
-            raise ValueError("a raw model only takes raw input: views=('raw',)")
+            raise OptionError("a raw model only takes raw input: views=('raw',)")
         if m.spec.kind == "samaug" and "raw" in views:
-            raise ValueError("a samaug model only takes augmented input: views=('samaug',)")
+            raise OptionError("a samaug model only takes augmented input: views=('samaug',)")
     need_priors = m.spec.kind == "samaug" or (m.spec.kind == "both" and ensemble)
     if views is not None:
         need_priors = "samaug" in views
     if samaug_dir is None and m.spec.kind != "raw":
         samaug_dir = m.meta.get("samaug_dir")
     if need_priors and samaug_dir is None:
-        raise ValueError(f"a {m.spec.kind!r} model needs the dataset's priors: give samaug_dir")
+        raise OptionError(f"a {m.spec.kind!r} model needs the dataset's priors: give samaug_dir")
     use_priors = samaug_dir is not None and m.spec.kind != "raw" and (views is None or "samaug" in views)
     cases = ds.subset(ids).cases
     bar = None
@@ -416,7 +417,7 @@ def evaluate_unet(
             pri = load_case_priors(samaug_dir, case.id) if use_priors else None  # type: ignore[arg-type]
             case_views = views if views is not None else views_for(m.spec, pri is not None, ensemble)
             if pri is not None and pri[0].shape != picture.shape[:2]:
-                raise ValueError(f"case {case.id}: priors are {pri[0].shape}, the image is {picture.shape[:2]}")
+                raise OptionError(f"case {case.id}: priors are {pri[0].shape}, the image is {picture.shape[:2]}")
             prob = _predict_views(m, picture, case_views, pri)
             pred = prob > threshold
             gt = binary_target(labels, m.spec.label)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from ..errors import InputError
 from ..preprocess.image2d import to_rgb_uint8
 
 _PALETTE = np.array(
@@ -49,7 +50,7 @@ def overlay_masks(
     rgb = to_rgb_uint8(image).copy()
     lab = np.asarray(labels)
     if lab.shape != rgb.shape[:2]:
-        raise ValueError(f"labels shape {lab.shape} does not match image {rgb.shape[:2]}")
+        raise InputError(f"labels shape {lab.shape} does not match image {rgb.shape[:2]}")
     values = [int(v) for v in np.unique(lab) if v != 0]
     colors = label_colors(max(values + [len(boxes), 1]))
     out = rgb.astype(np.float32)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ...errors import OptionError
 from ..configs import ArchSpec
 
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -76,7 +77,7 @@ def create_engine(
     :mod:`.onnx`) for models up to 200 M parameters, else eager PyTorch.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     threads = threads or default_threads()
     is_module = hasattr(model, "image_encoder") and hasattr(model, "mask_decoder")
     if backend == "auto":

@@ -70,11 +70,11 @@ class LimitError(InputError):
     status = 413
 
 
-def one_line(exc: BaseException, limit: int = 400) -> str:
+def one_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (its class name when it has none), at most ``limit`` chars."""
     text = str(exc).strip()
     line = text.splitlines()[0].strip() if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
 
 
 class MedsamkitWarning(UserWarning):

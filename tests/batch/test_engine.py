@@ -162,10 +162,10 @@ def test_rerun_skips_finished_items_without_cluster_or_model(first_run, cohort, 
     assert time.perf_counter() - t0 < 10
     assert not fresh.started and not s.cluster_started and s.attempted == 0 and s.model_loads == 0
     assert (s.already_done, s.exhausted, s.done, s.failed) == (len(cohort["good"]), len(BAD), 0, 0)
-    # the command says so too, and exits 1 while failed items remain
+    # the command says so too, and exits 3 (finished with failed items) while failed items remain
     rc = main(["batch", "segment", str(manifest), "-o", str(out), "--max-retries", "0", "--workers", "2"])
     err = capsys.readouterr().err
-    assert rc == 1 and "nothing to compute" in err and "4 item(s) failed" in err
+    assert rc == 3 and "nothing to compute" in err and "4 item(s) failed" in err
     # with retries left, only the failed rows run again; finished outputs are not touched
     s = run_batch(SegmentJob(str(out), _spec()), manifest, engine=dask_engine, max_retries=2)
     assert (s.attempted, s.done, s.failed, s.already_done) == (len(BAD), 0, len(BAD), len(cohort["good"]))

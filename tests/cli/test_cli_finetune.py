@@ -56,9 +56,9 @@ def test_finetune_then_segment_and_autoseg(tmp_path, capsys) -> None:
 
     # each run is used by the command made for it
     code = main(["segment", str(image), "--box", "8,8,50,50", "--adapter", str(auto / "adapter.pt"), "-o", str(mask_path)])
-    assert "autoseg" in one_line_error(capsys, code, 1)
+    assert "autoseg" in one_line_error(capsys, code, 2)
     code = main(["autoseg", str(image), "--autosam", str(run), "-o", str(seg_path)])
-    assert "not an AutoSAM run" in one_line_error(capsys, code, 1)
+    assert "not an AutoSAM run" in one_line_error(capsys, code, 2)
 
 
 def test_finetune_usage_errors(tmp_path, capsys) -> None:
@@ -68,8 +68,8 @@ def test_finetune_usage_errors(tmp_path, capsys) -> None:
     code = main(["finetune", str(data), "-o", str(tmp_path / "r"), "--mode", "prefix"])
     assert "invalid choice" in one_line_error(capsys, code, 2)
     code = main(["finetune", str(data), "-o", str(tmp_path / "r"), "--size", "100"])
-    assert "multiple of 16" in one_line_error(capsys, code, 1)
+    assert "multiple of 16" in one_line_error(capsys, code, 2)
     code = main(["finetune", str(tmp_path / "missing"), "-o", str(tmp_path / "r")])
-    assert "not found" in one_line_error(capsys, code, 1)
+    assert "not found" in one_line_error(capsys, code, 2)
     code = main(["autoseg", str(data / "images" / "c00.png"), "--autosam", str(tmp_path / "no"), "-o", str(tmp_path / "a.png")])
-    assert "adapter file not found" in one_line_error(capsys, code, 1)
+    assert "adapter file not found" in one_line_error(capsys, code, 2)

@@ -27,7 +27,7 @@ def test_samaug_prepare_summary_failures_and_resume(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["samaug", "prepare", str(ds), "-o", str(out), "--points-per-side", "2", "--quiet"]
 
-    assert main(args) == 1
+    assert main(args) == 3  # finished, with a failed case
     cap = capsys.readouterr()
     assert cap.out.strip().splitlines() == [cap.out.strip()]  # one summary line
     assert "2 cases (1 computed, 0 cached, 1 failed)" in cap.out
@@ -40,7 +40,7 @@ def test_samaug_prepare_summary_failures_and_resume(tmp_path, capsys):
     assert main(args) == 0
     assert "1 cases (0 computed, 1 cached, 0 failed)" in capsys.readouterr().out
 
-    assert main([*args[:-1], "--mode", "stack"]) == 1  # OUT already holds an add-mode preparation
+    assert main([*args[:-1], "--mode", "stack"]) == 2  # OUT already holds an add-mode preparation
     assert "mode='add'" in capsys.readouterr().err
 
 
@@ -49,7 +49,7 @@ def test_samaug_argument_errors(tmp_path, capsys):
     assert "choose an action" in capsys.readouterr().err
     assert main(["samaug", "prepare", str(tmp_path), "-o", str(tmp_path / "o"), "--mode", "stack", "--alpha", "0.3"]) == 2
     assert "--alpha applies to --mode add only" in capsys.readouterr().err
-    assert main(["samaug", "prepare", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 1
+    assert main(["samaug", "prepare", str(tmp_path / "missing"), "-o", str(tmp_path / "o")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
     assert main(["samaug", "prepare", str(tmp_path), "-o", str(tmp_path / "o"), "--alpha", "2"]) == 2
     assert "--alpha must be in [0, 1]" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def test_train_and_predict_round_trip(tmp_path, capsys) -> None:
 
     # one image without priors: the ensemble needs them, --no-ensemble uses the raw input
     code = main(["predict-unet", str(run), str(image), "-o", str(mask_path)])
-    assert "priors" in one_line_error(capsys, code, 1)
+    assert "priors" in one_line_error(capsys, code, 2)
     assert main(["predict-unet", str(run), str(image), "-o", str(tmp_path / "raw.png"), "--no-ensemble", "-q"]) == 0
     capsys.readouterr()
 
@@ -69,10 +69,10 @@ def test_cli_errors(tmp_path, capsys) -> None:
     code = main(["train", "unet", str(data), "-o", str(tmp_path / "r"), "--input", "samaug"])
     assert "--samaug-dir" in one_line_error(capsys, code, 2)
     code = main(["train", "unet", str(data), "-o", str(tmp_path / "r"), "--size", "40"])
-    assert "multiple of 16" in one_line_error(capsys, code, 1)
+    assert "multiple of 16" in one_line_error(capsys, code, 2)
     code = main(["train"])
     assert "name the model" in one_line_error(capsys, code, 2)
     code = main(["predict-unet", str(tmp_path / "r"), "-o", str(tmp_path / "m.png")])
     assert "IMAGE or --dataset" in one_line_error(capsys, code, 2)
     code = main(["predict-unet", str(tmp_path / "nothing"), str(data / "images" / "c00.png"), "-o", str(tmp_path / "m.png")])
-    assert "best.pt" in one_line_error(capsys, code, 1)
+    assert "best.pt" in one_line_error(capsys, code, 2)

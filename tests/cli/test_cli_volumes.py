@@ -96,14 +96,14 @@ def test_world_coordinates_equal_voxel_coordinates(tmp_path, capsys) -> None:
     "extra, code, fragment",
     [
         (["--box", "1,1,5,5"], 2, "needs --slice"),
-        (["--box3d", "0,0,0,90,10,5"], 1, "outside the 80x72x24 volume"),
+        (["--box3d", "0,0,0,90,10,5"], 2, "outside the 80x72x24 volume"),
         (["--box3d", "0,0,0,1,1"], 2, "X0,Y0,Z0,X1,Y1,Z1"),
         (["--point", "3,4"], 2, "X,Y,Z"),
         (["--box3d", "0,0,0,5,5,5", "--window", "40"], 2, "LEVEL,WIDTH"),
-        (["--box3d", "0,0,0,5,5,5", "--preset", "abdomen"], 1, "unknown intensity preset"),
+        (["--box3d", "0,0,0,5,5,5", "--preset", "abdomen"], 2, "unknown intensity preset"),
         (["--box3d", "0,0,0,5,5,5", "--overlay", "x.png"], 2, "--overlay is for 2D"),
-        (["--box3d", "0,0,0,5,5,5", "-o", "out.png"], 1, "cannot be a PNG"),
-        (["--box3d", "0,0,0,5,5,5", "-o", "out.dcm"], 1, "needs a DICOM series"),
+        (["--box3d", "0,0,0,5,5,5", "-o", "out.png"], 2, "cannot be a PNG"),
+        (["--box3d", "0,0,0,5,5,5", "-o", "out.dcm"], 2, "needs a DICOM series"),
     ],
 )
 def test_volume_errors_are_one_line(extra, code, fragment, tmp_path, capsys) -> None:

@@ -236,7 +236,7 @@ def test_everything_cli_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    assert main(["everything", str(bad), "-o", str(tmp_path)]) == 1
+    assert main(["everything", str(bad), "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert main(["everything", str(bad), "-o", str(tmp_path), "--pred-iou-thresh", "2"]) == 2

@@ -644,7 +644,7 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     import csv
 
     ints = {"label", "slice", "step", "seed"}
-    text = {"dataset", "case", "label_name", "modality", "mode", "protocol", "status", "error"}
+    text = {"dataset", "case", "label_name", "modality", "mode", "protocol", "status", "error", "spacing_unit"}
     text |= {"image_shape", "spacing", "prompt"}
     out = []
     with open(path, newline="") as f:

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import GeometryError, OutputError
 from .image import MedicalImage
 from .image2d import ImageReadError
+from .limits import check_size
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
@@ -52,13 +53,17 @@ def _normal(ds) -> np.ndarray:
     return np.cross(iop[:3], iop[3:])
 
 
-def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> MedicalImage:
+def read_dicom_series(folder: str | Path, series_uid: str | None = None, max_bytes: int | None = None) -> MedicalImage:
     """Read the DICOM image series in ``folder`` (non-recursive).
 
     Every file's header is read (without pixel data) to group and order the slices; only the chosen series'
     pixel data is then decoded. With several series in the folder, ``series_uid`` picks one (otherwise an
     error lists them). Slices must
-    share orientation, size and pixel spacing. Rescale slope/intercept are applied (CT in HU).
+    share orientation, size and pixel spacing. Rescale slope/intercept are applied (CT in HU). ``max_bytes``:
+    the largest decoded volume accepted (checked from the headers before any pixel is decoded).
+    Slices that are unevenly spaced or sheared (gantry tilt) are read, and the problem is recorded in
+    ``meta["grid_problem"]`` (see :mod:`medsamkit.io.geometry`: such a volume is written as DICOM-SEG or
+    resampled, never as a one-grid format).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -70,18 +75,20 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Medi
     groups: dict[str, list] = defaultdict(list)
     for p, h in headers:
         groups[_series_key(h)].append((p, h))
+    desc = "; ".join(
+        f"{uid or '(empty UID)'}: {g[0][1].get('Modality', '?')}, {len(g)} files, '{g[0][1].get('SeriesDescription', '')}'"
+        for uid, g in sorted(groups.items())
+    )
     if series_uid is not None:
         if series_uid not in groups:
-            raise ImageReadError(f"{folder}: no series {series_uid}; series here: {', '.join(sorted(groups))}")
+            raise ImageReadError(f"{folder}: no series {series_uid}; the {len(groups)} series here: {desc}")
         chosen = groups[series_uid]
     elif len(groups) > 1:
-        desc = "; ".join(
-            f"{uid or '(empty UID)'}: {g[0][1].get('Modality', '?')}, {len(g)} files, '{g[0][1].get('SeriesDescription', '')}'"
-            for uid, g in sorted(groups.items())
-        )
         raise ImageReadError(f"{folder} holds {len(groups)} DICOM series ({desc}); choose one with --series UID")
     else:
         chosen = next(iter(groups.values()))
+    first = chosen[0][1]
+    check_size(folder, len(chosen) * int(first.Rows) * int(first.Columns) * 4, f"its {len(chosen)} slices", max_bytes)
     return _assemble(folder, chosen)
 
 

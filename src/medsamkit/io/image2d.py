@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileInputError, OutputError
+from ..errors import FileInputError, LimitError, OutputError
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -22,9 +22,11 @@ class ImageReadError(FileInputError):
     """A file could not be read as an image (a :class:`~medsamkit.errors.FileInputError`)."""
 
 
-def read_image_2d(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image_2d(path: str | os.PathLike[str], max_bytes: int | None = None) -> np.ndarray:
     """Read a PNG/JPEG/TIFF/BMP file as ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array (dtype as stored:
-    uint8, uint16 or float for TIFF). Palette and 1-bit images become uint8 RGB / grey."""
+    uint8, uint16 or float for TIFF). Palette and 1-bit images become uint8 RGB / grey. ``max_bytes``: the
+    largest decoded image accepted (default :func:`medsamkit.io.limits.default_max_bytes`), checked from the
+    header before decoding; PIL's decompression-bomb guard also applies."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"image not found: {p}")
@@ -36,14 +38,20 @@ def read_image_2d(path: str | os.PathLike[str]) -> np.ndarray:
         )
     from PIL import Image, UnidentifiedImageError
 
+    from .limits import check_size
+
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Corrupt EXIF data")  # reported as a read error below
             with Image.open(p) as im:
+                w, h = im.size
+                check_size(p, w * h * max(4, len(im.getbands()) * 2), f"its {w}x{h} pixels", max_bytes)
                 im.load()
                 arr = _pil_to_array(im)
-    except ImageReadError:
+    except (ImageReadError, LimitError):
         raise
+    except Image.DecompressionBombError as e:
+        raise LimitError(f"{p.name}: {e}".split(". ")[0] + "; refused as a possible decompression bomb") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if p.suffix.lower() in (".tif", ".tiff"):
             arr = _read_tiff(p, e)

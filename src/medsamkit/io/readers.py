@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from .dicom import is_dicom_file, read_dicom_file, read_dicom_series
 from .image import MedicalImage, guess_modality
 from .image2d import RASTER_SUFFIXES, ImageReadError, read_image_2d
+from .limits import check_size
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 MODALITIES = ("CT", "MR", "PT", "US", "XR", "OTHER")
@@ -52,19 +54,79 @@ def format_of(path: str | os.PathLike[str]) -> str:
     )
 
 
-def read_image(path: str | os.PathLike[str], *, series_uid: str | None = None, modality: str | None = None) -> MedicalImage:
+def declared_size(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """What a file says it holds, read from its header only (nothing decoded): ``(shape, dtype, bytes)`` with
+    shape in the file's own axis order, or None when the header cannot tell (or the format is not one with a
+    header: raster images are checked by their reader, DICOM series by :func:`read_dicom_series`)."""
+    p = Path(path)
+    fmt = format_of(p)
+    try:
+        if fmt == "nifti":
+            import nibabel as nib
+
+            hdr = nib.load(p).header
+            shape, dtype = tuple(int(v) for v in hdr.get_data_shape()), np.dtype(hdr.get_data_dtype())
+        elif fmt in ("nrrd", "metaimage"):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            printed: list[str] = []
+            with _captured_stderr(printed):
+                reader.ReadImageInformation()
+            comps = int(reader.GetNumberOfComponents())
+            shape = tuple(int(v) for v in reader.GetSize()) + ((comps,) if comps > 1 else ())
+            probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), max(1, comps))
+            dtype = np.dtype(sitk.GetArrayViewFromImage(probe).dtype)
+        elif fmt == "npz":
+            import zipfile
+
+            with zipfile.ZipFile(p) as z:
+                sizes = []
+                for info in z.infolist():
+                    if not info.filename.endswith(".npy"):
+                        continue
+                    with z.open(info) as f:
+                        version = np.lib.format.read_magic(f)
+                        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                        s, _, dt = read(f)
+                        sizes.append((tuple(int(v) for v in s), np.dtype(dt)))
+            if not sizes:
+                return None
+            shape, dtype = max(sizes, key=lambda sd: int(np.prod(sd[0], dtype=np.float64)) * sd[1].itemsize)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the reader itself
+        return None
+    n = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    return shape, dtype, n
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    *,
+    series_uid: str | None = None,
+    modality: str | None = None,
+    max_bytes: int | None = None,
+) -> MedicalImage:
     """Read any supported image as a :class:`MedicalImage` (see :mod:`medsamkit.io.image` for axes and
-    geometry). ``modality`` overrides what the file says or the intensity-based guess."""
+    geometry). ``modality`` overrides what the file says or the intensity-based guess. ``max_bytes``: the
+    largest decoded image accepted (default :func:`default_max_bytes`), checked from the header before any
+    voxel is decoded (:class:`~medsamkit.errors.LimitError`)."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"image not found: {p}")
     fmt = format_of(p)
+    declared = declared_size(p)
+    if declared is not None:
+        shape, dtype, nbytes = declared
+        check_size(p, nbytes, f"its {'x'.join(map(str, shape))} {dtype.name} values", max_bytes)
     if fmt == "dicom-series":
-        img = read_dicom_series(p, series_uid)
+        img = read_dicom_series(p, series_uid, max_bytes=max_bytes)
     elif fmt == "dicom":
         img = read_dicom_file(p)
     elif fmt == "raster":
-        arr = read_image_2d(p)
+        arr = read_image_2d(p, max_bytes=max_bytes)
         img = MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), np.eye(2), source=p, format="raster")
     elif fmt == "npz":
         img = _read_npz(p)
@@ -184,6 +246,8 @@ def _read_itk(p: Path, fmt: str) -> MedicalImage:
 
 
 def _read_npz(p: Path) -> MedicalImage:
+    import zipfile
+
     try:
         with np.load(p, allow_pickle=False) as z:
             keys = list(z.keys())
@@ -192,8 +256,10 @@ def _read_npz(p: Path) -> MedicalImage:
                 raise ImageReadError(f"{p.name}: npz holds {keys}; expected a key 'imgs' (MedSAM npz) or 'image'")
             arr = z[key]
             spacing = z["spacing"] if "spacing" in keys else None
-    except (OSError, ValueError) as e:
-        raise ImageReadError(f"cannot read {p.name} as npz: {e}".splitlines()[0]) from e
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        raise ImageReadError(f"cannot read {p.name}: not a valid npz archive, or truncated ({type(e).__name__})") from e
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
         sp = tuple(float(v) for v in spacing[::-1]) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
         known = {"spacing_known": spacing is not None and len(spacing) == 3}

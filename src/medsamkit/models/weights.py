@@ -171,7 +171,10 @@ def read_state_dict(path: str | os.PathLike[str]):
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or non-torch files raise many different types
-        raise WeightsError(f"could not read checkpoint {p}: {type(e).__name__}: {e}".splitlines()[0]) from e
+        raise WeightsError(
+            f"could not read checkpoint {p}: it is not a PyTorch checkpoint (a state dict saved with torch.save) or it is "
+            f"corrupt ({type(e).__name__} while unpickling)"
+        ) from e
     for key in ("model", "state_dict", "model_state"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

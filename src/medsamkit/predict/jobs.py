@@ -193,6 +193,10 @@ def check_output_fits(image: Any, output: Path, request: SegmentRequest) -> None
     check_mask_fits(image, output)
 
 
+def _fmt(values: list[float]) -> str:
+    return ",".join(f"{float(v):g}" for v in values)
+
+
 def _get_predictor(predictor: Predictor | Callable[[], Predictor], timings: dict[str, float]) -> Predictor:
     t = time.perf_counter()
     p = predictor if isinstance(predictor, Predictor) else predictor()
@@ -230,7 +234,7 @@ def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_n
         if len(v) not in (2, 3):
             raise SegmentRequestError("2D points are X,Y or X,Y,LABEL")
         if len(v) == 3 and v[2] not in (0.0, 1.0):
-            raise SegmentRequestError(f"point {v}: LABEL must be 1 (foreground) or 0 (background)")
+            raise SegmentRequestError(f"point {_fmt(v)}: LABEL must be 1 (foreground) or 0 (background)")
         points.append(v if len(v) == 3 else v + [1.0])
     boxes = [[float(x) for x in b] for b in request.boxes]
     picture, preset_info = picture_2d(image, request.preset, request.window)
@@ -297,7 +301,7 @@ def _segment_volume(predictor, request: SegmentRequest, image, output: Path, mod
     for b in request.boxes3d:
         b = [float(v) for v in b]
         if len(b) != 6:
-            raise SegmentRequestError(f"box3d {b}: expected X0,Y0,Z0,X1,Y1,Z1")
+            raise SegmentRequestError(f"box3d {_fmt(b)}: expected X0,Y0,Z0,X1,Y1,Z1")
         if request.world:
             a, c = _to_voxel(image, b[:3], True), _to_voxel(image, b[3:], True)
             b = [min(a[0], c[0]), min(a[1], c[1]), min(a[2], c[2]), max(a[0], c[0]), max(a[1], c[1]), max(a[2], c[2])]
@@ -309,7 +313,7 @@ def _segment_volume(predictor, request: SegmentRequest, image, output: Path, mod
         for v in request.points:
             v = [float(x) for x in v]
             if len(v) not in (3, 4):
-                raise SegmentRequestError(f"volume points need X,Y,Z[,LABEL]; got {v}")
+                raise SegmentRequestError(f"volume points need X,Y,Z[,LABEL]; got {_fmt(v)}")
             label = v[3] if len(v) == 4 else 1.0
             pts.append(_to_voxel(image, v[:3], request.world) + [label])
         prompts.append(ObjectPrompt(label=1, points=pts))

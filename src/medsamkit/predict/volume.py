@@ -117,7 +117,7 @@ def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, int, int]) -> _Plan:
                 raise PromptError(f"object {p.label}: box3d {a}0 > {a}1")
             if lo3[a] < 0 or hi3[a] > extent[a] - 1:
                 raise PromptError(
-                    f"object {p.label}: box3d {tuple(b)} lies outside the {x}x{y}x{z} volume ({a} must be in 0..{extent[a] - 1})"
+                    f"object {p.label}: box3d {_fmt(b)} lies outside the {x}x{y}x{z} volume ({a} must be in 0..{extent[a] - 1})"
                 )
         c, r = frame
         box = np.array([lo3[c], lo3[r], hi3[c], hi3[r]])
@@ -137,7 +137,7 @@ def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, int, int]) -> _Plan:
             raise PromptError(f"object {p.label}: box needs x0 <= x1 and y0 <= y1")
         if b.min() < 0 or b[2] > extent[c] - 1 or b[3] > extent[r] - 1:
             raise PromptError(
-                f"object {p.label}: box {tuple(b)} lies outside the {extent[c]}x{extent[r]} slice "
+                f"object {p.label}: box {_fmt(b)} lies outside the {extent[c]}x{extent[r]} slice "
                 f"({c} must be in 0..{extent[c] - 1}, {r} in 0..{extent[r] - 1})"
             )
         return _Plan(s, b, None, 0, n_slices - 1)
@@ -156,6 +156,11 @@ def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, int, int]) -> _Plan:
         raise PromptError(f"object {p.label}: point labels must be 1 (foreground) or 0 (background)")
     c, r = frame
     return _Plan(int(round(xyz[axis][0])), None, np.stack([xyz[c], xyz[r], pts[:, 3]], 1), 0, n_slices - 1)
+
+
+def _fmt(values) -> str:  # noqa: ANN001
+    """Numbers as the user typed them: ``(40, 12.5, 80)``, never numpy reprs."""
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
 
 
 def _bbox(mask: np.ndarray) -> np.ndarray | None:

@@ -166,9 +166,10 @@ class OnnxEngine:
     def _ensure(cls, arch: ArchSpec, weights_sha256: str, build_model) -> Path:
         folder = engine_dir(arch, weights_sha256)
         if not all((folder / f"{s}.onnx").is_file() for s in STAGES):
+            model = build_model()  # a bad checkpoint fails here, before the export is announced
             t0 = time.perf_counter()
             log.info("exporting %s to ONNX Runtime (once per weights; cache %s)", arch.name, folder)
-            _export_all(build_model(), folder)
+            _export_all(model, folder)
             log.info("export done in %.1f s", time.perf_counter() - t0)
         return folder
 

@@ -284,3 +284,49 @@ def test_evaluate_on_a_scheduler_equals_the_in_process_run(dask_engine, tmp_path
     capsys.readouterr()
     assert main([*remote, "--threads-per-worker", "1"]) == 0
     assert "(0 evaluated, 2 already done)" in capsys.readouterr().err
+
+
+def test_rows_cannot_write_outside_out_dir_over_inputs_or_over_each_other(dask_engine, tmp_path, capsys) -> None:
+    """Manifest outputs: '../../escaped.png', an absolute path, '~/x.png', the row's own image, a symlink inside
+    OUT_DIR that leads out, and two rows naming one output - each a failed row with its reason; the good row
+    is written; nothing appears outside OUT_DIR; no input changes; the command exits 3."""
+    src = DATA / IMAGES_2D[0][0]
+    m = np.asarray(Image.open(DATA / IMAGES_2D[0][1])) > 0
+    box = ",".join(map(str, box_of(m)))
+    work = tmp_path / "work"
+    work.mkdir()
+    image = work / "img.png"
+    shutil.copy(src, image)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "leak").symlink_to(tmp_path, target_is_directory=True)
+    rows = [
+        {"id": "good", "image": str(image), "box": box, "output": "sub/good.png"},
+        {"id": "dotdot", "image": str(image), "box": box, "output": "../../escaped.png"},
+        {"id": "absolute", "image": str(image), "box": box, "output": str(tmp_path / "abs.png")},
+        {"id": "home", "image": str(image), "box": box, "output": "~/x.png"},
+        {"id": "link", "image": str(image), "box": box, "output": "leak/through-link.png"},
+        {"id": "twice", "image": str(image), "box": box, "output": "sub/good.png"},
+        {"id": "self", "image": "../out/sub/self.png", "box": box, "output": "sub/self.png"},
+    ]
+    (out / "sub").mkdir()
+    shutil.copy(src, out / "sub" / "self.png")
+    manifest = work / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = {p: p.read_bytes() for p in (image, out / "sub" / "self.png")}
+    s = run_batch(SegmentJob(str(out), _spec()), manifest, engine=dask_engine, max_retries=0)
+    assert s.done == 1 and s.failed == len(rows) - 1
+    reasons = {f["id"]: f["error"] for f in s.failures}
+    assert "leads outside the output folder" in reasons["dotdot"] and "relative to the output folder" in reasons["absolute"]
+    assert "relative to the output folder" in reasons["home"] and "leads outside" in reasons["link"]
+    assert "also the output of item good" in reasons["twice"] or "finished output of item good" in reasons["twice"]
+    assert "is the input file" in reasons["self"]
+    assert not (tmp_path / "escaped.png").exists() and not (tmp_path.parent / "escaped.png").exists()
+    assert not (tmp_path / "abs.png").exists() and not (tmp_path / "through-link.png").exists()
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert (out / "sub" / "good.png").is_file()
+    # a later run cannot take the finished item's output either, and the command says so with exit 3
+    (work / "m2.jsonl").write_text(json.dumps({"id": "later", "image": str(image), "box": box, "output": "sub/good.png"}) + "\n")
+    rc = main(["batch", "segment", str(work / "m2.jsonl"), "-o", str(out), "--scheduler", dask_engine.client.scheduler.address])
+    err = capsys.readouterr().err
+    assert rc == 3 and "finished output of item good" in err and "1 item(s) failed" in err

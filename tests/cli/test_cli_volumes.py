@@ -130,3 +130,40 @@ def test_bad_volume_files_are_one_line(tmp_path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     rc = main(["segment", str(tmp_path / "empty"), "--box3d", "0,0,0,3,3,2", "-o", str(tmp_path / "m.nii.gz")])
     assert "no DICOM image files" in _one_line_error(capsys, rc)
+
+
+def test_several_boxes_on_one_slice_are_distinct_objects(tmp_path, capsys) -> None:
+    """Two --box on --slice used to get label 1 both (and failed with 'labels must be distinct'): now 1 and 2."""
+    a, ma = ellipsoid_volume(shape=(5, 72, 120), centre=(2, 36, 30), radii=(1.5, 14, 18))
+    b, mb = ellipsoid_volume(shape=(5, 72, 120), centre=(2, 36, 90), radii=(1.5, 14, 18), seed=1)
+    vol = np.where(mb, b, a)
+    src = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.eye(4)), src)
+    boxes = []
+    for m in (ma, mb):
+        ys, xs = np.nonzero(m[2])
+        boxes += ["--box", f"{xs.min()},{ys.min()},{xs.max()},{ys.max()}"]
+    out = tmp_path / "m.nii.gz"
+    rc = main(
+        [
+            "segment",
+            str(src),
+            *boxes,
+            "--slice",
+            "2",
+            "--preset",
+            "soft_tissue",
+            "--label",
+            "left",
+            "--label",
+            "right",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    lab = read_image(out).array
+    assert set(np.unique(lab[2])) == {0, 1, 2}
+    assert (lab[2][ma[2]] == 1).mean() > 0.8 and (lab[2][mb[2]] == 2).mean() > 0.8
+    info = json.loads(sidecar_path(out).read_text())
+    assert info["labels"] == {"1": "left", "2": "right"}

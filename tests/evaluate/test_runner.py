@@ -246,3 +246,33 @@ def test_cli_no_report_and_modality(folder_2d, tmp_path):
     assert not (out / "report.html").exists() and (out / "results.csv").exists()
     assert {r["modality"] for r in read_rows(out / "results.csv")} == {"MR"}
     assert main(["evaluate", str(folder_2d), "--modality", "banana", "-o", str(tmp_path / "b"), "-q"]) == 2
+
+
+def test_evaluate_exit_status_says_when_cases_failed(tmp_path, capsys):
+    """Every case failing used to exit 0; now any failed case is exit 3 (the finished rows are kept)."""
+    from medsamkit.cli.main import main
+
+    root = tmp_path / "bad"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(2):
+        (root / "images" / f"c{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        Image.fromarray(np.ones((16, 16), np.uint8)).save(root / "masks" / f"c{i}.png")
+    code = main(["evaluate", str(root), "-o", str(tmp_path / "run"), "-q", "--no-report"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and "2 result row(s) failed" in err[-1] and "bad/c0" in err[-1] and "Traceback" not in "".join(err)
+    assert (tmp_path / "run" / "results.csv").is_file()
+
+
+def test_report_gives_the_nsd_tolerance_in_the_unit_of_the_data(folder_2d, tmp_path, predictor):
+    """PNG data have no physical spacing: the tolerance is in pixels there (it used to say mm)."""
+    from medsamkit.evaluate.report import _tolerance
+
+    out = tmp_path / "run"
+    run_evaluation([folder_2d], out, ["box"], predictor=predictor, progress=False)
+    rows = [r for r in read_rows(out / "results.csv") if r["status"] == "ok"]
+    assert rows and {r["spacing_unit"] for r in rows} == {"px"}
+    text = (out / "report.html").read_text()
+    assert "NSD tolerance 2.0 pixels (the images have no physical spacing)" in text and "2.0 mm" not in text
+    assert _tolerance(2.0, [{"spacing_unit": "mm"}]) == "2.0 mm"
+    assert "1 of 2 rows" in _tolerance(2.0, [{"spacing_unit": "mm"}, {"spacing_unit": "px"}])

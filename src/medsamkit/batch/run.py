@@ -114,6 +114,7 @@ def run_batch(
         manifest_format(manifest)
         if not manifest.is_file():
             raise FileInputError(f"manifest not found: {manifest}")
+        next(iter(read_manifest(manifest)), None)  # a bad header fails here, before the output folder is made
         base = manifest.resolve().parent
         source = str(manifest.resolve())
     else:

@@ -79,9 +79,8 @@ def run(args: argparse.Namespace) -> None:
     if not args.image.exists():
         raise CliError(f"{args.image}: no such file or folder")
     opts = options_from_args(args)
-    predictor = Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend)
     summary = everything_file(
-        predictor,
+        lambda: Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend),
         args.image,
         args.output,
         opts,

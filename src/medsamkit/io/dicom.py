@@ -122,7 +122,7 @@ def _assemble(folder: Path, items: list) -> MedicalImage:
             raise GeometryError(f"{folder}: two slices at the same position ({dup}); mixed or duplicated series")
         dz = float(np.median(gaps))
         tilt = _tilt(folder, ipp, n, pos)
-        gap = None if tilt else _gap(folder, pos, dz, [p.name for p, _ in items])
+        gap = None if tilt else _gap(folder, pos, dz)
         problem = ("tilt", tilt) if tilt else (("spacing", gap) if gap else None)
     else:
         dz = float(getattr(first, "SliceThickness", 1.0) or 1.0)
@@ -166,7 +166,7 @@ def _assemble(folder: Path, items: list) -> MedicalImage:
     )
 
 
-def _gap(folder: Path, pos: np.ndarray, dz: float, names: list[str]) -> str | None:
+def _gap(folder: Path, pos: np.ndarray, dz: float) -> str | None:
     """None when the slices are evenly spaced (within 1 % of the median step), else a description of the
     largest departure: which slices, how far apart, how many slices seem to be missing."""
     gaps = np.diff(pos)
@@ -177,7 +177,8 @@ def _gap(folder: Path, pos: np.ndarray, dz: float, names: list[str]) -> str | No
     missing = int(round(gaps[k] / dz)) - 1
     what = f"about {missing} slice(s) missing there" if missing >= 1 else "the spacing varies"
     return (
-        f"{folder.name}: the slice spacing is not uniform: slices {k} and {k + 1} ({names[k]}, {names[k + 1]}) are "
+        f"{folder.name}: the slice spacing is not uniform: slices {k} and {k + 1} (at {pos[k]:.4g} and {pos[k + 1]:.4g} mm "
+        f"along the slice normal) are "
         f"{gaps[k]:.4g} mm apart where the series' usual spacing is {dz:.4g} mm ({what}; spacings "
         f"{gaps.min():.4g}..{gaps.max():.4g} mm)"
     )

@@ -36,7 +36,7 @@ def read_image_2d(path: str | os.PathLike[str], max_bytes: int | None = None) ->
         raise ImageReadError(
             f"{p.name}: unsupported 2D image type {p.suffix or '(no suffix)'}; use one of {', '.join(RASTER_SUFFIXES)}"
         )
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from .limits import check_size
 
@@ -52,7 +52,9 @@ def read_image_2d(path: str | os.PathLike[str], max_bytes: int | None = None) ->
         raise
     except Image.DecompressionBombError as e:
         raise LimitError(f"{p.name}: {e}".split(". ")[0] + "; refused as a possible decompression bomb") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - corrupt files make PIL's decoders raise many types (OSError, TypeError, ...)
         if p.suffix.lower() in (".tif", ".tiff"):
             arr = _read_tiff(p, e)
         else:

@@ -120,6 +120,7 @@ def read_image(
     declared = declared_size(p)
     if declared is not None:
         shape, dtype, nbytes = declared
+        _check_dtype(p, dtype)
         check_size(p, nbytes, f"its {'x'.join(map(str, shape))} {dtype.name} values", max_bytes)
     if fmt == "dicom-series":
         img = read_dicom_series(p, series_uid, max_bytes=max_bytes)
@@ -132,6 +133,7 @@ def read_image(
         img = _read_npz(p)
     else:
         img = _read_itk(p, fmt)
+    _check_dtype(p, np.asarray(img.array).dtype)
     if modality is not None:
         m = modality.upper()
         if m not in MODALITIES:
@@ -140,6 +142,15 @@ def read_image(
     elif img.modality is None and (img.is_volume or not img.is_rgb) and img.format != "raster":
         img.modality, img.modality_source = guess_modality(img.array), "guess"
     return img
+
+
+def _check_dtype(p: Path, dtype: np.dtype) -> None:
+    """Voxels must be bool, integer or real floating point (not complex, text, objects or records)."""
+    if dtype.names is not None:
+        raise ImageReadError(f"{p.name}: vector/RGB volumes are not supported (voxel type {dtype})")
+    if dtype.kind not in "biuf":
+        what = "complex" if dtype.kind == "c" else dtype.name
+        raise ImageReadError(f"{p.name}: {what} voxel values are not supported; medsamkit reads real-valued images")
 
 
 @contextlib.contextmanager
@@ -172,16 +183,16 @@ def _itk_error(p: Path, e: Exception) -> ImageReadError:
 def _read_nifti(p: Path) -> MedicalImage:
     """NIfTI voxels through nibabel (which notices truncated files; SimpleITK silently zero-fills them) and the
     geometry as ITK reads the header (so masks compare equal in SimpleITK, 3D Slicer, ITK-SNAP)."""
-    import zlib
-
     import nibabel as nib
     import SimpleITK as sitk
 
     try:
         nimg = nib.load(p)
         data = np.asanyarray(nimg.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as e:
-        first = " ".join(str(e).split())[:160]
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt file makes nibabel raise many types (HeaderDataError, zlib.error, ...)
+        first = " ".join(str(e).split())[:160] or type(e).__name__
         raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({first})") from e
     if data.dtype.names is not None:
         raise ImageReadError(f"{p.name}: vector/RGB volumes are not supported (NIfTI dtype {data.dtype})")

@@ -46,6 +46,8 @@ def check_mask_output(
     :class:`~medsamkit.errors.OutputError` naming the output."""
     from .._files import check_outputs, check_writable
 
+    if Path(path).is_dir():
+        raise OutputError(f"-o {path} is a folder; give a file name such as mask.nii.gz or mask.png")
     if mask_suffix(path) not in MASK_SUFFIXES:
         raise OutputError(f"-o {path}: unsupported mask format; use one of {', '.join(MASK_SUFFIXES)}")
     outputs = {"-o": Path(path), "the mask's JSON sidecar": sidecar_path(path), **(extra or {})}

@@ -500,7 +500,7 @@ def picture_2d(image: Any, preset: str = "auto", window: tuple[float, float] | N
 
 
 def everything_file(
-    predictor: Predictor,
+    predictor: Predictor | Callable[[], Predictor],
     image_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     options: EverythingOptions | None = None,
@@ -518,10 +518,13 @@ def everything_file(
       model, the intensity mapping, counters and timings;
     - ``<stem>_overlay.png``: the image with each mask tinted and outlined.
 
+    predictor: a :class:`Predictor`, or a function returning one (called after the input is read and the
+    outputs checked, so a bad request costs no model load). Outputs that would overwrite the input, or that
+    cannot be written, are refused before any work (:class:`~medsamkit.errors.OutputError`).
     Returns a summary (paths, number of masks, timings). The same function serves the CLI and batch jobs;
     ``progress`` shows a progress bar over the prompts on stderr."""
     from .. import __version__
-    from .._files import atomic_write_text
+    from .._files import atomic_write_text, check_outputs, check_writable
     from ..io import read_image
     from ..io.image2d import write_png
     from ..viz.overlay import overlay_masks
@@ -532,11 +535,18 @@ def everything_file(
     out = Path(out_dir)
     stem = stem or default_stem(path)
     opts = options or EverythingOptions()
+    labels_path, json_path, overlay_path = (out / f"{stem}_{s}" for s in ("labels.png", "masks.json", "overlay.png"))
+    outputs = {"the label image": labels_path, "the records": json_path, "the overlay": overlay_path}
+    check_outputs(outputs, [path])  # before any work: no input is overwritten
+    for what, p in outputs.items():
+        check_writable(p, what)
     t0 = time.perf_counter()
     image = read_image(path)
     picture, intensity = picture_2d(image, preset, window)
     read_s = time.perf_counter() - t0
     rle_opts = EverythingOptions(**{**asdict(opts), "output_mode": "rle"})
+    if not isinstance(predictor, Predictor):
+        predictor = predictor()  # loaded only once the input is read and the outputs checked
     gen = AutomaticMaskGenerator(predictor, rle_opts)
     t0 = time.perf_counter()
     if progress:
@@ -556,7 +566,6 @@ def everything_file(
     labels = result.label_image(hw)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    labels_path, json_path, overlay_path = (out / f"{stem}_{s}" for s in ("labels.png", "masks.json", "overlay.png"))
     write_png(labels_path, labels)  # write_png is atomic
     write_png(overlay_path, overlay_masks(picture, labels))
     doc = {

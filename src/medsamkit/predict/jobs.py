@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FileInputError, OptionError, OutputError
-from .predictor import Predictor
+from .predictor import Predictor, check_prompts
 
 AXIS_FRAME = {"z": "x,y", "y": "x,z", "x": "y,z"}
 
@@ -239,6 +239,13 @@ def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_n
     boxes = [[float(x) for x in b] for b in request.boxes]
     picture, preset_info = picture_2d(image, request.preset, request.window)
     names = _names(request, len(boxes) if boxes else 1)  # one object per box; points only: one object
+    # every prompt checked before the model loads (the predictor checks again)
+    if len(boxes) > 255:
+        raise SegmentRequestError(f"{len(boxes)} boxes: a uint8 label mask holds at most 255 objects")
+    if points and len(boxes) > 1:
+        raise SegmentRequestError("points refine a single box; with several boxes, run them separately")
+    xy = [p[:2] for p in points] or None
+    check_prompts(picture.shape[:2], xy, [p[2] for p in points] if points else None, boxes or None)
     model = _get_predictor(predictor, timings)
     t = time.perf_counter()
     result = segment_2d(model, picture, boxes=boxes, points=points)

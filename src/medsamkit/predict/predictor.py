@@ -214,52 +214,7 @@ class Predictor:
 
     def _prompt_points(self, point_coords: Any, point_labels: Any, boxes: Any, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
         """Validate prompts and turn them into labelled points ``(N, T, 2)``/``(N, T)`` in model-input space."""
-        h, w = geom.original
-        box_arr = None
-        if boxes is not None:
-            box_arr = _finite(boxes, "boxes").astype(np.float64)
-            if box_arr.ndim == 1:
-                box_arr = box_arr[None]
-            if box_arr.ndim != 2 or box_arr.shape[1] != 4:
-                raise PromptError(f"boxes must be (4,) or (N, 4) as x0, y0, x1, y1; got shape {np.shape(boxes)}")
-            if box_arr.shape[0] == 0:
-                raise PromptError("boxes is empty")
-            for i, (x0, y0, x1, y1) in enumerate(box_arr):
-                if x0 > x1 or y0 > y1:
-                    raise PromptError(f"box {i} {_fmt(box_arr[i])}: need x0 <= x1 and y0 <= y1")
-                if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
-                    raise PromptError(
-                        f"box {i} {_fmt(box_arr[i])} lies outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
-                    )
-        pts = None
-        plab = None
-        if point_coords is not None:
-            pts = _finite(point_coords, "point_coords").astype(np.float64)
-            if pts.ndim == 2:
-                pts = pts[None]
-            if pts.ndim != 3 or pts.shape[-1] != 2 or pts.shape[1] == 0:
-                raise PromptError(f"point_coords must be (P, 2) or (N, P, 2) as x, y; got shape {np.shape(point_coords)}")
-            if point_labels is None:
-                plab = np.ones(pts.shape[:2])
-            else:
-                plab = _finite(point_labels, "point_labels").astype(np.float64)
-                if plab.ndim == 1:
-                    plab = plab[None]
-                if plab.shape != pts.shape[:2]:
-                    raise PromptError(f"point_labels shape {np.shape(point_labels)} does not match points {pts.shape[:2]}")
-                if not np.isin(plab, (0, 1)).all():
-                    raise PromptError("point_labels must be 1 (foreground) or 0 (background)")
-            bad = (pts[..., 0] < 0) | (pts[..., 0] > w - 1) | (pts[..., 1] < 0) | (pts[..., 1] > h - 1)
-            if bad.any():
-                i, j = np.argwhere(bad)[0]
-                raise PromptError(
-                    f"point {_fmt(pts[i, j])} lies outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
-                )
-        elif point_labels is not None:
-            raise PromptError("point_labels given without point_coords")
-        if box_arr is None and pts is None:
-            raise PromptError("give at least one prompt: boxes and/or point_coords")
-
+        box_arr, pts, plab = check_prompts(geom.original, point_coords, point_labels, boxes)
         n = box_arr.shape[0] if box_arr is not None else pts.shape[0]  # type: ignore[union-attr]
         parts_c: list[np.ndarray] = []
         parts_l: list[np.ndarray] = []
@@ -293,6 +248,62 @@ class Predictor:
                 f"got shape {np.shape(mask_input)}"
             )
         return np.ascontiguousarray(np.broadcast_to(m, (n, 1, r, r)))
+
+
+def check_prompts(
+    image_size: tuple[int, int], point_coords: Any = None, point_labels: Any = None, boxes: Any = None
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate prompts for an image of ``image_size`` = (H, W) before any model work, as
+    :meth:`Predictor.predict` takes them: boxes ``(4,)``/``(N, 4)`` inclusive ``x0, y0, x1, y1``; point_coords
+    ``(P, 2)``/``(N, P, 2)`` as ``x, y`` (column, row); point_labels 1 (foreground) / 0 (background). Everything
+    must be finite and inside ``0..W-1`` x ``0..H-1``. Returns ``(boxes (N, 4), points (N, P, 2), labels (N, P))``
+    as float64 (None where not given); raises :class:`~medsamkit.errors.PromptError`."""
+    h, w = image_size
+    box_arr = None
+    if boxes is not None:
+        box_arr = _finite(boxes, "boxes").astype(np.float64)
+        if box_arr.ndim == 1:
+            box_arr = box_arr[None]
+        if box_arr.ndim != 2 or box_arr.shape[1] != 4:
+            raise PromptError(f"boxes must be (4,) or (N, 4) as x0, y0, x1, y1; got shape {np.shape(boxes)}")
+        if box_arr.shape[0] == 0:
+            raise PromptError("boxes is empty")
+        for i, (x0, y0, x1, y1) in enumerate(box_arr):
+            if x0 > x1 or y0 > y1:
+                raise PromptError(f"box {i} {_fmt(box_arr[i])}: need x0 <= x1 and y0 <= y1")
+            if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
+                raise PromptError(
+                    f"box {i} {_fmt(box_arr[i])} lies outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
+                )
+    pts = None
+    plab = None
+    if point_coords is not None:
+        pts = _finite(point_coords, "point_coords").astype(np.float64)
+        if pts.ndim == 2:
+            pts = pts[None]
+        if pts.ndim != 3 or pts.shape[-1] != 2 or pts.shape[1] == 0:
+            raise PromptError(f"point_coords must be (P, 2) or (N, P, 2) as x, y; got shape {np.shape(point_coords)}")
+        if point_labels is None:
+            plab = np.ones(pts.shape[:2])
+        else:
+            plab = _finite(point_labels, "point_labels").astype(np.float64)
+            if plab.ndim == 1:
+                plab = plab[None]
+            if plab.shape != pts.shape[:2]:
+                raise PromptError(f"point_labels shape {np.shape(point_labels)} does not match points {pts.shape[:2]}")
+            if not np.isin(plab, (0, 1)).all():
+                raise PromptError("point_labels must be 1 (foreground) or 0 (background)")
+        bad = (pts[..., 0] < 0) | (pts[..., 0] > w - 1) | (pts[..., 1] < 0) | (pts[..., 1] > h - 1)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise PromptError(
+                f"point {_fmt(pts[i, j])} lies outside the {w}x{h} image (x must be in 0..{w - 1}, y in 0..{h - 1})"
+            )
+    elif point_labels is not None:
+        raise PromptError("point_labels given without point_coords")
+    if box_arr is None and pts is None:
+        raise PromptError("give at least one prompt: boxes and/or point_coords")
+    return box_arr, pts, plab
 
 
 def _finite(a: Any, name: str) -> np.ndarray:

@@ -167,3 +167,34 @@ def test_several_boxes_on_one_slice_are_distinct_objects(tmp_path, capsys) -> No
     assert (lab[2][ma[2]] == 1).mean() > 0.8 and (lab[2][mb[2]] == 2).mean() > 0.8
     info = json.loads(sidecar_path(out).read_text())
     assert info["labels"] == {"1": "left", "2": "right"}
+
+
+@requires_shared
+def test_gapped_dicom_series_exact_or_refused(tmp_path, capsys) -> None:
+    """Three slices removed from the real 2 mm CT series: NIfTI output is refused (it would be 6 mm off after
+    the gap), DICOM-SEG is exact, and --resample writes NIfTI on the complete series' grid."""
+    import shutil
+
+    src = DATA / "totalseg_examples_3d" / "images" / "ct_dicom"
+    full = read_image(src)
+    gapped = tmp_path / "gapped"
+    gapped.mkdir()
+    for i, f in enumerate(full.meta["dicom_files"]):
+        if i not in (8, 9, 10):
+            shutil.copy(f, gapped / f.name)
+    box = ["--box3d", "200,180,12,300,300,14", "--preset", "soft_tissue", "-q"]  # slices 15..17 of the full series
+    assert main(["segment", str(gapped), *box, "-o", str(tmp_path / "m.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "8 mm apart" in err and "DICOM-SEG" in err and "--resample" in err and not (tmp_path / "m.nii.gz").exists()
+    assert main(["segment", str(gapped), *box, "-o", str(tmp_path / "m.dcm")]) == 0, capsys.readouterr().err
+    box_full = ["--box3d", "200,180,15,300,300,17", "--preset", "soft_tissue", "-q"]  # the same slices on the full grid
+    assert main(["segment", str(gapped), *box_full, "--resample", "-o", str(tmp_path / "r.nii.gz")]) == 0
+    res = nib.load(tmp_path / "r.nii.gz")
+    assert res.shape == (512, 512, 20) and np.allclose(res.affine, full.affine_ras())
+    from medsamkit.io import read_dicom_seg
+
+    seg, _ = read_dicom_seg(tmp_path / "m.dcm", read_image(gapped))
+    lab = np.asarray(res.dataobj).transpose(2, 1, 0)
+    # the same physical slices, the same voxels: gapped slice k >= 8 is slice k + 3 of the complete grid
+    assert seg[12:15].any() and np.array_equal(seg[12:15] > 0, lab[15:18] > 0)
+    assert not seg[:12].any() and not seg[15:].any() and not lab[:15].any() and not lab[18:].any()

@@ -159,6 +159,7 @@ def run_everything(args: argparse.Namespace) -> None:
 
 def run_samaug(args: argparse.Namespace) -> None:
     from ..batch import SamaugJob, dataset_items
+    from ..samaug.prepare import check_out_dir
     from ..samaug.priors import DEFAULT_ALPHA
     from .everything import options_from_args
 
@@ -178,6 +179,7 @@ def run_samaug(args: argparse.Namespace) -> None:
             ds = ds.subset(limit=args.limit)
         if not len(ds):
             raise CliError(f"{ds.root}: no (image, mask) cases found")
+        check_out_dir(args.output, ds.root)
         source = dataset_items(ds)
     elif args.limit is not None:
         raise CliError("batch samaug: --limit applies to a dataset folder")

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._files import atomic_write, atomic_write_text
-from ..errors import OptionError
+from .._files import atomic_write, atomic_write_text, check_outputs
+from ..errors import OptionError, OutputError
 from ..evaluate.datasets import Case, Dataset, load_case, load_dataset
 from ..io.image2d import write_png
 from ..preprocess.image2d import to_rgb_uint8
@@ -126,6 +126,14 @@ def case_key(
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_out_dir(out_dir: str | os.PathLike[str], dataset_root: str | os.PathLike[str]) -> None:
+    """Refuse an output folder that is the dataset's own folder (or its images/ or masks/): the prepared copies
+    would land among, or over, the source cases (:class:`~medsamkit.errors.OutputError`)."""
+    out, root = Path(out_dir).resolve(), Path(dataset_root).resolve()
+    if out in (root, root / "images", root / "masks"):
+        raise OutputError(f"-o {out_dir} is the dataset folder {dataset_root} (or its images/masks); write to another folder")
 
 
 def case_paths(out_dir: str | os.PathLike[str], case_id: str, mode: str = "add") -> dict[str, Path]:
@@ -233,12 +241,14 @@ def prepare_case(
 
     Returns ``{"case", "status": "computed" | "cached", "n_masks", "seconds", "key"}``. Raises for a case that
     cannot be prepared (unreadable image or mask: ``ImageReadError``; 3D image, DICOM series, bad settings:
-    ``ValueError``) before writing anything. The prior file is written last: after an interrupted write its
-    key is still the old one (or absent), so the next call recomputes the case. One generator holds one
+    :class:`~medsamkit.errors.OptionError`; an output that would replace the case's own image or mask:
+    :class:`~medsamkit.errors.OutputError`) before writing anything. The prior file is written last: after an
+    interrupted write its key is still the old one (or absent), so the next call recomputes the case. One generator holds one
     predictor's image state: give each thread or process its own."""
     _check_settings(mode, alpha, thickness)
     t0 = time.perf_counter()
     paths = case_paths(out_dir, case.id, mode)
+    check_outputs({f"the case's {k} file": v for k, v in paths.items()}, [case.image, case.mask])  # never over an input
     if case.image.is_dir():
         raise OptionError(f"case {case.id}: {case.image.name} is a DICOM series (3D); SAMAug preparation handles 2D images")
     key = case_key(
@@ -323,6 +333,7 @@ def prepare_dataset(
     if limit is not None:
         ds = ds.subset(limit=limit)
     out = Path(out_dir)
+    check_out_dir(out, ds.root)
     summary_file = out / "samaug.json"
     previous = _read_json(summary_file) if summary_file.exists() else None
     if previous is not None:

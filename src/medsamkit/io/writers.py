@@ -68,6 +68,8 @@ def check_mask_fits(like: MedicalImage, path: str | os.PathLike[str]) -> None:
         return
     if s == ".png":
         raise OutputError(f"-o {name}: a volume mask cannot be a PNG; use .nii.gz, .nrrd, .mha (.dcm: DICOM series)")
+    if s == ".dcm" and "resampled" in like.meta:
+        raise OutputError(f"-o {name}: a DICOM-SEG must lie on the series' own slices; drop --resample, or write .nii.gz")
     if s == ".dcm" and like.format != "dicom-series":
         raise OutputError(f"-o {name}: DICOM-SEG output needs a DICOM series as input; write .nii.gz, .nrrd or .mha")
     check_grid_output(like, s)

@@ -142,6 +142,7 @@ def segment_file(
     """
     from ..io import read_image
     from ..io.geometry import resample_uniform
+    from ..io.writers import check_mask_fits
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -157,7 +158,7 @@ def segment_file(
             raise OptionError("segment_file: give request.output or out_dir")
         output = default_output(image, out_dir, stem or _stem(request.image))
         check_request_outputs(request, output)
-    check_output_fits(image, output, request)  # before the model loads and the propagation runs
+    check_mask_fits(image, output)  # the format fits what was read: before the model loads and anything runs
     if image.is_volume:
         record = _segment_volume(predictor, request, image, output, model_name, progress, timings, t0)
     else:
@@ -179,18 +180,6 @@ def check_request_outputs(request: SegmentRequest, output: Path) -> None:
             raise OutputError(f"--overlay {request.overlay}: the overlay is a PNG picture; name it .png")
         extra["--overlay"] = request.overlay
     check_mask_output(output, [request.image, request.ground_truth], extra=extra)
-
-
-def check_output_fits(image: Any, output: Path, request: SegmentRequest) -> None:
-    """Refuse a mask format that does not fit the input that was read (:func:`medsamkit.io.writers.check_mask_fits`),
-    before the model loads and the propagation runs."""
-    from ..io.writers import check_mask_fits
-
-    if "resampled" in image.meta and output.name.lower().endswith(".dcm"):
-        raise SegmentRequestError(
-            f"-o {output}: a DICOM-SEG must lie on the series' own slices; drop --resample, or write .nii.gz/.nrrd/.mha"
-        )
-    check_mask_fits(image, output)
 
 
 def _fmt(values: list[float]) -> str:

@@ -44,7 +44,8 @@ def test_segment_boxes_and_overlay(two_disks, tmp_path, capsys) -> None:
     assert mask.shape == (180, 260) and mask.dtype == np.uint8
     assert dice(mask == 1, d1) > 0.9 and dice(mask == 2, d2) > 0.9
     assert np.asarray(Image.open(ov)).shape == (180, 260, 3)
-    assert "2 object(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 object(s)" in err and "label values 1..2 on 0: dark in an image viewer; picture in" in err
 
 
 def test_segment_box_with_point_and_rgba_input(tmp_path, capsys) -> None:

@@ -117,9 +117,11 @@ def page(browser, server):
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
+    # the page runs under the server's Content-Security-Policy: anything it blocks is an error here
+    pg.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     pg.set_default_timeout(30_000)
     pg.goto(server + "/")
-    pg.wait_for_function("window.medsamkit && window.medsamkit.state.ready")
+    pg.wait_for_function("() => window.medsamkit && window.medsamkit.state.ready")  # a function: no eval under the CSP
     yield pg
     ctx.close()
     assert not errors, errors
@@ -277,7 +279,7 @@ def test_box_propagate_brush_undo_save(page, server, tmp_path):
 
     # propagate through the volume, with progress
     pg.click("[data-testid=propagate]")
-    pg.wait_for_function("document.querySelector('[data-testid=progress-text]').textContent === 'done'", timeout=240_000)
+    pg.wait_for_function("() => document.querySelector('[data-testid=progress-text]').textContent === 'done'", timeout=240_000)
     idle(pg)
     text, kind = status(pg)
     assert kind == "ok" and text.startswith("propagated label 1"), text
@@ -426,7 +428,7 @@ def test_vendor_route(tmp_path, monkeypatch):
         warnings.simplefilter("ignore", UserWarning)
         from fastapi.testclient import TestClient
 
-    client = TestClient(create_app(None, state_dir=tmp_path / "state"))
+    client = TestClient(create_app(None, state_dir=tmp_path / "state"), base_url="http://localhost")
     monkeypatch.setattr(app_server, "NIIVUE_DIST", tmp_path / "nowhere")
     r = client.get("/vendor/niivue/index.js")
     assert r.status_code == 404 and "npm ci --prefix src/medsamkit/app/web" in r.json()["error"]

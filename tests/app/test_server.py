@@ -10,6 +10,7 @@ import base64
 import io
 import os
 import shutil
+import subprocess
 import threading
 import warnings
 from pathlib import Path
@@ -63,6 +64,11 @@ def png_b64(mask: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def Client(app, **kw) -> TestClient:  # noqa: N802 - reads as the class it builds
+    """A test client that asks for 127.0.0.1 (the server answers only the hosts it was started for)."""
+    return TestClient(app, base_url="http://127.0.0.1", **kw)
+
+
 def new_session(client: TestClient) -> str:
     r = client.post("/api/sessions")
     assert r.status_code == 200
@@ -95,7 +101,7 @@ def app(predictor, data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(app) -> TestClient:
-    return TestClient(app)
+    return Client(app)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +212,7 @@ def test_paths_outside_the_data_folder_are_refused(client, data_dir, tmp_path_fa
 
 
 def test_no_data_folder_and_bad_requests(predictor, tmp_path):
-    client = TestClient(create_app(None, state_dir=tmp_path, predictor=predictor))
+    client = Client(create_app(None, state_dir=tmp_path, predictor=predictor))
     sid = new_session(client)
     assert "--data" in assert_error(client.post(f"/api/sessions/{sid}/volume", json={"path": "x.nii.gz"}), 403)
     assert_error(client.post(f"/api/sessions/{sid}/volume", content=b"x", headers={"content-type": "text/plain"}), 415)
@@ -215,7 +221,8 @@ def test_no_data_folder_and_bad_requests(predictor, tmp_path):
     detached = b"ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_UCHAR\nElementDataFile = /etc/hostname\n"
     assert "LOCAL" in assert_error(upload(client, sid, detached, name="x.mha"), 422)
     assert_error(client.get(f"/api/sessions/{sid}/mask.nii.gz"), 409)  # no volume yet
-    assert client.get(f"/api/sessions/{sid}").json() == {"session": sid, "volume": None}
+    info = client.get(f"/api/sessions/{sid}").json()
+    assert info["session"] == sid and info["volume"] is None and info["limits"]["max_points"] == 64
     assert client.get(f"/api/sessions/{sid}/progress").json()["running"] is False
     nii = write_nifti(tmp_path / "v.nii.gz", ellipsoid(0)[0]).read_bytes()
     assert "preset" in assert_error(upload(client, sid, nii, preset="sepia"), 422)
@@ -235,12 +242,12 @@ def test_unexpected_errors_are_json_500_without_details(predictor, tmp_path):
         raise RuntimeError("secret detail /srv/path")
 
     app.add_api_route("/api/boom", boom)
-    r = TestClient(app, raise_server_exceptions=False).get("/api/boom")
+    r = Client(app, raise_server_exceptions=False).get("/api/boom")
     assert r.status_code == 500 and r.json() == {"error": "internal server error"}
 
 
 def test_upload_size_limit(predictor, tmp_path, data_dir):
-    client = TestClient(create_app(data_dir, state_dir=tmp_path, predictor=predictor, max_upload_bytes=200_000))
+    client = Client(create_app(data_dir, state_dir=tmp_path, predictor=predictor, max_upload_bytes=200_000))
     sid = new_session(client)
     assert "limit" in assert_error(upload(client, sid, b"\0" * 200_001, name="big.nii"), 413)  # stopped while streaming
     assert_error(upload(client, sid, b"\0" * (3 << 20), name="big.nii"), 413)  # refused from Content-Length
@@ -355,7 +362,7 @@ def test_rgb_png_image(client, tmp_path):
 
 def test_restart_restores_sessions(predictor, tmp_path, data_dir):
     state = tmp_path / "state"
-    first = TestClient(create_app(data_dir, state_dir=state, predictor=predictor))
+    first = Client(create_app(data_dir, state_dir=state, predictor=predictor))
     up, by_path = new_session(first), new_session(first)
     upload(first, up, (data_dir / "cases" / "ellipsoid.nii.gz").read_bytes())
     first.post(f"/api/sessions/{by_path}/volume", json={"path": "cases/ellipsoid.nii.gz"})
@@ -370,20 +377,20 @@ def test_restart_restores_sessions(predictor, tmp_path, data_dir):
     before = {sid: first.get(f"/api/sessions/{sid}/mask.nii.gz").content for sid in (up, by_path)}
     saved = first.post(f"/api/sessions/{up}/save", json={"format": "nii.gz"}).json()["url"]
 
-    second = TestClient(create_app(data_dir, state_dir=state, predictor=predictor))
+    second = Client(create_app(data_dir, state_dir=state, predictor=predictor))
     for sid in (up, by_path):
         assert np.array_equal(nifti_zyx(second.get(f"/api/sessions/{sid}/mask.nii.gz").content)[0], nifti_zyx(before[sid])[0])
         assert second.get(f"/api/sessions/{sid}/labels").json()["labels"] == [{"value": 7, "name": "lesion", "voxels": 90}]
     assert second.get(saved).content == first.get(saved).content
     assert_error(second.post(f"/api/sessions/{up}/undo"), 409)  # the undo history is not kept across restarts
     # a session whose data file disappeared says so instead of failing
-    third = TestClient(create_app(None, state_dir=state, predictor=predictor))
+    third = Client(create_app(None, state_dir=state, predictor=predictor))
     assert "not available" in assert_error(third.get(f"/api/sessions/{by_path}/labels"), 409)
 
 
 def test_idle_sessions_are_unloaded_and_reloaded(predictor, tmp_path, data_dir):
     app = create_app(data_dir, state_dir=tmp_path, predictor=predictor, max_loaded=1)
-    client = TestClient(app)
+    client = Client(app)
     sids = [new_session(client) for _ in range(2)]
     for i, sid in enumerate(sids):
         client.post(f"/api/sessions/{sid}/volume", json={"path": "cases/ellipsoid.nii.gz"})
@@ -404,7 +411,7 @@ def test_dicom_series_from_data_folder_saves_dicom_seg(predictor, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(DATA / "totalseg_examples_3d" / "images" / "ct_dicom", data / "ct")
-    client = TestClient(create_app(data, state_dir=tmp_path / "state", predictor=predictor))
+    client = Client(create_app(data, state_dir=tmp_path / "state", predictor=predictor))
     sid = new_session(client)
     r = client.post(f"/api/sessions/{sid}/volume", json={"path": "ct"})
     assert r.status_code == 200, r.text
@@ -415,7 +422,9 @@ def test_dicom_series_from_data_folder_saves_dicom_seg(predictor, tmp_path):
         f"/api/sessions/{sid}/mask/z/7?label=2", content=m.tobytes(), headers={"content-type": "application/octet-stream"}
     )
     assert r.status_code == 200, r.text
-    client.put(f"/api/sessions/{sid}/labels/2", json={"name": "liver"})
+    # a backslash is DICOM's value separator and the SEG's character set is ASCII: the name is made DICOM-safe
+    # there (the session and the NIfTI sidecar keep it as typed)
+    client.put(f"/api/sessions/{sid}/labels/2", json={"name": "Leber\\rechts 肝臓 Ä"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DICOM attributes the test series lacks are generated
         r = client.post(f"/api/sessions/{sid}/save", json={"format": "dcm"})
@@ -424,7 +433,15 @@ def test_dicom_series_from_data_folder_saves_dicom_seg(predictor, tmp_path):
     seg.write_bytes(client.get(r.json()["url"]).content)
     labels, names = read_dicom_seg(seg, read_image(data / "ct"))
     # DICOM-SEG numbers segments 1..n (the standard's rule): label 2 is segment 1
-    assert names == {1: "liver"} and int((labels == 1).sum()) == 3600 and (labels[7] == 1).sum() == 3600
+    assert names == {1: "Leber/rechts A"} and int((labels == 1).sum()) == 3600 and (labels[7] == 1).sum() == 3600
+    assert client.get(f"/api/sessions/{sid}/labels").json()["labels"][0]["name"] == "Leber\\rechts 肝臓 Ä"
+    if shutil.which("dciodvfy") is None:
+        if os.environ.get("MEDSAMKIT_REQUIRE_DCIODVFY"):
+            pytest.fail("dciodvfy (Debian dicom3tools) is required here but not installed")
+        pytest.skip("dciodvfy (Debian package dicom3tools) not installed")
+    report = subprocess.run(["dciodvfy", str(seg)], capture_output=True, text=True)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
 
 
 def test_concurrent_clients(app, tmp_path):
@@ -437,7 +454,7 @@ def test_concurrent_clients(app, tmp_path):
 
     def client_run(i: int) -> None:
         try:
-            c = TestClient(app)
+            c = Client(app)
             sid = new_session(c)
             r = upload(c, sid, content, name=f"case{i}.nii.gz")
             assert r.status_code == 200, r.text

@@ -3,8 +3,14 @@
 
 Every route but ``POST /api/sessions`` takes an unguessable session id in its path. Volumes are ``(Z, Y, X)``;
 a slice along ``axis`` z, y, x has (column, row) pixel coordinates (x, y), (x, z), (y, z); boxes
-``[x0, y0, x1, y1]`` are inclusive, points are ``[x, y, 1|0]`` (1 = foreground). Errors are
-``{"error": message}`` with a 4xx status (500 only for a server bug, without details).
+``[x0, y0, x1, y1]`` are inclusive, points are ``[x, y, 1|0]`` (1 = foreground).
+
+Errors are ``{"error": message}``, mapped in one place: a :class:`~medsamkit.errors.MedsamkitError` (the
+library's input errors, :class:`~medsamkit.app.sessions.AppError` for the app's own) gives its ``status``
+(422 input, 413 over a limit, 4xx for sessions and paths) and its one-line message with server folders and
+temporary names removed; anything else is a bug: 500 "internal server error", the traceback in the server log.
+Limits (:class:`~medsamkit.app.limits.Limits`), the ``Host`` check and the security headers are enforced before
+any route runs (:mod:`medsamkit.app.guard`).
 """
 
 from __future__ import annotations
@@ -15,8 +21,14 @@ import gzip
 import io
 import json
 import logging
+import os
+import re
 import secrets
+import struct
+import tempfile
 import time
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,12 +37,15 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._files import atomic_write_bytes
+from ..errors import MedsamkitError, one_line
 from ..io import write_mask
 from ..predict import ObjectPrompt, Predictor, segment_2d, segment_volume
+from .guard import LOOPBACK_NAMES, Guard, HostRule
+from .limits import KiB, Limits, MiB
 from .model import ModelService
 from .sessions import (
     AXES,
@@ -42,7 +57,7 @@ from .sessions import (
     SessionStore,
     Volume,
     check_upload,
-    load_source,
+    private,
     slice_index,
     suffix_of,
 )
@@ -51,27 +66,42 @@ log = logging.getLogger("medsamkit.app")
 STATIC = Path(__file__).resolve().parent / "static"
 # The page's viewer, NiiVue, comes from npm (`npm ci --prefix src/medsamkit/app/web`); never from a CDN.
 NIIVUE_DIST = Path(__file__).resolve().parent / "web" / "node_modules" / "@niivue" / "niivue" / "dist"
-MiB = 1 << 20
-_JSON_LIMIT = 64 * MiB  # JSON bodies (an edited slice as base64 PNG is the largest)
 _FIELD_LIMIT = 4096
 _MEDIA = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".map": "application/json"}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 Num = Annotated[float, Strict()]
 Axis = Literal["z", "y", "x"]
 Label = Annotated[StrictInt, Field(ge=1, le=255)]
+Point = Annotated[list[Num], Field(min_length=2, max_length=3)]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class ErrorBody(BaseModel):
+    """Every error response: one line for the user."""
+
+    error: str
+
+
 class OpenOptions(_Body):
     """How to map intensities: ``preset`` (auto, soft_tissue, lung, bone, brain, percentile, passthrough),
-    ``window`` [level, width] (overrides preset), ``modality`` (overrides the file's)."""
+    ``window`` [level, width] with width > 0 (overrides preset), ``modality`` (overrides the file's);
+    ``resample``: put a DICOM series with unevenly spaced slices on a uniform grid (otherwise it is refused)."""
 
     preset: str = "auto"
     window: tuple[Num, Num] | None = None
     modality: str | None = None
+    resample: StrictBool = False
+
+    @field_validator("window")
+    @classmethod
+    def _positive_width(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[1] > 0:
+            raise ValueError(f"the width must be positive, got {v[1]:g}")
+        return v
 
 
 class OpenPath(OpenOptions):
@@ -79,17 +109,23 @@ class OpenPath(OpenOptions):
 
 
 class SegmentBody(_Body):
+    """One prompt on one slice: a box and/or points (at most ``Limits.max_points``, default 64)."""
+
     axis: Axis = "z"
     slice: StrictInt
     label: Label = 1
     box: tuple[Num, Num, Num, Num] | None = None
-    points: list[list[Num]] | None = None
+    points: list[Point] | None = None
 
 
 class PropagateBody(_Body):
+    """Propagate ``label`` from ``slice`` through ``slices`` [first, last] (inclusive; default the whole axis,
+    at most ``Limits.max_propagate_slices``)."""
+
     axis: Axis = "z"
     slice: StrictInt
     label: Label
+    slices: tuple[StrictInt, StrictInt] | None = None
 
 
 class MaskBody(_Body):
@@ -105,30 +141,102 @@ class SaveBody(_Body):
     format: Literal["nii.gz", "nrrd", "mha", "dcm", "png"] = "nii.gz"
 
 
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses (every route can also answer 400, 413, 421 and 500)."""
+    why = {
+        400: "malformed request (invalid JSON or multipart)",
+        403: "path outside the data folder, or no data folder",
+        404: "unknown session or file",
+        409: "conflict with the session's state (no volume, a running propagation, nothing to undo)",
+        413: "over a limit (body bytes, volume memory, points, propagation slices)",
+        415: "unsupported content type or file type",
+        421: "the Host header is not one this server answers for",
+        422: "invalid input (prompt, image, option)",
+        500: "internal server error (a bug; details in the server log)",
+        503: "too many sessions",
+        507: "over the session's or the server's disk quota",
+    }
+    return {c: {"model": ErrorBody, "description": why[c]} for c in sorted({400, 413, 421, 422, 500, *codes})}
+
+
+_SID = (404,)
+_PNG = {200: {"content": {"image/png": {}}, "description": "a PNG"}}
+_GZ = {200: {"content": {"application/gzip": {}}, "description": "a .nii.gz file"}}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": f"one of {', '.join(UPLOAD_SUFFIXES)}"},
+                        "preset": {"type": "string"},
+                        "window": {"type": "string", "description": "LEVEL,WIDTH"},
+                        "modality": {"type": "string"},
+                        "resample": {"type": "string", "enum": ["true", "false"]},
+                    },
+                }
+            },
+            "application/json": {"schema": OpenPath.model_json_schema()},
+        },
+    }
+}
+_EDIT_BODY = {
+    "parameters": [
+        {"name": "label", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 255}}
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": MaskBody.model_json_schema()},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
 def create_app(
     data_dir: Path | None,
     *,
     state_dir: Path,
-    max_upload_bytes: int = 512 * MiB,
+    limits: Limits | None = None,
+    max_upload_bytes: int | None = None,
     embedding_memory: int = 1 << 30,
     model: str = "litemedsam",
     predictor: Predictor | None = None,
     max_loaded: int = 8,
+    allowed_hosts: Iterable[str] = (),
+    port: int | None = None,
 ) -> FastAPI:
     """The app. data_dir: folder clients may open volumes from by relative path (None: uploads only);
-    state_dir: where sessions live (existing ones are restored); embedding_memory: bytes of slice embeddings
-    cached for all sessions together; predictor: share this predictor's engine instead of loading ``model``;
-    max_loaded: sessions whose volume stays in memory (others reload from disk on their next request)."""
-    store = SessionStore(Path(state_dir), data_dir, max_loaded=max_loaded)
+    state_dir: where sessions live (existing ones are restored); limits: the server's bounds
+    (``max_upload_bytes`` overrides its upload limit); embedding_memory: bytes of slice embeddings cached for all
+    sessions together; predictor: share this predictor's engine instead of loading ``model``; max_loaded: sessions
+    whose volume stays in memory (others reload from disk on their next request). allowed_hosts: ``Host`` names
+    answered besides the loopback names 127.0.0.1, localhost and [::1] (``name`` or ``name:port``; ``*`` = any);
+    port: the port the server listens on (a name without a port must come with it; None: any port)."""
+    limits = limits or Limits()
+    if max_upload_bytes is not None:
+        limits = Limits(**{**limits.__dict__, "max_upload_bytes": max_upload_bytes})
+    store = SessionStore(Path(state_dir), data_dir, max_loaded=max_loaded, limits=limits)
     models = ModelService(model, predictor, embedding_memory)
-    app = FastAPI(title="medsamkit annotation server", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(title="medsamkit annotation server", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.store = store
     app.state.models = models
+    app.state.limits = limits
+    hosts = HostRule([*LOOPBACK_NAMES, *allowed_hosts], port)
+    app.state.hosts = hosts
+    app.add_middleware(Guard, limits=limits, hosts=hosts)
+    scrub = _scrubber([store.state_dir, store.data_dir, data_dir, state_dir, Path(tempfile.gettempdir())])
 
-    # -- errors: always {"error": ...} ----------------------------------------------------------------------
-    @app.exception_handler(AppError)
-    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    # -- errors: always {"error": ...}, mapped here only --------------------------------------------------------
+    @app.exception_handler(MedsamkitError)
+    async def _known_error(request: Request, exc: MedsamkitError) -> JSONResponse:
+        status = int(getattr(exc, "status", 503))
+        return JSONResponse({"error": scrub(exc.message if isinstance(exc, AppError) else one_line(exc))}, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -144,18 +252,6 @@ def create_app(
     async def _server_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": "internal server error"}, status_code=500)
-
-    @app.middleware("http")
-    async def _headers(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length", "")
-        limit = max_upload_bytes + MiB if request.url.path.endswith("/volume") else _JSON_LIMIT
-        if length.isdigit() and int(length) > limit:
-            return JSONResponse({"error": f"the request body is larger than {limit} bytes"}, status_code=413)
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
     # -- page -----------------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -179,31 +275,34 @@ def create_app(
         return FileResponse(f, media_type=_MEDIA.get(f.suffix))
 
     # -- sessions -------------------------------------------------------------------------------------------
-    @app.post("/api/sessions")
+    @app.post("/api/sessions", responses=_errors(503))
     def create_session() -> dict[str, Any]:
         return {"session": store.create().sid}
 
-    @app.get("/api/sessions/{sid}")
+    @app.get("/api/sessions/{sid}", responses=_errors(*_SID, 409))
     def session_info(sid: str) -> dict[str, Any]:
         s = store.get(sid)
         with s.lock:
             if not s.meta.get("source"):
-                return {"session": sid, "volume": None}
+                return {"session": sid, "volume": None, "limits": limits.describe()}
             vol = store.volume(s)
-            return {"session": sid, "volume": _volume_info(s, vol), "undo_steps": len(vol.undo)}
+            return {"session": sid, "volume": _volume_info(s, vol), "undo_steps": len(s.undo), "limits": limits.describe()}
 
-    @app.delete("/api/sessions/{sid}")
+    @app.delete("/api/sessions/{sid}", responses=_errors(*_SID, 409))
     def delete_session(sid: str) -> dict[str, Any]:
         store.delete(sid)
         return {"deleted": sid}
 
     # -- opening a volume -----------------------------------------------------------------------------------
-    @app.post("/api/sessions/{sid}/volume")
+    @app.post("/api/sessions/{sid}/volume", responses=_errors(*_SID, 403, 409, 415, 507), openapi_extra=_UPLOAD_BODY)
     async def open_volume(sid: str, request: Request) -> dict[str, Any]:
+        """Open a volume: upload it (multipart, field ``file``, options as form fields) or name a path under
+        the data folder (JSON ``{"path", "preset"?, "window"?, "modality"?, "resample"?}``)."""
         s = store.get(sid)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
-            path, name, fields = await _receive_upload(request, s.folder, max_upload_bytes)
+            room = await run_in_threadpool(store.upload_room, s)
+            path, name, fields = await _receive_upload(request, s.folder, room, limits.max_upload_bytes)
             try:
                 opts = _parse(OpenOptions, fields)
                 return await run_in_threadpool(_open_upload, s, path, name, opts)
@@ -216,9 +315,9 @@ def create_app(
         raise AppError(415, "send the volume as multipart/form-data (field 'file') or JSON {\"path\": ...}")
 
     def _open_upload(s: Session, path: Path, name: str, opts: OpenOptions) -> dict[str, Any]:
-        check_upload(path, suffix_of(path.name))
+        check_upload(path)
         options = opts.model_dump()
-        loaded = load_source(path, options, name)
+        loaded = store.load(path, options, name)
         with s.lock:
             vol = store.install(s, loaded, {"kind": "upload", "file": path.name, "name": name}, options)
             return _volume_info(s, vol)
@@ -227,28 +326,34 @@ def create_app(
         path = store.resolve_data_path(body.path)
         options = body.model_dump(exclude={"path"})
         rel = path.relative_to(store.data_dir).as_posix()  # type: ignore[arg-type]
-        loaded = load_source(path, options, rel)
+        loaded = store.load(path, options, rel)
         with s.lock:
             vol = store.install(s, loaded, {"kind": "data", "path": rel, "name": rel}, options)
             return _volume_info(s, vol)
 
     def _volume_info(s: Session, vol: Volume) -> dict[str, Any]:
         src = s.meta["source"]
-        return {"session": s.sid, "source": src.get("name"), **vol.info(), "labels": _labels(s, vol)}
+        return {"session": s.sid, "source": src.get("name"), **vol.info(), "labels": _labels(s, vol), "limits": limits.describe()}
 
     # -- viewing --------------------------------------------------------------------------------------------
-    @app.get("/api/sessions/{sid}/volume.nii.gz")
+    @app.get("/api/sessions/{sid}/volume.nii.gz", responses={**_GZ, **_errors(*_SID, 409)}, response_class=Response)
     def volume_nifti(sid: str) -> Response:
         s = store.get(sid)
         with s.lock:
             vol = store.volume(s)
             f = s.folder / "display.nii.gz"
-            if not f.is_file():
-                atomic_write_bytes(f, _nifti_gz(vol.display, vol))
-            data = f.read_bytes()
+            if f.is_file():
+                data = f.read_bytes()
+            else:
+                data = _nifti_gz(vol.display, vol)
+                atomic_write_bytes(f, data)  # cached for the next viewer, unless over the disk quota
+                try:
+                    store.check_disk(s, [f])
+                except AppError:
+                    pass
         return Response(data, media_type="application/gzip", headers={"Content-Disposition": 'inline; filename="volume.nii.gz"'})
 
-    @app.get("/api/sessions/{sid}/mask.nii.gz")
+    @app.get("/api/sessions/{sid}/mask.nii.gz", responses={**_GZ, **_errors(*_SID, 409)}, response_class=Response)
     def mask_nifti(sid: str) -> Response:
         s = store.get(sid)
         with s.lock:
@@ -260,7 +365,7 @@ def create_app(
             headers={"Content-Disposition": 'inline; filename="mask.nii.gz"'},
         )
 
-    @app.get("/api/sessions/{sid}/slice/{axis}/{index}.png")
+    @app.get("/api/sessions/{sid}/slice/{axis}/{index}.png", responses={**_PNG, **_errors(*_SID, 409)}, response_class=Response)
     def slice_png(sid: str, axis: Axis, index: int) -> Response:
         s = store.get(sid)
         with s.lock:
@@ -269,7 +374,7 @@ def create_app(
             picture = vol.picture(axis, index)
         return Response(_png(picture), media_type="image/png")
 
-    @app.get("/api/sessions/{sid}/mask/{axis}/{index}.png")
+    @app.get("/api/sessions/{sid}/mask/{axis}/{index}.png", responses={**_PNG, **_errors(*_SID, 409)}, response_class=Response)
     def mask_png(sid: str, axis: Axis, index: int) -> Response:
         s = store.get(sid)
         with s.lock:
@@ -279,21 +384,18 @@ def create_app(
         return Response(_png(lab), media_type="image/png")
 
     # -- segmenting -----------------------------------------------------------------------------------------
-    @app.post("/api/sessions/{sid}/segment")
+    @app.post("/api/sessions/{sid}/segment", responses=_errors(*_SID, 409))
     def segment(sid: str, body: SegmentBody) -> dict[str, Any]:
         t0 = time.perf_counter()
         s = store.get(sid)
         with s.lock:
             vol = store.volume(s)
             h, w = vol.check_slice(body.axis, body.slice)
-            box, points = _check_prompts(body, h, w)
+            box, points = _check_prompts(body, h, w, limits.max_points)
             picture, volume_id = vol.picture(body.axis, body.slice), s.meta["volume_id"]
         p = models.predictor()
-        try:
-            p.set_image(picture)
-            result = segment_2d(p, None, boxes=[box] if box else (), points=points)
-        except ValueError as e:
-            raise AppError(422, str(e)) from None
+        p.set_image(picture)
+        result = segment_2d(p, None, boxes=[box] if box else (), points=points)
         mask, score = result.masks[0], float(result.scores[0])
         with s.lock:
             _same_volume(s, volume_id)
@@ -309,17 +411,30 @@ def create_app(
             "mask": _mask_payload(lab),
         }
 
-    @app.post("/api/sessions/{sid}/propagate")
+    @app.post("/api/sessions/{sid}/propagate", responses=_errors(*_SID, 409))
     def propagate(sid: str, body: PropagateBody) -> dict[str, Any]:
+        """Segment ``label`` through slices ``slices`` [first, last] of ``axis`` (default: all of them, at most
+        ``max_propagate_slices``) from its pixels on ``slice``; the label is replaced inside that range only."""
         t0 = time.perf_counter()
         s = store.get(sid)
         axis, k, label = body.axis, body.slice, body.label
+        a = AXES.index(axis)
         with s.lock:
             vol = store.volume(s)
             vol.check_slice(axis, k)
-            n = vol.shape[AXES.index(axis)]
+            n = vol.shape[a]
             if vol.is_2d or n < 2:
                 raise AppError(422, f"nothing to propagate: the volume has one slice along {axis}")
+            lo, hi = body.slices if body.slices is not None else (0, n - 1)
+            if not 0 <= lo <= k <= hi < n:
+                raise AppError(422, f"slices [{lo}, {hi}] must lie in 0..{n - 1} along {axis} and contain slice {k}")
+            cap = limits.max_propagate_slices
+            if hi - lo + 1 > cap:
+                raise AppError(
+                    413,
+                    f"a propagation covers at most {cap} slices; [{lo}, {hi}] has {hi - lo + 1}: "
+                    f'give "slices": [first, last] around slice {k} (at most {cap})',
+                )
             key = vol.labels[slice_index(axis, k)] == label
             if not key.any():
                 raise AppError(422, f"label {label} has no pixels on slice {k} along {axis}: segment it there first")
@@ -327,8 +442,11 @@ def create_app(
             box = [float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])]
             if s.job.running:
                 raise AppError(409, "a propagation is already running in this session")
-            job = s.job = Job("propagate", 0, n, True, None, time.time())
-            display, volume_id = vol.display, s.meta["volume_id"]
+            job = s.job = Job("propagate", 0, hi - lo + 1, True, None, time.time())
+            window = [slice(None)] * 3
+            window[a] = slice(lo, hi + 1)
+            region = tuple(slice(lo, hi + 1) if i == a else slice(0, m) for i, m in enumerate(vol.shape))
+            display, volume_id = vol.display[tuple(window)], s.meta["volume_id"]
 
         def tick() -> None:
             job.done = min(job.total, job.done + 1)
@@ -336,33 +454,37 @@ def create_app(
         try:
             seg = segment_volume(
                 display,
-                [ObjectPrompt(label=label, box=box, slice_index=k)],
+                [ObjectPrompt(label=label, box=box, slice_index=k - lo)],
                 models.predictor(on_embed=tick),
                 axis=axis,
                 preset="passthrough",
                 embedding_memory=8 * MiB,  # the shared cache keeps slice embeddings; this is segment_volume's own
             )
-        except ValueError as e:
-            job.error = str(e)
-            raise AppError(422, str(e)) from None
+        except MedsamkitError as e:
+            job.error = one_line(e)
+            raise
         except BaseException:
             job.error = "failed"
             raise
         finally:
             job.running = False
         obj = seg.labels == label
+        del seg
         with s.lock:
             _same_volume(s, volume_id)
             vol = store.volume(s)
-            cur = vol.labels
+            cur = vol.labels[region]
             new = cur.copy()
-            keep = slice_index(axis, k)
+            keep = slice_index(axis, k - lo)
             new[new == label] = 0  # the object is re-derived from slice k, which keeps its pixels as they are
             new[obj] = label
             new[keep] = cur[keep]
-            store.commit(s, tuple(slice(0, m) for m in cur.shape), new, "propagate")  # type: ignore[arg-type]
-            covered = np.flatnonzero((vol.labels == label).any(axis=tuple(a for a in range(3) if a != AXES.index(axis))))
-            voxels = int((vol.labels == label).sum())
+            del obj
+            store.commit(s, region, new, "propagate")  # type: ignore[arg-type]
+            del new
+            inside = vol.labels[region] == label
+            covered = np.flatnonzero(inside.any(axis=tuple(i for i in range(3) if i != a))) + lo
+            voxels = int(inside.sum())
         job.done = job.total
         return {
             "label": label,
@@ -373,21 +495,23 @@ def create_app(
             "ms": round((time.perf_counter() - t0) * 1000, 1),
         }
 
-    @app.get("/api/sessions/{sid}/progress")
+    @app.get("/api/sessions/{sid}/progress", responses=_errors(*_SID))
     def progress(sid: str) -> dict[str, Any]:
         return store.get(sid).job.as_dict()
 
     # -- editing --------------------------------------------------------------------------------------------
-    @app.put("/api/sessions/{sid}/mask/{axis}/{index}")
+    @app.put("/api/sessions/{sid}/mask/{axis}/{index}", responses=_errors(*_SID, 409, 415), openapi_extra=_EDIT_BODY)
     async def edit_slice(sid: str, axis: Axis, index: int, request: Request) -> dict[str, Any]:
+        """Replace a label on one slice (brush edits): JSON ``{"label", "png": base64}``, or an image/png or
+        application/octet-stream body (``rows * columns`` bytes, non-zero = the label) with ``?label=``."""
         s = store.get(sid)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
-            body = _parse(MaskBody, await _read_json(request))
+            body = _parse(MaskBody, await _read_json(request, limits.max_edit_bytes * 4 // 3 + 4 * KiB))
             label, raw, kind = body.label, _b64(body.png), "png"
         elif ctype in ("image/png", "application/octet-stream"):
             label = _query_label(request)
-            raw, kind = await _read_body(request, _JSON_LIMIT), ("png" if ctype == "image/png" else "raw")
+            raw, kind = await _read_body(request, limits.max_edit_bytes), ("png" if ctype == "image/png" else "raw")
         else:
             raise AppError(
                 415, 'send JSON {"label", "png": base64}, or an image/png or application/octet-stream body with ?label='
@@ -402,25 +526,21 @@ def create_app(
             changed = store.set_slice_label(s, axis, index, label, mask, "edit")
             return {"label": label, "axis": axis, "slice": index, "pixels": int(mask.sum()), "changed": changed}
 
-    @app.post("/api/sessions/{sid}/undo")
+    @app.post("/api/sessions/{sid}/undo", responses=_errors(*_SID, 409))
     def undo(sid: str) -> dict[str, Any]:
         s = store.get(sid)
         with s.lock:
             c = store.undo(s)
-            return {
-                "undone": c.kind,
-                "region_zyx": [[r.start, r.stop - 1] for r in c.region],
-                "remaining": len(store.volume(s).undo),
-            }
+            return {"undone": c.kind, "region_zyx": [[r.start, r.stop - 1] for r in c.region], "remaining": len(s.undo)}
 
     # -- labels ---------------------------------------------------------------------------------------------
-    @app.get("/api/sessions/{sid}/labels")
+    @app.get("/api/sessions/{sid}/labels", responses=_errors(*_SID, 409))
     def labels(sid: str) -> dict[str, Any]:
         s = store.get(sid)
         with s.lock:
             return {"labels": _labels(s, store.volume(s))}
 
-    @app.put("/api/sessions/{sid}/labels/{value}")
+    @app.put("/api/sessions/{sid}/labels/{value}", responses=_errors(*_SID))
     def name_label(sid: str, value: int, body: LabelName) -> dict[str, Any]:
         s = store.get(sid)
         if not 1 <= value <= 255:
@@ -439,8 +559,9 @@ def create_app(
         return {"value": value, "name": name or None}
 
     # -- saving ---------------------------------------------------------------------------------------------
-    @app.post("/api/sessions/{sid}/save")
+    @app.post("/api/sessions/{sid}/save", responses=_errors(*_SID, 409, 507))
     def save(sid: str, body: SaveBody | None = None) -> dict[str, Any]:
+        """Write the mask on the source's grid (``format``); names of labels are made DICOM-safe for ``dcm``."""
         fmt = (body or SaveBody()).format
         s = store.get(sid)
         with s.lock:
@@ -455,17 +576,18 @@ def create_app(
             else:  # a 2D image as a one-slice volume
                 like, labels = vol.geom3d, vol.labels
             meta = {"intensity": vol.preset.describe(), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": models.model}
-            try:
-                out = write_mask(s.exports_dir / name, labels, like, names=s.names, metadata=meta)
-            except ValueError as e:  # includes DicomSegError: not a DICOM source, empty mask
-                raise AppError(422, str(e).strip().splitlines()[0]) from None
+            names = {v: dicom_segment_label(n, v) for v, n in s.names.items()} if fmt == "dcm" else s.names
+            s.exports_dir.mkdir(mode=0o700, exist_ok=True)
+            out = write_mask(s.exports_dir / name, labels, like, names=names, metadata=meta)
             side = out.name + ".json"
+            private(s.exports_dir)
+            store.check_disk(s, [out, s.exports_dir / side])
             s.meta["exports"] = sorted({*s.meta.get("exports", []), out.name, side})
             store.save_meta(s)
         base = f"/api/sessions/{sid}/download/"
         return {"format": fmt, "file": out.name, "url": base + out.name, "sidecar_url": base + side}
 
-    @app.get("/api/sessions/{sid}/download/{name}")
+    @app.get("/api/sessions/{sid}/download/{name}", responses=_errors(*_SID))
     def download(sid: str, name: str) -> FileResponse:
         s = store.get(sid)
         with s.lock:
@@ -516,18 +638,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_json(request: Request) -> Any:
-    raw = await _read_body(request, _JSON_LIMIT)
+async def _read_json(request: Request, limit: int = 64 * KiB) -> Any:
+    raw = await _read_body(request, limit)
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise AppError(400, "the body is not valid JSON") from None
 
 
-async def _receive_upload(request: Request, folder: Path, limit: int) -> tuple[Path, str, dict[str, str]]:
-    """Stream a multipart upload's ``file`` part into ``folder`` under a name the server chooses (only the
-    client's extension is kept), refusing it (413) as soon as it exceeds ``limit`` bytes. Returns the file,
-    the client's base name (for display only) and the other form fields."""
+async def _receive_upload(request: Request, folder: Path, room: int, max_upload: int) -> tuple[Path, str, dict[str, str]]:
+    """Stream a multipart upload's ``file`` part into ``folder`` (mode 0600) under a name the server chooses
+    (only the client's extension is kept), refusing it as soon as it exceeds ``room`` bytes (413 over the upload
+    limit ``max_upload``, 507 over the disk quota). Returns the file, the client's base name (for display only)
+    and the other form fields."""
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -535,9 +658,16 @@ async def _receive_upload(request: Request, folder: Path, limit: int) -> tuple[P
     boundary = params.get(b"boundary")
     if not boundary:
         raise AppError(400, "multipart body without boundary")
+    limit = min(room, max_upload)
+
+    def too_large() -> AppError:
+        if limit >= max_upload:
+            return AppError(413, f"the file is larger than the server's limit of {max_upload} bytes")
+        return AppError(507, f"the server's disk quota for sessions leaves room for {limit} bytes; the file is larger")
+
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + MiB:
-        raise AppError(413, f"the file is larger than the server's limit of {limit} bytes")
+        raise too_large()
 
     st: dict[str, Any] = {"field": None, "header": b"", "value": b"", "headers": {}, "file": None, "size": 0}
     fields: dict[str, str] = {}
@@ -568,7 +698,7 @@ async def _receive_upload(request: Request, folder: Path, limit: int) -> tuple[P
                 raise AppError(415, f"unsupported file type {suffix or '(none)'}; upload one of {', '.join(UPLOAD_SUFFIXES)}")
             found["path"] = folder / f"source-{secrets.token_hex(8)}{suffix}"
             found["name"] = "".join(c for c in client if c.isprintable())[:200] or f"upload{suffix}"
-            st["file"] = found["path"].open("wb")
+            st["file"] = os.fdopen(os.open(found["path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         else:
             if len(fields) >= 8:
                 raise AppError(400, "too many form fields")
@@ -578,7 +708,7 @@ async def _receive_upload(request: Request, folder: Path, limit: int) -> tuple[P
         if st["file"] is not None:
             st["size"] += end - start
             if st["size"] > limit:
-                raise AppError(413, f"the file is larger than the server's limit of {limit} bytes")
+                raise too_large()
             st["file"].write(data[start:end])
         else:
             st["data"] += data[start:end]
@@ -624,6 +754,11 @@ async def _receive_upload(request: Request, folder: Path, limit: int) -> tuple[P
             except ValueError:
                 found["path"].unlink(missing_ok=True)
                 raise AppError(422, "window: expected LEVEL,WIDTH") from None
+        elif k == "resample" and v:
+            if v.strip().lower() not in ("true", "false", "1", "0"):
+                found["path"].unlink(missing_ok=True)
+                raise AppError(422, "resample: expected true or false")
+            parsed[k] = v.strip().lower() in ("true", "1")
         elif v:
             parsed[k] = v
     return found["path"], found["name"], parsed
@@ -634,10 +769,13 @@ def _same_volume(s: Session, volume_id: Any) -> None:
         raise AppError(409, "the session's volume was replaced during the request; nothing was written")
 
 
-def _check_prompts(body: SegmentBody, h: int, w: int) -> tuple[list[float] | None, list[list[float]]]:
-    """Validate prompts against an ``h`` x ``w`` slice before any model work (the Predictor checks again)."""
+def _check_prompts(body: SegmentBody, h: int, w: int, max_points: int) -> tuple[list[float] | None, list[list[float]]]:
+    """Validate prompts against an ``h`` x ``w`` slice before any model work (the Predictor checks again):
+    one box at most, at most ``max_points`` points (413 above)."""
     if body.box is None and not body.points:
         raise AppError(422, "give a box and/or points")
+    if body.points and len(body.points) > max_points:
+        raise AppError(413, f"{len(body.points)} points: this server takes at most {max_points} points per request")
     limits = f"x must be in 0..{w - 1}, y in 0..{h - 1}"
     box = None
     if body.box is not None:
@@ -675,28 +813,63 @@ def _b64(text: str) -> bytes:
         raise AppError(422, "png: not valid base64") from None
 
 
+def png_size(raw: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, without decoding anything; 422 when it is not a PNG."""
+    if len(raw) < 24 or raw[:8] != _PNG_MAGIC or raw[12:16] != b"IHDR":
+        raise AppError(422, "the mask must be a PNG")
+    w, h = struct.unpack(">II", raw[16:24])
+    return int(w), int(h)
+
+
 def _decode_mask(raw: bytes, kind: str, h: int, w: int) -> np.ndarray:
     """An edited slice mask -> ``(h, w)`` bool: a PNG (grey, RGB or RGBA; any non-zero channel is foreground)
-    or raw ``h * w`` bytes in row order (non-zero = foreground)."""
+    or raw ``h * w`` bytes in row order (non-zero = foreground). A PNG's size is checked from its header
+    against the slice before it is decoded (no decompression bomb is ever expanded)."""
     if kind == "raw":
         if len(raw) != h * w:
             raise AppError(422, f"raw mask has {len(raw)} bytes; the {w}x{h} slice needs {h * w}")
         return np.frombuffer(raw, np.uint8).reshape(h, w) > 0
+    pw, ph = png_size(raw)
+    if (pw, ph) != (w, h):
+        raise AppError(422, f"mask is {pw}x{ph} pixels, the slice is {w}x{h}")
     from PIL import Image, UnidentifiedImageError
 
-    try:
+    try:  # decoding the client's bytes: these are the ways PIL reports a broken PNG
         with Image.open(io.BytesIO(raw)) as im:
-            if im.format != "PNG":
-                raise AppError(422, "the mask must be a PNG")
-            if im.size != (w, h):
-                raise AppError(422, f"mask is {im.size[0]}x{im.size[1]} pixels, the slice is {w}x{h}")
+            if im.format != "PNG" or im.size != (w, h):
+                raise AppError(422, "the mask must be a PNG of the slice's size")
             im.load()
             arr = np.asarray(im.convert("RGBA") if im.mode in ("P", "PA", "LA") else im)
-    except AppError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, EOFError):
         raise AppError(422, "png: cannot decode the mask image") from None
     return (arr > 0) if arr.ndim == 2 else arr.any(axis=-1)
+
+
+def dicom_segment_label(name: str, value: int) -> str:
+    """A label name as a DICOM SegmentLabel (VR LO, default character repertoire): accents removed and other
+    non-ASCII characters dropped, backslash (the DICOM value separator) as ``/``, control characters dropped,
+    at most 64 characters; ``label N`` when nothing is left."""
+    text = re.sub(r"\s", " ", unicodedata.normalize("NFKD", name).replace("\\", "/"))
+    text = "".join(c for c in text if 32 <= ord(c) < 127)
+    text = " ".join(text.split())[:64].strip()
+    return text or f"label {value}"
+
+
+def _scrubber(roots: Iterable[Path | None]):
+    """A function that removes server folders (``roots``, resolved or as given, and any other absolute
+    directory) and upload temp names from a message, keeping file names relative to those folders."""
+    prefixes = sorted({str(p) for r in roots if r is not None for p in (Path(r), Path(r).resolve())}, key=len, reverse=True)
+    absolute_dirs = re.compile(r"(?<![\w.~-])(?:/[^/\s'\"()<>:,;]+)+/")
+    session = re.compile(r"(?<![\w-])[A-Za-z0-9_-]{32}/")  # a session folder
+    upload = re.compile(r"source-[0-9a-f]*(\.[A-Za-z.]+)?")  # an upload's server-side name (maybe cut short)
+
+    def scrub(message: str) -> str:
+        for pre in prefixes:
+            message = message.replace(pre + os.sep, "").replace(pre, "the server's folder")
+        message = session.sub("", absolute_dirs.sub("", message))
+        return upload.sub("the uploaded file", message)
+
+    return scrub
 
 
 def _png(arr: np.ndarray) -> bytes:

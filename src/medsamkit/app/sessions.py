@@ -1,10 +1,13 @@
-"""Annotation sessions: one volume, its label mask, label names, an undo stack and saved files per session.
+"""Annotation sessions: one volume, its label mask, label names, an undo history and saved files per session.
 
-A session lives in ``state_dir/<id>/``: ``session.json`` (source, intensity options, label names, exports),
-``labels.npz`` (the label volume, cropped to its non-zero box), a copy of an uploaded source file and an
-``exports/`` folder. Both state files are rewritten atomically (temp file + ``os.replace``) after every change,
-so a new store on the same folder finds every session as it was (its undo history excepted). Volumes are
-loaded lazily and unloaded when more than ``max_loaded`` sessions hold one.
+A session lives in ``state_dir/<id>/`` (mode 0700, its files 0600): ``session.json`` (source, intensity options,
+label names, exports), ``labels.npz`` (the label volume, cropped to its non-zero box), a copy of an uploaded
+source file and an ``exports/`` folder. Both state files are rewritten atomically (temp file + ``os.replace``)
+after every change, so a new store on the same folder finds every session as it was (its undo history
+excepted). Volumes are loaded lazily and unloaded when more than ``max_loaded`` sessions hold one (or their
+arrays together pass ``Limits.max_volume_bytes``); the undo history is kept apart from the volume (compressed),
+so unloading a volume never loses it. Sessions idle for longer than ``Limits.session_ttl_s`` are removed, and
+their number and disk use are capped (see :class:`~medsamkit.app.limits.Limits`).
 
 Arrays: ``display`` is the intensity-mapped picture the model and viewer see, ``(Z, Y, X)`` uint8, or
 ``(1, Y, X, 3)`` for a colour 2D image; ``labels`` is ``(Z, Y, X)`` uint8. A 2D image is a one-slice volume.
@@ -22,17 +25,21 @@ import secrets
 import shutil
 import threading
 import time
-import zipfile
+import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from .._files import atomic_write, atomic_write_bytes
-from ..io import ImageReadError, MedicalImage, read_image
+from ..errors import FileInputError, GeometryError, InputError, MedsamkitError
+from ..io import MedicalImage, read_image
+from ..io.geometry import grid_problem, resample_uniform
 from ..preprocess.intensity import IntensityPreset, resolve_preset
+from .detached import detached_files
+from .limits import Limits, MiB, footprint, volume_cost_limit
 
 log = logging.getLogger("medsamkit.app")
 
@@ -40,12 +47,14 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 AXES = ("z", "y", "x")
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".npz")
 SAVE_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dcm": ".dcm", "png": ".png"}
-MAX_VOXELS = 1 << 29  # ~537 M voxels, e.g. 512 x 512 x 2048
 _AXIS_POS = {"z": 0, "y": 1, "x": 2}
+_PRESET_CHUNK = 8 * MiB  # float32 bytes of one block of slices when mapping intensities (~4 copies live)
 
 
-class AppError(Exception):
-    """An error shown to the client as ``{"error": message}`` with HTTP ``status``."""
+class AppError(MedsamkitError):
+    """An error of the app's own (unknown session, a conflict, a refused path), shown to the client as
+    ``{"error": message}`` with HTTP ``status``; library errors (:class:`MedsamkitError`) are shown the same way
+    with their own status."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -65,19 +74,40 @@ def slice_index(axis: str, k: int) -> tuple[Any, ...]:
 
 
 def slice_region(axis: str, k: int, shape: tuple[int, ...]) -> tuple[slice, slice, slice]:
-    """The one-slice 3D region of slice ``k`` along ``axis`` (explicit bounds, for the undo stack)."""
+    """The one-slice 3D region of slice ``k`` along ``axis`` (explicit bounds, for the undo history)."""
     r = [slice(0, n) for n in shape[:3]]
     r[_AXIS_POS[axis]] = slice(k, k + 1)
     return tuple(r)  # type: ignore[return-value]
 
 
+def private(path: Path) -> None:
+    """Owner-only permissions: 0700 for a folder, 0600 for a file (best effort)."""
+    try:
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    except OSError:  # pragma: no cover - a file removed meanwhile
+        pass
+
+
 @dataclass
 class Change:
-    """One undo step: ``before`` = the label voxels of ``region`` before the change."""
+    """One undo step: the label voxels of ``region`` before the change, zlib-compressed (``shape``, uint8)."""
 
     kind: str
     region: tuple[slice, slice, slice]
-    before: np.ndarray
+    data: bytes
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, kind: str, region: tuple[slice, slice, slice], before: np.ndarray) -> Change:
+        return cls(kind, region, zlib.compress(np.ascontiguousarray(before, np.uint8).tobytes(), 1), before.shape)
+
+    @property
+    def before(self) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(self.data), np.uint8).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
 
 
 @dataclass
@@ -112,7 +142,6 @@ class Volume:
     display: np.ndarray
     labels: np.ndarray
     preset: IntensityPreset
-    undo: deque[Change] = field(default_factory=deque)
 
     @property
     def is_2d(self) -> bool:
@@ -125,6 +154,11 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.labels.shape  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the arrays the volume keeps (display + labels)."""
+        return int(self.display.nbytes + self.labels.nbytes)
 
     def check_slice(self, axis: str, k: int) -> tuple[int, int]:
         """Validate slice ``k`` along ``axis``; returns the slice's (height, width) = (rows, columns)."""
@@ -146,7 +180,7 @@ class Volume:
         img = self.image
         z, y, x = self.shape
         spacing = list(img.spacing) if img.is_volume else [*img.spacing, 1.0]
-        return {
+        out = {
             "shape": [z, y, x],
             "shape_order": "z,y,x",
             "spacing": [float(s) for s in spacing],
@@ -158,20 +192,35 @@ class Volume:
             "format": img.format,
             "preset": self.preset.describe(),
             "slice_frames": {"z": "x,y", "y": "x,z", "x": "y,z"} if not self.is_2d else {"z": "x,y"},
+            "resampled": None,
         }
+        r = img.meta.get("resampled")
+        if r:
+            out["resampled"] = {
+                "why": r.get("source_problem"),
+                "slices_before": len(r.get("source_positions_mm", [])),
+                "slices_after": len(r.get("positions_mm", [])),
+                "spacing_mm": r.get("spacing_mm"),
+                "interpolated_slices": r.get("interpolated_slices"),
+                "method": r.get("method"),
+            }
+        return out
 
 
 class Session:
-    """One client's annotation state. ``lock`` guards ``meta`` and ``volume``; ``job`` is read without it."""
+    """One client's annotation state. ``lock`` guards ``meta``, ``volume`` and ``undo``; ``job`` is read
+    without it. ``last_seen``: wall-clock time of the last request (for idle expiry)."""
 
-    def __init__(self, sid: str, folder: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, sid: str, folder: Path, meta: dict[str, Any], undo_steps: int = 20) -> None:
         self.sid = sid
         self.folder = folder
         self.meta = meta
         self.volume: Volume | None = None
+        self.undo: deque[Change] = deque(maxlen=undo_steps)
         self.lock = threading.RLock()
         self.job = Job()
         self.last_used = time.monotonic()
+        self.last_seen = time.time()
 
     @property
     def names(self) -> dict[int, str]:
@@ -181,6 +230,21 @@ class Session:
     def exports_dir(self) -> Path:
         return self.folder / "exports"
 
+    @property
+    def undo_nbytes(self) -> int:
+        return sum(c.nbytes for c in self.undo)
+
+    def disk_used(self) -> int:
+        """Bytes of the session's files."""
+        total = 0
+        for f in self.folder.rglob("*"):
+            try:
+                if f.is_file() and not f.is_symlink():
+                    total += f.stat().st_size
+            except OSError:  # removed meanwhile
+                pass
+        return total
+
 
 def _new_meta() -> dict[str, Any]:
     return {"version": 1, "created": time.time(), "volume_id": None, "source": None, "options": {}, "names": {}, "exports": []}
@@ -188,29 +252,24 @@ def _new_meta() -> dict[str, Any]:
 
 class SessionStore:
     """All sessions of an app, persisted under ``state_dir``; ``data_dir`` is the folder clients may open
-    volumes from by relative path (None: none)."""
+    volumes from by relative path (None: none). ``limits``: the bounds of :class:`Limits`."""
 
     def __init__(
-        self,
-        state_dir: Path,
-        data_dir: Path | None = None,
-        *,
-        max_loaded: int = 8,
-        undo_steps: int = 20,
-        undo_bytes: int = 256 << 20,
+        self, state_dir: Path, data_dir: Path | None = None, *, max_loaded: int = 8, limits: Limits | None = None
     ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self.max_loaded = max_loaded
-        self.undo_steps = undo_steps
-        self.undo_bytes = undo_bytes
+        self.limits = limits or Limits()
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self.load_lock = threading.Lock()  # one volume is decoded at a time: its working copies are bounded once
         self._restore()
 
     # -- registry -----------------------------------------------------------------------------------------
     def _restore(self) -> None:
+        now = time.time()
         for folder in sorted(self.state_dir.iterdir()):
             if not (folder.is_dir() and SESSION_ID.match(folder.name) and (folder / "session.json").is_file()):
                 continue
@@ -221,16 +280,34 @@ class SessionStore:
             except (OSError, ValueError) as e:
                 log.warning("skipping session %s: unreadable session.json (%s)", folder.name, e)
                 continue
-            self._sessions[folder.name] = Session(folder.name, folder, {**_new_meta(), **meta})
+            seen = max((f.stat().st_mtime for f in folder.iterdir() if f.is_file()), default=folder.stat().st_mtime)
+            if now - seen > self.limits.session_ttl_s:
+                log.info("removing session %s: idle for %.1f hours", folder.name, (now - seen) / 3600)
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            private(folder)
+            s = Session(folder.name, folder, {**_new_meta(), **meta}, self.limits.undo_steps)
+            s.last_seen = seen
+            self._sessions[folder.name] = s
 
     def create(self) -> Session:
-        sid = secrets.token_urlsafe(24)
-        folder = self.state_dir / sid
-        folder.mkdir()
-        s = Session(sid, folder, _new_meta())
-        self.save_meta(s)
+        """A new empty session; idle sessions past the time limit are removed first. 503 when the server holds
+        ``max_sessions`` sessions."""
+        self.expire_idle()
         with self._lock:
+            if len(self._sessions) >= self.limits.max_sessions:
+                raise AppError(
+                    503,
+                    f"the server holds its maximum of {self.limits.max_sessions} sessions; delete one "
+                    f"(DELETE /api/sessions/ID) or wait until idle ones expire",
+                )
+            sid = secrets.token_urlsafe(24)
+            folder = self.state_dir / sid
+            folder.mkdir(mode=0o700)
+            private(folder)
+            s = Session(sid, folder, _new_meta(), self.limits.undo_steps)
             self._sessions[sid] = s
+        self.save_meta(s)
         return s
 
     def get(self, sid: str) -> Session:
@@ -239,6 +316,7 @@ class SessionStore:
         if s is None:
             raise AppError(404, "unknown session")
         s.last_used = time.monotonic()
+        s.last_seen = time.time()
         return s
 
     def delete(self, sid: str) -> None:
@@ -246,17 +324,66 @@ class SessionStore:
         with s.lock:
             if s.job.running:
                 raise AppError(409, "a propagation is running in this session")
-            with self._lock:
-                self._sessions.pop(sid, None)
-            s.volume = None
-            shutil.rmtree(s.folder, ignore_errors=True)
+            self._drop(s)
+
+    def _drop(self, s: Session) -> None:
+        with self._lock:
+            self._sessions.pop(s.sid, None)
+        s.volume = None
+        s.undo.clear()
+        shutil.rmtree(s.folder, ignore_errors=True)
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Remove the sessions idle for longer than ``session_ttl_s`` (not those busy now); returns their ids."""
+        now = time.time() if now is None else now
+        with self._lock:
+            idle = [s for s in self._sessions.values() if now - s.last_seen > self.limits.session_ttl_s]
+        gone = []
+        for s in idle:
+            if s.job.running or not s.lock.acquire(blocking=False):
+                continue
+            try:
+                log.info("removing session %s: idle for %.1f hours", s.sid, (now - s.last_seen) / 3600)
+                self._drop(s)
+                gone.append(s.sid)
+            finally:
+                s.lock.release()
+        return gone
 
     def __len__(self) -> int:
         return len(self._sessions)
 
+    # -- disk ---------------------------------------------------------------------------------------------
+    def disk_used(self) -> int:
+        """Bytes of every session's files."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return sum(s.disk_used() for s in sessions)
+
+    def upload_room(self, s: Session) -> int:
+        """The largest upload session ``s`` may send now: the upload limit, or less when the session's or the
+        server's disk quota is nearly used (what a new volume replaces is not counted)."""
+        others = self.disk_used() - s.disk_used()
+        return max(0, min(self.limits.max_upload_bytes, self.limits.max_session_disk, self.limits.max_disk - others))
+
+    def check_disk(self, s: Session, new_files: list[Path]) -> None:
+        """After writing ``new_files`` into the session: remove them again and answer 507 when the session or
+        the server is over its disk quota."""
+        mine, total = s.disk_used(), self.disk_used()
+        if mine <= self.limits.max_session_disk and total <= self.limits.max_disk:
+            for f in new_files:
+                private(f)
+            return
+        for f in new_files:
+            f.unlink(missing_ok=True)
+        if mine > self.limits.max_session_disk:
+            raise AppError(507, f"this session's files would take more than its quota of {self.limits.max_session_disk} bytes")
+        raise AppError(507, f"the sessions' files would take more than the server's quota of {self.limits.max_disk} bytes")
+
     # -- persistence --------------------------------------------------------------------------------------
     def save_meta(self, s: Session) -> None:
         atomic_write_bytes(s.folder / "session.json", (json.dumps(s.meta, indent=1) + "\n").encode())
+        private(s.folder / "session.json")
 
     def save_labels(self, s: Session) -> None:
         """Write the label volume (cropped to its non-zero box, compressed) atomically."""
@@ -275,6 +402,7 @@ class SessionStore:
                 np.savez_compressed(f, shape=np.array(lab.shape), offset=offset, block=block, volume_id=str(s.meta["volume_id"]))
 
         atomic_write(s.folder / "labels.npz", write)
+        private(s.folder / "labels.npz")
 
     def _load_labels(self, s: Session, shape: tuple[int, int, int]) -> np.ndarray:
         lab = np.zeros(shape, np.uint8)
@@ -292,6 +420,11 @@ class SessionStore:
         return lab
 
     # -- volumes ------------------------------------------------------------------------------------------
+    def load(self, path: Path, options: dict[str, Any], name: str | None) -> tuple[MedicalImage, np.ndarray, IntensityPreset]:
+        """:func:`load_source` with this store's volume limit, one volume at a time."""
+        with self.load_lock:
+            return load_source(path, options, name, max_volume_bytes=self.limits.max_volume_bytes)
+
     def volume(self, s: Session) -> Volume:
         """The session's volume, loaded if needed (call with ``s.lock`` held)."""
         if s.volume is not None:
@@ -308,9 +441,9 @@ class SessionStore:
                 path = self.resolve_data_path(src["path"])
             except AppError as e:
                 raise AppError(409, f"this session's volume {src['path']!r} is not available: {e.message}") from None
-        image, display, preset = load_source(path, s.meta.get("options", {}), src.get("name"))
+        image, display, preset = self.load(path, s.meta.get("options", {}), src.get("name"))
         labels = self._load_labels(s, display.shape[:3])  # type: ignore[arg-type]
-        s.volume = make_volume(image, display, labels, preset, self.undo_steps)
+        s.volume = make_volume(image, display, labels, preset)
         self._evict(keep=s)
         return s.volume
 
@@ -328,68 +461,107 @@ class SessionStore:
         shutil.rmtree(s.exports_dir, ignore_errors=True)
         (s.folder / "display.nii.gz").unlink(missing_ok=True)
         s.meta.update(volume_id=secrets.token_hex(8), source=source, options=options, exports=[], names={})
-        s.volume = make_volume(image, display, np.zeros(display.shape[:3], np.uint8), preset, self.undo_steps)
+        s.volume = make_volume(image, display, np.zeros(display.shape[:3], np.uint8), preset)
+        s.undo.clear()
         self.save_labels(s)
         self.save_meta(s)
         self._evict(keep=s)
         return s.volume
 
     def _evict(self, keep: Session) -> None:
+        """Unload the least recently used volumes (not ``keep``'s) while more than ``max_loaded`` are loaded or
+        their arrays together take more than ``max_volume_bytes``. Labels are on disk, undo stays in memory."""
         with self._lock:
             loaded = sorted(
                 (x for x in self._sessions.values() if x.volume is not None and x is not keep), key=lambda x: x.last_used
             )
-        excess = len(loaded) + 1 - self.max_loaded
+        count = len(loaded) + 1
+        resident = sum(x.volume.nbytes for x in loaded if x.volume is not None) + (keep.volume.nbytes if keep.volume else 0)
         for other in loaded:
-            if excess <= 0:
+            if count <= self.max_loaded and resident <= self.limits.max_volume_bytes:
                 break
             if other.job.running or not other.lock.acquire(blocking=False):
                 continue
             try:
-                other.volume = None  # its labels are on disk; only the undo history goes
-                excess -= 1
+                if other.volume is not None:
+                    resident -= other.volume.nbytes
+                    other.volume = None
+                    count -= 1
             finally:
                 other.lock.release()
 
     def resolve_data_path(self, rel: Any) -> Path:
-        """A client's relative path resolved inside the data folder; 403 for anything that would leave it."""
+        """A client's relative path resolved inside the data folder; 403 for anything that would leave it,
+        including the detached data files a MetaImage/NRRD header names (see :mod:`medsamkit.app.detached`)."""
         if self.data_dir is None:
             raise AppError(403, "this server has no data folder (start it with --data DIR)")
         if not isinstance(rel, str) or not rel.strip() or "\x00" in rel:
             raise AppError(422, "path must be a non-empty relative path")
-        p = PurePosixPath(rel)
-        if p.is_absolute() or rel.startswith(("/", "\\", "~")) or ".." in p.parts or ".." in rel.split("\\"):
-            raise AppError(403, "path must be relative to the data folder, without '..'")
-        root = self.data_dir
-        target = (root / p).resolve()
-        if not target.is_relative_to(root):
-            raise AppError(403, "path leads outside the data folder")
+        target = self._inside(rel, self.data_dir, rel)
         if not target.exists():
             raise AppError(404, f"{rel}: no such file or folder in the data folder")
         if target.is_dir():  # a DICOM series: every file read must stay inside too
             for f in target.iterdir():
-                if not f.resolve().is_relative_to(root):
+                if not f.resolve().is_relative_to(self.data_dir):
                     raise AppError(403, f"{rel}: the folder links to files outside the data folder")
+        elif target.is_file():
+            for ref in detached_files(target):
+                self._inside(ref, target.parent, f"{rel}: its header's data file {ref!r}", header=True)
+        return target
+
+    def _inside(self, rel: str, base: Path, what: str, header: bool = False) -> Path:
+        """``base / rel`` resolved (symlinks followed); 403 when ``rel`` is absolute, has ``..`` or leads out of
+        the data folder."""
+        root = self.data_dir
+        assert root is not None
+        p = PurePosixPath(rel.replace("\\", "/")) if header else PurePosixPath(rel)
+        if p.is_absolute() or rel.startswith(("/", "\\", "~")) or ".." in p.parts or ".." in rel.split("\\"):
+            if header:
+                raise AppError(403, f"{what} is not a relative path inside the data folder; refused")
+            raise AppError(403, "path must be relative to the data folder, without '..'")
+        target = (base / p).resolve()
+        if not target.is_relative_to(root):
+            raise AppError(403, f"{what} leads outside the data folder" if header else "path leads outside the data folder")
         return target
 
     # -- changes ------------------------------------------------------------------------------------------
     def commit(self, s: Session, region: tuple[slice, slice, slice], new: np.ndarray, kind: str) -> bool:
         """Write ``new`` into ``region`` of the labels (call with ``s.lock`` held), keep the changed voxels'
-        previous values for undo (only their bounding box), autosave. False when nothing changed."""
+        previous values for undo (only their bounding box, compressed), autosave. False when nothing changed."""
         vol = self.volume(s)
         old = vol.labels[region]
         diff = old != new
         if not diff.any():
             return False
         idx = [np.flatnonzero(diff.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
+        del diff
         sub = tuple(slice(int(r.start + ix[0]), int(r.start + ix[-1] + 1)) for r, ix in zip(region, idx))
-        before = vol.labels[sub].copy()
+        change = Change.of(kind, sub, vol.labels[sub])  # type: ignore[arg-type]
         vol.labels[region] = new
-        vol.undo.append(Change(kind, sub, before))  # type: ignore[arg-type]
-        while len(vol.undo) > 1 and sum(c.before.nbytes for c in vol.undo) > self.undo_bytes:
-            vol.undo.popleft()
+        if change.nbytes <= self.limits.undo_bytes:
+            s.undo.append(change)
+            while s.undo_nbytes > self.limits.undo_bytes:
+                s.undo.popleft()
+        else:
+            log.info("session %s: a %s change too large to undo (%d compressed bytes)", s.sid, kind, change.nbytes)
+        self._trim_undo(keep=s)
         self.save_labels(s)
         return True
+
+    def _trim_undo(self, keep: Session) -> None:
+        """Drop the oldest undo steps of the least recently used sessions while all sessions' undo history
+        together is over ``undo_total_bytes`` (``keep``'s last step is kept)."""
+        with self._lock:
+            sessions = sorted(self._sessions.values(), key=lambda x: x.last_used)
+        total = sum(x.undo_nbytes for x in sessions)
+        for x in sessions:
+            while total > self.limits.undo_total_bytes and len(x.undo) > (1 if x is keep else 0):
+                try:
+                    total -= x.undo.popleft().nbytes
+                except IndexError:  # emptied by its own request meanwhile
+                    break
+            if total <= self.limits.undo_total_bytes:
+                break
 
     def set_slice_label(self, s: Session, axis: str, k: int, label: int, mask: np.ndarray, kind: str) -> bool:
         """Replace label ``label`` on slice ``k`` by ``mask`` (2D bool in the slice frame); the mask paints
@@ -405,15 +577,15 @@ class SessionStore:
 
     def undo(self, s: Session) -> Change:
         vol = self.volume(s)
-        if not vol.undo:
+        if not s.undo:
             raise AppError(409, "nothing to undo")
-        c = vol.undo.pop()
+        c = s.undo.pop()
         vol.labels[c.region] = c.before
         self.save_labels(s)
         return c
 
 
-def make_volume(image: MedicalImage, display: np.ndarray, labels: np.ndarray, preset: IntensityPreset, undo_steps: int) -> Volume:
+def make_volume(image: MedicalImage, display: np.ndarray, labels: np.ndarray, preset: IntensityPreset) -> Volume:
     if image.is_volume:
         geom3d = image
     else:
@@ -423,81 +595,99 @@ def make_volume(image: MedicalImage, display: np.ndarray, labels: np.ndarray, pr
         geom3d = MedicalImage(
             grey, (*image.spacing, 1.0), (*image.origin, 0.0), d, image.modality, image.modality_source, image.source, "array"
         )
-    return Volume(image, geom3d, display, labels, preset, deque(maxlen=undo_steps))
+    return Volume(image, geom3d, display, labels, preset)
 
 
-def check_upload(path: Path, suffix: str) -> None:
-    """Refuse uploads that would make the readers open other files (MetaImage/NRRD with a detached data file)
-    or expand past :data:`MAX_VOXELS` (checked from the header, before reading the voxels)."""
-    if suffix in (".mha", ".nrrd"):
-        with path.open("rb") as f:
-            head = f.read(1 << 16).decode("latin-1")
-        for line in head.splitlines():
-            if suffix == ".nrrd" and not line.strip():
-                break
-            key, _, value = line.partition("=" if suffix == ".mha" else ":")
-            key = key.strip().lower()
-            if suffix == ".mha" and key == "elementdatafile":
-                if value.strip().upper() != "LOCAL":
-                    raise AppError(422, "MetaImage uploads must hold their voxels (ElementDataFile = LOCAL)")
-                break
-            if suffix == ".nrrd" and key in ("data file", "datafile"):
-                raise AppError(422, "NRRD uploads must hold their voxels (no detached 'data file')")
-    if suffix in (".nii", ".nii.gz", ".mha", ".nrrd"):
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:
-            return  # read_image reports the problem
-        n = int(np.prod(reader.GetSize(), dtype=np.float64)) * reader.GetNumberOfComponents()
-        if n > MAX_VOXELS:
-            raise AppError(413, f"the image has {n} voxels; the server accepts at most {MAX_VOXELS}")
-    elif suffix == ".npz":
-        try:
-            with zipfile.ZipFile(path) as z:
-                total = sum(i.file_size for i in z.infolist())
-        except (zipfile.BadZipFile, OSError):
-            return
-        if total > MAX_VOXELS * 4:
-            raise AppError(413, f"the npz expands to {total} bytes; too large")
+def check_upload(path: Path) -> None:
+    """Refuse uploads that would make the readers open other files (a MetaImage/NRRD header naming a detached
+    data file): an upload is one file."""
+    refs = detached_files(path)
+    if refs:
+        raise FileInputError(
+            "MetaImage/NRRD uploads must hold their voxels (ElementDataFile = LOCAL, no detached 'data file'); "
+            "this header names another file"
+        )
 
 
-def load_source(path: Path, options: dict[str, Any], name: str | None = None) -> tuple[MedicalImage, np.ndarray, IntensityPreset]:
+# exceptions a third-party decoder raises for a malformed file, and nothing else (not ValueError or OSError,
+# which a bug raises too); the library should wrap them itself (reported), the app names them here
+def _decoder_errors() -> tuple[type[BaseException], ...]:
+    import zipfile
+
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+    from PIL import Image, UnidentifiedImageError
+
+    return (HeaderDataError, ImageFileError, UnidentifiedImageError, Image.DecompressionBombError, zipfile.BadZipFile, zlib.error)
+
+
+def load_source(
+    path: Path, options: dict[str, Any], name: str | None = None, *, max_volume_bytes: int | None = None
+) -> tuple[MedicalImage, np.ndarray, IntensityPreset]:
     """Read an image and map it to the display picture with the session's intensity options
-    (``preset``, ``window`` [level, width], ``modality``). Errors are :class:`AppError` 422."""
+    (``preset``, ``window`` [level, width], ``modality``, ``resample``).
+
+    Before any voxel is decoded, the memory the volume takes (:meth:`Footprint.cost`) is checked against
+    ``max_volume_bytes`` (:class:`~medsamkit.errors.LimitError`, 413). A volume whose slices are not on one
+    uniform grid (a DICOM series with gaps or tilt, ``meta["grid_problem"]``) is refused
+    (:class:`~medsamkit.errors.GeometryError`, 422) unless ``options["resample"]``: then it is resampled with
+    :func:`medsamkit.io.geometry.resample_uniform` (uneven spacing only) and ``meta["resampled"]`` says so.
+    Returns (image with the display array, display ``(Z, Y, X)`` or ``(1, Y, X, 3)`` uint8, preset). Library
+    errors propagate as they are (the server maps them)."""
+    shown = name or path.name
+    resample = bool(options.get("resample"))
+    if max_volume_bytes is not None:
+        fp = footprint(path)
+        if fp is not None:
+            volume_cost_limit(fp, max_volume_bytes, shown, resample)
     try:
-        img = read_image(path, modality=options.get("modality"))
-    except ImageReadError as e:
-        msg = str(e).strip().splitlines()[0].replace(str(path.parent) + os.sep, "")
-        raise AppError(422, msg.replace(path.name, name or "the image")) from None
-    except (ValueError, OSError) as e:  # unexpected reader failures on hostile files
-        raise AppError(422, f"cannot read the image: {type(e).__name__}") from None
-    except Exception as e:  # noqa: BLE001 - e.g. PIL's DecompressionBombError
-        raise AppError(422, f"cannot read the image ({type(e).__name__})") from None
+        img = read_image(path, modality=options.get("modality"), max_bytes=max_volume_bytes)
+    except MedsamkitError:
+        raise
+    except _decoder_errors() as e:
+        raise FileInputError(f"cannot read {shown}: the file is malformed ({type(e).__name__})") from None
+    problem = grid_problem(img)
+    if problem is not None:
+        if img.meta.get("grid_problem_kind") == "tilt":
+            raise GeometryError(
+                f"{problem}; this server cannot place such a series on one grid: correct the tilt first (e.g. dcm2niix) "
+                "and open the result"
+            )
+        if not resample:
+            raise GeometryError(
+                f'{problem}; the viewer and NIfTI/NRRD/MHA masks need one uniform grid: open it with "resample": true '
+                "to interpolate the missing positions (a DICOM-SEG is then not available)"
+            )
+        img = resample_uniform(img)
     arr = np.asarray(img.array)
     if img.is_volume:
         if arr.ndim != 3:
-            raise AppError(422, f"expected a 3D volume, got array shape {arr.shape}")
+            raise InputError(f"{shown}: expected a 3D volume, got array shape {arr.shape}")
         zyx = arr
     elif arr.ndim == 2:
         zyx = arr[None]
     elif arr.ndim == 3 and arr.shape[2] in (3, 4):
         zyx = arr[None, ..., :3]
     else:
-        raise AppError(422, f"unsupported image layout {arr.shape}")
-    if 0 in zyx.shape or zyx.size > MAX_VOXELS:
-        raise AppError(422, f"unsupported image size {arr.shape}")
+        raise InputError(f"{shown}: unsupported image layout {arr.shape}")
+    if 0 in zyx.shape:
+        raise InputError(f"{shown}: the image has no voxels (shape {arr.shape})")
     if not (np.issubdtype(zyx.dtype, np.integer) or np.issubdtype(zyx.dtype, np.floating)):
-        raise AppError(422, f"unsupported voxel type {zyx.dtype}")
+        raise InputError(f"{shown}: unsupported voxel type {zyx.dtype}")
     window = options.get("window")
-    try:
-        preset = resolve_preset(zyx, img.modality, options.get("preset") or "auto", tuple(window) if window else None)
-        display = np.ascontiguousarray(preset.apply(zyx))
-    except ValueError as e:
-        raise AppError(422, str(e)) from None
-    shown = Path(name) if name else None
-    image = img.with_array(display[0] if not img.is_volume else display, source=shown)
+    preset = resolve_preset(zyx, img.modality, options.get("preset") or "auto", tuple(window) if window else None)
+    display = _apply_in_chunks(preset, zyx)
+    del arr, zyx
+    image = img.with_array(display[0] if not img.is_volume else display, source=Path(shown))
     return image, display, preset
+
+
+def _apply_in_chunks(preset: IntensityPreset, zyx: np.ndarray) -> np.ndarray:
+    """``preset.apply`` slice block by slice block (the same values, elementwise), so its float32 working copies
+    take ~32 MiB instead of 4-16 bytes per voxel of the whole volume."""
+    out = np.empty(zyx.shape, np.uint8)
+    per_slice = max(1, int(np.prod(zyx.shape[1:], dtype=np.int64)) * 4)
+    step = max(1, _PRESET_CHUNK // per_slice)
+    for k in range(0, zyx.shape[0], step):
+        out[k : k + step] = preset.apply(zyx[k : k + step])
+    return out

@@ -356,6 +356,7 @@ function openOptions() {
     if (parts.length !== 2 || parts.some((v) => !Number.isFinite(v))) throw new Error("window: expected level,width");
     opts.window = parts;
   }
+  if ($("#resample").checked) opts.resample = true;
   return opts;
 }
 
@@ -368,6 +369,7 @@ async function openUpload(file) {
   form.append("file", file, file.name);
   form.append("preset", opts.preset);
   if (opts.window) form.append("window", opts.window.join(","));
+  if (opts.resample) form.append("resample", "true");
   setStatus(`uploading ${file.name} (${(file.size / 1048576).toFixed(1)} MB)…`);
   const info = await api("POST", `${base()}/volume`, form);
   await showVolume(info);
@@ -753,7 +755,15 @@ function propagate() {
       if (!from) throw new Error(`label ${label} has no voxels yet: segment it on a slice first`);
       poll();
       setStatus(`propagating label ${label} from ${from.axis} slice ${from.slice}…`);
-      const r = await api("POST", `${base()}/propagate`, { label, slice: from.slice, axis: from.axis });
+      const body = { label, slice: from.slice, axis: from.axis };
+      // the server propagates through at most limits.max_propagate_slices slices: a window around the slice
+      const n = state.info.shape["zyx".indexOf(from.axis)];
+      const cap = state.info.limits?.max_propagate_slices ?? n;
+      if (n > cap) {
+        const lo = Math.max(0, Math.min(from.slice - Math.floor(cap / 2), n - cap));
+        body.slices = [lo, lo + cap - 1];
+      }
+      const r = await api("POST", `${base()}/propagate`, body);
       polling = false;
       bar.max = 1;
       bar.value = 1;

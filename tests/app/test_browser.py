@@ -36,6 +36,7 @@ from PIL import Image  # noqa: E402
 
 from medsamkit.app import create_app  # noqa: E402
 from medsamkit.app import server as app_server  # noqa: E402
+from medsamkit.app.limits import Limits  # noqa: E402
 from tests.conftest import DATA, box_of, dice, requires_shared  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("MEDSAMKIT_CHROMIUM", "/usr/bin/chromium"))
@@ -57,6 +58,7 @@ MR = "totalseg_examples_3d/images/mr_sm.nii.gz"
 KIDNEY_LEFT = 3  # in totalseg_examples_3d/labels.json
 US2D = "busi_breast_us/images/malignant_10.png"
 AXIAL, CORONAL, SAGITTAL = 0, 1, 2  # NiiVue's tiles (axCorSag)
+PROPAGATE_CAP = 16
 
 
 def _missing() -> str | None:
@@ -93,7 +95,9 @@ def server(browser, predictor, tmp_path_factory):
         pytest.skip(f"shared data not found at {DATA}")
     import uvicorn
 
-    app = create_app(DATA, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor)
+    # propagation is capped below the MR example's 20 slices: the page must send a window around its slice
+    limits = Limits(max_propagate_slices=PROPAGATE_CAP)
+    app = create_app(DATA, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor, limits=limits)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -116,14 +120,28 @@ def page(browser, server):
     ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     pg = ctx.new_page()
     errors: list[str] = []
+    blocked: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     # the page runs under the server's Content-Security-Policy: anything it blocks is an error here
-    pg.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    pg.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     pg.set_default_timeout(30_000)
     pg.goto(server + "/")
     pg.wait_for_function("() => window.medsamkit && window.medsamkit.state.ready")  # a function: no eval under the CSP
+    # the policy is in force: an inline script (the usual XSS payload) is refused, and the browser says why
+    directive = pg.evaluate(
+        """() => new Promise((done) => {
+             document.addEventListener("securitypolicyviolation", (e) => done(e.violatedDirective), { once: true });
+             const s = document.createElement("script");
+             s.textContent = "window.__inlineRan = true";
+             document.head.appendChild(s);
+           })"""
+    )
+    assert directive.startswith("script-src") and not pg.evaluate("() => window.__inlineRan === true")
     yield pg
     ctx.close()
+    probe = [m for m in blocked if "inline script" in m]
+    assert len(probe) == 1, blocked  # the console reports refusals (so the check below sees them)
+    errors += [m for m in blocked if "inline script" not in m]
     assert not errors, errors
 
 
@@ -283,10 +301,11 @@ def test_box_propagate_brush_undo_save(page, server, tmp_path):
     idle(pg)
     text, kind = status(pg)
     assert kind == "ok" and text.startswith("propagated label 1"), text
-    assert pg.evaluate("window.medsamkit.state.progress.total") == shape[0]
+    assert shape[0] > PROPAGATE_CAP and pg.evaluate("window.medsamkit.state.progress.total") == PROPAGATE_CAP
     propagated, _ = api_mask(server, sid)
     covered = np.flatnonzero((propagated == 1).any(axis=(1, 2)))
-    assert covered.size >= 4 and np.array_equal(propagated[k], mask[k])
+    assert covered.size >= 4 and covered.max() < PROPAGATE_CAP  # inside the window [0, 15] around slice 3
+    assert np.array_equal(propagated[k], mask[k])
     near = [z for z in (k - 1, k + 1) if 0 <= z < shape[0] and truth[z].any()]
     assert near and all(dice(propagated[z] == 1, truth[z]) > 0.5 for z in near)
     assert np.array_equal(viewer_mask(pg, shape), propagated)

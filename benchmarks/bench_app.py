@@ -69,7 +69,8 @@ def main() -> None:
     vol = volume()
     buf = io.BytesIO(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)), np.eye(4)).to_bytes())
     with tempfile.TemporaryDirectory() as tmp:
-        client = TestClient(create_app(None, state_dir=Path(tmp), predictor=Predictor("litemedsam", threads=THREADS)))
+        app = create_app(None, state_dir=Path(tmp), predictor=Predictor("litemedsam", threads=THREADS))
+        client = TestClient(app, base_url="http://127.0.0.1")  # the server answers only its own host names
         sid = client.post("/api/sessions").json()["session"]
         assert client.post(f"/api/sessions/{sid}/volume", files={"file": ("v.nii", buf.getvalue())}).status_code == 200
         url = f"/api/sessions/{sid}/segment"

@@ -7,7 +7,13 @@ import pytest
 
 from medsamkit.io import MedicalImage, read_image
 from medsamkit.predict import EmbeddingCache, Predictor
-from medsamkit.predict.volume import ObjectPrompt, PropagationOptions, segment_volume
+from medsamkit.predict.volume import (
+    ObjectPrompt,
+    PropagationOptions,
+    _intensity_reference,
+    _intensity_shift,
+    segment_volume,
+)
 from tests.conftest import DATA, dice, requires_shared
 
 
@@ -71,6 +77,68 @@ def test_2d_box_propagates_until_the_object_ends(counting) -> None:
     truth = np.flatnonzero(mask.any(axis=(1, 2)))
     assert abs(covered[0] - truth[0]) <= 2 and abs(covered[-1] - truth[-1]) <= 2  # stopped at the object's ends
     assert dice(seg.labels > 0, mask) > 0.8
+
+
+def short_object_volume(tumour: float = 130.0) -> tuple[np.ndarray, np.ndarray]:
+    """The reported failure in small: a round object on 3 slices (z 8-10) of a 20-slice brain-like volume,
+    slightly brighter than the tissue around it, which looks the same on every other slice. As (volume
+    float32, mask bool), axes (z, y, x). The other slices are identical, so the encoder runs 4 times."""
+    n, h, w = 20, 96, 96
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    brain = ((yy - 48) / 40) ** 2 + ((xx - 48) / 36) ** 2 <= 1
+    tissue = np.where(brain, rng.normal(100, 6, (h, w)), rng.normal(10, 3, (h, w)))
+    vol = np.repeat(tissue[None], n, axis=0)
+    mask = np.zeros((n, h, w), bool)
+    for z, r in ((8, 7), (9, 10), (10, 7)):
+        mask[z] = (yy - 50) ** 2 + (xx - 46) ** 2 <= r**2
+        vol[z] = np.where(mask[z], np.random.default_rng(z).normal(tumour, 6, (h, w)), tissue)
+    return vol.astype(np.float32), mask
+
+
+def test_2d_box_stops_at_the_end_of_a_short_object(counting) -> None:
+    """Past the object's end LiteMedSAM keeps outlining tissue in the previous box with undiminished confidence:
+    the old rules (area and confidence relative to the key slice) ran over the whole volume; the intensity rule
+    stops within one slice of the object's extent."""
+    vol, mask = short_object_volume()
+    ys, xs = np.nonzero(mask[9])
+    prompt = [ObjectPrompt(box=[xs.min(), ys.min(), xs.max(), ys.max()], slice_index=9)]
+    old = PropagationOptions(relative_iou=0.8, max_intensity_shift=None)
+    seg_old = segment_volume(vol, prompt, counting, preset="percentile", options=old)
+    lo, hi = seg_old.objects[0]["slices"]
+    assert lo <= 8 - 3 and hi >= 10 + 3, (lo, hi)  # the old rule over-runs (the reported bug)
+    seg = segment_volume(vol, prompt, counting, preset="percentile")
+    lo, hi = seg.objects[0]["slices"]
+    assert abs(lo - 8) <= 1 and abs(hi - 10) <= 1, (lo, hi)
+    assert dice(seg.labels > 0, mask) > 0.85 > dice(seg_old.labels > 0, mask)
+
+
+def test_3d_box_ignores_the_intensity_rule(counting) -> None:
+    """A 3D box bounds the walk: it runs to the box's limits whatever the intensity rule says (parity)."""
+    vol, mask = short_object_volume()
+    box3d = [30, 34, 4, 62, 66, 14]  # z 4..14 reaches 4 slices past the object on both sides
+    on = segment_volume(vol, [ObjectPrompt(box3d=box3d)], counting, preset="percentile")
+    off = segment_volume(
+        vol, [ObjectPrompt(box3d=box3d)], counting, preset="percentile", options=PropagationOptions(max_intensity_shift=None)
+    )
+    np.testing.assert_array_equal(on.labels, off.labels)
+    assert on.objects[0]["slices"][0] < 8 and on.objects[0]["slices"][1] > 10  # not stopped at the object's end
+
+
+def test_intensity_shift_is_in_key_interquartile_ranges() -> None:
+    picture = np.zeros((4, 10), np.uint8)
+    picture[0] = np.arange(100, 200, 10)  # key mask values 100..190: median 145, IQR 45
+    key = np.zeros_like(picture, bool)
+    key[0] = True
+    ref = _intensity_reference(picture, key)
+    assert ref == pytest.approx((145.0, 45.0))
+    picture[1] = 235
+    row1 = np.zeros_like(key)
+    row1[1] = True
+    assert _intensity_shift(picture, row1, ref) == pytest.approx(2.0)  # (235 - 145) / 45
+    flat = np.full((2, 2), 80, np.uint8)  # a uniform key mask: the spread is floored at 4 grey levels
+    assert _intensity_reference(flat, np.ones((2, 2), bool)) == (80.0, 4.0)
+    assert _intensity_reference(flat, np.zeros((2, 2), bool)) is None
 
 
 def test_other_axis_and_points(counting) -> None:
@@ -154,6 +222,14 @@ def test_propagation_options_are_validated(counting) -> None:
             counting,
             preset="soft_tissue",
             options=PropagationOptions(output_selection="largest"),
+        )
+    with pytest.raises(ValueError, match="max_intensity_shift must be > 0 or None"):
+        segment_volume(
+            vol,
+            [ObjectPrompt(box=[30, 30, 50, 50], slice_index=12)],
+            counting,
+            preset="soft_tissue",
+            options=PropagationOptions(max_intensity_shift=0),
         )
     with pytest.raises(ValueError, match="method 'official' needs a 3D box"):
         segment_volume(

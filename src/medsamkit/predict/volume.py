@@ -51,12 +51,33 @@ class PropagationOptions:
     box_margin: pixels added around the previous slice's mask box, in model-input pixels (the official
     procedure adds 3 on its 256 grid), i.e. independent of the slice's resolution.
     min_pixels: stop when the propagated mask has fewer pixels (the object has ended).
+
+    Three rules apply only when the prompt does not bound the object along the axis (a 2D box or points); with a
+    3D box, propagation runs to the box's limits unless the mask vanishes (min_pixels) - on the hippocampus set
+    the confidence rules cut objects short there (measured 0.46 vs 0.49 mean Dice). A 2D prompt says nothing
+    about where the object ends, and past its end LiteMedSAM keeps outlining whatever lies in the previous box
+    (with box-fit selection the mask keeps filling the box, with undiminished confidence), so:
+
+    max_intensity_shift: stop when the median of the mapped picture (the uint8 slice the model sees) inside the
+    new mask differs from its median inside the key-slice mask by more than this many interquartile ranges of
+    the key-slice mask's values (the range floored at 4 grey levels); ``None`` switches the rule off. Past an
+    object's end the walk drifts onto neighbouring tissue of another brightness. Chosen by measurement
+    (experiments/propagation_stop.py, docs/evaluation.md: 2D ground-truth box on the slice of largest area,
+    thresholds tuned on 15 hippocampus cases and reported on the other 15, the BraTS oedema case and 47 labels
+    of the TotalSegmentator CT/MR examples): mean 3D Dice 0.433 -> 0.481 on the 78 held-out objects (paired
+    difference +0.048, 95 % bootstrap interval +0.030 to +0.070), slices over-run past the object's extent
+    5.8 -> 2.9 per object, slices cut short 2.9 -> 5.8. Signals that did not help: mask IoU / containment /
+    area ratio against the previous slice, the predicted-IoU drop between slices, the output selection falling
+    back from the single-mask output (best tuned held-out Dice 0.43-0.44 against 0.43 for the old rule).
+    Limits: neighbours of the same brightness (consecutive vertebrae) are not told apart, and the one BraTS
+    FLAIR oedema object got worse (0.50 -> 0.39: bright tissue continues past its end). Measured with box
+    prompts; point prompts use the same rule.
     min_area_fraction: stop when the mask is smaller than this fraction of the largest slice so far.
     relative_iou: stop when the single-mask output's predicted IoU falls below this fraction of its value on
-    the key slice (past an object's end the model keeps outlining noise, with falling confidence).
-    These two apply only when the prompt does not bound the object along the axis (a 2D box or points); with a
-    3D box, propagation runs to the box's limits unless the mask vanishes (min_pixels) - on the hippocampus
-    set the confidence rules cut objects short there (measured 0.46 vs 0.49 mean Dice).
+    the key slice. It was 0.8 and the only stop for objects that neither shrink nor vanish; on the tuning data
+    any value up to 0.6 gives the same Dice beside the intensity rule, and 0.8 cut objects short (tuning Dice
+    0.459 at 0.8 vs 0.484), so it is kept as a loose guard at 0.6.
+
     stop_iou: stop when the chosen output's predicted IoU falls below this.
     mask_prompt: also give the previous slice's low-res logits as mask prompt.
     output_selection: ``single`` (SAM's single-mask output, as the official procedure) or ``box-fit``: keep the
@@ -69,7 +90,8 @@ class PropagationOptions:
     box_margin: float = 5.0
     min_pixels: int = 4
     min_area_fraction: float = 0.1
-    relative_iou: float = 0.8
+    relative_iou: float = 0.6
+    max_intensity_shift: float | None = 1.25
     stop_iou: float = 0.0
     mask_prompt: bool = False
     output_selection: str = "box-fit"
@@ -277,7 +299,7 @@ def segment_volume(
                 raise PromptError("method 'official' needs a 3D box per object")
             obj, ious = _official(predictor, set_slice, slices.shape, pl, bar)
         else:
-            obj, ious = _propagate(predictor, set_slice, slices.shape, pl, opts, bar)
+            obj, ious = _propagate(predictor, set_slice, slices.shape, pl, opts, bar, lambda s: fitted.apply(slices[s]))
         out[obj] = p.label
         covered = np.flatnonzero(obj.any(axis=(1, 2)))
         records.append(
@@ -314,6 +336,26 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="slice", desc="propagating", leave=False)
 
 
+_MIN_SPREAD = 4.0  # grey levels: the floor of the key mask's interquartile range in the intensity rule
+
+
+def _intensity_reference(picture: np.ndarray, mask: np.ndarray) -> tuple[float, float] | None:
+    """Median and interquartile range (floored at ``_MIN_SPREAD``) of ``picture`` (the mapped uint8 slice)
+    inside ``mask``; None for an empty mask."""
+    values = picture[mask]
+    if values.size == 0:
+        return None
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return float(q50), max(float(q75 - q25), _MIN_SPREAD)
+
+
+def _intensity_shift(picture: np.ndarray, mask: np.ndarray, reference: tuple[float, float]) -> float:
+    """How far the median of ``picture`` inside ``mask`` lies from the key-slice median, in key-slice
+    interquartile ranges (``mask`` is not empty: propagation stops at ``min_pixels`` first)."""
+    median, spread = reference
+    return abs(float(np.median(picture[mask])) - median) / spread
+
+
 def _propagate(
     predictor: Predictor,
     set_slice: Callable[[int], None],
@@ -321,7 +363,13 @@ def _propagate(
     pl: _Plan,
     opts: PropagationOptions,
     bar,
+    picture: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[float]]:
+    """Segment the key slice, then walk both ways, each slice prompted by the box of the previous mask, until a
+    stop rule of ``opts`` fires. ``picture(s)``: the mapped uint8 slice ``s`` as the model sees it (for the
+    intensity rule; without it that rule is off)."""
+    if opts.max_intensity_shift is not None and not opts.max_intensity_shift > 0:
+        raise OptionError(f"max_intensity_shift must be > 0 or None, got {opts.max_intensity_shift}")
     n, h, w = shape
     obj = np.zeros(shape, bool)
     ious: list[float] = []
@@ -342,6 +390,11 @@ def _propagate(
     ious.append(key_iou)
     if bar is not None:
         bar.update(1)
+    # the intensity rule: the key slice's brightness inside its mask (2D prompts only: a 3D box bounds the walk)
+    limit = opts.max_intensity_shift
+    reference = None
+    if not pl.bounded and picture is not None and limit is not None:
+        reference = _intensity_reference(picture(pl.key), key_mask)
     for step in (1, -1):
         prev, prev_low = key_mask, key_low
         largest = int(key_mask.sum())
@@ -368,6 +421,9 @@ def _propagate(
                 break
             if not pl.bounded and (area < opts.min_area_fraction * largest or conf < opts.relative_iou * key_conf):
                 break
+            if reference is not None and picture is not None and limit is not None:
+                if _intensity_shift(picture(s), mask, reference) > limit:
+                    break
             largest = max(largest, area)
             obj[s] = mask
             ious.append(iou)

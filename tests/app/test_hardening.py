@@ -34,7 +34,7 @@ nib = pytest.importorskip("nibabel")
 from medsamkit.app import create_app  # noqa: E402
 from medsamkit.app import sessions as app_sessions  # noqa: E402
 from medsamkit.app.limits import Limits  # noqa: E402
-from medsamkit.app.server import dicom_segment_label  # noqa: E402
+from medsamkit.io.dicom import segment_label  # noqa: E402
 from tests.app.test_server import (  # noqa: E402
     Client,
     assert_error,
@@ -674,11 +674,13 @@ def test_a_png_bomb_in_a_brush_edit_is_refused_from_its_header(data_dir, tmp_pat
 
 
 def test_dicom_segment_labels_follow_the_standard():
-    assert dicom_segment_label("Leber\\links", 1) == "Leber/links"
-    assert dicom_segment_label("Nebenniere rechts Äö", 2) == "Nebenniere rechts Ao"
-    assert dicom_segment_label("肝臓", 3) == "label 3"
-    assert dicom_segment_label("a\tb  " + "x" * 80, 4) == ("a b " + "x" * 80)[:64]
-    assert all(len(dicom_segment_label(n, 1)) <= 64 for n in ("ü" * 200, "\\" * 100))
+    assert segment_label("Leber\\links", 1) == "Leber/links"
+    assert segment_label("Nebenniere rechts Äö", 2) == "Nebenniere rechts Äö"
+    assert segment_label("\x00\x1b ", 3) == "label 3"
+    assert segment_label("a\tb  " + "x" * 80, 4) == ("a b " + "x" * 80)[:64]
+    # LO holds 64 bytes: multi-byte UTF-8 letters are cut on a character boundary
+    assert segment_label("肝臓" * 40, 5) == "肝臓" * 10 + "肝"
+    assert all(len(segment_label(n, 1).encode()) <= 64 for n in ("ü" * 200, "\\" * 100))
 
 
 def test_window_width_must_be_positive(data_dir, tmp_path):

@@ -422,8 +422,8 @@ def test_dicom_series_from_data_folder_saves_dicom_seg(predictor, tmp_path):
         f"/api/sessions/{sid}/mask/z/7?label=2", content=m.tobytes(), headers={"content-type": "application/octet-stream"}
     )
     assert r.status_code == 200, r.text
-    # a backslash is DICOM's value separator and the SEG's character set is ASCII: the name is made DICOM-safe
-    # there (the session and the NIfTI sidecar keep it as typed)
+    # a backslash is DICOM's value separator: the name is made DICOM-safe there, non-ASCII kept as UTF-8 (the
+    # session and the NIfTI sidecar keep it as typed)
     client.put(f"/api/sessions/{sid}/labels/2", json={"name": "Leber\\rechts 肝臓 Ä"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DICOM attributes the test series lacks are generated
@@ -433,7 +433,7 @@ def test_dicom_series_from_data_folder_saves_dicom_seg(predictor, tmp_path):
     seg.write_bytes(client.get(r.json()["url"]).content)
     labels, names = read_dicom_seg(seg, read_image(data / "ct"))
     # DICOM-SEG numbers segments 1..n (the standard's rule): label 2 is segment 1
-    assert names == {1: "Leber/rechts A"} and int((labels == 1).sum()) == 3600 and (labels[7] == 1).sum() == 3600
+    assert names == {1: "Leber/rechts 肝臓 Ä"} and int((labels == 1).sum()) == 3600 and (labels[7] == 1).sum() == 3600
     assert client.get(f"/api/sessions/{sid}/labels").json()["labels"][0]["name"] == "Leber\\rechts 肝臓 Ä"
     if shutil.which("dciodvfy") is None:
         if os.environ.get("MEDSAMKIT_REQUIRE_DCIODVFY"):

@@ -249,3 +249,27 @@ def test_write_mask_checks(tmp_path) -> None:
         write_mask(tmp_path / "m.tif", np.zeros((3, 4, 5), np.uint8), img)
     out = write_mask(tmp_path / "from_array.nii.gz", np.ones((3, 4, 5), np.uint8), img)
     assert np.allclose(nib.load(out).affine, np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS identity is RAS diag(-1,-1,1)
+
+
+def test_dicom_seg_labels_are_valid_lo_values(tmp_path) -> None:
+    """Label names with DICOM's value separator, control characters and non-Latin-1 letters give a SEG that
+    dciodvfy accepts (UTF-8 declared, 64-byte LO values) and that reads back with the letters kept."""
+    from tests.dicom_series import write_series
+
+    series = read_image(write_series(tmp_path / "series", n=8, size=32))
+    mask = np.zeros(series.spatial_shape, np.uint8)
+    mask[2:5, 8:16, 8:16], mask[4:7, 16:24, 16:24], mask[1, 1, 1] = 1, 2, 3
+    out = tmp_path / "seg.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # attributes the synthetic series lacks are generated
+        write_mask(out, mask, series, names={1: "Leber\\links\tÄö", 2: "肝臓" * 40, 3: "\x00\x01"})
+    _, names = read_dicom_seg(out, series)
+    assert names == {1: "Leber/links Äö", 2: "肝臓" * 10 + "肝", 3: "label 3"}
+    assert pydicom.dcmread(out, stop_before_pixels=True).SpecificCharacterSet == "ISO_IR 192"
+    if shutil.which("dciodvfy") is None:
+        if os.environ.get("MEDSAMKIT_REQUIRE_DCIODVFY"):
+            pytest.fail("dciodvfy (Debian dicom3tools) is required here but not installed")
+        pytest.skip("dciodvfy (Debian package dicom3tools) not installed")
+    report = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors

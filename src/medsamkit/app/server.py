@@ -27,7 +27,6 @@ import secrets
 import struct
 import tempfile
 import time
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -561,7 +560,8 @@ def create_app(
     # -- saving ---------------------------------------------------------------------------------------------
     @app.post("/api/sessions/{sid}/save", responses=_errors(*_SID, 409, 507))
     def save(sid: str, body: SaveBody | None = None) -> dict[str, Any]:
-        """Write the mask on the source's grid (``format``); names of labels are made DICOM-safe for ``dcm``."""
+        """Write the mask on the source's grid (``format``); for ``dcm`` the label names become DICOM SegmentLabels
+        (``io.dicom.segment_label``)."""
         fmt = (body or SaveBody()).format
         s = store.get(sid)
         with s.lock:
@@ -576,7 +576,7 @@ def create_app(
             else:  # a 2D image as a one-slice volume
                 like, labels = vol.geom3d, vol.labels
             meta = {"intensity": vol.preset.describe(), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": models.model}
-            names = {v: dicom_segment_label(n, v) for v, n in s.names.items()} if fmt == "dcm" else s.names
+            names = s.names
             s.exports_dir.mkdir(mode=0o700, exist_ok=True)
             out = write_mask(s.exports_dir / name, labels, like, names=names, metadata=meta)
             side = out.name + ".json"
@@ -843,16 +843,6 @@ def _decode_mask(raw: bytes, kind: str, h: int, w: int) -> np.ndarray:
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, EOFError):
         raise AppError(422, "png: cannot decode the mask image") from None
     return (arr > 0) if arr.ndim == 2 else arr.any(axis=-1)
-
-
-def dicom_segment_label(name: str, value: int) -> str:
-    """A label name as a DICOM SegmentLabel (VR LO, default character repertoire): accents removed and other
-    non-ASCII characters dropped, backslash (the DICOM value separator) as ``/``, control characters dropped,
-    at most 64 characters; ``label N`` when nothing is left."""
-    text = re.sub(r"\s", " ", unicodedata.normalize("NFKD", name).replace("\\", "/"))
-    text = "".join(c for c in text if 32 <= ord(c) < 127)
-    text = " ".join(text.split())[:64].strip()
-    return text or f"label {value}"
 
 
 def _scrubber(roots: Iterable[Path | None]):

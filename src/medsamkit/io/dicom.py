@@ -7,6 +7,7 @@ i = DICOM column; geometry is LPS as in DICOM.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -301,6 +302,15 @@ def _repaired_sources(files: list[Path]) -> tuple[list[Any], list[str]]:
     return datasets, notes
 
 
+def segment_label(name: str, value: int) -> str:
+    """``name`` as a DICOM SegmentLabel (VR LO): the value separator backslash becomes ``/``, control characters
+    and runs of white space one space, at most 64 bytes in UTF-8 (cut on a character boundary); ``label <value>``
+    when nothing is left. Non-ASCII letters are kept (the SEG then declares UTF-8, ``ISO_IR 192``)."""
+    text = re.sub(r"[\x00-\x1f\x7f\s]+", " ", str(name).replace("\\", "/")).strip()
+    text = text.encode("utf-8")[:64].decode("utf-8", errors="ignore").strip()
+    return text or f"label {value}"
+
+
 def write_dicom_seg(
     path: str | Path,
     labels: np.ndarray,
@@ -338,11 +348,11 @@ def write_dicom_seg(
     descriptions = []
     for number, v in enumerate(values, start=1):
         seg_array[lab == v] = number
-        name = (names or {}).get(v, f"label {v}")
+        name = segment_label((names or {}).get(v, ""), v)
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
-                segment_label=name[:64],
+                segment_label=name,
                 segmented_property_category=codes.SCT.Tissue,
                 segmented_property_type=codes.SCT.Tissue,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
@@ -364,8 +374,12 @@ def write_dicom_seg(
         manufacturer_model_name=algorithm[:64],
         software_versions=__version__,
         device_serial_number="0",
-        series_description=description[:64],
+        series_description=segment_label(description, 0),
     )
+    texts = [str(d.SegmentLabel) for d in descriptions] + [str(seg.SeriesDescription)]
+    if any(ord(c) > 127 for t in texts for c in t):
+        # UTF-8 names: declare the repertoire so readers (and dciodvfy) decode the LO values correctly
+        seg.SpecificCharacterSet = "ISO_IR 192"
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -273,3 +273,42 @@ def test_dicom_seg_labels_are_valid_lo_values(tmp_path) -> None:
     report = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True)
     errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
     assert not errors, errors
+
+
+def test_decoder_messages_do_not_tell_where_the_file_lives(tmp_path) -> None:
+    """The web app shows read errors to users: a decoder's message that quotes the absolute path is cut to the
+    file name."""
+    deep = tmp_path / "server" / "private" / "folder"
+    deep.mkdir(parents=True)
+    (deep / "b.nrrd").write_bytes(b"garbage")
+    (deep / "c.nii.gz").write_bytes(gzip.compress(b"\x5c\x01" + bytes(100)))
+    for name in ("b.nrrd", "c.nii.gz"):
+        with pytest.raises(ImageReadError) as info:
+            read_image(deep / name)
+        msg = str(info.value)
+        assert name in msg and "private" not in msg and str(tmp_path) not in msg, msg
+
+
+def test_decoded_size_is_checked_before_decoding(tmp_path) -> None:
+    """The size limit counts what the reader will hold (scaled NIfTI integers decode as float64; a single DICOM
+    file counts its Rows x Columns) and says which limit applied."""
+    from medsamkit.errors import LimitError
+    from medsamkit.io.readers import declared_size
+    from tests.dicom_series import write_series
+
+    img = nib.Nifti1Image(np.linspace(-1024.0, 40000.5, 64 * 64 * 16).reshape(64, 64, 16), np.eye(4))
+    img.set_data_dtype(np.int16)  # nibabel stores int16 with a scale factor
+    scaled = tmp_path / "scaled.nii.gz"
+    nib.save(img, scaled)
+    assert nib.load(scaled).dataobj.slope != 1.0
+    shape, dtype, nbytes = declared_size(scaled)
+    assert dtype == np.float64 and nbytes == 64 * 64 * 16 * 8
+    with pytest.raises(LimitError, match="the limit this caller sets") as info:
+        read_image(scaled, max_bytes=nbytes - 1)
+    assert "MEDSAMKIT_MAX_IMAGE_MB" not in str(info.value)
+    assert read_image(scaled, max_bytes=nbytes).spatial_shape == (16, 64, 64)
+
+    one = sorted(write_series(tmp_path / "series", n=1, size=64).glob("*.dcm"))[0]
+    with pytest.raises(LimitError, match="64x64 pixels"):
+        read_image(one, max_bytes=64 * 64 * 4 - 1)
+    assert read_image(one, max_bytes=64 * 64 * 4).spatial_shape == (64, 64)

@@ -201,8 +201,10 @@ def _tilt(folder: Path, ipp: np.ndarray, normal: np.ndarray, pos: np.ndarray) ->
     )
 
 
-def read_dicom_file(path: str | Path) -> MedicalImage:
-    """Read one single-frame DICOM image as a 2D :class:`MedicalImage` (geometry from the slice's plane)."""
+def read_dicom_file(path: str | Path, max_bytes: int | None = None) -> MedicalImage:
+    """Read one single-frame DICOM image as a 2D :class:`MedicalImage` (geometry from the slice's plane).
+    ``max_bytes``: the largest decoded image accepted (default :func:`~medsamkit.io.limits.default_max_bytes`),
+    checked from Rows x Columns before the pixels are decoded."""
     import pydicom
 
     p = Path(path)
@@ -215,6 +217,11 @@ def read_dicom_file(path: str | Path) -> MedicalImage:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageReadError(f"{p.name} is a multi-frame DICOM ({frames} frames); give the series folder or a NIfTI")
+    try:
+        rows, cols, samples = int(ds.Rows), int(ds.Columns), int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ImageReadError(f"{p.name}: the DICOM header has no valid Rows/Columns") from e
+    check_size(p, rows * cols * samples * 4, f"its {cols}x{rows} pixels", max_bytes)
     try:
         a = ds.pixel_array
     except Exception as e:  # noqa: BLE001

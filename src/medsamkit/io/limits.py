@@ -27,7 +27,8 @@ def check_size(path: Path, nbytes: int, what: str, max_bytes: int | None) -> Non
     """Raise :class:`~medsamkit.errors.LimitError` when an image of ``nbytes`` decoded bytes is over the limit."""
     limit = default_max_bytes() if max_bytes is None else max_bytes
     if nbytes > limit:
+        how = "set MEDSAMKIT_MAX_IMAGE_MB to change it" if max_bytes is None else "the limit this caller sets"
         raise LimitError(
             f"{path.name}: {what} take {nbytes / 2**30:.2f} GiB once decoded, over the limit of {limit / 2**30:.2f} GiB "
-            "(set MEDSAMKIT_MAX_IMAGE_MB to change it); nothing was read"
+            f"({how}); nothing was read"
         )

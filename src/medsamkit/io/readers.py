@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import zlib
@@ -64,8 +65,12 @@ def declared_size(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dty
         if fmt == "nifti":
             import nibabel as nib
 
-            hdr = nib.load(p).header
+            nimg = nib.load(p)  # reads the header; the voxels stay on disk behind nimg.dataobj
+            hdr = nimg.header
             shape, dtype = tuple(int(v) for v in hdr.get_data_shape()), np.dtype(hdr.get_data_dtype())
+            slope, inter = getattr(nimg.dataobj, "slope", 1.0), getattr(nimg.dataobj, "inter", 0.0)
+            if dtype.kind in "iub" and (slope != 1.0 or inter != 0.0):
+                dtype = np.dtype(np.float64)  # nibabel decodes scaled integers as float64
         elif fmt in ("nrrd", "metaimage"):
             import SimpleITK as sitk
 
@@ -125,7 +130,7 @@ def read_image(
     if fmt == "dicom-series":
         img = read_dicom_series(p, series_uid, max_bytes=max_bytes)
     elif fmt == "dicom":
-        img = read_dicom_file(p)
+        img = read_dicom_file(p, max_bytes=max_bytes)
     elif fmt == "raster":
         arr = read_image_2d(p, max_bytes=max_bytes)
         img = MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), np.eye(2), source=p, format="raster")
@@ -174,10 +179,19 @@ def _captured_stderr(sink: list[str]):
             sink.append(tmp.read().decode(errors="replace"))
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^/\s'\"()<>:,;]+)+/([^/\s'\"()<>:,;]*)")
+
+
+def _detail(text: str) -> str:
+    """A decoder's message for one line of ours: absolute paths cut to their file name (an error shown by the
+    web app must not tell where the server keeps files), white space collapsed, at most 160 characters."""
+    return " ".join(_ABSOLUTE_PATH.sub(r"\1", text).split())[:160]
+
+
 def _itk_error(p: Path, e: Exception) -> ImageReadError:
     detail = str(e).strip().splitlines()
     hint = next((line.strip() for line in detail if "rror" in line and "Exception" not in line), detail[-1] if detail else "")
-    return ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({hint[:160]})")
+    return ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({_detail(hint)})")
 
 
 def _read_nifti(p: Path) -> MedicalImage:
@@ -192,7 +206,7 @@ def _read_nifti(p: Path) -> MedicalImage:
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file makes nibabel raise many types (HeaderDataError, zlib.error, ...)
-        first = " ".join(str(e).split())[:160] or type(e).__name__
+        first = _detail(str(e)) or type(e).__name__
         raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({first})") from e
     if data.dtype.names is not None:
         raise ImageReadError(f"{p.name}: vector/RGB volumes are not supported (NIfTI dtype {data.dtype})")
@@ -237,7 +251,7 @@ def _read_itk(p: Path, fmt: str) -> MedicalImage:
     except RuntimeError as e:
         lines = [ln.strip() for ln in "".join(printed).splitlines() if ln.strip()]
         if lines:
-            raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({' '.join(lines)[:160]})") from e
+            raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({_detail(' '.join(lines))})") from e
         raise _itk_error(p, e) from e
     dim = im.GetDimension()
     if im.GetNumberOfComponentsPerPixel() > 1 and dim == 3:

@@ -29,7 +29,7 @@ def to_numpy(x: Any) -> np.ndarray:
 
 def as_bool_mask(x: Any, name: str = "mask") -> np.ndarray:
     """A numpy array or torch tensor of any numeric dtype -> bool array of the same shape (nonzero =
-    foreground). Raises ``ValueError`` for 0-d input, NaN values (neither foreground nor background) and
+    foreground). Raises ``InputError`` (a ``ValueError``) for 0-d input, NaN values (neither foreground nor background) and
     non-numeric dtypes."""
     a = to_numpy(x)
     if a.ndim == 0:

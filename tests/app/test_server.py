@@ -360,6 +360,26 @@ def test_rgb_png_image(client, tmp_path):
     assert np.array_equal(np.asarray(nib.load(tmp_path / "segmentation.nii.gz").dataobj)[:, :, 0].T, labels)
 
 
+def test_empty_answers_come_with_a_warning(client, tmp_path):
+    """A blank picture gives an empty mask and says why (the library's warning, returned to the page) instead of
+    a plausible-looking object; a prompt of only negative clicks is refused."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((48, 64), 77, np.uint8)).save(buf, format="PNG")
+    sid = new_session(client)
+    assert upload(client, sid, buf.getvalue(), name="blank.png").status_code == 200
+    r = client.post(f"/api/sessions/{sid}/segment", json={"slice": 0, "box": [5, 5, 40, 30], "label": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["pixels"] == 0 and "constant" in " ".join(r.json()["warnings"])
+    img, _ = disk_image(64, 80, 40, 30, 16, rgb=True, seed=3)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    assert upload(client, sid, buf.getvalue(), name="photo.png").status_code == 200
+    r = client.post(f"/api/sessions/{sid}/segment", json={"slice": 0, "points": [[40, 30, 0]], "label": 1})
+    assert "foreground point" in assert_error(r, 422)
+    r = client.post(f"/api/sessions/{sid}/segment", json={"slice": 0, "points": [[40, 30, 1]], "label": 1})
+    assert r.status_code == 200 and r.json()["warnings"] == []
+
+
 def test_restart_restores_sessions(predictor, tmp_path, data_dir):
     state = tmp_path / "state"
     first = Client(create_app(data_dir, state_dir=state, predictor=predictor))

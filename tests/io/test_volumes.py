@@ -227,6 +227,10 @@ def test_npz_and_png_and_modality(tmp_path) -> None:
     np.savez(tmp_path / "v.npz", imgs=np.zeros((5, 6, 7), np.uint8), spacing=np.array([3.0, 1.0, 0.5]))
     v = read_image(tmp_path / "v.npz")
     assert v.is_volume and v.spacing == (0.5, 1.0, 3.0)  # MedSAM npz spacing is (z, y, x)
+    np.savez(tmp_path / "thin.npz", imgs=np.zeros((3, 4, 4), np.int16), spacing=np.array([2.0, 1.0, 1.0]))
+    assert read_image(tmp_path / "thin.npz").spatial_shape == (3, 4, 4)  # a volume 4 voxels wide, not RGBA
+    np.savez(tmp_path / "rgb.npz", imgs=np.zeros((6, 7, 3), np.uint8))
+    assert read_image(tmp_path / "rgb.npz").spatial_shape == (6, 7)
     ct = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.full((4, 4, 4), -1024, np.int16), np.eye(4)), ct)
     ctimg = read_image(ct)

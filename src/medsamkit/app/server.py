@@ -392,9 +392,7 @@ def create_app(
             h, w = vol.check_slice(body.axis, body.slice)
             box, points = _check_prompts(body, h, w, limits.max_points)
             picture, volume_id = vol.picture(body.axis, body.slice), s.meta["volume_id"]
-        p = models.predictor()
-        p.set_image(picture)
-        result = segment_2d(p, None, boxes=[box] if box else (), points=points)
+        result = segment_2d(models.predictor(), picture, boxes=[box] if box else (), points=points)
         mask, score = result.masks[0], float(result.scores[0])
         with s.lock:
             _same_volume(s, volume_id)
@@ -408,6 +406,7 @@ def create_app(
             "score": round(score, 4),
             "ms": round((time.perf_counter() - t0) * 1000, 1),
             "mask": _mask_payload(lab),
+            "warnings": result.warnings,
         }
 
     @app.post("/api/sessions/{sid}/propagate", responses=_errors(*_SID, 409))

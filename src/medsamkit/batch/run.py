@@ -104,8 +104,8 @@ def run_batch(
     """Run ``job`` (e.g. :class:`~.jobs.SegmentJob`) over ``manifest`` (a CSV/JSONL file, or items such as
     :func:`~.jobs.dataset_items` with absolute paths) into ``job.out_dir``; see the module docstring.
     ``engine``: a :class:`DaskEngine` (kept open; e.g. one shared by several calls) or the options of one to start
-    (closed at the end). Raises ``ValueError`` for a missing manifest or an output folder holding another job; a
-    bad row is a failed item, never an exception. Returns the :class:`BatchSummary` (also in
+    (closed at the end). Raises ``InputError`` (a ``ValueError``) for a missing manifest or an output folder
+    holding another job; a bad row is a failed item, never an exception. Returns the :class:`BatchSummary` (also in
     ``OUT_DIR/summary.json``)."""
     if max_retries < 0:
         raise OptionError("max_retries must be >= 0")

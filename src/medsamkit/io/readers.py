@@ -271,6 +271,9 @@ def _read_itk(p: Path, fmt: str) -> MedicalImage:
 
 
 def _read_npz(p: Path) -> MedicalImage:
+    """A MedSAM-style npz: ``imgs`` (or ``image``/``img``/the only array) ``(Z, Y, X)`` with ``spacing`` (z, y, x)
+    mm, or a 2D ``(H, W)`` / ``(H, W, 3|4)`` picture. A 3D array whose last axis is 3 or 4 long is a colour
+    picture unless a three-value ``spacing`` says it is a volume."""
     import zipfile
 
     try:
@@ -285,7 +288,8 @@ def _read_npz(p: Path) -> MedicalImage:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
         raise ImageReadError(f"cannot read {p.name}: not a valid npz archive, or truncated ({type(e).__name__})") from e
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+    volume_spacing = spacing is not None and np.ndim(spacing) == 1 and len(spacing) == 3
+    if arr.ndim == 3 and (arr.shape[-1] not in (3, 4) or volume_spacing):  # (H, W, 3|4) is a colour picture
         sp = tuple(float(v) for v in spacing[::-1]) if spacing is not None and len(spacing) == 3 else (1.0, 1.0, 1.0)
         known = {"spacing_known": spacing is not None and len(spacing) == 3}
         return MedicalImage(arr, sp, (0.0, 0.0, 0.0), np.eye(3), source=p, format="npz", meta=known)

@@ -16,12 +16,12 @@ SpacingLike = float | Sequence[float] | None
 def as_mask(x: Any, name: str = "mask") -> np.ndarray:
     """A numpy array or torch tensor of any dtype -> bool array of the same shape (nonzero = foreground).
 
-    Raises ``ValueError`` for 0-d input or NaN values (a NaN is neither foreground nor background)."""
+    Raises ``InputError`` (a ``ValueError``) for 0-d input or NaN values (a NaN is neither foreground nor background)."""
     return as_bool_mask(x, name)
 
 
 def as_mask_pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks as bool arrays; raises ``ValueError`` when their shapes differ."""
+    """Both masks as bool arrays; raises ``InputError`` (a ``ValueError``) when their shapes differ."""
     p, g = as_mask(pred, "pred"), as_mask(gt, "gt")
     if p.shape != g.shape:
         raise InputError(f"pred and gt must have the same shape, got pred {p.shape} and gt {g.shape}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,11 +16,14 @@ from .predictor import Predictor
 class Segmentation2D:
     """labels: ``(H, W)`` uint8, 0 = background, i = the i-th prompt's object (later prompts overwrite earlier
     ones where they overlap, as the official MedSAM/LiteMedSAM scripts do). masks: ``(N, H, W)`` bool per
-    prompt; scores: ``(N,)`` predicted IoU of each chosen mask."""
+    prompt; scores: ``(N,)`` predicted IoU of each chosen mask. warnings: why the mask is empty when it was
+    not the model's answer (also issued as :class:`~medsamkit.errors.MedsamkitWarning`), for callers that show
+    them to a person (the web app)."""
 
     labels: np.ndarray
     masks: np.ndarray
     scores: np.ndarray
+    warnings: list[str] = field(default_factory=list)
 
 
 def segment_2d(
@@ -56,22 +59,20 @@ def segment_2d(
     if image is not None:
         size = np.shape(image)[:2]
         if is_constant(image):
-            warnings.warn(
-                f"the picture the model sees is constant (every pixel {_first_value(image)}; check the image and its intensity "
-                "window): there is nothing to segment; the mask is empty",
-                MedsamkitWarning,
-                stacklevel=2,
+            why = (
+                f"the picture the model sees is constant (every pixel {_first_value(image)}; check the image and its "
+                "intensity window): there is nothing to segment; the mask is empty"
             )
-            return _empty(size, box_arr.shape[0] if box_arr is not None else 1)
+            warnings.warn(why, MedsamkitWarning, stacklevel=2)
+            return _empty(size, box_arr.shape[0] if box_arr is not None else 1, why)
         predictor.set_image(image)
     if box_arr is None and labs is not None and not (labs == 1).any():
-        warnings.warn(
+        why = (
             "the prompt has only background points (label 0): they say where the object is not, so the mask is empty; "
-            "add a foreground point (label 1) or a box",
-            MedsamkitWarning,
-            stacklevel=2,
+            "add a foreground point (label 1) or a box"
         )
-        return _empty(predictor.image_size, 1)
+        warnings.warn(why, MedsamkitWarning, stacklevel=2)
+        return _empty(predictor.image_size, 1, why)
     use_multi = (box_arr is None) if multimask is None else multimask
     out = predictor.predict(point_coords=pts, point_labels=labs, boxes=box_arr, multimask=use_multi)
     masks, scores = out.best() if use_multi else (out.masks[:, 0], out.scores[:, 0])
@@ -96,6 +97,6 @@ def _first_value(image: np.ndarray) -> str:
     return f"{v[0]:g}" if v.size and np.issubdtype(v.dtype, np.number) else "equal"
 
 
-def _empty(size: tuple[int, ...], n: int) -> Segmentation2D:
+def _empty(size: tuple[int, ...], n: int, why: str) -> Segmentation2D:
     h, w = int(size[0]), int(size[1])
-    return Segmentation2D(np.zeros((h, w), np.uint8), np.zeros((n, h, w), bool), np.zeros(n, np.float32))
+    return Segmentation2D(np.zeros((h, w), np.uint8), np.zeros((n, h, w), bool), np.zeros(n, np.float32), [why])

@@ -75,7 +75,7 @@ def resolve_preset(
     array: np.ndarray, modality: str | None, preset: str = "auto", window: tuple[float, float] | None = None
 ) -> IntensityPreset:
     """Choose and fit a preset for ``array`` (whole volume). ``window`` (level, width) overrides ``preset``.
-    Raises ``ValueError`` for NaN/inf values or an unknown preset."""
+    Raises ``InputError`` (a ``ValueError``) for NaN/inf values or an unknown preset."""
     a = np.asarray(array)
     if np.issubdtype(a.dtype, np.floating):
         bad = int((~np.isfinite(a)).sum())

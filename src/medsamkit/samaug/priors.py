@@ -65,7 +65,7 @@ _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-neighbourhood
 
 def record_mask(record: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
     """The ``(H, W)`` bool mask of an everything-mode record (``segmentation`` as a bool array or COCO RLE
-    dict). Raises ``ValueError`` when it is missing or not of ``shape``."""
+    dict). Raises ``InputError`` (a ``ValueError``) when it is missing or not of ``shape``."""
     if not isinstance(record, dict) or "segmentation" not in record:
         raise OptionError("an everything-mode record must be a dict with a 'segmentation' entry")
     seg = record["segmentation"]
@@ -276,7 +276,7 @@ def save_priors(path: str | os.PathLike[str], priors: Priors, key: str = "") -> 
 
 
 def load_priors(path: str | os.PathLike[str]) -> tuple[Priors, str]:
-    """Read a prior file written by :func:`save_priors`: ``(Priors, key)``. Raises ``ValueError`` when the
+    """Read a prior file written by :func:`save_priors`: ``(Priors, key)``. Raises ``InputError`` (a ``ValueError``) when the
     file is unreadable or lacks the two maps; files of other writers need only ``seg_prior`` and
     ``boundary_prior`` (key "" and n_masks -1 then)."""
     p = Path(path)

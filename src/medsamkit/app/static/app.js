@@ -509,7 +509,8 @@ function segment(prompt) {
     const r = await api("POST", `${base()}/segment`, body);
     await patchSliceFromPng(r.axis, r.slice, b64ToBlob(r.mask.data));
     state.lastSlice.set(r.label, { axis: r.axis, slice: r.slice });
-    setStatus(`label ${r.label} on ${r.axis} slice ${r.slice}: ${r.pixels} px, score ${r.score} (${r.ms} ms)`, "ok");
+    if (r.warnings && r.warnings.length) setStatus(`label ${r.label} on ${r.axis} slice ${r.slice}: ${r.warnings.join("; ")}`, "error");
+    else setStatus(`label ${r.label} on ${r.axis} slice ${r.slice}: ${r.pixels} px, score ${r.score} (${r.ms} ms)`, "ok");
     await refreshLabels();
   });
 }

@@ -518,3 +518,11 @@ def test_outputs_are_checked_before_the_model_loads(tmp_path, monkeypatch, capsy
         assert words in capsys.readouterr().err
     assert main(["segment", str(png(tmp_path)), "--box", "1,1,99,5", "-o", str(tmp_path / "m.png")]) == 2
     assert "lies outside" in capsys.readouterr().err
+    # volume prompts too (x in 0..23, y in 0..19, z in 0..5)
+    for prompt, words in (
+        (("--box3d", "2,2,1,30,12,4"), "lies outside"),
+        (("--box", "2,2,12,12", "--slice", "9"), "slice 9 is outside"),
+        (("--point", "5,5,1", "--point", "6,6,3"), "one slice"),
+    ):
+        assert main(["segment", str(src), *prompt, "-o", str(tmp_path / "v.nii.gz")]) == 2
+        assert words in capsys.readouterr().err

@@ -609,18 +609,6 @@ def check_upload(path: Path) -> None:
         )
 
 
-# exceptions a third-party decoder raises for a malformed file, and nothing else (not ValueError or OSError,
-# which a bug raises too); the library should wrap them itself (reported), the app names them here
-def _decoder_errors() -> tuple[type[BaseException], ...]:
-    import zipfile
-
-    from nibabel.filebasedimages import ImageFileError
-    from nibabel.spatialimages import HeaderDataError
-    from PIL import Image, UnidentifiedImageError
-
-    return (HeaderDataError, ImageFileError, UnidentifiedImageError, Image.DecompressionBombError, zipfile.BadZipFile, zlib.error)
-
-
 def load_source(
     path: Path, options: dict[str, Any], name: str | None = None, *, max_volume_bytes: int | None = None
 ) -> tuple[MedicalImage, np.ndarray, IntensityPreset]:
@@ -640,12 +628,7 @@ def load_source(
         fp = footprint(path)
         if fp is not None:
             volume_cost_limit(fp, max_volume_bytes, shown, resample)
-    try:
-        img = read_image(path, modality=options.get("modality"), max_bytes=max_volume_bytes)
-    except MedsamkitError:
-        raise
-    except _decoder_errors() as e:
-        raise FileInputError(f"cannot read {shown}: the file is malformed ({type(e).__name__})") from None
+    img = read_image(path, modality=options.get("modality"), max_bytes=max_volume_bytes)  # a bad file: ImageReadError
     problem = grid_problem(img)
     if problem is not None:
         if img.meta.get("grid_problem_kind") == "tilt":

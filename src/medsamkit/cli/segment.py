@@ -44,7 +44,12 @@ def add_parser(sub) -> None:
         metavar="X,Y[,Z][,LABEL]",
         help="point prompt; LABEL 1 = foreground (default), 0 = background; repeatable",
     )
-    p.add_argument("--slice", type=int, help="slice index of the 2D --box in a volume")
+    p.add_argument(
+        "--slice",
+        type=int,
+        help="slice of the 2D --box in a volume: segmented there, then propagated slice by slice both ways until "
+        "the object ends (a --box3d bounds the extent instead)",
+    )
     p.add_argument(
         "--axis",
         choices=("z", "y", "x"),

@@ -278,7 +278,7 @@ def _to_voxel(image, values: list[float], world: bool) -> list[float]:  # noqa: 
 
 def _segment_volume(predictor, request: SegmentRequest, image, output: Path, model_name, progress, timings, t0) -> dict[str, Any]:  # noqa: ANN001
     from ..io import write_mask
-    from .volume import ObjectPrompt, segment_volume
+    from .volume import ObjectPrompt, check_volume_prompts, segment_volume
 
     if request.overlay is not None:
         raise SegmentRequestError("--overlay is for 2D inputs")
@@ -318,6 +318,7 @@ def _segment_volume(predictor, request: SegmentRequest, image, output: Path, mod
     names = _names(request, len(prompts))
     for p in prompts:
         p.name = names.get(p.label)
+    check_volume_prompts(prompts, image.spatial_shape, request.axis)  # before the model loads
     model = _get_predictor(predictor, timings)
     t = time.perf_counter()
     seg = segment_volume(

@@ -119,7 +119,26 @@ class _Plan:
     bounded: bool = False  # the prompt gives the object's extent along the axis (3D box)
 
 
-def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, int, int]) -> _Plan:
+def check_volume_prompts(prompts: Sequence[ObjectPrompt], shape_zyx: tuple[int, int, int], axis: str = "z") -> None:
+    """Raise :class:`~medsamkit.errors.PromptError` unless :func:`segment_volume` can run ``prompts`` on a
+    ``(Z, Y, X)`` volume of ``shape_zyx`` sliced along ``axis``: at least one object, distinct labels in
+    1..255, each prompt complete and inside the volume (voxel coordinates, x/y/z = column/row/slice). For
+    callers that check everything before loading a model."""
+    if axis not in AXES:
+        raise OptionError(f"axis must be one of {AXES}, got {axis!r}")
+    _plans(prompts, axis, tuple(int(v) for v in shape_zyx))
+
+
+def _plans(prompts: Sequence[ObjectPrompt], axis: str, shape_zyx: tuple[int, ...]) -> list[_Plan]:
+    if not prompts:
+        raise PromptError("give at least one object prompt")
+    labels_seen = [p.label for p in prompts]
+    if len(set(labels_seen)) != len(labels_seen) or not all(1 <= v <= 255 for v in labels_seen):
+        raise PromptError("object labels must be distinct values in 1..255")
+    return [_plan(p, axis, shape_zyx) for p in prompts]
+
+
+def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, ...]) -> _Plan:
     """Validate a prompt and express it in the slicing frame (slice index, column, row)."""
     z, y, x = shape_zyx
     extent = {"x": x, "y": y, "z": z}
@@ -262,14 +281,9 @@ def segment_volume(
     arr = np.asarray(image.array if img is not None else image)
     if arr.ndim != 3:
         raise InputError(f"segment_volume needs a 3D volume (Z, Y, X); got shape {arr.shape}")
-    if not prompts:
-        raise PromptError("give at least one object prompt")
-    labels_seen = [p.label for p in prompts]
-    if len(set(labels_seen)) != len(labels_seen) or not all(1 <= v <= 255 for v in labels_seen):
-        raise PromptError("object labels must be distinct values in 1..255")
+    plans = _plans(prompts, axis, arr.shape)
     fitted = resolve_preset(arr, img.modality if img is not None else None, preset, window)
     slices = arr.transpose(_TRANSPOSE[axis])  # a view; each slice is mapped to uint8 only when it is needed
-    plans = [_plan(p, axis, arr.shape) for p in prompts]
     predictor = predictor or Predictor("litemedsam")
     opts = options or PropagationOptions()
 

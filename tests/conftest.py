@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +89,18 @@ def one_line_error(capsys, code: int, expect_code: int) -> str:
     assert code == expect_code, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+def assert_valid_dicom(path: Path) -> None:
+    """dciodvfy (Debian dicom3tools) reports no error for ``path``; skipped where it is not installed unless
+    MEDSAMKIT_REQUIRE_DCIODVFY is set (CI sets it)."""
+    if shutil.which("dciodvfy") is None:
+        if os.environ.get("MEDSAMKIT_REQUIRE_DCIODVFY"):
+            pytest.fail("dciodvfy (Debian dicom3tools) is required here but not installed")
+        pytest.skip("dciodvfy (Debian package dicom3tools) not installed")
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
 
 
 @pytest.fixture

@@ -19,9 +19,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import socket
-import threading
-import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -37,6 +34,7 @@ from PIL import Image  # noqa: E402
 from medsamkit.app import create_app  # noqa: E402
 from medsamkit.app import server as app_server  # noqa: E402
 from medsamkit.app.limits import Limits  # noqa: E402
+from tests.app.live import served  # noqa: E402
 from tests.conftest import DATA, box_of, dice, requires_shared  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("MEDSAMKIT_CHROMIUM", "/usr/bin/chromium"))
@@ -93,26 +91,11 @@ def server(browser, predictor, tmp_path_factory):
     """A live server on a free port of 127.0.0.1 (uvicorn in a thread); the data folder is ../shared/data/real."""
     if not DATA.is_dir():
         pytest.skip(f"shared data not found at {DATA}")
-    import uvicorn
-
     # propagation is capped below the MR example's 20 slices: the page must send a window around its slice
     limits = Limits(max_propagate_slices=PROPAGATE_CAP)
     app = create_app(DATA, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor, limits=limits)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with served(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from medsamkit.app import create_app  # noqa: E402
 from medsamkit.app import sessions as app_sessions  # noqa: E402
 from medsamkit.app.limits import Limits  # noqa: E402
 from medsamkit.io.dicom import segment_label  # noqa: E402
+from tests.app.live import served  # noqa: E402
 from tests.app.test_server import (  # noqa: E402
     Client,
     assert_error,
@@ -355,22 +356,8 @@ def test_chunked_bodies_are_cut_at_the_routes_limit(tmp_path):
 def test_chunked_body_against_a_live_server(tmp_path):
     """Through uvicorn and a real socket: a chunked body is answered 413 after a few chunks (the old server read
     the whole body before answering 404)."""
-    import threading
-
-    import uvicorn
-
     app = create_app(None, state_dir=tmp_path / "state")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    try:
+    with served(app, log_level="error") as port:
         c = socket.create_connection(("127.0.0.1", port))
         c.sendall(
             f"POST /api/sessions/not-a-session/propagate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -397,10 +384,6 @@ def test_chunked_body_against_a_live_server(tmp_path):
         c.close()
         assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
         assert sent < 64 << 20, sent  # answered long before a fraction of the 1 GiB was sent
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 # -- 10: bounded decoded size, checked before reading ------------------------------------------------------------

@@ -20,6 +20,8 @@ keeps working; new code catches :class:`MedsamkitError` (or a subclass), never a
 
 from __future__ import annotations
 
+import re
+
 
 class MedsamkitError(Exception):
     """A failure with a message meant for the user (one line). ``exit_code``: the CLI's exit status;
@@ -75,6 +77,16 @@ def one_line(exc: BaseException, limit: int | None = None) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0].strip() if text else type(exc).__name__
     return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^/\s'\"()<>:,;]+)+/([^/\s'\"()<>:,;]*)")
+
+
+def decoder_detail(text: str, limit: int = 160) -> str:
+    """A third-party decoder's message made fit for one line of ours: absolute paths cut to their file name (an
+    error the web app shows must not tell where the server keeps files), white space collapsed, at most
+    ``limit`` characters."""
+    return " ".join(_ABSOLUTE_PATH.sub(r"\1", str(text)).split())[:limit]
 
 
 class MedsamkitWarning(UserWarning):

@@ -84,6 +84,17 @@ def test_uneven_spacing_without_missing_slices(tmp_path) -> None:
     assert res.spatial_shape[0] == 6 and res.meta["resampled"]["interpolated_slices"] == [3]
 
 
+def test_a_resampled_series_is_size_checked_before_it_is_allocated(tmp_path) -> None:
+    """A position far off the others (here 100 m) would make the uniform grid 50,000 slices: refused by the
+    size limit before the array exists."""
+    from medsamkit.errors import LimitError
+
+    img = read_image(write_series(tmp_path / "s", n=5, positions={4: 100000.0}))
+    with pytest.raises(LimitError, match="50001 slices once resampled"):
+        resample_uniform(img, max_bytes=64 << 20)
+    assert resample_uniform(read_image(write_series(tmp_path / "ok", n=5, positions={4: 10.0})), max_bytes=64 << 20)
+
+
 def test_gantry_tilt_is_refused_for_grid_formats_and_not_resampled(tmp_path) -> None:
     folder = write_series(tmp_path / "t", n=8, shear_mm=1.0)
     img = read_image(folder)

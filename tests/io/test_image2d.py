@@ -79,3 +79,14 @@ def test_write_png_atomic_and_checked(tmp_path) -> None:
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["m.png"]
     with pytest.raises(ValueError, match="expects uint8"):
         write_png(tmp_path / "x.png", mask.astype(np.int32))
+
+
+def test_tiffs_read_by_tifffile_are_size_checked_first(tmp_path) -> None:
+    """A float64 TIFF (which PIL cannot decode) goes through tifffile; its size comes from the tags and is
+    checked before the pixels are decoded, like every other format."""
+    from medsamkit.errors import LimitError
+
+    tifffile.imwrite(tmp_path / "f.tif", np.random.default_rng(0).random((300, 400)))
+    assert read_image_2d(tmp_path / "f.tif").shape == (300, 400)
+    with pytest.raises(LimitError, match="300x400 float64 values take 960,000 bytes"):
+        read_image_2d(tmp_path / "f.tif", max_bytes=300 * 400 * 8 - 1)

@@ -641,7 +641,7 @@ def load_source(
                 f'{problem}; the viewer and NIfTI/NRRD/MHA masks need one uniform grid: open it with "resample": true '
                 "to interpolate the missing positions (a DICOM-SEG is then not available)"
             )
-        img = resample_uniform(img)
+        img = resample_uniform(img, max_bytes=max_volume_bytes)
     arr = np.asarray(img.array)
     if img.is_volume:
         if arr.ndim != 3:

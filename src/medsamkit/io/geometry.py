@@ -13,12 +13,14 @@ volume format.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import GeometryError
 from .image import MedicalImage
+from .limits import check_size
 
 GRID_FORMATS = (".nii", ".nii.gz", ".nrrd", ".mha", ".nhdr", ".mhd")  # one spacing/origin/direction per file
 
@@ -50,15 +52,18 @@ def check_uniform(image: MedicalImage, what: str) -> None:
         raise GeometryError(f"{problem}; {what} need(s) a uniform grid: resample the series (--resample) or use voxel indices")
 
 
-def resample_uniform(image: MedicalImage) -> MedicalImage:
+def resample_uniform(image: MedicalImage, max_bytes: int | None = None) -> MedicalImage:
     """``image`` (a volume with a ``spacing`` grid problem) resampled along the slice axis onto a uniform grid.
 
     The new grid starts at the first slice and ends at the last one (both kept exactly), with the step closest
     to the series' usual (median) spacing that divides the span evenly; in-plane geometry and orientation are
     unchanged. A new slice that coincides with a source slice (within 0.1 % of the step) is that slice's voxels
-    unchanged; others are interpolated linearly between the two source slices around them (integer data is
-    rounded back to its type). ``meta["resampled"]`` records the source positions, the new positions and which
-    new slices are interpolated. An image without a grid problem is returned as it is.
+    unchanged - every source slice when the gaps are whole multiples of the usual spacing (missing slices);
+    others are interpolated linearly between the two source slices around them (integer data is rounded back to
+    its type). ``meta["resampled"]`` records the source positions, the new positions and which new slices are
+    interpolated. ``max_bytes``: the largest resampled volume accepted (default
+    :func:`~medsamkit.io.limits.default_max_bytes`), checked before it is allocated
+    (:class:`~medsamkit.errors.LimitError`). An image without a grid problem is returned as it is.
     """
     if grid_problem(image) is None:
         return image
@@ -69,6 +74,8 @@ def resample_uniform(image: MedicalImage) -> MedicalImage:
     span = float(pos[-1] - pos[0])
     usual = float(np.median(np.diff(pos)))
     n_new = int(round(span / usual)) + 1
+    name = Path(str(image.source or "the series"))
+    check_size(name, n_new * int(np.prod(arr.shape[1:])) * arr.dtype.itemsize, f"its {n_new} slices once resampled", max_bytes)
     step = span / (n_new - 1)
     new_pos = pos[0] + step * np.arange(n_new)
     out = np.empty((n_new, *arr.shape[1:]), dtype=arr.dtype)
@@ -94,7 +101,7 @@ def resample_uniform(image: MedicalImage) -> MedicalImage:
         "positions_mm": [float(v) for v in new_pos],
         "spacing_mm": step,
         "interpolated_slices": interpolated,
-        "method": "linear along the slice normal; source slices kept exactly",
+        "method": "linear along the slice normal; source slices on the new grid kept exactly",
     }
     spacing = (*image.spacing[:2], step)
     return MedicalImage(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileInputError, LimitError, OutputError
+from ..errors import FileInputError, LimitError, OutputError, decoder_detail
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -56,9 +56,9 @@ def read_image_2d(path: str | os.PathLike[str], max_bytes: int | None = None) ->
         raise
     except Exception as e:  # noqa: BLE001 - corrupt files make PIL's decoders raise many types (OSError, TypeError, ...)
         if p.suffix.lower() in (".tif", ".tiff"):
-            arr = _read_tiff(p, e)
+            arr = _read_tiff(p, e, max_bytes)
         else:
-            raise ImageReadError(f"cannot read {p.name} as an image: {e}") from e
+            raise ImageReadError(f"cannot read {p.name} as an image: {decoder_detail(e)}") from e
     if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha
         arr = arr[..., 0]
     if arr.size == 0:
@@ -85,16 +85,34 @@ def _pil_to_array(im) -> np.ndarray:
     return arr
 
 
-def _read_tiff(p: Path, first_error: Exception) -> np.ndarray:
+def _read_tiff(p: Path, first_error: Exception, max_bytes: int | None) -> np.ndarray:
+    """TIFFs PIL cannot decode (float, many samples, other codecs) through tifffile, the first series only, its
+    size checked from the tags before decoding."""
+    from .limits import check_size
+
+    why = decoder_detail(first_error)
     try:
         import tifffile
 
-        arr = tifffile.imread(p)
-    except Exception as e:  # tifffile raises many types for corrupt files
-        raise ImageReadError(f"cannot read {p.name} as an image: {first_error}; tifffile: {e}") from e
+        with tifffile.TiffFile(p) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(int(v) for v in series.shape), np.dtype(series.dtype)
+            check_size(
+                p,
+                int(np.prod(shape, dtype=np.float64)) * dtype.itemsize,
+                f"its {'x'.join(map(str, shape))} {dtype.name} values",
+                max_bytes,
+            )
+            arr = series.asarray()
+    except LimitError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for corrupt files
+        raise ImageReadError(f"cannot read {p.name} as an image: {why}; tifffile: {decoder_detail(e)}") from e
     arr = np.squeeze(np.asarray(arr))
     if arr.size == 0:
-        raise ImageReadError(f"cannot read {p.name} as an image: {first_error}; tifffile found no pixels")
+        raise ImageReadError(f"cannot read {p.name} as an image: {why}; tifffile found no pixels")
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar RGB
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):

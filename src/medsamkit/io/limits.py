@@ -29,6 +29,12 @@ def check_size(path: Path, nbytes: int, what: str, max_bytes: int | None) -> Non
     if nbytes > limit:
         how = "set MEDSAMKIT_MAX_IMAGE_MB to change it" if max_bytes is None else "the limit this caller sets"
         raise LimitError(
-            f"{path.name}: {what} take {nbytes / 2**30:.2f} GiB once decoded, over the limit of {limit / 2**30:.2f} GiB "
-            f"({how}); nothing was read"
+            f"{path.name}: {what} take {_size(nbytes)} once decoded, over the limit of {_size(limit)} ({how}); nothing was read"
         )
+
+
+def _size(n: int) -> str:
+    """Bytes for people: ``1.50 GiB``, ``12.0 MiB``, ``900 bytes``."""
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 import tempfile
 import zlib
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import decoder_detail
 from .dicom import is_dicom_file, read_dicom_file, read_dicom_series
 from .image import MedicalImage, guess_modality
 from .image2d import RASTER_SUFFIXES, ImageReadError, read_image_2d
@@ -179,19 +179,10 @@ def _captured_stderr(sink: list[str]):
             sink.append(tmp.read().decode(errors="replace"))
 
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^/\s'\"()<>:,;]+)+/([^/\s'\"()<>:,;]*)")
-
-
-def _detail(text: str) -> str:
-    """A decoder's message for one line of ours: absolute paths cut to their file name (an error shown by the
-    web app must not tell where the server keeps files), white space collapsed, at most 160 characters."""
-    return " ".join(_ABSOLUTE_PATH.sub(r"\1", text).split())[:160]
-
-
 def _itk_error(p: Path, e: Exception) -> ImageReadError:
     detail = str(e).strip().splitlines()
     hint = next((line.strip() for line in detail if "rror" in line and "Exception" not in line), detail[-1] if detail else "")
-    return ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({_detail(hint)})")
+    return ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({decoder_detail(hint)})")
 
 
 def _read_nifti(p: Path) -> MedicalImage:
@@ -206,7 +197,7 @@ def _read_nifti(p: Path) -> MedicalImage:
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file makes nibabel raise many types (HeaderDataError, zlib.error, ...)
-        first = _detail(str(e)) or type(e).__name__
+        first = decoder_detail(str(e)) or type(e).__name__
         raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({first})") from e
     if data.dtype.names is not None:
         raise ImageReadError(f"{p.name}: vector/RGB volumes are not supported (NIfTI dtype {data.dtype})")
@@ -251,7 +242,8 @@ def _read_itk(p: Path, fmt: str) -> MedicalImage:
     except RuntimeError as e:
         lines = [ln.strip() for ln in "".join(printed).splitlines() if ln.strip()]
         if lines:
-            raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({_detail(' '.join(lines))})") from e
+            why = decoder_detail(" ".join(lines))
+            raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({why})") from e
         raise _itk_error(p, e) from e
     dim = im.GetDimension()
     if im.GetNumberOfComponentsPerPixel() > 1 and dim == 3:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi")
 nib = pytest.importorskip("nibabel")
@@ -654,6 +655,16 @@ def test_a_png_bomb_in_a_brush_edit_is_refused_from_its_header(data_dir, tmp_pat
     ok = np.zeros((64, 64), bool)
     ok[10:20, 10:20] = True
     assert client.put(f"/api/sessions/{sid}/mask/z/3", json={"label": 1, "png": png_b64(ok)}).status_code == 200
+    # a PNG of the right size with a text chunk that inflates to 2 MiB: PIL refuses it with a ValueError
+    buf = io.BytesIO()
+    Image.fromarray(ok.astype(np.uint8)).save(buf, format="PNG")
+    body = zlib.compress(b" " * (2 << 20), 9)
+    ztxt = b"Comment\0\0" + body
+    chunk = struct.pack(">I", len(ztxt)) + b"zTXt" + ztxt + struct.pack(">I", zlib.crc32(b"zTXt" + ztxt))
+    raw = buf.getvalue()
+    text_bomb = raw[:33] + chunk + raw[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
+    r = client.put(f"/api/sessions/{sid}/mask/z/3?label=1", content=text_bomb, headers={"content-type": "image/png"})
+    assert "cannot decode" in assert_error(r, 422)
 
 
 def test_dicom_segment_labels_follow_the_standard():

@@ -833,13 +833,14 @@ def _decode_mask(raw: bytes, kind: str, h: int, w: int) -> np.ndarray:
         raise AppError(422, f"mask is {pw}x{ph} pixels, the slice is {w}x{h}")
     from PIL import Image, UnidentifiedImageError
 
-    try:  # decoding the client's bytes: these are the ways PIL reports a broken PNG
+    try:  # decoding the client's bytes: these are the ways PIL reports a broken PNG (ValueError: an oversized
+        # text chunk, "Decompressed data too large"); nothing but PIL runs inside
         with Image.open(io.BytesIO(raw)) as im:
             if im.format != "PNG" or im.size != (w, h):
                 raise AppError(422, "the mask must be a PNG of the slice's size")
             im.load()
             arr = np.asarray(im.convert("RGBA") if im.mode in ("P", "PA", "LA") else im)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, EOFError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, EOFError, ValueError):
         raise AppError(422, "png: cannot decode the mask image") from None
     return (arr > 0) if arr.ndim == 2 else arr.any(axis=-1)
 

@@ -159,10 +159,11 @@ def segment_file(
         output = default_output(image, out_dir, stem or _stem(request.image))
         check_request_outputs(request, output)
     check_mask_fits(image, output)  # the format fits what was read: before the model loads and anything runs
+    truth = None if request.ground_truth is None else _read_truth(request.ground_truth, image)
     if image.is_volume:
-        record = _segment_volume(predictor, request, image, output, model_name, progress, timings, t0)
+        record = _segment_volume(predictor, request, image, output, model_name, progress, timings, t0, truth)
     else:
-        record = _segment_2d(predictor, request, image, output, model_name, timings)
+        record = _segment_2d(predictor, request, image, output, model_name, timings, truth)
     timings["total_s"] = time.perf_counter() - t0
     record["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return record
@@ -208,7 +209,7 @@ def _model_info(predictor: Predictor, model_name: str | None) -> dict[str, Any]:
     }
 
 
-def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_name, timings) -> dict[str, Any]:  # noqa: ANN001
+def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_name, timings, truth) -> dict[str, Any]:  # noqa: ANN001
     from ..io import write_mask
     from .automatic import picture_2d
     from .segment import segment_2d
@@ -265,8 +266,8 @@ def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_n
         for i, (m, s) in enumerate(zip(result.masks, result.scores), start=1)
     ]
     record = _record(request, image, output, "2d", _model_info(model, model_name), preset_info, objects)
-    if request.ground_truth is not None:
-        record["metrics"] = _metrics(result.labels, request.ground_truth, image, len(objects))
+    if truth is not None:
+        record["metrics"] = _metrics(result.labels, truth, image, len(objects))
     return record
 
 
@@ -276,7 +277,9 @@ def _to_voxel(image, values: list[float], world: bool) -> list[float]:  # noqa: 
     return [float(v) for v in np.rint(image.world_to_voxel(np.asarray(values, float)))]
 
 
-def _segment_volume(predictor, request: SegmentRequest, image, output: Path, model_name, progress, timings, t0) -> dict[str, Any]:  # noqa: ANN001
+def _segment_volume(
+    predictor, request: SegmentRequest, image, output: Path, model_name, progress, timings, t0, truth
+) -> dict[str, Any]:  # noqa: ANN001
     from ..io import write_mask
     from .volume import ObjectPrompt, check_volume_prompts, segment_volume
 
@@ -340,8 +343,8 @@ def _segment_volume(predictor, request: SegmentRequest, image, output: Path, mod
     write_mask(output, seg.labels, image, names=names or {p.label: f"object {p.label}" for p in prompts}, metadata=meta)
     timings["write_s"] = time.perf_counter() - t
     record = _record(request, image, output, "volume", _model_info(model, model_name), intensity, seg.objects)
-    if request.ground_truth is not None:
-        record["metrics"] = _metrics(seg.labels, request.ground_truth, image, len(prompts))
+    if truth is not None:
+        record["metrics"] = _metrics(seg.labels, truth, image, len(prompts))
     return record
 
 
@@ -360,21 +363,29 @@ def _record(request: SegmentRequest, image, output: Path, kind: str, model, inte
     }
 
 
-def _metrics(labels: np.ndarray, gt_path: Path, image, n_objects: int) -> dict[str, Any]:  # noqa: ANN001
-    """Per object i: Dice, IoU, NSD (2 mm, or 2 px without spacing), HD95, ASSD against ground-truth label i."""
+def _read_truth(gt_path: Path, image) -> np.ndarray:  # noqa: ANN001
+    """The ground-truth label mask on ``image``'s grid (its spatial shape; the first channel of an RGB mask),
+    read and checked before the model loads, like the volume's grid for surface metrics in mm."""
     from ..io import read_image
-    from ..metrics import compute_metrics
 
     if image.is_volume:
         from ..io.geometry import check_uniform
 
         check_uniform(image, "surface metrics in mm (NSD, HD95)")
-    gt_image = read_image(gt_path)
-    gt = np.asarray(gt_image.array)
-    if gt.ndim == labels.ndim + 1 and gt.shape[-1] in (3, 4) and not image.is_volume:
+    gt = np.asarray(read_image(gt_path).array)
+    shape = tuple(image.spatial_shape)
+    if gt.ndim == len(shape) + 1 and gt.shape[-1] in (3, 4) and not image.is_volume:
         gt = gt[..., 0]
-    if gt.shape != labels.shape:
-        raise FileInputError(f"ground truth {gt_path.name}: grid {gt.shape} differs from the image's {labels.shape}")
+    if gt.shape != shape:
+        raise FileInputError(f"ground truth {gt_path.name}: grid {gt.shape} differs from the image's {shape}")
+    return gt
+
+
+def _metrics(labels: np.ndarray, gt: np.ndarray, image, n_objects: int) -> dict[str, Any]:  # noqa: ANN001
+    """Per object i: Dice, IoU, NSD (2 mm, or 2 px without spacing), HD95, ASSD against ground-truth label i
+    (``gt``: from :func:`_read_truth`)."""
+    from ..metrics import compute_metrics
+
     values = [int(v) for v in np.unique(gt) if v != 0]
     if len(values) == 1:
         gt = (gt != 0).astype(np.uint8)

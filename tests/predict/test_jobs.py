@@ -1,0 +1,33 @@
+"""predict.jobs.segment_file: everything that can be checked is checked before the model loads."""
+
+from __future__ import annotations
+
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medsamkit.errors import FileInputError, GeometryError
+from medsamkit.predict.jobs import SegmentRequest, segment_file
+from tests.dicom_series import write_series
+
+
+def no_model():  # noqa: ANN201
+    raise AssertionError("the model was loaded for a request that was bound to fail")
+
+
+def test_ground_truth_problems_are_found_before_the_model_loads(tmp_path) -> None:
+    gapped = write_series(tmp_path / "gapped", n=10, keep=[0, 1, 2, 6, 7, 8, 9])  # slices 3-5 missing
+    truth = tmp_path / "truth.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 7), np.uint8), np.eye(4)), truth)
+    request = SegmentRequest(image=gapped, output=tmp_path / "seg.dcm", boxes3d=[[4, 4, 1, 20, 20, 5]], ground_truth=truth)
+    with warnings.catch_warnings(), pytest.raises(GeometryError, match="surface metrics"):
+        warnings.simplefilter("ignore", UserWarning)
+        segment_file(no_model, request)
+    volume = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 100, (24, 20, 6)).astype(np.int16), np.eye(4)), volume)
+    request = SegmentRequest(image=volume, output=tmp_path / "m.nii.gz", boxes3d=[[2, 2, 1, 12, 12, 4]], ground_truth=truth)
+    with pytest.raises(FileInputError, match=r"grid \(7, 32, 32\) differs"):
+        segment_file(no_model, request)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gapped", "truth.nii.gz", "v.nii.gz"]  # nothing written

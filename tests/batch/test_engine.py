@@ -308,6 +308,8 @@ def test_rows_cannot_write_outside_out_dir_over_inputs_or_over_each_other(dask_e
         {"id": "link", "image": str(image), "box": box, "output": "leak/through-link.png"},
         {"id": "twice", "image": str(image), "box": box, "output": "sub/good.png"},
         {"id": "self", "image": "../out/sub/self.png", "box": box, "output": "sub/self.png"},
+        {"id": "default-of-another", "image": str(image), "box": box, "output": "masks/good.png"},
+        {"id": "ledger", "image": str(image), "box": box, "output": "ledger.sqlite"},
     ]
     (out / "sub").mkdir()
     shutil.copy(src, out / "sub" / "self.png")
@@ -321,6 +323,7 @@ def test_rows_cannot_write_outside_out_dir_over_inputs_or_over_each_other(dask_e
     assert "relative to the output folder" in reasons["home"] and "leads outside" in reasons["link"]
     assert "also the output of item good" in reasons["twice"] or "finished output of item good" in reasons["twice"]
     assert "is the input file" in reasons["self"]
+    assert "is the run's own" in reasons["default-of-another"] and "is the run's own" in reasons["ledger"]
     assert not (tmp_path / "escaped.png").exists() and not (tmp_path.parent / "escaped.png").exists()
     assert not (tmp_path / "abs.png").exists() and not (tmp_path / "through-link.png").exists()
     assert all(p.read_bytes() == b for p, b in before.items())

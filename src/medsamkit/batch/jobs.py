@@ -122,9 +122,15 @@ def _window(value: Any) -> tuple[float, float]:
     return parse_window(str(value))
 
 
+# what a run writes itself into OUT_DIR: a row's own output may not be (or be inside) one of them - the default
+# outputs of rows without one (masks/<id>, everything/<id>), the records, the ledger and the summary
+RESERVED_OUTPUTS = ("masks", "everything", "records", "batch_records", "ledger.sqlite", "summary.json")
+
+
 def output_inside(out_dir: str | Path, value: Any) -> Path:
     """A manifest row's ``output``: a path relative to ``out_dir`` that stays inside it (after resolving ``..``
-    and symbolic links). Absolute paths, ``~`` and paths that leave ``out_dir`` raise
+    and symbolic links) and outside what the run writes itself (:data:`RESERVED_OUTPUTS`: default outputs,
+    records, the ledger). Absolute paths, ``~``, paths that leave ``out_dir`` and reserved places raise
     :class:`~medsamkit.errors.OutputError`."""
     from ..errors import OutputError
 
@@ -137,6 +143,12 @@ def output_inside(out_dir: str | Path, value: Any) -> Path:
     target = (root / rel).resolve()
     if not target.is_relative_to(root) or target == root:
         raise OutputError(f"output {value!r} leads outside the output folder {root}; outputs stay inside OUT_DIR")
+    first = target.relative_to(root).parts[0]
+    if first in RESERVED_OUTPUTS or first.startswith("ledger.sqlite"):  # also its -wal and -shm files
+        raise OutputError(
+            f"output {value!r}: {first} in the output folder is the run's own ({', '.join(RESERVED_OUTPUTS)}: default "
+            "outputs of rows without one, records, ledger); name the output elsewhere, e.g. outputs/<name>"
+        )
     return target
 
 

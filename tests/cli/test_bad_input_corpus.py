@@ -480,6 +480,7 @@ def test_exit_status_1_is_a_bug_with_a_logged_traceback(tmp_path, monkeypatch, c
     assert code == 1 and len(err.splitlines()) == 1 and "internal error" in err and "Traceback" not in err
     log = next((tmp_path / "cache" / "logs").glob("error-*.log"))
     assert "Traceback" in log.read_text() and "operands could not be broadcast" in log.read_text()
+    assert log.read_text().startswith("medsamkit segment ")  # the command that failed, as called
     assert str(log) in err
 
 

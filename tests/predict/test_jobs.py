@@ -31,3 +31,20 @@ def test_ground_truth_problems_are_found_before_the_model_loads(tmp_path) -> Non
     with pytest.raises(FileInputError, match=r"grid \(7, 32, 32\) differs"):
         segment_file(no_model, request)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gapped", "truth.nii.gz", "v.nii.gz"]  # nothing written
+
+
+def test_segment_2d_checks_prompts_also_where_it_skips_the_model() -> None:
+    """A blank picture gives an empty mask without the model, but a prompt outside it is still an error."""
+    from medsamkit.errors import MedsamkitWarning, PromptError
+    from medsamkit.predict.segment import segment_2d
+
+    class Untouchable:
+        def __getattr__(self, name):  # noqa: ANN001, ANN204
+            raise AssertionError(f"the predictor was used ({name})")
+
+    blank = np.zeros((40, 50), np.uint8)
+    with pytest.raises(PromptError, match="lies outside"):
+        segment_2d(Untouchable(), blank, boxes=[[0, 0, 9999, 10]])
+    with pytest.warns(MedsamkitWarning, match="constant"):
+        result = segment_2d(Untouchable(), blank, boxes=[[5, 5, 20, 20]])
+    assert result.labels.shape == (40, 50) and not result.labels.any() and result.warnings

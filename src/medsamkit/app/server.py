@@ -459,7 +459,7 @@ def create_app(
                 embedding_memory=8 * MiB,  # the shared cache keeps slice embeddings; this is segment_volume's own
             )
         except MedsamkitError as e:
-            job.error = one_line(e)
+            job.error = scrub(one_line(e))  # shown by /progress, like every error: no server paths
             raise
         except BaseException:
             job.error = "failed"

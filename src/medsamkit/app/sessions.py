@@ -550,18 +550,23 @@ class SessionStore:
 
     def _trim_undo(self, keep: Session) -> None:
         """Drop the oldest undo steps of the least recently used sessions while all sessions' undo history
-        together is over ``undo_total_bytes`` (``keep``'s last step is kept)."""
+        together is over ``undo_total_bytes`` (``keep``'s last step is kept). Call with ``keep.lock`` held;
+        another session's history is read and trimmed only under its own lock, and a session busy with a
+        request of its own is left alone this time (it trims when it finishes)."""
         with self._lock:
             sessions = sorted(self._sessions.values(), key=lambda x: x.last_used)
-        total = sum(x.undo_nbytes for x in sessions)
-        for x in sessions:
-            while total > self.limits.undo_total_bytes and len(x.undo) > (1 if x is keep else 0):
-                try:
+        held = [x for x in sessions if x is not keep and x.lock.acquire(blocking=False)]
+        try:
+            mine = [x for x in sessions if x is keep or x in held]
+            total = sum(x.undo_nbytes for x in mine)
+            for x in mine:
+                while total > self.limits.undo_total_bytes and len(x.undo) > (1 if x is keep else 0):
                     total -= x.undo.popleft().nbytes
-                except IndexError:  # emptied by its own request meanwhile
+                if total <= self.limits.undo_total_bytes:
                     break
-            if total <= self.limits.undo_total_bytes:
-                break
+        finally:
+            for x in held:
+                x.lock.release()
 
     def set_slice_label(self, s: Session, axis: str, k: int, label: int, mask: np.ndarray, kind: str) -> bool:
         """Replace label ``label`` on slice ``k`` by ``mask`` (2D bool in the slice frame); the mask paints

@@ -105,15 +105,17 @@ def _run(args_list: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: one line here, the traceback in a log file
         if os.environ.get("MEDSAMKIT_DEBUG"):
             raise
-        log_file = _log_traceback(e)
+        log_file = _log_traceback(e, args_list)
         where = f"; traceback in {log_file}" if log_file else ""
         text = f"{type(e).__name__}: {one_line(e, 200)}{where}"
         print(f"medsamkit: internal error (a bug, please report it): {text}", file=sys.stderr)
         return 1
 
 
-def _log_traceback(exc: BaseException) -> str | None:
-    """Write ``exc``'s traceback to ``<cache>/logs/`` and return the file's path (None if that fails)."""
+def _log_traceback(exc: BaseException, args_list: list[str]) -> str | None:
+    """Write the command line and ``exc``'s traceback to ``<cache>/logs/``; the file's path (None if that
+    fails)."""
+    import shlex
     import time
     import traceback
 
@@ -124,7 +126,7 @@ def _log_traceback(exc: BaseException) -> str | None:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        path.write_text(f"medsamkit {' '.join(sys.argv[1:])}\n\n{text}", encoding="utf-8")
+        path.write_text(f"medsamkit {shlex.join(args_list)}\n\n{text}", encoding="utf-8")
         return str(path)
     except OSError:
         return None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import MedsamkitWarning, PromptError
-from .predictor import Predictor
+from .predictor import Predictor, check_prompts
 
 
 @dataclass
@@ -56,8 +56,9 @@ def segment_2d(
         raise PromptError("points can refine a single box; with several boxes, run them separately")
     if box_arr is not None and box_arr.shape[0] > 255:
         raise PromptError(f"{box_arr.shape[0]} boxes: a uint8 label mask holds at most 255 objects")
+    size = np.shape(image)[:2] if image is not None else predictor.image_size
+    check_prompts(size, pts, labs, box_arr)  # also where the shortcuts below skip the model
     if image is not None:
-        size = np.shape(image)[:2]
         if is_constant(image):
             why = (
                 f"the picture the model sees is constant (every pixel {_first_value(image)}; check the image and its "
@@ -72,7 +73,7 @@ def segment_2d(
             "add a foreground point (label 1) or a box"
         )
         warnings.warn(why, MedsamkitWarning, stacklevel=2)
-        return _empty(predictor.image_size, 1, why)
+        return _empty(size, 1, why)
     use_multi = (box_arr is None) if multimask is None else multimask
     out = predictor.predict(point_coords=pts, point_labels=labs, boxes=box_arr, multimask=use_multi)
     masks, scores = out.best() if use_multi else (out.masks[:, 0], out.scores[:, 0])

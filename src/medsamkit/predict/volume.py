@@ -282,6 +282,8 @@ def segment_volume(
     if arr.ndim != 3:
         raise InputError(f"segment_volume needs a 3D volume (Z, Y, X); got shape {arr.shape}")
     plans = _plans(prompts, axis, arr.shape)
+    if method == "official" and any(p.box3d is None for p in prompts):
+        raise PromptError("method 'official' needs a 3D box per object")
     fitted = resolve_preset(arr, img.modality if img is not None else None, preset, window)
     slices = arr.transpose(_TRANSPOSE[axis])  # a view; each slice is mapped to uint8 only when it is needed
     predictor = predictor or Predictor("litemedsam")
@@ -309,8 +311,6 @@ def segment_volume(
             if bar is not None:
                 bar.update(pl.hi - pl.lo + 1)
         elif method == "official":
-            if p.box3d is None:
-                raise PromptError("method 'official' needs a 3D box per object")
             obj, ious = _official(predictor, set_slice, slices.shape, pl, bar)
         else:
             obj, ious = _propagate(predictor, set_slice, slices.shape, pl, opts, bar, lambda s: fitted.apply(slices[s]))

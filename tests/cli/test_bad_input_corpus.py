@@ -158,8 +158,21 @@ def _tiff(inp: Path, out: Path) -> list[str]:
 
 
 def _corrupt_dcm(inp: Path, out: Path) -> list[str]:
+    """A DICOM preamble and one broken file-meta element: no pixel data to read."""
     p = inp / "x.dcm"
-    p.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff" + os.urandom(64))
+    p.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff" + bytes(range(64)))
+    return seg(p, out, *BOX)
+
+
+def _truncated_dcm(inp: Path, out: Path) -> list[str]:
+    """A valid single CT slice with its pixel data cut in half."""
+    from tests.dicom_series import write_series
+
+    one = sorted(write_series(inp / "s", n=1, size=32).glob("*.dcm"))[0]
+    p = inp / "cut.dcm"
+    data = one.read_bytes()
+    p.write_bytes(data[: len(data) - 32 * 32])
+    one.unlink()
     return seg(p, out, *BOX)
 
 
@@ -281,7 +294,8 @@ CASES = [
     Bad("npz object array", _pickle_npz, "object voxel values are not supported"),
     Bad("npz 4D", lambda i, o: seg(npz(i, imgs=np.zeros((2, 3, 8, 8), np.uint8)), o, *BOX3D, o="m.nii.gz"), "expected 2D or 3D"),
     Bad("npz bomb", _zip_bomb_npz, "over the limit"),
-    Bad("dicom file corrupt", _corrupt_dcm, "x.dcm"),
+    Bad("dicom file corrupt", _corrupt_dcm, "x.dcm is a DICOM object without pixel data"),
+    Bad("dicom pixel data truncated", _truncated_dcm, "cut.dcm: cannot decode pixel data"),
     Bad("empty folder", lambda i, o: seg(i, o, *BOX3D, o="m.nii.gz"), "no DICOM image files"),
     Bad("two series, none chosen", _two_series, "holds 2 DICOM series"),
     Bad(

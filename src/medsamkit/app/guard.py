@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..errors import LimitError
-from .limits import KiB, Limits, MiB
+from .limits import Limits, MiB
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -114,7 +114,7 @@ def body_limit(limits: Limits, method: str, path: str, content_type: str) -> int
     if method == "POST" and _UPLOAD.match(path) and content_type.startswith("multipart/"):
         return limits.max_upload_bytes + MiB
     if method == "PUT" and _EDIT.match(path):
-        return limits.max_edit_bytes * 4 // 3 + 4 * KiB
+        return limits.max_edit_json_bytes
     return limits.max_json_bytes
 
 

@@ -48,6 +48,11 @@ class Limits:
     undo_bytes: int = 32 * MiB
     undo_total_bytes: int = 256 * MiB
 
+    @property
+    def max_edit_json_bytes(self) -> int:
+        """Body of a brush edit sent as JSON: the PNG in base64 (4/3 of ``max_edit_bytes``) and the fields."""
+        return self.max_edit_bytes * 4 // 3 + 4 * KiB
+
     def describe(self) -> dict[str, int | float]:
         """The limits a client may need to know (sent with the volume info)."""
         return {

@@ -44,7 +44,7 @@ from ..errors import MedsamkitError, one_line
 from ..io import write_mask
 from ..predict import ObjectPrompt, Predictor, segment_2d, segment_volume
 from .guard import LOOPBACK_NAMES, Guard, HostRule
-from .limits import KiB, Limits, MiB
+from .limits import Limits, MiB
 from .model import ModelService
 from .sessions import (
     AXES,
@@ -309,7 +309,7 @@ def create_app(
                 path.unlink(missing_ok=True)
                 raise
         if ctype == "application/json":
-            body = _parse(OpenPath, await _read_json(request))
+            body = _parse(OpenPath, await _read_json(request, limits.max_json_bytes))
             return await run_in_threadpool(_open_data, s, body)
         raise AppError(415, "send the volume as multipart/form-data (field 'file') or JSON {\"path\": ...}")
 
@@ -505,7 +505,7 @@ def create_app(
         s = store.get(sid)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
-            body = _parse(MaskBody, await _read_json(request, limits.max_edit_bytes * 4 // 3 + 4 * KiB))
+            body = _parse(MaskBody, await _read_json(request, limits.max_edit_json_bytes))
             label, raw, kind = body.label, _b64(body.png), "png"
         elif ctype in ("image/png", "application/octet-stream"):
             label = _query_label(request)
@@ -637,7 +637,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_json(request: Request, limit: int = 64 * KiB) -> Any:
+async def _read_json(request: Request, limit: int) -> Any:
     raw = await _read_body(request, limit)
     try:
         return json.loads(raw)

@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args_list: list[str]) -> int:
     """Exit status: 0 done; 1 an internal error (a bug: the traceback goes to a log file) or a failure of the
     environment (memory, disk); 2 an input error (:class:`~medsamkit.errors.InputError`: a bad file, prompt or
-    option); 3 a job that finished with failed items (``batch``, ``evaluate``: finished work is kept);
-    130 interrupted."""
+    option); 3 a job that finished with failed items (``batch``, ``evaluate``, ``samaug prepare``:
+    finished work is kept); 130 interrupted."""
     from ..errors import MedsamkitError, one_line
 
     try:

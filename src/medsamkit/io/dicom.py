@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write
 from ..errors import GeometryError, OutputError
 from .image import MedicalImage
 from .image2d import ImageReadError
@@ -125,6 +126,8 @@ def _assemble(folder: Path, items: list) -> MedicalImage:
         tilt = _tilt(folder, ipp, n, pos)
         gap = None if tilt else _gap(folder, pos, dz)
         problem = ("tilt", tilt) if tilt else (("spacing", gap) if gap else None)
+        if problem is None:  # the grid's step is the one that puts the first and last slice where they are
+            dz = float(pos[-1] - pos[0]) / (len(pos) - 1)
     else:
         dz = float(getattr(first, "SliceThickness", 1.0) or 1.0)
     slices = []
@@ -167,13 +170,24 @@ def _assemble(folder: Path, items: list) -> MedicalImage:
     )
 
 
+# how far a slice may lie from the uniform grid through the first and last slice: a tenth of the step, and at
+# least 0.1 mm (positions rounded to 0.1 mm in the headers, as some scanners write them, stay within it; one
+# missing slice in 500 does not)
+GRID_TOLERANCE, GRID_TOLERANCE_MM = 0.1, 0.1
+
+
 def _gap(folder: Path, pos: np.ndarray, dz: float) -> str | None:
-    """None when the slices are evenly spaced (within 1 % of the median step), else a description of the
-    largest departure: which slices, how far apart, how many slices seem to be missing."""
+    """None when every slice lies within :data:`GRID_TOLERANCE` of a step (at least :data:`GRID_TOLERANCE_MM`)
+    of the uniform grid from the first to the last slice - where a one-spacing format (NIfTI, NRRD, MHA) puts
+    it -, else a description
+    of the largest departure from the usual (median) spacing ``dz``: which slices, how far apart, how many
+    slices seem to be missing."""
+    step = float(pos[-1] - pos[0]) / (len(pos) - 1)
+    misplaced = np.abs(pos - (pos[0] + step * np.arange(len(pos))))
+    if float(misplaced.max()) <= max(GRID_TOLERANCE * abs(step), GRID_TOLERANCE_MM):
+        return None
     gaps = np.diff(pos)
     dev = np.abs(gaps - dz)
-    if float(dev.max()) <= 0.01 * dz + 1e-3:
-        return None
     k = int(np.argmax(dev))
     missing = int(round(gaps[k] / dz)) - 1
     what = f"about {missing} slice(s) missing there" if missing >= 1 else "the spacing varies"
@@ -181,7 +195,8 @@ def _gap(folder: Path, pos: np.ndarray, dz: float) -> str | None:
         f"{folder.name}: the slice spacing is not uniform: slices {k} and {k + 1} (at {pos[k]:.4g} and {pos[k + 1]:.4g} mm "
         f"along the slice normal) are "
         f"{gaps[k]:.4g} mm apart where the series' usual spacing is {dz:.4g} mm ({what}; spacings "
-        f"{gaps.min():.4g}..{gaps.max():.4g} mm)"
+        f"{gaps.min():.4g}..{gaps.max():.4g} mm; a one-spacing grid would put slice(s) up to "
+        f"{float(misplaced.max()):.3g} mm from their place)"
     )
 
 
@@ -381,21 +396,13 @@ def write_dicom_seg(
         manufacturer_model_name=algorithm[:64],
         software_versions=__version__,
         device_serial_number="0",
-        series_description=segment_label(description, 0),
+        series_description=segment_label(description, 0) if description.strip() else "medsamkit segmentation",
     )
     texts = [str(d.SegmentLabel) for d in descriptions] + [str(seg.SeriesDescription)]
     if any(ord(c) > 127 for t in texts for c in t):
         # UTF-8 names: declare the repertoire so readers (and dciodvfy) decode the LO values correctly
         seg.SpecificCharacterSet = "ISO_IR 192"
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        seg.save_as(tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(path, seg.save_as)
 
 
 def read_dicom_seg(path: str | Path, like: MedicalImage) -> tuple[np.ndarray, dict[int, str]]:

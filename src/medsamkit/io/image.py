@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -72,7 +70,7 @@ class MedicalImage:
     def affine_ras(self) -> np.ndarray:
         """4x4 NIfTI-style affine mapping (i, j, k, 1) to RAS world mm (volumes only)."""
         if not self.is_volume:
-            raise InputError("a RAS affine is defined for volumes")
+            raise ValueError("a RAS affine is defined for volumes")
         a = self.affine_lps()
         a[:3, :] = LPS_TO_RAS @ a[:3, :]
         return a
@@ -93,7 +91,7 @@ class MedicalImage:
     def with_array(self, array: np.ndarray, **changes: Any) -> MedicalImage:
         """The same geometry carrying another array of the same spatial shape (e.g. a mask)."""
         if tuple(array.shape[: len(self.spacing)]) != self.spatial_shape:
-            raise InputError(f"array shape {array.shape} does not match the image grid {self.spatial_shape}")
+            raise ValueError(f"array shape {array.shape} does not match the image grid {self.spatial_shape}")
         fields = {**self.__dict__, "array": array, **changes}
         return MedicalImage(**fields)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileInputError, LimitError, OutputError, decoder_detail
+from ..errors import FileInputError, LimitError, decoder_detail
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -138,7 +138,7 @@ def write_png(path: str | os.PathLike[str], array: np.ndarray) -> Path:
             tmp.unlink(missing_ok=True)
         return p
     if arr.dtype != np.uint8:
-        raise OutputError(f"PNG writer expects uint8 (or 2D uint16), got {arr.dtype}")
+        raise ValueError(f"PNG writer expects uint8 (or 2D uint16), got {arr.dtype}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")

@@ -88,9 +88,9 @@ def write_mask(
     p = Path(path)
     lab = np.asarray(labels)
     if lab.shape != like.spatial_shape:
-        raise OutputError(f"mask shape {lab.shape} does not match the image grid {like.spatial_shape}")
+        raise ValueError(f"mask shape {lab.shape} does not match the image grid {like.spatial_shape}")
     if lab.min(initial=0) < 0 or lab.max(initial=0) > 255:
-        raise OutputError("mask labels must be within 0..255")
+        raise ValueError("mask labels must be within 0..255")
     lab = lab.astype(np.uint8)
     s = mask_suffix(p)
     check_grid_output(like, s)

@@ -131,7 +131,7 @@ def _blocks(model: nn.Module, config: AdapterConfig) -> Iterator[tuple[nn.Module
     if config.decoder:
         for m in model.mask_decoder.transformer.layers:
             if not isinstance(m, TwoWayBlock):  # pragma: no cover - the decoder is built from TwoWayBlocks
-                raise OptionError(f"unexpected decoder block {type(m).__name__}")
+                raise TypeError(f"unexpected decoder block {type(m).__name__}")
             yield m, m.self_attn, m.mlp, None, m.mlp.lin1.in_features
 
 

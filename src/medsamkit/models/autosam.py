@@ -132,7 +132,7 @@ class PromptGenerator(nn.Module):
         nn.init.zeros_(self.dense_head.bias)
         base = torch.zeros(cfg.embed_dim) if no_mask_embed is None else no_mask_embed.detach().reshape(-1).clone().float()
         if base.numel() != cfg.embed_dim:
-            raise OptionError(f"no_mask_embed has {base.numel()} values, the prompt width is {cfg.embed_dim}")
+            raise ValueError(f"no_mask_embed has {base.numel()} values, the prompt width is {cfg.embed_dim}")
         self.dense_bias = nn.Parameter(base)
         if cfg.num_sparse:
             self.sparse_head = nn.Linear(w, cfg.num_sparse * cfg.embed_dim)

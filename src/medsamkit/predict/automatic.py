@@ -178,7 +178,7 @@ class EverythingResult:
         """``(H, W)`` uint16 label image: record i (largest first) gets label i + 1, smaller masks painted over
         larger ones so that nested structures stay visible."""
         if not self.records and shape is None:
-            raise OptionError("no records and no shape")
+            raise ValueError("label_image: no records and no shape (give shape=(H, W))")
         shp = shape or tuple(_mask_of(self.records[0]).shape)
         out = np.zeros(shp, dtype=np.uint16)
         for i, r in enumerate(self.records):

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, PromptError
+from ..errors import PromptError
 from ..models.backends import Engine, create_engine
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 from ..preprocess.image2d import to_rgb_uint8
@@ -122,7 +122,7 @@ class Predictor:
         if emb.ndim == 3:
             emb = emb[None]
         if emb.shape != self.embed_shape:
-            raise InputError(f"embedding must be {self.embed_shape}, got {emb.shape}")
+            raise ValueError(f"embedding must be {self.embed_shape}, got {emb.shape}")
         # the decoder's prompt-independent work for this image, done once (every prompt needs it)
         self._embedding, self._geometry, self._prepared = emb, geometry, self.engine.prepare(emb)
 

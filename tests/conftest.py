@@ -24,6 +24,27 @@ requires_shared = pytest.mark.skipif(
 )
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With MEDSAMKIT_REQUIRE_SHARED set (CI sets it), a missing ../shared stops the run instead of skipping the
+    real-data and parity tests."""
+    if os.environ.get("MEDSAMKIT_REQUIRE_SHARED"):
+        missing = [str(p) for p in (DATA, REFERENCE / "manifest.json") if not p.exists()]
+        if missing:
+            raise pytest.UsageError(f"MEDSAMKIT_REQUIRE_SHARED is set but {', '.join(missing)} is missing")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+    """With MEDSAMKIT_REQUIRE_SHARED set, a test skipped for want of shared data fails instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("MEDSAMKIT_REQUIRE_SHARED") and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if str(SHARED) in reason or "MEDSAMKIT_SHARED" in reason or "shared data" in reason:
+            report.outcome = "failed"
+            report.longrepr = f"MEDSAMKIT_REQUIRE_SHARED is set, but the test was skipped: {reason}"
+
+
 @pytest.fixture(scope="session")
 def predictor():
     """The bundled LiteMedSAM on the default backend (ONNX Runtime)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Predictor", "__version__", "load_model", "read_image", "segment_2d", "segment_volume", "write_mask"]
 

@@ -12,7 +12,7 @@ from .common import CliError, Parser
 
 
 def build_parser() -> Parser:
-    from .. import __version__
+    from .._version import __version__
     from . import autoseg, batch, demo, evaluate, everything, finetune, models, samaug, segment, serve, train
 
     parser = Parser(

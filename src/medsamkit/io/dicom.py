@@ -346,7 +346,7 @@ def write_dicom_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from .. import __version__
+    from .._version import __version__
 
     files = like.meta.get("dicom_files")
     if "resampled" in like.meta:

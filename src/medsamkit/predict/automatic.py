@@ -51,6 +51,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .._runs import json_default, model_info
 from ..errors import OptionError
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 from ..preprocess.image2d import to_rgb_uint8
@@ -523,7 +524,7 @@ def everything_file(
     cannot be written, are refused before any work (:class:`~medsamkit.errors.OutputError`).
     Returns a summary (paths, number of masks, timings). The same function serves the CLI and batch jobs;
     ``progress`` shows a progress bar over the prompts on stderr."""
-    from .. import __version__
+    from .._version import __version__
     from .._files import atomic_write_text, check_outputs, check_writable
     from ..io import read_image
     from ..io.image2d import write_png
@@ -571,19 +572,14 @@ def everything_file(
     doc = {
         "image": str(path),
         "shape": list(hw),
-        "model": {
-            "name": model_name or predictor.engine.arch.name,
-            "backend": predictor.engine.backend,
-            "weights_id": predictor.engine.weights_id,
-            "pipeline": predictor.transform.name,
-        },
+        "model": model_info(predictor, model_name),
         "options": asdict(rle_opts),
         "intensity": intensity,
         "medsamkit": __version__,
         "stats": result.stats,
         "records": result.records,
     }
-    atomic_write_text(json_path, json.dumps(doc, default=_json_default))
+    atomic_write_text(json_path, json.dumps(doc, default=json_default))
     write_s = time.perf_counter() - t0
     return {
         "image": str(path),
@@ -599,11 +595,3 @@ def everything_file(
         },
         "stats": result.stats,
     }
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

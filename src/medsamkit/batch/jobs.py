@@ -222,7 +222,8 @@ class SegmentJob:
         return _CLI_OPTION.sub(r"\1", error_text(e))
 
     def run(self, item_id: str, payload: dict[str, Any], lease: PredictorLease) -> dict[str, Any]:
-        from ..predict.jobs import segment_file, versions
+        from .._runs import versions
+        from ..predict.jobs import segment_file
 
         t0 = time.time()
         record = segment_file(
@@ -277,8 +278,8 @@ class EverythingJob:
         return error_text(e)
 
     def run(self, item_id: str, payload: dict[str, Any], lease: PredictorLease) -> dict[str, Any]:
+        from .._runs import versions
         from ..predict.automatic import everything_file
-        from ..predict.jobs import versions
 
         t0 = time.time()
         summary = everything_file(
@@ -366,8 +367,8 @@ class SamaugJob:
         return error_text(e)
 
     def run(self, item_id: str, payload: dict[str, Any], lease: PredictorLease) -> dict[str, Any]:
+        from .._runs import versions
         from ..predict.automatic import AutomaticMaskGenerator
-        from ..predict.jobs import versions
         from ..samaug.prepare import case_paths, prepare_case
 
         t0 = time.time()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._runs import check_same_settings
 from ..errors import OutputError
 from .manifest import ManifestItem
 
@@ -95,7 +96,7 @@ class Ledger:
     # -- the job --------------------------------------------------------------------------------------------
     def check_job(self, kind: str, settings: dict[str, Any]) -> None:
         """Record the job's kind and settings, or check them against the ones recorded: a folder holds one job
-        (``ValueError`` naming what differs otherwise)."""
+        (:class:`~medsamkit.errors.OutputError` naming what differs otherwise)."""
         rows = {r["key"]: json.loads(r["value"]) for r in self.db.execute("SELECT key, value FROM job")}
         if not rows:
             with self.db:
@@ -106,14 +107,7 @@ class Ledger:
             return
         if rows.get("kind") != kind:
             raise OutputError(f"{self.path.parent} holds a batch {rows.get('kind')} job, not {kind}; use another output folder")
-        old = rows.get("settings", {})
-        new = json.loads(json.dumps(settings, sort_keys=True))
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            raise OutputError(
-                f"{self.path.parent} holds a batch {kind} job with other settings ({', '.join(changed)}); "
-                "use another output folder"
-            )
+        check_same_settings(self.path.parent, f"a batch {kind} job", rows.get("settings", {}), settings, error=OutputError)
 
     def job(self) -> dict[str, Any]:
         """The recorded kind, settings and creation time."""

@@ -9,7 +9,8 @@ per-case work (a pure function of the case, the protocols, the predictor and the
 
 from .analysis import auroc, spearman, summarize
 from .datasets import LAYOUTS, Case, Dataset, case_id_of, load_case, load_dataset, modality_from_name
-from .runner import COLUMNS, CaseResult, EvalConfig, EvaluationRun, evaluate_case, load_masks, read_rows, run_evaluation
+from .runner import COLUMNS, CaseResult, EvalConfig, EvaluationRun, evaluate_case, read_rows, run_evaluation
+from .store import load_masks
 
 __all__ = [
     "COLUMNS",

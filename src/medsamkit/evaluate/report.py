@@ -18,6 +18,7 @@ import numpy as np
 
 from .._files import atomic_write_text
 from .analysis import CORRELATED, FAILURE_DICE
+from .store import case_paths, load_masks
 
 WORST_CASES = 8
 
@@ -152,7 +153,6 @@ def _worst_cases(
     from ..preprocess.intensity import resolve_preset
     from ..viz.overlay import overlay_masks
     from .datasets import load_case
-    from .runner import _case_paths, load_masks
 
     ranked = sorted((r for r in _final_rows(ok) if r["protocol"] == protocol), key=lambda r: _f(r["dice"]))
     # the worst objects, at most two per dataset, so that one failing set does not fill the page
@@ -169,7 +169,7 @@ def _worst_cases(
         case = cases.get((r["dataset"], r["case"]))
         if case is None:
             continue
-        _, mask_file = _case_paths(out, case)
+        _, mask_file = case_paths(out, case)
         if not mask_file.exists():
             continue
         try:

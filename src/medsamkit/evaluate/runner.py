@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .._files import atomic_write
+from .._runs import check_same_settings, json_default, model_info, versions
 from ..errors import InputError, OptionError
 from ..metrics import compute_metrics
 from ..metrics.attributes import ATTRIBUTES, object_attributes
@@ -48,6 +48,7 @@ from ..preprocess.intensity import resolve_preset
 from ..prompts import PromptProtocol, parse_protocol
 from .datasets import Case, Dataset, load_case, load_dataset
 from .prompting import StepResult, run_protocol_2d, run_protocol_3d
+from .store import case_paths, save_masks
 
 MODES = ("slices", "volume")
 METRIC_COLUMNS = ("dice", "iou", "nsd", "hd95", "assd", "pred_size", "gt_size", "volume_difference", "empty_pred")
@@ -367,14 +368,6 @@ class EvaluationRun:
     skipped: int = 0
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
 def _clean(v: Any) -> Any:
     """JSON has no NaN: undefined values are stored as null."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -382,44 +375,17 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
-
-
-def _file_stem(name: str) -> str:
-    """A file name for ``name``; names that needed changing get a short hash so that two never collide."""
-    safe = _safe(name)
-    return safe if safe == name else f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-
-
-def _case_paths(out: Path, case: Case) -> tuple[Path, Path]:
-    d, c = _file_stem(case.dataset), _file_stem(case.id)
-    return out / "cases" / d / f"{c}.json", out / "masks" / d / f"{c}.npz"
-
-
 def _case_inputs(case: Case) -> dict[str, Any]:
     """What a case's stored rows were computed from; rows of other inputs are never reused."""
     return {"image": str(case.image), "mask": str(case.mask), "channel": case.channel, "modality": case.modality}
 
 
-def _versions() -> dict[str, str]:
-    from .. import __version__
-
-    v = {"medsamkit": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    try:
-        import onnxruntime
-
-        v["onnxruntime"] = onnxruntime.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return v
-
-
 def _run_settings(cfg: EvalConfig, predictor: Predictor, model_name: str) -> dict[str, Any]:
+    info = model_info(predictor, model_name)
     return {
-        "model": model_name,
-        "weights_id": predictor.engine.weights_id,
-        "pipeline": predictor.transform.name,
+        "model": info["name"],
+        "weights_id": info["weights_id"],
+        "pipeline": info["pipeline"],
         **{k: v for k, v in asdict(cfg).items() if k != "save_masks"},
     }
 
@@ -474,10 +440,7 @@ def run_evaluation(
     run_file = out / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.exists() else None
     if previous is not None:
-        old = previous.get("settings", {})
-        changed = {k for k in set(old) | set(settings) if json.dumps(old.get(k)) != json.dumps(settings.get(k))}
-        if changed:
-            raise OptionError(f"{out} holds a run with other settings ({', '.join(sorted(changed))}); use another output folder")
+        check_same_settings(out, "a run", previous.get("settings", {}), settings)
         names_all = list(dict.fromkeys(previous.get("protocols", []) + names))
     else:
         names_all = names
@@ -485,10 +448,10 @@ def run_evaluation(
         "settings": settings,
         "protocols": names_all,
         "datasets": [{"name": d.name, "root": str(d.root), "layout": d.layout, "cases": len(d)} for d in sets],
-        "versions": _versions(),
+        "versions": versions(),
         "started": previous.get("started") if previous else time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    atomic_write(run_file, lambda p: p.write_text(json.dumps(record, indent=2, default=_json_default)))
+    atomic_write(run_file, lambda p: p.write_text(json.dumps(record, indent=2, default=json_default)))
 
     cases = [c for d in sets for c in d]
     per_case: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [([], {})] * len(cases)  # rows, notes
@@ -497,7 +460,7 @@ def run_evaluation(
     t_run = time.perf_counter()
     tasks: list[tuple[int, list[PromptProtocol], list[dict[str, Any]], dict[str, Any]]] = []
     for i, case in enumerate(cases):
-        case_file, _ = _case_paths(out, case)
+        case_file, _ = case_paths(out, case)
         old_rows: list[dict[str, Any]] = []
         old_notes: dict[str, Any] = {}
         if case_file.exists():
@@ -528,19 +491,19 @@ def run_evaluation(
     for k, res in mapper([(cases[i], todo) for i, todo, _, _ in tasks], cfg):
         i, todo, old_rows, old_notes = tasks[k]
         case = cases[i]
-        case_file, mask_file = _case_paths(out, case)
+        case_file, mask_file = case_paths(out, case)
         todo_names = {p.name for p in todo}
         keep = [r for r in old_rows if r["protocol"] not in todo_names]
         if any(r["protocol"] == "*" for r in res.rows):
             keep = []
         case_rows = keep + res.rows
         if cfg.save_masks and res.masks:
-            _save_masks(mask_file, res.masks)
+            save_masks(mask_file, res.masks)
         clean_rows = [{c: _clean(v) for c, v in r.items()} for r in case_rows]
         case_notes = res.notes or old_notes
         payload = json.dumps(
             {"case": case.id, "dataset": case.dataset, "inputs": _case_inputs(case), "rows": clean_rows, "notes": case_notes},
-            default=_json_default,
+            default=json_default,
         )
         atomic_write(case_file, lambda p, text=payload: p.write_text(text))
         per_case[i] = ([r for r in clean_rows if r["protocol"] in names or r["protocol"] == "*"], case_notes)
@@ -572,7 +535,7 @@ def run_evaluation(
         "wall_s": round(wall, 2),
         "settings": settings,
     }
-    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=_json_default)))
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=json_default)))
     if report:
         write_report(out, rows, summary, {(c.dataset, c.id): c for c in cases})
     return EvaluationRun(out, rows, summary, computed, skipped)
@@ -584,38 +547,6 @@ def _bar(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="case", desc="evaluating")
-
-
-def _save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
-    old: dict[str, np.ndarray] = {}
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                old = {k: z[k] for k in z.files}
-        except (OSError, ValueError):
-            old = {}
-    for key, m in masks.items():
-        old[f"{key}|bits"] = np.packbits(m.ravel())
-        old[f"{key}|shape"] = np.array(m.shape, dtype=np.int64)
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as f:
-            np.savez_compressed(f, **old)
-
-    atomic_write(path, write)
-
-
-def load_masks(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Predicted masks saved by a run (``masks/<dataset>/<case>.npz``): key ``"<label>/<slice>/<protocol>/<step>"``
-    -> bool mask."""
-    out: dict[str, np.ndarray] = {}
-    with np.load(path) as z:
-        for k in z.files:
-            if k.endswith("|bits"):
-                key = k[: -len("|bits")]
-                shape = tuple(int(s) for s in z[f"{key}|shape"])
-                out[key] = np.unpackbits(z[k], count=int(np.prod(shape))).astype(bool).reshape(shape)
-    return out
 
 
 def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:

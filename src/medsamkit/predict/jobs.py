@@ -11,7 +11,6 @@ z slices, (x, z) on y slices, (y, z) on x slices.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._runs import model_info
 from ..errors import FileInputError, OptionError, OutputError
 from .predictor import Predictor, check_prompts
 
@@ -89,19 +89,6 @@ class SegmentRequest:
         if self.world:
             out["world"] = True
         return out
-
-
-def versions() -> dict[str, str]:
-    """Versions of medsamkit and of the libraries that decide its numbers."""
-    from .. import __version__
-
-    v = {"medsamkit": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for mod in ("onnxruntime", "torch"):
-        try:
-            v[mod] = __import__(mod).__version__
-        except ImportError:  # pragma: no cover
-            pass
-    return v
 
 
 def default_output(image: Any, out_dir: str | os.PathLike[str], stem: str) -> Path:
@@ -200,15 +187,6 @@ def _names(request: SegmentRequest, n: int) -> dict[int, str]:
     return {i + 1: name for i, name in enumerate(request.names)}
 
 
-def _model_info(predictor: Predictor, model_name: str | None) -> dict[str, Any]:
-    return {
-        "name": model_name or predictor.engine.arch.name,
-        "backend": predictor.engine.backend,
-        "weights_id": predictor.engine.weights_id,
-        "pipeline": predictor.transform.name,
-    }
-
-
 def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_name, timings, truth) -> dict[str, Any]:  # noqa: ANN001
     from ..io import write_mask
     from .automatic import picture_2d
@@ -265,7 +243,7 @@ def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_n
         {"label": i, "name": names.get(i), "pixels": int(m.sum()), "predicted_iou": round(float(s), 4)}
         for i, (m, s) in enumerate(zip(result.masks, result.scores), start=1)
     ]
-    record = _record(request, image, output, "2d", _model_info(model, model_name), preset_info, objects)
+    record = _record(request, image, output, "2d", model_info(model, model_name), preset_info, objects)
     if truth is not None:
         record["metrics"] = _metrics(result.labels, truth, image, len(objects))
     return record
@@ -342,7 +320,7 @@ def _segment_volume(
     t = time.perf_counter()
     write_mask(output, seg.labels, image, names=names or {p.label: f"object {p.label}" for p in prompts}, metadata=meta)
     timings["write_s"] = time.perf_counter() - t
-    record = _record(request, image, output, "volume", _model_info(model, model_name), intensity, seg.objects)
+    record = _record(request, image, output, "volume", model_info(model, model_name), intensity, seg.objects)
     if truth is not None:
         record["metrics"] = _metrics(seg.labels, truth, image, len(prompts))
     return record

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._files import atomic_write, atomic_write_text, check_outputs
+from .._runs import changed_settings, json_default
 from ..errors import OptionError, OutputError
 from ..evaluate.datasets import Case, Dataset, load_case, load_dataset
 from ..io.image2d import write_png
@@ -150,16 +151,6 @@ def case_paths(out_dir: str | os.PathLike[str], case_id: str, mode: str = "add")
     return paths
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
 def _records_json(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from ..predict.masks import rle_encode
 
@@ -271,7 +262,7 @@ def prepare_case(
             # a lost records file cannot be rebuilt without the model: keep what identifies the outputs
             meta = meta if meta is not None else {"case": case.id, "key": key, "image": str(case.image), "records": None}
             meta["mask_sha256"] = mask_sha
-            atomic_write_text(paths["records"], json.dumps(meta, default=_json_value))
+            atomic_write_text(paths["records"], json.dumps(meta, default=json_default))
         return {
             "case": case.id,
             "status": "cached",
@@ -293,7 +284,7 @@ def prepare_case(
         "stats": priors.stats,
         "records": _records_json(priors.records),
     }
-    atomic_write_text(paths["records"], json.dumps(meta, default=_json_value))
+    atomic_write_text(paths["records"], json.dumps(meta, default=json_default))
     _write_derived(paths, picture, mask, priors, mode, alpha)
     save_priors(paths["priors"], priors, key)  # last: its key marks the case complete
     return {
@@ -327,7 +318,7 @@ def prepare_dataset(
     go on. Writes and returns the summary ``OUT/samaug.json``: settings (mode, alpha, thickness, options,
     model), ``counts`` (cases, computed, cached, failed, masks), ``failures`` [{case, error}], ``cases``
     {id: {status, n_masks, seconds, key}} and ``wall_s``. ``OUT`` prepared with another mode, alpha or
-    thickness raises ``ValueError`` (use another folder)."""
+    thickness raises :class:`~medsamkit.errors.OptionError` (use another folder)."""
     _check_settings(mode, alpha, thickness)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     if limit is not None:
@@ -338,7 +329,8 @@ def prepare_dataset(
     previous = _read_json(summary_file) if summary_file.exists() else None
     if previous is not None:
         settings = {"mode": mode, "alpha": float(alpha), "thickness": thickness}
-        changed = [k for k, v in settings.items() if previous.get(k) is not None and previous.get(k) != v]
+        recorded = [k for k in settings if previous.get(k) is not None]  # older summaries may lack one
+        changed = changed_settings(previous, settings, recorded)
         if changed:
             was = ", ".join(f"{k}={previous.get(k)!r}" for k in changed)
             raise OptionError(f"{out} holds a SAMAug preparation with {was}; use another output folder")
@@ -388,5 +380,5 @@ def prepare_dataset(
         "cases": rows,
         "wall_s": round(time.perf_counter() - t_run, 3),
     }
-    atomic_write_text(summary_file, json.dumps(summary, indent=2, default=_json_value))
+    atomic_write_text(summary_file, json.dumps(summary, indent=2, default=json_default))
     return summary

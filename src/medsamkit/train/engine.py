@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_write, atomic_write_text
+from .._runs import describe_changes
 from ..errors import FileInputError, MissingFileError, OptionError
 
 log = logging.getLogger(__name__)
@@ -695,10 +696,10 @@ def fit(
 
 
 def _check_resumable(ckpt: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
-    saved = ckpt.get("config", {})
-    diff = [f"{k} {saved.get(k)!r} -> {getattr(config, k)!r}" for k in _RESUME_FIELDS if saved.get(k) != getattr(config, k)]
+    mine = {k: getattr(config, k) for k in _RESUME_FIELDS}
+    diff = describe_changes(ckpt.get("config", {}), mine, _RESUME_FIELDS)
     if diff:
-        raise OptionError(f"cannot resume {path}: the run's settings differ from the checkpoint's ({'; '.join(diff)})")
+        raise OptionError(f"cannot resume {path}: the run's settings differ from the checkpoint's ({diff})")
 
 
 def _default_train_step(loss_fn: Callable[[Any, Any], torch.Tensor]) -> TrainStep:

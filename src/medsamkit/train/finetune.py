@@ -67,6 +67,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_write, atomic_write_text
+from .._runs import describe_changes
 from ..errors import FileInputError, MissingFileError, OptionError
 from ..evaluate.datasets import Case, Dataset, load_case
 from .data import Split, open_dataset, read_split, run_split, to_picture
@@ -972,9 +973,9 @@ def _check_resume_options(path: Path, opts: FinetuneOptions) -> None:
     except (OSError, ValueError) as e:
         raise FileInputError(f"cannot read {path}: {e}") from e
     mine = opts.to_dict()
-    diff = [f"{k} {saved.get(k)!r} -> {mine[k]!r}" for k in mine if k not in _RESUMABLE_CHANGES and saved.get(k) != mine[k]]
+    diff = describe_changes(saved, mine, [k for k in mine if k not in _RESUMABLE_CHANGES])
     if diff:
-        raise OptionError(f"cannot resume {path.parent}: the options differ from the run's ({'; '.join(diff)})")
+        raise OptionError(f"cannot resume {path.parent}: the options differ from the run's ({diff})")
 
 
 # ----------------------------------------------------------------------------------------------- adapter files

@@ -13,6 +13,7 @@ equals a NaN and dictionary order does not matter.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import platform
 from collections.abc import Iterable, Mapping
@@ -84,10 +85,10 @@ def versions() -> dict[str, str]:
     from ._version import __version__
 
     v = {"medsamkit": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for mod in VERSIONED_LIBRARIES:
+    for mod in VERSIONED_LIBRARIES:  # from the installed metadata: no import of torch just to name it
         try:
-            v[mod] = __import__(mod).__version__
-        except ImportError:  # pragma: no cover
+            v[mod] = importlib.metadata.version(mod)
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover
             pass
     return v
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import io
 import json
 import logging
@@ -42,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._files import atomic_write_bytes
 from ..errors import MedsamkitError, one_line
 from ..io import write_mask
+from ..io.formats import by_name, split_suffix
 from ..predict import ObjectPrompt, Predictor, segment_2d, segment_volume
 from .guard import LOOPBACK_NAMES, Guard, HostRule
 from .limits import Limits, MiB
@@ -58,7 +58,6 @@ from .sessions import (
     check_upload,
     private,
     slice_index,
-    suffix_of,
 )
 
 log = logging.getLogger("medsamkit.app")
@@ -692,7 +691,7 @@ async def _receive_upload(request: Request, folder: Path, room: int, max_upload:
             if name != "file" or "path" in found:
                 raise AppError(400, "send exactly one file, in the form field 'file'")
             client = opts[b"filename"].decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
-            suffix = suffix_of(client)
+            suffix = split_suffix(client)[1]
             if suffix not in UPLOAD_SUFFIXES:
                 raise AppError(415, f"unsupported file type {suffix or '(none)'}; upload one of {', '.join(UPLOAD_SUFFIXES)}")
             found["path"] = folder / f"source-{secrets.token_hex(8)}{suffix}"
@@ -875,28 +874,8 @@ def _mask_payload(lab: np.ndarray) -> dict[str, Any]:
     return {"encoding": "png-base64", "shape": list(lab.shape), "data": base64.b64encode(_png(lab)).decode()}
 
 
-_RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
-
-
 def _nifti_gz(array: np.ndarray, vol: Volume) -> bytes:
     """A ``(Z, Y, X)`` uint8 array (or ``(Z, Y, X, 3)`` colour, written as NIfTI RGB24) as .nii.gz bytes on the
-    volume's grid: a NIfTI source's own header (identical affine), else its geometry as sform/qform."""
-    import nibabel as nib
-
-    a = np.ascontiguousarray(array, dtype=np.uint8)
-    if a.ndim == 4:
-        a = a.view(_RGB24)[..., 0]
-    data = np.ascontiguousarray(a.transpose(2, 1, 0))  # (z, y, x) -> (i, j, k)
-    like = vol.geom3d
-    src = like.meta.get("source_path")
-    if like.format == "nifti" and src and Path(src).is_file():
-        header = nib.load(src).header.copy()
-        header.set_data_dtype(data.dtype)
-        header.set_slope_inter(None, None)
-        img = nib.Nifti1Image(data, None, header=header)
-    else:
-        aff = like.affine_ras()
-        img = nib.Nifti1Image(data, aff)
-        img.header.set_sform(aff, code=1)
-        img.header.set_qform(aff, code=1)
-    return gzip.compress(img.to_bytes(), compresslevel=1)
+    volume's grid, as the library writes NIfTI: a NIfTI source's own header (identical affine), else its geometry
+    as sform/qform."""
+    return by_name("nifti").as_bytes(array, vol.geom3d, ".nii.gz")

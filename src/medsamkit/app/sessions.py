@@ -45,6 +45,7 @@ log = logging.getLogger("medsamkit.app")
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 AXES = ("z", "y", "x")
+# what the app accepts and saves, among the endings of medsamkit.io.formats (split_suffix tells a name's)
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".npz")
 SAVE_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dcm": ".dcm", "png": ".png"}
 _AXIS_POS = {"z": 0, "y": 1, "x": 2}
@@ -60,12 +61,6 @@ class AppError(MedsamkitError):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def suffix_of(name: str) -> str:
-    """Lower-case extension of a file name, ``.nii.gz`` counted as one."""
-    low = name.lower()
-    return ".nii.gz" if low.endswith(".nii.gz") else PurePosixPath(low).suffix
 
 
 def slice_index(axis: str, k: int) -> tuple[Any, ...]:

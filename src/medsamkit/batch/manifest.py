@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..io.formats import split_suffix
 
 CSV_SUFFIXES = (".csv", ".tsv")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -71,15 +72,19 @@ def safe_stem(item_id: str, max_len: int = 120) -> str:
     return f"{safe.lstrip('.')[:max_len] or 'item'}-{digest}"
 
 
+# The endings a content id drops: frozen, since ids are stored in ledgers (a format added to medsamkit.io.formats
+# must not change the ids of rows already run); other endings (.bmp, .nhdr, a series folder's) stay in the id.
+_ID_SUFFIXES = frozenset((".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nrrd", ".mha", ".npz", ".dcm"))
+
+
 def _content_id(fields: dict[str, Any]) -> str:
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha1(canonical.encode()).hexdigest()[:10]
     image = fields.get("image")
     stem = Path(image).name if isinstance(image, str) and image else "row"
-    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nrrd", ".mha", ".npz", ".dcm"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    base, suffix = split_suffix(stem)
+    if suffix in _ID_SUFFIXES:
+        stem = base
     return f"{stem}-{digest}"
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from medsamkit.io import MODALITIES, ImageReadError, MedicalImage, format_of, guess_modality, read_image
 from medsamkit.io.dicom import is_dicom_file
+from medsamkit.io.formats import split_suffix
 
 from ..errors import FileInputError, InputError, MissingFileError
 
@@ -62,7 +63,6 @@ _MODALITY_NAMES = {
 _NOT_A_MODALITY = {"NONORM", "RESCALE_TO_0_1", "RGB_TO_0_1", "ZSCORE", "Z-SCORE", "R", "G", "B", "RGB"}
 _T1_T2 = re.compile(r"^T[12]([-_ ]?(W|WI|GD|CE|C|C-GD|POST|PRE|SPACE|FS))?$")
 _NNUNET_IMAGE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-_DOUBLE_SUFFIXES = (".nii.gz",)
 
 
 def modality_from_name(name: object) -> str | None:
@@ -260,18 +260,9 @@ def _hidden(p: Path) -> bool:
     return p.name.startswith(".")
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    low = name.lower()
-    for s in _DOUBLE_SUFFIXES:
-        if low.endswith(s) and len(name) > len(s):
-            return name[: -len(s)], name[-len(s) :]
-    stem, dot, ext = name.rpartition(".")
-    return (stem, dot + ext) if dot and stem else (name, "")
-
-
 def case_id_of(path: str | os.PathLike[str]) -> str:
     """Case id of an image/mask path: the file name without its (possibly double, ``.nii.gz``) extension."""
-    return _split_name(Path(path).name)[0]
+    return split_suffix(path)[0]
 
 
 def _rel(p: Path, root: Path) -> str:

@@ -17,11 +17,10 @@ import numpy as np
 
 from .._files import atomic_write
 from ..errors import GeometryError, OutputError
+from .formats import DICOM_SUFFIXES, split_suffix
 from .image import MedicalImage
 from .image2d import ImageReadError
 from .limits import check_size
-
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -33,7 +32,7 @@ def is_dicom_file(path: Path) -> bool:
                 return True
     except OSError:
         return False
-    return path.suffix.lower() in DICOM_SUFFIXES
+    return split_suffix(path)[1] in DICOM_SUFFIXES
 
 
 def _read_header(path: Path):

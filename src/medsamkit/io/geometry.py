@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import GeometryError
+from .formats import GRID_SUFFIXES
 from .image import MedicalImage
 from .limits import check_size
 
-GRID_FORMATS = (".nii", ".nii.gz", ".nrrd", ".mha", ".nhdr", ".mhd")  # one spacing/origin/direction per file
+GRID_FORMATS = GRID_SUFFIXES  # one spacing/origin/direction per file
 
 
 def grid_problem(image: MedicalImage) -> str | None:

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileInputError, LimitError, decoder_detail
-
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+from .formats import RASTER_SUFFIXES
 
 
 class ImageReadError(FileInputError):

@@ -17,42 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import decoder_detail
-from .dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from .dicom import read_dicom_file, read_dicom_series
+from .formats import by_name, format_for
 from .image import MedicalImage, guess_modality
-from .image2d import RASTER_SUFFIXES, ImageReadError, read_image_2d
+from .image2d import ImageReadError, read_image_2d
 from .limits import check_size
 
-ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 MODALITIES = ("CT", "MR", "PT", "US", "XR", "OTHER")
 
 
-def _suffix(p: Path) -> str:
-    name = p.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
-
-
 def format_of(path: str | os.PathLike[str]) -> str:
-    """Format name for a path: nifti, nrrd, metaimage, dicom-series, dicom, raster, npz."""
-    p = Path(path)
-    if p.is_dir():
-        return "dicom-series"
-    s = _suffix(p)
-    if s in (".nii", ".nii.gz"):
-        return "nifti"
-    if s in (".nrrd", ".nhdr"):
-        return "nrrd"
-    if s in (".mha", ".mhd"):
-        return "metaimage"
-    if s in RASTER_SUFFIXES:
-        return "raster"
-    if s == ".npz":
-        return "npz"
-    if p.exists() and is_dicom_file(p):
-        return "dicom"
-    raise ImageReadError(
-        f"{p.name}: unsupported file type {s or '(no suffix)'}; medsamkit reads NIfTI, NRRD, MHA/MHD, a DICOM "
-        f"series folder or file, PNG/JPEG/TIFF/BMP and npz"
-    )
+    """Format name for a path: nifti, nrrd, metaimage, dicom-series, dicom, raster, npz
+    (:func:`medsamkit.io.formats.format_for`)."""
+    return format_for(path).name
 
 
 def declared_size(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype, int] | None:
@@ -127,17 +104,7 @@ def read_image(
         shape, dtype, nbytes = declared
         _check_dtype(p, dtype)
         check_size(p, nbytes, f"its {'x'.join(map(str, shape))} {dtype.name} values", max_bytes)
-    if fmt == "dicom-series":
-        img = read_dicom_series(p, series_uid, max_bytes=max_bytes)
-    elif fmt == "dicom":
-        img = read_dicom_file(p, max_bytes=max_bytes)
-    elif fmt == "raster":
-        arr = read_image_2d(p, max_bytes=max_bytes)
-        img = MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), np.eye(2), source=p, format="raster")
-    elif fmt == "npz":
-        img = _read_npz(p)
-    else:
-        img = _read_itk(p, fmt)
+    img = by_name(fmt).read(p, series_uid=series_uid, max_bytes=max_bytes)
     _check_dtype(p, np.asarray(img.array).dtype)
     if modality is not None:
         m = modality.upper()
@@ -230,7 +197,23 @@ def _read_nifti(p: Path) -> MedicalImage:
     )
 
 
-def _read_itk(p: Path, fmt: str) -> MedicalImage:
+# The readers of the format table (io.formats): (path, format name, series_uid, max_bytes) -> MedicalImage.
+
+
+def _read_series(p: Path, fmt: str, series_uid: str | None = None, max_bytes: int | None = None) -> MedicalImage:
+    return read_dicom_series(p, series_uid, max_bytes=max_bytes)
+
+
+def _read_dicom(p: Path, fmt: str, series_uid: str | None = None, max_bytes: int | None = None) -> MedicalImage:
+    return read_dicom_file(p, max_bytes=max_bytes)
+
+
+def _read_raster(p: Path, fmt: str, series_uid: str | None = None, max_bytes: int | None = None) -> MedicalImage:
+    arr = read_image_2d(p, max_bytes=max_bytes)
+    return MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), np.eye(2), source=p, format="raster")
+
+
+def _read_itk(p: Path, fmt: str, series_uid: str | None = None, max_bytes: int | None = None) -> MedicalImage:
     import SimpleITK as sitk
 
     if fmt == "nifti":
@@ -262,7 +245,7 @@ def _read_itk(p: Path, fmt: str) -> MedicalImage:
     return MedicalImage(arr, tuple(im.GetSpacing()), tuple(im.GetOrigin()), direction, source=p, format=fmt, meta=meta)
 
 
-def _read_npz(p: Path) -> MedicalImage:
+def _read_npz(p: Path, fmt: str = "npz", series_uid: str | None = None, max_bytes: int | None = None) -> MedicalImage:
     """A MedSAM-style npz: ``imgs`` (or ``image``/``img``/the only array) ``(Z, Y, X)`` with ``spacing`` (z, y, x)
     mm, or a 2D ``(H, W)`` / ``(H, W, 3|4)`` picture. A 3D array whose last axis is 3 or 4 long is a colour
     picture unless a three-value ``spacing`` says it is a volume."""

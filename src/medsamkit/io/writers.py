@@ -16,17 +16,16 @@ import numpy as np
 
 from .._files import atomic_write_text
 from ..errors import OutputError
+from .formats import MASK_SUFFIXES, mask_format, split_suffix
 from .geometry import check_grid_output
 from .image import MedicalImage
 from .image2d import write_png
 
-MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".dcm")
-
 
 def mask_suffix(path: str | os.PathLike[str]) -> str:
-    """The lower-case mask format suffix of a path, ``.nii.gz`` counted as one."""
-    p = Path(path)
-    return ".nii.gz" if p.name.lower().endswith(".nii.gz") else p.suffix.lower()
+    """The lower-case mask format suffix of a path, ``.nii.gz`` counted as one
+    (:func:`medsamkit.io.formats.split_suffix`)."""
+    return split_suffix(path)[1]
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -95,20 +94,10 @@ def write_mask(
     s = mask_suffix(p)
     check_grid_output(like, s)
     p.parent.mkdir(parents=True, exist_ok=True)
-    if s in (".nii", ".nii.gz"):
-        _write_nifti(p, lab, like)
-    elif s in (".nrrd", ".mha"):
-        _write_itk(p, lab, like)
-    elif s == ".png":
-        if like.is_volume:
-            raise OutputError(f"{p.name}: a volume mask cannot be a PNG; use .nii.gz, .nrrd or .mha")
-        write_png(p, lab)
-    elif s == ".dcm":
-        from .dicom import write_dicom_seg
-
-        write_dicom_seg(p, lab, like, names=names)
-    else:
+    fmt = mask_format(p)
+    if fmt is None:
         raise OutputError(f"{p.name}: unsupported mask format {s or '(no suffix)'}; use one of {', '.join(MASK_SUFFIXES)}")
+    fmt.write(p, lab, like, names)
     info = {
         "mask": p.name,
         "labels": {str(k): v for k, v in sorted((names or {}).items())},
@@ -131,28 +120,57 @@ def _tmp_like(p: Path) -> Path:
     return p.with_name(f".tmp-{os.getpid()}-{p.name}")
 
 
-def _write_nifti(p: Path, lab: np.ndarray, like: MedicalImage) -> None:
+# The mask writers of the format table (io.formats): (path, uint8 labels, like, label names) -> None.
+
+
+def _write_nifti(p: Path, lab: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
     import nibabel as nib
 
-    data = np.ascontiguousarray(lab.transpose(2, 1, 0) if like.is_volume else lab.T)  # back to (i, j, k)
-    src = like.meta.get("source_path")
-    if like.format == "nifti" and src and Path(src).exists():
-        header = nib.load(src).header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(None, None)
-        img = nib.Nifti1Image(data, None, header=header)  # affine None: keep the header's sform/qform as is
-    else:
-        if not like.is_volume:
-            raise OutputError(f"{p.name}: write 2D masks as .png")
-        img = nib.Nifti1Image(data, like.affine_ras())
-        img.header.set_sform(like.affine_ras(), code=1)
-        img.header.set_qform(like.affine_ras(), code=1)
+    img = _nifti_image(lab, like, p.name)
     tmp = _tmp_like(p)
     try:
         nib.save(img, tmp)
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+
+
+def _nifti_image(array: np.ndarray, like: MedicalImage, name: str):
+    """``array`` (``like``'s ``(Z, Y, X)`` or ``(Y, X)`` order; uint8, or NIfTI RGB24) as a NIfTI image on ``like``'s
+    grid: a NIfTI source's own header (sform, qform and codes, so the affine is identical), else ``like``'s
+    geometry as sform and qform."""
+    import nibabel as nib
+
+    data = np.ascontiguousarray(array.transpose(2, 1, 0) if array.ndim == 3 else array.T)  # back to (i, j, k)
+    src = like.meta.get("source_path")
+    if like.format == "nifti" and src and Path(src).is_file():
+        header = nib.load(src).header.copy()
+        header.set_data_dtype(data.dtype)
+        header.set_slope_inter(None, None)
+        return nib.Nifti1Image(data, None, header=header)  # affine None: keep the header's sform/qform as is
+    if not like.is_volume:
+        raise OutputError(f"{name}: write 2D masks as .png")
+    aff = like.affine_ras()
+    img = nib.Nifti1Image(data, aff)
+    img.header.set_sform(aff, code=1)
+    img.header.set_qform(aff, code=1)
+    return img
+
+
+def nifti_bytes(array: np.ndarray, like: MedicalImage, suffix: str = ".nii.gz") -> bytes:
+    """The NIfTI file of ``array`` on ``like``'s grid, as :func:`write_mask` writes it (``suffix`` ``.nii.gz``:
+    gzip level 1, as served by the app; ``.nii``: uncompressed). ``array``: ``(Z, Y, X)`` (or ``(Y, X)``) values
+    cast to uint8, or ``(Z, Y, X, 3)`` colour written as NIfTI RGB24."""
+    import gzip
+
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    if a.ndim == 4:
+        a = a.view(_RGB24)[..., 0]
+    raw = _nifti_image(a, like, f"array{suffix}").to_bytes()
+    return gzip.compress(raw, compresslevel=1) if suffix == ".nii.gz" else raw
 
 
 def to_sitk(image: MedicalImage, array: np.ndarray | None = None):
@@ -166,7 +184,7 @@ def to_sitk(image: MedicalImage, array: np.ndarray | None = None):
     return im
 
 
-def _write_itk(p: Path, lab: np.ndarray, like: MedicalImage) -> None:
+def _write_itk(p: Path, lab: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
     import SimpleITK as sitk
 
     tmp = _tmp_like(p)
@@ -175,6 +193,18 @@ def _write_itk(p: Path, lab: np.ndarray, like: MedicalImage) -> None:
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_png(p: Path, lab: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
+    if like.is_volume:
+        raise OutputError(f"{p.name}: a volume mask cannot be a PNG; use .nii.gz, .nrrd or .mha")
+    write_png(p, lab)
+
+
+def _write_seg(p: Path, lab: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
+    from .dicom import write_dicom_seg
+
+    write_dicom_seg(p, lab, like, names=names)
 
 
 def resample_like(image: MedicalImage, reference: MedicalImage, nearest: bool = True) -> np.ndarray:

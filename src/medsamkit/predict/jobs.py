@@ -21,6 +21,7 @@ import numpy as np
 
 from .._runs import model_info
 from ..errors import FileInputError, OptionError, OutputError
+from ..io.formats import split_suffix
 from .predictor import Predictor, check_prompts
 
 AXIS_FRAME = {"z": "x,y", "y": "x,z", "x": "y,z"}
@@ -96,14 +97,6 @@ def default_output(image: Any, out_dir: str | os.PathLike[str], stem: str) -> Pa
     return Path(out_dir) / f"{stem}{'.nii.gz' if image.is_volume else '.png'}"
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem if path.suffix else name
-
-
 def segment_file(
     predictor: Predictor | Callable[[], Predictor],
     request: SegmentRequest,
@@ -143,7 +136,7 @@ def segment_file(
     if output is None:
         if out_dir is None:
             raise OptionError("segment_file: give request.output or out_dir")
-        output = default_output(image, out_dir, stem or _stem(request.image))
+        output = default_output(image, out_dir, stem or default_stem(request.image))
         check_request_outputs(request, output)
     check_mask_fits(image, output)  # the format fits what was read: before the model loads and anything runs
     truth = None if request.ground_truth is None else _read_truth(request.ground_truth, image)
@@ -380,5 +373,5 @@ def _metrics(labels: np.ndarray, gt: np.ndarray, image, n_objects: int) -> dict[
 
 
 def default_stem(path: str | os.PathLike[str]) -> str:
-    """A file's name without its (medical) suffix: ``ct.nii.gz`` -> ``ct``."""
-    return _stem(Path(path))
+    """A file's name without its (medical) suffix: ``ct.nii.gz`` -> ``ct`` (:func:`medsamkit.io.formats.split_suffix`)."""
+    return split_suffix(path)[0]

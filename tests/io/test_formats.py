@@ -131,3 +131,11 @@ def test_nifti_bytes_are_the_written_file(tmp_path) -> None:
     assert gzip.decompress(gz) == written.read_bytes()
     img = nib.Nifti1Image.from_bytes(gzip.decompress(gz))
     assert np.array_equal(np.asanyarray(img.dataobj).transpose(2, 1, 0), lab)
+
+
+def test_the_app_and_batch_choose_among_the_table() -> None:
+    from medsamkit.app.sessions import SAVE_FORMATS, UPLOAD_SUFFIXES
+    from medsamkit.batch.manifest import _ID_SUFFIXES
+
+    assert all(by_suffix(s) is not None for s in (*UPLOAD_SUFFIXES, *_ID_SUFFIXES))
+    assert set(SAVE_FORMATS.values()) <= set(MASK_SUFFIXES)

@@ -524,8 +524,8 @@ def everything_file(
     cannot be written, are refused before any work (:class:`~medsamkit.errors.OutputError`).
     Returns a summary (paths, number of masks, timings). The same function serves the CLI and batch jobs;
     ``progress`` shows a progress bar over the prompts on stderr."""
-    from .._version import __version__
     from .._files import atomic_write_text, check_outputs, check_writable
+    from .._version import __version__
     from ..io import read_image
     from ..io.image2d import write_png
     from ..viz.overlay import overlay_masks

@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InputError
 from .common import positive_int, say
 
 
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> None:
 
     from ..io import read_image, write_mask
     from ..io.writers import check_mask_fits, check_mask_output
-    from ..train.finetune import AutoSegmenter, load_autosam
+    from ..predict.autoseg import AutoSegmenter, autoseg_volume, load_autosam
 
     t0 = time.perf_counter()
     check_mask_output(args.output, [args.image, args.autosam])
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
     model = load_autosam(args.autosam)
     seg = AutoSegmenter(model, backend=args.backend, threads=args.threads)
     if image.is_volume:
-        mask = _volume(seg, image, args.modality, show=not args.quiet and sys.stderr.isatty())
+        mask = autoseg_volume(seg, image, args.modality, progress=not args.quiet and sys.stderr.isatty())
     else:
         from ..train.data import to_picture
 
@@ -67,21 +66,3 @@ def run(args: argparse.Namespace) -> None:
     if not args.quiet:
         say(f"{args.output}: {int(mask.sum())} foreground pixel(s) of {mask.size}; {time.perf_counter() - t0:.2f} s")
 
-
-def _volume(seg, image, modality: str | None, show: bool):  # noqa: ANN001, ANN202
-    import numpy as np
-
-    from ..preprocess.intensity import resolve_preset
-
-    if image.is_rgb:
-        raise InputError("RGB volumes are not supported")
-    fitted = resolve_preset(image.array, modality or image.modality, "auto")
-    out = np.zeros(image.spatial_shape, np.uint8)
-    zs = range(image.spatial_shape[0])
-    if show:
-        from tqdm import tqdm
-
-        zs = tqdm(zs, desc="slices", unit="slice", leave=False)
-    for z in zs:
-        out[z] = seg.segment(fitted.apply(image.array[z])).mask
-    return out

@@ -148,7 +148,7 @@ def _predictor(args: argparse.Namespace):
 
     cache = EmbeddingCache(disk_dir=args.embedding_cache) if args.embedding_cache else None
     if args.adapter is not None:
-        from ..train.finetune import load_adapted
+        from ..models.adapted import load_adapted
 
         model = load_adapted(args.adapter, args.checkpoint, prompted=True)  # base named in the file (--checkpoint: its weights)
         backend = "torch" if args.backend == "auto" else args.backend

@@ -77,6 +77,7 @@ def load(
     checkpoint: str | os.PathLike[str] | None = None,
     arch: str | ArchSpec | None = None,
     download: bool = True,
+    adapter: str | os.PathLike[str] | None = None,
 ):
     """Build a SAM-family model with its weights, in eval mode on the CPU.
 
@@ -86,7 +87,16 @@ def load(
     the architecture exactly; otherwise one
     :class:`~medsamkit.models.weights.WeightsError` lists the missing and unexpected keys.
     The returned :class:`~medsamkit.models.sam.SamModel` has ``weights`` (a :class:`WeightsRef`).
+
+    ``adapter``: a ``medsamkit finetune`` result (``adapter.pt`` or its run folder) of a prompted mode, loaded on top
+    of its base (:func:`medsamkit.models.adapted.load_adapted` with ``prompted=True``): the base is the model the file
+    names, or ``checkpoint`` when given (its weight digest must match the file's); ``model`` and ``arch`` are not used.
+    Its ``weights`` and architecture are named ``<base>+<mode>``; use it with ``Predictor(model, backend="torch")``.
     """
+    if adapter is not None:
+        from .adapted import load_adapted
+
+        return load_adapted(adapter, checkpoint, prompted=True)
     from .sam import SamModel
     from .weights import load_strict, read_state_dict
 

@@ -70,6 +70,19 @@ from .._files import atomic_write, atomic_write_text
 from .._runs import describe_changes
 from ..errors import FileInputError, MissingFileError, OptionError
 from ..evaluate.datasets import Case, Dataset, load_case
+from ..models.adapted import (  # noqa: F401 - the adapter file's names, also importable from here
+    ADAPTER_FILE,
+    ADAPTER_FORMAT,
+    MODES,
+    arch_from_dict,
+    arch_to_dict,
+    build_base_for,
+    load_adapted,
+    load_base,
+    read_adapter,
+    weights_digest,
+)
+from ..predict.autoseg import AutoSegmentation, AutoSegmenter, base_predictor, load_autosam  # noqa: F401
 from .data import Split, open_dataset, read_split, run_split, to_picture
 from .engine import (
     FitResult,
@@ -88,12 +101,9 @@ from .engine import (
 
 log = logging.getLogger(__name__)
 
-MODES = ("decoder", "full", "adapter", "lora", "autosam")
 PROMPTS = ("box", "points", "mixed")
 OBJECTS = ("label", "component")
 AUTOSAM_INPUTS = ("image", "embedding", "both")
-ADAPTER_FORMAT = "medsamkit.finetune/1"
-ADAPTER_FILE = "adapter.pt"
 SUMMARY_FILE = "finetune.json"
 #: modes whose image encoder is the base model's (their embeddings can be cached)
 FROZEN_ENCODER_MODES = ("decoder", "autosam")
@@ -230,75 +240,6 @@ class FinetuneOptions:
 
 # options that may differ between a run and its resumption (they do not change what is trained)
 _RESUMABLE_CHANGES = ("cache_embeddings", "encode_backend")
-
-
-# ------------------------------------------------------------------------------------------------ base models
-
-
-def arch_to_dict(spec: Any) -> dict[str, Any]:
-    """An :class:`~medsamkit.models.configs.ArchSpec` as plain JSON-able data (see :func:`arch_from_dict`)."""
-    from ..models.configs import ViTConfig
-
-    enc = spec.encoder
-    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(enc).items()}
-    return {
-        "name": spec.name,
-        "pipeline": spec.pipeline,
-        "encoder": "vit" if isinstance(enc, ViTConfig) else "tiny_vit",
-        "config": cfg,
-    }
-
-
-def arch_from_dict(data: Mapping[str, Any]) -> Any:
-    from ..models.configs import ArchSpec, TinyViTConfig, ViTConfig
-
-    try:
-        cls = {"vit": ViTConfig, "tiny_vit": TinyViTConfig}[data["encoder"]]
-        cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(data["config"]).items()}
-        return ArchSpec(str(data["name"]), cls(**cfg), data["pipeline"])
-    except (KeyError, TypeError) as e:
-        raise OptionError(f"not an architecture description: {e}") from e
-
-
-def load_base(
-    model: str | os.PathLike[str] | nn.Module = "litemedsam",
-    checkpoint: str | os.PathLike[str] | None = None,
-    size: int | None = None,
-):  # noqa: ANN201 - SamModel
-    """The base ``SamModel`` (eval mode, CPU): a registry name or checkpoint path (``models.load``), or a module
-    (used as is). size: rebuild a TinyViT model for an ``S x S`` input (same weights); ValueError for ViT models."""
-    from ..models import load
-    from ..models.configs import TinyViTConfig
-    from ..models.loading import WeightsRef
-    from ..models.sam import SamModel
-
-    if isinstance(model, nn.Module):
-        if not (hasattr(model, "image_encoder") and hasattr(model, "mask_decoder") and hasattr(model, "spec")):
-            raise OptionError(f"model must be a SamModel, got {type(model).__name__}")
-        net = model
-    else:
-        net = load(model, checkpoint=checkpoint)
-    spec = net.spec
-    if size is None or int(size) == spec.img_size:
-        return net
-    if not isinstance(spec.encoder, TinyViTConfig):
-        raise OptionError(f"size {size}: only TinyViT models ({spec.name} is a ViT) can be rebuilt for another input size")
-    enc = replace(spec.encoder, img_size=int(size))
-    new_spec = replace(spec, name=f"{spec.name.split('@')[0]}@{int(size)}", encoder=enc)
-    resized = SamModel(new_spec)
-    resized.load_state_dict(net.state_dict(), strict=True)
-    resized.eval()
-    ref = getattr(net, "weights", None)
-    if ref is not None:
-        resized.weights = WeightsRef(ref.name, new_spec, ref.path, ref.sha256)
-    return resized
-
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of a module's state (names, shapes, bytes): the identity of a base model an adapter file needs."""
-    from ..models.backends.onnx import state_dict_digest
-
-    return state_dict_digest(model)
 
 
 # ---------------------------------------------------------------------------------------------- model building
@@ -672,23 +613,6 @@ class FinetuneDataset(torch.utils.data.Dataset):
 # ------------------------------------------------------------------------------------------- embedding cache
 
 
-def base_predictor(base: nn.Module, base_info: Mapping[str, Any], backend: str = "auto", cache: Any = None):  # noqa: ANN201
-    """A :class:`~medsamkit.predict.Predictor` of the base model with this process's torch thread count. A base
-    loaded by name or file at its native size is opened by name (ONNX Runtime then reuses the export and the
-    embedding-cache keys of ``medsamkit segment``); otherwise a copy of the module is used."""
-    from ..models.registry import ARCHS
-    from ..predict import Predictor
-
-    threads = torch.get_num_threads()
-    named = base_info.get("model") not in (None, "in-memory") and ARCHS.get(base.spec.name) == base.spec
-    if named:
-        return Predictor(
-            base_info["model"], checkpoint=base_info.get("checkpoint"), backend=backend, threads=threads, cache=cache
-        )
-    # a copy: an engine may change the module it is given (eval mode, channels-last memory format)
-    return Predictor(copy.deepcopy(base), backend=backend, threads=threads, cache=cache)
-
-
 def embed_images(
     images: Sequence[ImageRecord], predictor: Any, *, compute: bool = True, progress: bool = False, desc: str = "encoding"
 ) -> None:
@@ -1027,187 +951,6 @@ def save_adapter(
     return p
 
 
-def read_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """An adapter file (``adapter.pt``, or a run folder holding one), read with ``weights_only=True``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / ADAPTER_FILE
-    if not p.is_file():
-        raise MissingFileError(f"adapter file not found: {p} (train one with `medsamkit finetune`)")
-    try:
-        doc = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
-        raise FileInputError(f"cannot read {p}: {' '.join(str(e).split())[:200]}") from e
-    if not isinstance(doc, dict) or doc.get("format") != ADAPTER_FORMAT:
-        raise FileInputError(f"{p} is not a medsamkit adapter file (format {ADAPTER_FORMAT})")
-    doc["path"] = str(p)
-    return doc
-
-
-def _build_base_for(doc: Mapping[str, Any], base: Any) -> nn.Module:
-    info = doc["base"]
-    spec = arch_from_dict(info["arch"])
-    if base is None:
-        if info["model"] == "in-memory":
-            raise OptionError(f"{doc['path']} was trained on an in-memory model: pass it as base=")
-        sam = load_base(info["model"], info.get("checkpoint"), spec.img_size)
-    elif isinstance(base, nn.Module):
-        sam = copy.deepcopy(load_base(base, None, spec.img_size))
-    else:
-        sam = load_base(base, None, spec.img_size)
-    digest = weights_digest(sam)
-    if digest != info["digest"]:
-        raise OptionError(
-            f"{doc['path']} was trained on other base weights ({info['model']}, digest {info['digest'][:12]}...) "
-            f"than the model given (digest {digest[:12]}...)"
-        )
-    return sam
-
-
-def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    own = module.state_dict()
-    bad = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
-    if bad or wrong:
-        raise OptionError(f"{what}: {len(bad)} unknown key(s) {bad[:3]}, {len(wrong)} shape mismatch(es) {wrong[:3]}")
-    with torch.no_grad():
-        for k, v in state.items():
-            own[k].copy_(v)
-
-
-def load_adapted(
-    adapter: str | os.PathLike[str],
-    base: str | os.PathLike[str] | nn.Module | None = None,
-    *,
-    merge: bool = True,
-    device: str | torch.device = "cpu",
-    prompted: bool = False,
-) -> nn.Module:
-    """The adapted model of an adapter file (or run folder): the base (named in the file, or ``base``: a registry
-    name, checkpoint path or ``SamModel``, copied) with the mode's structure and the trained parameters, in eval
-    mode on ``device``. The base's weight digest must match the file's (ValueError otherwise).
-
-    Prompted modes return a ``SamModel`` usable by ``Predictor(model, backend="torch")``; its ``weights`` name
-    ``<base>+<mode>`` and the adapter file's sha256 (so embedding caches never mix it with the base), its
-    architecture is named ``<arch>+<mode>`` (what ``medsamkit segment`` records). merge: fold
-    LoRA updates into the weights (any backend; equal to the unmerged model up to float rounding). AutoSAM files
-    return an :class:`~medsamkit.models.autosam.AutoSam` (ValueError with ``prompted=True``: the caller needs a
-    prompted model).
-    """
-    from ..models.loading import WeightsRef
-    from ..models.weights import file_digest
-
-    doc = read_adapter(adapter)
-    mode = doc.get("mode")
-    if mode not in MODES:
-        raise OptionError(f"{doc['path']}: unknown mode {mode!r}")
-    if prompted and mode == "autosam":
-        raise OptionError(f"{doc['path']} is an AutoSAM run: it segments without prompts (use `medsamkit autoseg --autosam`)")
-    sam = _build_base_for(doc, base)
-    structure = doc.get("structure") or {}
-    generator = None
-    if mode == "adapter":
-        from ..models.adapters import AdapterConfig, add_adapters
-
-        add_adapters(sam, AdapterConfig.from_dict(structure["adapter"]))
-    elif mode == "lora":
-        from ..models.lora import LoraConfig, add_lora
-
-        add_lora(sam, LoraConfig.from_dict(structure["lora"]))
-    elif mode == "autosam":
-        from ..models.autosam import AutoSamConfig, PromptGenerator
-
-        generator = PromptGenerator(AutoSamConfig.from_dict(structure["autosam"]))
-        if doc.get("generator") is None:
-            raise OptionError(f"{doc['path']}: an autosam file without generator weights")
-        _load_into(generator, doc["generator"], f"{doc['path']} (generator)")
-    _load_into(sam, doc.get("sam") or {}, doc["path"])
-    if mode == "lora" and merge:
-        from ..models.lora import merge_lora
-
-        merge_lora(sam)
-    base_name = str(doc["base"]["model"])
-    if mode != "autosam":
-        # a name that says what the weights are: records (``medsamkit segment`` sidecars) and embedding-cache keys
-        sam.spec = replace(sam.spec, name=f"{sam.spec.name}+{mode}")
-        sam.weights = WeightsRef(f"{Path(base_name).name}+{mode}", sam.spec, Path(doc["path"]), file_digest(doc["path"]))
-    dev = torch.device(device)
-    if generator is not None:
-        from ..models.autosam import AutoSam
-
-        out = AutoSam(sam, generator).to(dev).eval()
-        out.adapter_info = {k: doc.get(k) for k in ("mode", "base", "epoch", "val_dice", "path")}  # type: ignore[attr-defined]
-        return out
-    sam.to(dev).eval()
-    sam.adapter_info = {k: doc.get(k) for k in ("mode", "base", "epoch", "val_dice", "path")}
-    return sam
-
-
-# --------------------------------------------------------------------------------------------------- AutoSAM use
-
-
-@dataclass
-class AutoSegmentation:
-    """mask: bool ``(H, W)`` (logit > 0); logits: float32 ``(H, W)`` on the image grid; low_res_logits: float32
-    ``(L, L)`` in the model-input frame."""
-
-    mask: np.ndarray
-    logits: np.ndarray
-    low_res_logits: np.ndarray
-
-
-class AutoSegmenter:
-    """Prompt-free segmentation with a trained AutoSAM: ``AutoSegmenter(load_autosam(RUN_DIR)).segment(image)``.
-
-    The image goes through the base model's pipeline and image encoder (AutoSAM never changes the encoder; a base
-    named in the run is opened by name, so ``backend`` "auto" / "onnxruntime" reuse the base's ONNX export, "torch"
-    runs it in PyTorch), then the prompt generator and the mask decoder run in PyTorch.
-    """
-
-    def __init__(self, model: nn.Module, backend: str = "auto", threads: int | None = None) -> None:
-        from ..predict import Predictor
-
-        if not hasattr(model, "generator"):
-            raise OptionError("AutoSegmenter needs an AutoSam model (load_autosam)")
-        self.model = model.eval()
-        info = getattr(model, "adapter_info", None) or {}
-        base = info.get("base") or {}
-        if base.get("model") not in (None, "in-memory"):
-            if threads:
-                torch.set_num_threads(threads)
-            self.predictor = base_predictor(model.sam, base, backend)
-        else:
-            self.predictor = Predictor(copy.deepcopy(model.sam), backend=backend, threads=threads)
-
-    def segment(self, image: np.ndarray) -> AutoSegmentation:
-        """image: ``(H, W)``, ``(H, W, 1|3|4)`` array (uint8, or any numeric dtype min-max scaled, as
-        :meth:`~medsamkit.predict.Predictor.set_image`)."""
-        x, _ = self.predictor.preprocess(image)
-        emb, geom = self.predictor.embed(image)
-        return self.segment_embedded(x, emb, geom)
-
-    def segment_embedded(self, x: np.ndarray, embedding: np.ndarray, geometry: Any) -> AutoSegmentation:
-        """As :meth:`segment` from the preprocessed input ``(1, 3, S, S)`` and its embedding ``(1, 256, g, g)``."""
-        dev = next(self.model.parameters()).device
-        with torch.inference_mode():
-            low = self.model(
-                torch.from_numpy(np.ascontiguousarray(x)).to(dev), torch.from_numpy(np.ascontiguousarray(embedding)).to(dev)
-            )
-        low_np = low[0].float().cpu().numpy()
-        full = self.predictor.transform.logits_to_image(low_np, geometry)[0]
-        return AutoSegmentation(full > 0, full.astype(np.float32), low_np[0])
-
-
-def load_autosam(run: str | os.PathLike[str], base: Any = None, device: str | torch.device = "cpu") -> nn.Module:
-    """The :class:`~medsamkit.models.autosam.AutoSam` of an autosam run folder or adapter file."""
-    m = load_adapted(run, base, device=device)
-    if not hasattr(m, "generator"):
-        raise OptionError(
-            f"{run} is a {m.adapter_info['mode']} run, not an AutoSAM run: use it with `medsamkit segment --adapter`"
-        )
-    return m
-
-
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
@@ -1271,7 +1014,7 @@ def evaluate_finetune(
     images = read_images(ds.subset(ids).cases, replace(opts, cache_embeddings=None))
     file = read_adapter(run)
     adapted = load_adapted(run, base)
-    base_model = _build_base_for(file, base)
+    base_model = build_base_for(file, base)
     base_pred = base_predictor(base_model, file["base"], backend) if base is None else Predictor(base_model, backend=backend)
     autosam = opts.mode == "autosam"
     threads = torch.get_num_threads()

@@ -33,16 +33,40 @@ log = logging.getLogger("medsamkit")
 @dataclass(frozen=True)
 class ModelSpec:
     """The model a job loads on each worker. threads: CPU threads of one predictor; None = the worker's
-    cores divided by its Dask threads."""
+    cores divided by its Dask threads. adapter: a ``medsamkit finetune`` result (``adapter.pt`` or its run
+    folder, a prompted mode) loaded on top of the base it names (``checkpoint``: that base's weights; ``name`` is
+    then unused), run on PyTorch unless ``backend`` names another engine."""
 
     name: str = "litemedsam"
     checkpoint: str | None = None
     backend: str = "auto"
     threads: int | None = None
+    adapter: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """What decides the results (recorded in the ledger; threads do not)."""
-        return {"model": self.name, "checkpoint": self.checkpoint, "backend": self.backend}
+        out = {"model": self.name, "checkpoint": self.checkpoint, "backend": self.backend}
+        if self.adapter is not None:
+            out["adapter"] = self.adapter
+        return out
+
+    @property
+    def record_name(self) -> str | None:
+        """The model name results record: ``name``, or None with an adapter (the adapted model's own name,
+        ``<base>+<mode>``, as ``medsamkit segment --adapter`` records)."""
+        return None if self.adapter is not None else self.name
+
+    def predictor(self, threads: int | None = None) -> Any:
+        """A new :class:`~medsamkit.predict.Predictor` of this model."""
+        from ..predict.predictor import Predictor
+
+        if self.adapter is not None:
+            from ..models.adapted import load_adapted
+
+            model = load_adapted(self.adapter, self.checkpoint, prompted=True)
+            backend = "torch" if self.backend == "auto" else self.backend
+            return Predictor(model, backend=backend, threads=threads)
+        return Predictor(self.name, checkpoint=self.checkpoint, backend=self.backend, threads=threads)
 
 
 @dataclass
@@ -132,12 +156,8 @@ class PredictorLease:
                 idle = _POOL.setdefault(key, [])
                 predictor = idle.pop() if idle else None
             if predictor is None:
-                from ..predict.predictor import Predictor
-
                 t0 = time.perf_counter()
-                predictor = Predictor(
-                    self.spec.name, checkpoint=self.spec.checkpoint, backend=self.spec.backend, threads=self.threads
-                )
+                predictor = self.spec.predictor(self.threads)
                 self.load_s = time.perf_counter() - t0
                 with _POOL_LOCK:
                     LOADS["count"] += 1

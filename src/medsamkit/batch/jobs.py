@@ -229,7 +229,7 @@ class SegmentJob:
         record = segment_file(
             lease.get,
             payload["request"],
-            model_name=self.model.name,
+            model_name=self.model.record_name,
             out_dir=Path(self.out_dir) / "masks",
             stem=safe_stem(item_id),
         )
@@ -290,7 +290,7 @@ class EverythingJob:
             stem=safe_stem(item_id),
             preset=payload["preset"],
             window=payload["window"],
-            model_name=self.model.name,
+            model_name=self.model.record_name,
         )
         full = {
             "id": item_id,
@@ -383,7 +383,7 @@ class SamaugJob:
             **result,
             "output": str(paths["priors"]),
             "files": {k: str(v) for k, v in paths.items()},
-            "model": {"name": self.model.name, "backend": lease.get().engine.backend},
+            "model": {"name": self.model.record_name or lease.get().engine.arch.name, "backend": lease.get().engine.backend},
             "worker": _worker_info(lease),
             "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),

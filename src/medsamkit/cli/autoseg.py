@@ -65,4 +65,3 @@ def run(args: argparse.Namespace) -> None:
     write_mask(args.output, mask, like=image, names={1: "foreground"}, metadata=meta)
     if not args.quiet:
         say(f"{args.output}: {int(mask.sum())} foreground pixel(s) of {mask.size}; {time.perf_counter() - t0:.2f} s")
-

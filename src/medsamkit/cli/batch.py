@@ -50,9 +50,16 @@ def engine_options(args: argparse.Namespace):
     )
 
 
-def _model_arguments(p: argparse.ArgumentParser) -> None:
+def _model_arguments(p: argparse.ArgumentParser, adapter: bool = False) -> None:
     p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
     p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
+    if adapter:
+        p.add_argument(
+            "--adapter",
+            type=Path,
+            metavar="RUN_DIR/adapter.pt",
+            help="a `medsamkit finetune` result, loaded on top of its base model (PyTorch backend unless --backend names one)",
+        )
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
 
 
@@ -70,7 +77,7 @@ def add_parser(sub) -> None:
     s = jobs.add_parser("segment", help="prompted segmentation of every manifest row", description=SEGMENT_HELP)
     s.add_argument("manifest", type=Path, help="CSV (with a header) or JSONL manifest")
     s.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output folder")
-    _model_arguments(s)
+    _model_arguments(s, adapter=True)
     _run_arguments(s)
     s.set_defaults(func=run_segment)
 
@@ -130,11 +137,13 @@ def _start(args: argparse.Namespace, make_job):  # noqa: ANN001, ANN202
     from ..batch import DaskEngine, ModelSpec
 
     engine = DaskEngine(engine_options(args))
+    adapter = getattr(args, "adapter", None)
     spec = ModelSpec(
         args.model,
         checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
         backend=args.backend,
         threads=engine.model_threads(),
+        adapter=str(adapter.resolve()) if adapter is not None else None,
     )
     return engine, make_job(str(args.output.resolve()), spec)
 
@@ -194,6 +203,14 @@ def _check_common(args: argparse.Namespace) -> None:
         raise CliError(f"batch {args.job}: --max-retries must be >= 0")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CliError(f"batch {args.job}: checkpoint not found: {args.checkpoint}")
+    if getattr(args, "adapter", None) is not None:
+        from ..models.adapted import read_adapter
+
+        mode = read_adapter(args.adapter)["mode"]  # a missing or foreign file: one error here, not one per item
+        if mode == "autosam":
+            raise CliError(
+                f"batch {args.job}: {args.adapter} is an AutoSAM run: it segments without prompts (use `medsamkit autoseg`)"
+            )
 
 
 def run_segment(args: argparse.Namespace) -> None:

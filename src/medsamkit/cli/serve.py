@@ -69,6 +69,13 @@ def add_parser(sub) -> None:
     p.add_argument("--state", type=Path, metavar="DIR", help=f"session folder (default {_default_state()})")
     p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
     p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        metavar="RUN_DIR/adapter.pt",
+        help="serve a `medsamkit finetune` result, loaded on top of its base model (PyTorch backend unless --backend "
+        "names one; --checkpoint: the base's weights)",
+    )
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
     p.add_argument("--threads", type=positive_int, help="CPU threads for the model (default: all cores)")
     p.add_argument("--max-upload-mb", type=positive_int, default=512, metavar="MB", help="largest upload (default 512)")
@@ -129,10 +136,18 @@ def run(args: argparse.Namespace) -> None:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"serve: cannot create the state folder {state}: {e.strerror}") from e
-    try:
-        predictor = Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads)
-    except (WeightsError, ValueError) as e:
-        raise CliError(str(e).strip().splitlines()[0], code=1) from e
+    model = args.model
+    if args.adapter is not None:
+        from ..models.adapted import load_adapted
+
+        net = load_adapted(args.adapter, args.checkpoint, prompted=True)  # base named in the file (--checkpoint: its weights)
+        predictor = Predictor(net, backend="torch" if args.backend == "auto" else args.backend, threads=args.threads)
+        model = net.weights.name  # <base>+<mode>, what saved masks record
+    else:
+        try:
+            predictor = Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads)
+        except (WeightsError, ValueError) as e:
+            raise CliError(str(e).strip().splitlines()[0], code=1) from e
     limits = Limits(
         max_upload_bytes=args.max_upload_mb << 20,
         max_volume_bytes=args.max_volume_mb << 20,
@@ -154,7 +169,7 @@ def run(args: argparse.Namespace) -> None:
         state_dir=state,
         limits=limits,
         embedding_memory=args.embedding_memory_mb << 20,
-        model=args.model,
+        model=model,
         predictor=predictor,
         allowed_hosts=allowed,
         port=args.port,

@@ -36,11 +36,10 @@ def panels(name: str, seed: int, work: Path) -> tuple[str, list[tuple[str, np.nd
 
     import torch
 
-    from medsamkit.evaluate.datasets import load_dataset
+    from medsamkit.data import load_dataset, read_split
     from medsamkit.predict import Predictor
     from medsamkit.prompts import mask_box
     from medsamkit.train import predict_unet
-    from medsamkit.train.data import read_split
     from medsamkit.train.finetune import AutoSegmenter, FinetuneOptions, load_adapted, load_autosam, read_images
 
     runs = {m: work / name / f"{m}-s{seed}" for m in ("decoder", "adapter", "autosam", "unet")}

@@ -52,7 +52,7 @@ MODES = ("decoder", "adapter", "autosam")
 
 
 def dataset(name: str, limit: int | None):
-    from medsamkit.evaluate.datasets import load_dataset
+    from medsamkit.data import load_dataset
 
     ds = load_dataset(DATA / name)
     return ds.subset(limit=limit) if limit else ds

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from medsamkit.cli.main import main
-from medsamkit.evaluate.datasets import load_dataset
+from medsamkit.data import load_dataset
 from tests.conftest import DATA
 
 KVASIR = DATA / "kvasir_seg"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medsamkit.evaluate import EvalConfig, evaluate_case, load_case, load_dataset, load_masks, read_rows, run_evaluation
+from medsamkit.data import load_case, load_dataset
+from medsamkit.evaluate import EvalConfig, evaluate_case, load_masks, read_rows, run_evaluation
 from tests.conftest import DATA, disk_image, requires_shared
 
 

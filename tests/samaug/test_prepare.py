@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medsamkit.evaluate.datasets import Case, load_case, load_dataset
+from medsamkit.data import Case, load_case, load_dataset
 from medsamkit.io import read_image_2d
 from medsamkit.predict.automatic import AutomaticMaskGenerator, default_options
 from medsamkit.samaug.prepare import case_paths, prepare_case, prepare_dataset, priors_for_image

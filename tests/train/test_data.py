@@ -1,15 +1,14 @@
-"""Training data: splits, input kinds and channels, resizing, seeded MONAI augmentation, priors, real data."""
+"""Training data: input kinds and channels, resizing, seeded MONAI augmentation, priors, real data (the case
+splits are tested in tests/data/test_splits.py)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from medsamkit.evaluate import load_dataset
+from medsamkit.data import load_dataset, split_cases
 from medsamkit.train.data import (
     InputSpec,
     SegmentationDataset,
@@ -17,38 +16,13 @@ from medsamkit.train.data import (
     load_split_data,
     make_view,
     prepare_cases,
-    read_split,
     resize_input,
     resize_mask,
     resize_probability,
-    split_cases,
     to_picture,
-    write_split,
 )
 from tests.conftest import DATA, requires_shared
 from tests.train.synth import make_dataset
-
-
-def test_split_deterministic_disjoint_and_complete(tmp_path) -> None:
-    ids = [f"case{i:03d}" for i in range(37)]
-    a = split_cases(ids, 0.2, 0.1, seed=3)
-    assert a == split_cases(list(reversed(ids)), 0.2, 0.1, seed=3)  # input order does not matter
-    assert a != split_cases(ids, 0.2, 0.1, seed=4)
-    assert (len(a.test), len(a.val), len(a.train)) == (4, 7, 26)
-    parts = [set(a.train), set(a.val), set(a.test)]
-    assert set().union(*parts) == set(ids) and sum(map(len, parts)) == len(ids)
-    assert all(p == sorted(p) for p in a)
-    write_split(tmp_path / "split.json", a, seed=3)
-    assert read_split(tmp_path / "split.json") == a
-    assert json.loads((tmp_path / "split.json").read_text())["seed"] == 3
-    assert split_cases(ids[:3], 0.1, 0.1).train and len(split_cases(ids[:3], 0.1, 0.1).val) == 1  # at least one each
-    assert split_cases(ids, 0.0, 0.0).train == ids
-    with pytest.raises(ValueError, match="at least one training case"):
-        split_cases(ids[:2], 0.5, 0.4)
-    with pytest.raises(ValueError, match="val_fraction"):
-        split_cases(ids, 1.0, 0.0)
-    with pytest.raises(ValueError, match="unique"):
-        split_cases(["a", "a", "b"], 0.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -226,20 +200,3 @@ def test_real_datasets_load(name) -> None:
         x = c.views["raw"]
         assert x.shape == (spec.in_channels, 64, 64) and 0 <= x.min() and x.max() <= 1 and x.std() > 0.01
         assert 0 < c.target.mean() < 1  # every case has an object, none is all object
-
-
-def test_run_split_is_saved_read_back_on_resume_and_checked(tmp_path) -> None:
-    from types import SimpleNamespace
-
-    from medsamkit.train.data import read_split, run_split
-
-    ds = SimpleNamespace(ids=[f"c{i}" for i in range(10)], root=tmp_path / "data")
-    assert run_split(tmp_path / "quiet", ds, 0.2, 0.2, seed=3, write=False) and not (tmp_path / "quiet").exists()
-    first = run_split(tmp_path / "run", ds, 0.2, 0.2, seed=3)
-    assert read_split(tmp_path / "run" / "split.json") == first
-    # resume keeps the saved split even when asked for another seed; a new run with that seed splits anew
-    assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4, resume=True) == first
-    assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4) != first
-    fewer = SimpleNamespace(ids=ds.ids[:5], root=ds.root)
-    with pytest.raises(ValueError, match="lacks"):
-        run_split(tmp_path / "run", fewer, 0.2, 0.2, seed=4, resume=True)

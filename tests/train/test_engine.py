@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsamkit.evaluate import load_dataset
+from medsamkit.data import load_dataset
 from medsamkit.train.data import InputSpec, SegmentationDataset, prepare_cases
 from medsamkit.train.engine import (
     METRICS_COLUMNS,

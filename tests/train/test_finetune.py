@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from medsamkit.evaluate.datasets import load_dataset
+from medsamkit.data import load_dataset, read_split
 from medsamkit.models import resolve_weights
 from medsamkit.preprocess.transforms import transform_for
-from medsamkit.train.data import read_split
 from medsamkit.train.engine import TrainConfig
 from medsamkit.train.finetune import (
     FinetuneDataset,

@@ -310,7 +310,7 @@ class EverythingJob:
 
 
 def dataset_items(dataset: Any) -> list[ManifestItem]:
-    """The cases of a :class:`medsamkit.evaluate.datasets.Dataset` as manifest items (id = case id; absolute
+    """The cases of a :class:`medsamkit.data.Dataset` as manifest items (id = case id; absolute
     paths), for jobs that take a dataset instead of a manifest."""
     items = []
     for line, case in enumerate(dataset, start=1):
@@ -346,7 +346,7 @@ class SamaugJob:
         return {**self.model.settings(), "options": options, "mode": self.mode, "alpha": self.alpha, "thickness": self.thickness}
 
     def prepare(self, item: ManifestItem) -> dict[str, Any]:
-        from ..evaluate.datasets import Case
+        from ..data import Case
 
         f = item.fields
         image, mask = item.path("image"), item.path("mask")

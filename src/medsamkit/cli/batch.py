@@ -181,7 +181,7 @@ def run_samaug(args: argparse.Namespace) -> None:
     options = options_from_args(args)
     source = args.source
     if source.is_dir():
-        from ..evaluate import load_dataset
+        from ..data import load_dataset
 
         ds = load_dataset(source, layout=args.layout)
         if args.limit is not None:

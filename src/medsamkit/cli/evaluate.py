@@ -72,7 +72,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..evaluate import EvalConfig, load_dataset, run_evaluation
+    from ..data import load_dataset
+    from ..evaluate import EvalConfig, run_evaluation
     from ..preprocess.intensity import parse_window
     from ..prompts import parse_protocol
 

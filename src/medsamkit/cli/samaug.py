@@ -47,7 +47,7 @@ def _usage(p: argparse.ArgumentParser) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
-    from ..evaluate import load_dataset
+    from ..data import load_dataset
     from ..predict import Predictor
     from ..predict.automatic import AutomaticMaskGenerator, default_options
     from ..samaug.prepare import prepare_dataset

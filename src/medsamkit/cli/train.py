@@ -160,7 +160,7 @@ def run_predict_unet(args: argparse.Namespace) -> None:
 def _predict_image(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from ..evaluate.datasets import case_id_of
+    from ..data import case_id_of
     from ..io import read_image, write_mask
     from ..io.writers import check_mask_output
     from ..train.data import prior_path

@@ -150,9 +150,9 @@ def _worst_cases(
 ) -> str | None:
     import matplotlib.pyplot as plt
 
-    from ..preprocess.intensity import resolve_preset
+    from ..data import load_case
+    from ..preprocess.picture import model_picture, volume_pictures
     from ..viz.overlay import overlay_masks
-    from .datasets import load_case
 
     ranked = sorted((r for r in _final_rows(ok) if r["protocol"] == protocol), key=lambda r: _f(r["dice"]))
     # the worst objects, at most two per dataset, so that one failing set does not fill the page
@@ -179,16 +179,15 @@ def _worst_cases(
                 continue
             image, mask = load_case(case)
             modality = case.modality or image.modality
-            arr = image.array
+            preset, window = settings.get("preset", "auto"), settings.get("window")
             gt = mask == r["label"]
             if image.is_volume:
                 z = int(r["slice"]) if int(r["slice"]) >= 0 else int(np.argmax(gt.sum(axis=(1, 2))))
-                arr, gt = arr[z], gt[z]
+                gt = gt[z]
                 pred = pred if pred.ndim == 2 else pred[z]
-                fitted = resolve_preset(image.array, modality, settings.get("preset", "auto"), settings.get("window"))
+                picture = volume_pictures(image, preset, window, modality)[z]
             else:
-                fitted = resolve_preset(arr, modality, settings.get("preset", "auto"), settings.get("window"))
-            picture = fitted.apply(arr)
+                picture, _ = model_picture(image, preset, window, modality)
             labels = np.zeros(gt.shape, np.uint8)
             labels[pred] = 1
             prompt = json.loads(r.get("prompt") or "{}")

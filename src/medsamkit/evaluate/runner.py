@@ -39,14 +39,14 @@ import numpy as np
 
 from .._files import atomic_write
 from .._runs import check_same_settings, json_default, model_info, versions
+from ..data import Case, Dataset, load_case, load_dataset
 from ..errors import InputError, OptionError
 from ..metrics import compute_metrics
 from ..metrics.attributes import ATTRIBUTES, object_attributes
 from ..predict.predictor import Predictor
 from ..preprocess.image2d import to_rgb_uint8
-from ..preprocess.intensity import resolve_preset
+from ..preprocess.picture import model_picture, volume_pictures
 from ..prompts import PromptProtocol, parse_protocol
-from .datasets import Case, Dataset, load_case, load_dataset
 from .prompting import StepResult, run_protocol_2d, run_protocol_3d
 from .store import case_paths, save_masks
 
@@ -218,8 +218,7 @@ def evaluate_case(
             else:
                 _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result)
         else:
-            fitted = resolve_preset(image.array, modality, cfg.preset, cfg.window)
-            picture = fitted.apply(image.array)
+            picture, _ = model_picture(image, cfg.preset, cfg.window, modality)
             t0 = time.perf_counter()
             predictor.set_image(picture)
             encode_s = time.perf_counter() - t0
@@ -299,7 +298,7 @@ def _add_steps(
 
 
 def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result) -> None:  # noqa: ANN001
-    fitted = resolve_preset(image.array, modality, cfg.preset, cfg.window)
+    pictures = volume_pictures(image, cfg.preset, cfg.window, modality)
     spacing = _spacing_array_order(image, 2)
     counts = np.stack([(mask == v).sum(axis=(1, 2)) for v in labels])  # (labels, Z)
     keep = counts >= cfg.min_slice_pixels
@@ -316,7 +315,7 @@ def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, re
         }
     result.notes["slices"] = skipped
     for z in np.flatnonzero(keep.any(axis=0)):
-        picture = fitted.apply(image.array[z])
+        picture = pictures[z]
         t0 = time.perf_counter()
         predictor.set_image(picture)
         encode_s = time.perf_counter() - t0
@@ -327,9 +326,8 @@ def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, re
 def _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result) -> None:  # noqa: ANN001
     from ..predict.cache import EmbeddingCache
 
-    fitted = resolve_preset(image.array, modality, cfg.preset, cfg.window)
     spacing = _spacing_array_order(image, 3)
-    grey = fitted.apply(image.array).astype(np.float32)
+    grey = volume_pictures(image, cfg.preset, cfg.window, modality).all().astype(np.float32)
     saved_cache = predictor.cache
     predictor.cache = EmbeddingCache(max_bytes=2 << 30)  # slice embeddings shared by all objects and protocols
     try:

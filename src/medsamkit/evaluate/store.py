@@ -16,7 +16,7 @@ import numpy as np
 from .._files import atomic_write
 
 if TYPE_CHECKING:
-    from .datasets import Case
+    from ..data import Case
 
 
 def _safe(name: str) -> str:

@@ -38,11 +38,11 @@ import numpy as np
 
 from .._files import atomic_write, atomic_write_text, check_outputs
 from .._runs import changed_settings, json_default
+from ..data import Case, Dataset, load_case, load_dataset
 from ..errors import OptionError, OutputError
-from ..evaluate.datasets import Case, Dataset, load_case, load_dataset
 from ..io.image2d import write_png
 from ..preprocess.image2d import to_rgb_uint8
-from ..preprocess.intensity import resolve_preset
+from ..preprocess.picture import model_picture
 from .priors import (
     DEFAULT_ALPHA,
     FORMAT_VERSION,
@@ -164,15 +164,15 @@ def _records_json(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _load_picture(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 picture the model sees (``(H, W)`` or ``(H, W, 3|4)``) and the ``(H, W)`` label mask."""
+    """The uint8 picture the model sees (:func:`medsamkit.preprocess.picture.model_picture`, ``auto`` preset:
+    ``(H, W)`` or ``(H, W, 3)``, alpha dropped) and the ``(H, W)`` label mask."""
     image, mask = load_case(case)
     if image.is_volume:
         raise OptionError(
             f"case {case.id}: SAMAug preparation handles 2D images; {case.image.name} is 3D {image.spatial_shape} "
             "(extract 2D slices first)"
         )
-    fitted = resolve_preset(image.array, case.modality or image.modality, "auto")
-    return fitted.apply(image.array), mask
+    return model_picture(image, modality=case.modality)[0], mask
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:

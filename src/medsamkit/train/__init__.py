@@ -7,7 +7,8 @@ Importing this package is light; MONAI is loaded when a network, loss or augment
 
 from __future__ import annotations
 
-from .data import INPUT_KINDS, InputSpec, SegmentationDataset, Split, read_split, split_cases
+from ..data import Split, read_split, split_cases  # the case splits live in medsamkit.data
+from .data import INPUT_KINDS, InputSpec, SegmentationDataset
 from .engine import (
     FitResult,
     TrainConfig,

@@ -1,6 +1,6 @@
 """2D segmentation training data: folder datasets in memory as raw and/or SAMAug-augmented network inputs.
 
-Every case is read with :func:`medsamkit.evaluate.datasets.load_case` and made the uint8 picture SAM-family
+Every case is read with :func:`medsamkit.data.load_case` and made the uint8 picture SAM-family
 models see (the ``auto`` intensity preset of :mod:`medsamkit.preprocess.intensity`: uint8 pictures unchanged,
 CT soft-tissue window, percentile otherwise), exactly as ``medsamkit samaug prepare`` does before computing the
 priors. The binary target is ``mask > 0``, or ``mask == label`` for one chosen label.
@@ -34,18 +34,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from .._files import atomic_write_text
+from ..data import Case, Dataset, Split, load_case, load_dataset
 from ..errors import FileInputError, MissingFileError, OptionError
-from ..evaluate.datasets import Case, Dataset, load_case, load_dataset
 from ..io.image import MedicalImage
 from ..preprocess.image2d import to_rgb_uint8
-from ..preprocess.intensity import resolve_preset
+from ..preprocess.picture import model_picture
 
 INPUT_KINDS = ("raw", "samaug", "both")
 COLOURS = ("grey", "rgb")
@@ -113,27 +112,11 @@ class InputSpec:
 
 
 def to_picture(image: np.ndarray | MedicalImage, modality: str | None = None) -> np.ndarray:
-    """The uint8 picture of a 2D image: ``(H, W)`` grey or ``(H, W, 3)`` RGB (alpha dropped, ``(H, W, 1)``
-    squeezed) through the ``auto`` intensity preset (uint8 unchanged; else CT soft-tissue window when
-    ``modality`` (or the image's) is CT, percentile otherwise). ValueError for volumes and bad shapes."""
-    if isinstance(image, MedicalImage):
-        if image.is_volume:
-            raise OptionError(f"expected a 2D image, got a volume of shape {image.spatial_shape}")
-        modality = modality or image.modality
-        arr = np.asarray(image.array)
-    else:
-        arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-        raise OptionError(f"expected a 2D image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
-    if arr.size == 0:
-        raise OptionError(f"image is empty (shape {arr.shape})")
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise OptionError(f"image dtype {arr.dtype} is not a real numeric type")
-    if arr.ndim == 3:
-        arr = arr[..., :3]
-    return np.ascontiguousarray(resolve_preset(arr, modality, "auto").apply(arr))
+    """The uint8 picture of a 2D image, ``(H, W)`` grey or ``(H, W, 3)`` RGB, through the ``auto`` intensity
+    preset: :func:`medsamkit.preprocess.picture.model_picture` (its rules: alpha dropped, ``(H, W, 1)``
+    squeezed, uint8 unchanged, CT soft-tissue window, percentile otherwise). ValueError for volumes of more
+    than one slice and bad shapes."""
+    return model_picture(image, modality=modality)[0]
 
 
 def load_picture(case: Case) -> tuple[np.ndarray, np.ndarray]:
@@ -277,88 +260,6 @@ def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(p, 0.0, 1.0).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------------- splits
-
-
-class Split(NamedTuple):
-    """Case ids of the train / val / test parts (each sorted)."""
-
-    train: list[str]
-    val: list[str]
-    test: list[str]
-
-
-def split_cases(ids: Sequence[str], val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> Split:
-    """Deterministic disjoint split: the sorted unique ids shuffled by numpy's ``default_rng(seed)``; the first
-    ``round(n * test_fraction)`` go to test, the next ``round(n * val_fraction)`` to val, the rest to train (a
-    non-zero fraction gets at least one case). ValueError when a fraction is outside [0, 1) or nothing is
-    left to train on."""
-    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
-            raise OptionError(f"{name} must be in [0, 1), got {f!r}")
-    if isinstance(ids, str):
-        raise OptionError("ids must be a sequence of case ids, not one string")
-    unique = sorted(set(ids))
-    if len(unique) != len(list(ids)):
-        raise OptionError("case ids must be unique")
-    n = len(unique)
-    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-    if n - n_test - n_val < 1:
-        raise OptionError(
-            f"{n} case(s) cannot be split into val {val_fraction} and test {test_fraction} with at least one training case"
-        )
-    order = np.random.default_rng(seed).permutation(n)
-    shuffled = [unique[i] for i in order]
-    test, val, train = shuffled[:n_test], shuffled[n_test : n_test + n_val], shuffled[n_test + n_val :]
-    return Split(sorted(train), sorted(val), sorted(test))
-
-
-def write_split(path: str | os.PathLike[str], split: Split, **info: Any) -> Path:
-    """Write ``split`` (and ``info``, e.g. seed and fractions) as JSON atomically."""
-    doc = {**info, "train": split.train, "val": split.val, "test": split.test}
-    return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
-
-
-def run_split(
-    run_dir: str | os.PathLike[str],
-    dataset: Any,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    *,
-    resume: bool = False,
-    write: bool = True,
-) -> Split:
-    """The split of a training run: on ``resume`` the run's ``split.json`` when present (ValueError when it names a
-    case ``dataset`` lacks), else :func:`split_cases` of ``dataset.ids``. With ``write`` (rank 0) the run folder is
-    created and the split saved with the dataset root, seed and fractions."""
-    run = Path(run_dir)
-    split_file = run / "split.json"
-    if resume and split_file.is_file():
-        split = read_split(split_file)
-        missing = sorted(set(split.train + split.val + split.test) - set(dataset.ids))
-        if missing:
-            raise OptionError(f"{split_file} names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
-    else:
-        split = split_cases(dataset.ids, val_fraction, test_fraction, seed=seed)
-    if write:
-        run.mkdir(parents=True, exist_ok=True)
-        info = {"dataset": str(dataset.root), "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
-        write_split(split_file, split, **info)
-    return split
-
-
-def read_split(path: str | os.PathLike[str]) -> Split:
-    """A split written by :func:`write_split`."""
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-        return Split(list(doc["train"]), list(doc["val"]), list(doc["test"]))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise FileInputError(f"cannot read the split file {p}: {e}") from e
-
-
 # -------------------------------------------------------------------------------------------------- dataset
 
 
@@ -484,7 +385,7 @@ def _train_transform():
 
 
 def open_dataset(dataset: Dataset | str | os.PathLike[str]) -> Dataset:
-    """A :class:`~medsamkit.evaluate.datasets.Dataset` from a folder (any layout ``load_dataset`` reads)."""
+    """A :class:`~medsamkit.data.Dataset` from a folder (any layout ``load_dataset`` reads)."""
     if isinstance(dataset, Dataset):
         return dataset
     ds = load_dataset(dataset)

@@ -1,6 +1,6 @@
 """Adapting a SAM-family model to a labelled dataset: five modes, prompt sampling, cached embeddings, evaluation.
 
-:func:`finetune` splits a dataset (``run_dir/split.json``, the same :func:`~medsamkit.train.data.split_cases` as
+:func:`finetune` splits a dataset (``run_dir/split.json``, the same :func:`~medsamkit.data.split_cases` as
 the U-Net, so a fixed ``split_seed`` gives both the same test cases), trains through
 :func:`medsamkit.train.engine.fit` and writes ``run_dir/adapter.pt``: **only the trained parameters** of the best
 epoch, loaded on top of the base checkpoint by :func:`load_adapted` (``medsamkit segment --adapter``) or, for
@@ -68,8 +68,8 @@ from torch import nn
 
 from .._files import atomic_write, atomic_write_text
 from .._runs import describe_changes
+from ..data import Case, Dataset, Split, load_case, read_split, run_split
 from ..errors import FileInputError, MissingFileError, OptionError
-from ..evaluate.datasets import Case, Dataset, load_case
 from ..models.adapted import (  # noqa: F401 - the adapter file's names, also importable from here
     ADAPTER_FILE,
     ADAPTER_FORMAT,
@@ -83,7 +83,7 @@ from ..models.adapted import (  # noqa: F401 - the adapter file's names, also im
     weights_digest,
 )
 from ..predict.autoseg import AutoSegmentation, AutoSegmenter, base_predictor, load_autosam  # noqa: F401
-from .data import Split, open_dataset, read_split, run_split, to_picture
+from .data import open_dataset, to_picture
 from .engine import (
     FitResult,
     TrainConfig,

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import Dataset, read_split, run_split
 from ..errors import MissingFileError, OptionError
-from ..evaluate.datasets import Dataset
 from ..io.image import MedicalImage
 from .data import (
     InputSpec,
@@ -42,10 +42,8 @@ from .data import (
     load_split_data,
     make_view,
     open_dataset,
-    read_split,
     resize_input,
     resize_probability,
-    run_split,
 )
 from .engine import FitResult, TrainConfig, dist_info, fit, load_checkpoint, make_loader, seed_everything
 

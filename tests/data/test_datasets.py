@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medsamkit.evaluate import Case, Dataset, case_id_of, load_case, load_dataset, modality_from_name
+from medsamkit.data import Case, Dataset, case_id_of, load_case, load_dataset, modality_from_name
 from medsamkit.io import ImageReadError, read_image, resample_like
 from tests.conftest import DATA, requires_shared
 

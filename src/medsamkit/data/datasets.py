@@ -1,4 +1,4 @@
-"""Evaluation datasets: pairs of (image, ground-truth mask) found on disk in one of three layouts.
+"""Labelled datasets: pairs of (image, ground-truth mask) found on disk in one of three layouts.
 
 - ``folder``: ``images/<case>.*`` + ``masks/<case>.*`` (2D or 3D files, or a DICOM series folder
   ``images/<case>/`` with ``masks/<case>.nii.gz``); the case id is the file name without its extension(s), so
@@ -82,7 +82,7 @@ def modality_from_name(name: object) -> str | None:
 
 @dataclass(frozen=True)
 class Case:
-    """One evaluation case: an image and its ground-truth label file on the same grid.
+    """One labelled case: an image and its ground-truth label file on the same grid.
 
     id: unique within the dataset (file name without its extension(s), e.g. ``hippocampus_035``).
     labels: label value -> name (background 0 excluded; empty = values unnamed).

@@ -1,0 +1,94 @@
+"""Case splits: a deterministic, disjoint train / val / test split of a dataset's case ids, and a training run's
+``split.json`` (written once, read back on resume, so a resumed run trains and validates on the same cases)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._files import atomic_write_text
+from ..errors import FileInputError, OptionError
+
+
+class Split(NamedTuple):
+    """Case ids of the train / val / test parts (each sorted)."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def split_cases(ids: Sequence[str], val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Deterministic disjoint split: the sorted unique ids shuffled by numpy's ``default_rng(seed)``; the first
+    ``round(n * test_fraction)`` go to test, the next ``round(n * val_fraction)`` to val, the rest to train (a
+    non-zero fraction gets at least one case). ValueError when a fraction is outside [0, 1) or nothing is
+    left to train on."""
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
+            raise OptionError(f"{name} must be in [0, 1), got {f!r}")
+    if isinstance(ids, str):
+        raise OptionError("ids must be a sequence of case ids, not one string")
+    unique = sorted(set(ids))
+    if len(unique) != len(list(ids)):
+        raise OptionError("case ids must be unique")
+    n = len(unique)
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    if n - n_test - n_val < 1:
+        raise OptionError(
+            f"{n} case(s) cannot be split into val {val_fraction} and test {test_fraction} with at least one training case"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = [unique[i] for i in order]
+    test, val, train = shuffled[:n_test], shuffled[n_test : n_test + n_val], shuffled[n_test + n_val :]
+    return Split(sorted(train), sorted(val), sorted(test))
+
+
+def write_split(path: str | os.PathLike[str], split: Split, **info: Any) -> Path:
+    """Write ``split`` (and ``info``, e.g. seed and fractions) as JSON atomically."""
+    doc = {**info, "train": split.train, "val": split.val, "test": split.test}
+    return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def run_split(
+    run_dir: str | os.PathLike[str],
+    dataset: Any,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    *,
+    resume: bool = False,
+    write: bool = True,
+) -> Split:
+    """The split of a training run: on ``resume`` the run's ``split.json`` when present (ValueError when it names a
+    case ``dataset`` lacks), else :func:`split_cases` of ``dataset.ids``. With ``write`` (rank 0) the run folder is
+    created and the split saved with the dataset root, seed and fractions."""
+    run = Path(run_dir)
+    split_file = run / "split.json"
+    if resume and split_file.is_file():
+        split = read_split(split_file)
+        missing = sorted(set(split.train + split.val + split.test) - set(dataset.ids))
+        if missing:
+            raise OptionError(f"{split_file} names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
+    else:
+        split = split_cases(dataset.ids, val_fraction, test_fraction, seed=seed)
+    if write:
+        run.mkdir(parents=True, exist_ok=True)
+        info = {"dataset": str(dataset.root), "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+        write_split(split_file, split, **info)
+    return split
+
+
+def read_split(path: str | os.PathLike[str]) -> Split:
+    """A split written by :func:`write_split`."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        return Split(list(doc["train"]), list(doc["val"]), list(doc["test"]))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise FileInputError(f"cannot read the split file {p}: {e}") from e

@@ -37,7 +37,8 @@ from .._files import atomic_write, atomic_write_bytes
 from ..errors import FileInputError, GeometryError, InputError, MedsamkitError
 from ..io import MedicalImage, read_image
 from ..io.geometry import grid_problem, resample_uniform
-from ..preprocess.intensity import IntensityPreset, resolve_preset
+from ..preprocess.intensity import IntensityPreset
+from ..preprocess.picture import fit_picture, volume_pictures
 from .detached import detached_files
 from .limits import Limits, MiB, footprint, volume_cost_limit
 
@@ -642,35 +643,16 @@ def load_source(
                 "to interpolate the missing positions (a DICOM-SEG is then not available)"
             )
         img = resample_uniform(img, max_bytes=max_volume_bytes)
-    arr = np.asarray(img.array)
-    if img.is_volume:
-        if arr.ndim != 3:
-            raise InputError(f"{shown}: expected a 3D volume, got array shape {arr.shape}")
-        zyx = arr
-    elif arr.ndim == 2:
-        zyx = arr[None]
-    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
-        zyx = arr[None, ..., :3]
-    else:
-        raise InputError(f"{shown}: unsupported image layout {arr.shape}")
-    if 0 in zyx.shape:
-        raise InputError(f"{shown}: the image has no voxels (shape {arr.shape})")
-    if not (np.issubdtype(zyx.dtype, np.integer) or np.issubdtype(zyx.dtype, np.floating)):
-        raise InputError(f"{shown}: unsupported voxel type {zyx.dtype}")
     window = options.get("window")
-    preset = resolve_preset(zyx, img.modality, options.get("preset") or "auto", tuple(window) if window else None)
-    display = _apply_in_chunks(preset, zyx)
-    del arr, zyx
+    how = (options.get("preset") or "auto", tuple(window) if window else None, img.modality)
+    try:  # the pictures the model sees (medsamkit.preprocess.picture), the volume's mapped block by block
+        if img.is_volume:
+            pictures = volume_pictures(img.array, *how)
+            preset, display = pictures.preset, pictures.all(_PRESET_CHUNK)
+        else:
+            plane, preset = fit_picture(img.array, *how)
+            display = np.ascontiguousarray(preset.apply(plane)[None])
+    except InputError as e:
+        raise type(e)(f"{shown}: {e}") from None
     image = img.with_array(display[0] if not img.is_volume else display, source=Path(shown))
     return image, display, preset
-
-
-def _apply_in_chunks(preset: IntensityPreset, zyx: np.ndarray) -> np.ndarray:
-    """``preset.apply`` slice block by slice block (the same values, elementwise), so its float32 working copies
-    take ~32 MiB instead of 4-16 bytes per voxel of the whole volume."""
-    out = np.empty(zyx.shape, np.uint8)
-    per_slice = max(1, int(np.prod(zyx.shape[1:], dtype=np.int64)) * 4)
-    step = max(1, _PRESET_CHUNK // per_slice)
-    for k in range(0, zyx.shape[0], step):
-        out[k : k + step] = preset.apply(zyx[k : k + step])
-    return out

@@ -483,23 +483,6 @@ def _touches_inner_edge(m: np.ndarray, crop: list[int], image_hw: tuple[int, int
     )
 
 
-def picture_2d(image: Any, preset: str = "auto", window: tuple[float, float] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """The 2D picture the model sees for a :class:`medsamkit.io.MedicalImage` with one slice: RGB and uint8
-    images as they are (preset ``auto``), others through the intensity preset/window. Returns the picture
-    ``(H, W)`` or ``(H, W, 3)`` and a description of the intensity mapping. 3D volumes are refused."""
-    from ..preprocess.intensity import resolve_preset
-
-    arr = image.array
-    if arr.ndim == 3 and not image.is_rgb:
-        if arr.shape[0] != 1:
-            raise OptionError(f"everything mode works on 2D images; this input is a volume of {arr.shape[0]} slices")
-        arr = arr[0]
-    if image.is_rgb or (arr.dtype == np.uint8 and window is None and preset == "auto"):
-        return arr, {"preset": "passthrough"}
-    fitted = resolve_preset(arr, image.modality, preset, window)
-    return fitted.apply(arr), fitted.describe()
-
-
 def everything_file(
     predictor: Predictor | Callable[[], Predictor],
     image_path: str | os.PathLike[str],
@@ -528,6 +511,7 @@ def everything_file(
     from .._version import __version__
     from ..io import read_image
     from ..io.image2d import write_png
+    from ..preprocess.picture import model_picture
     from ..viz.overlay import overlay_masks
     from .jobs import default_stem
 
@@ -543,7 +527,7 @@ def everything_file(
         check_writable(p, what)
     t0 = time.perf_counter()
     image = read_image(path)
-    picture, intensity = picture_2d(image, preset, window)
+    picture, intensity = model_picture(image, preset, window)
     read_s = time.perf_counter() - t0
     rle_opts = EverythingOptions(**{**asdict(opts), "output_mode": "rle"})
     if not isinstance(predictor, Predictor):

@@ -182,7 +182,7 @@ def _names(request: SegmentRequest, n: int) -> dict[int, str]:
 
 def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_name, timings, truth) -> dict[str, Any]:  # noqa: ANN001
     from ..io import write_mask
-    from .automatic import picture_2d
+    from ..preprocess.picture import model_picture
     from .segment import segment_2d
 
     if request.boxes3d or request.slice_index is not None or request.world:
@@ -198,7 +198,7 @@ def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_n
             raise SegmentRequestError(f"point {_fmt(v)}: LABEL must be 1 (foreground) or 0 (background)")
         points.append(v if len(v) == 3 else v + [1.0])
     boxes = [[float(x) for x in b] for b in request.boxes]
-    picture, preset_info = picture_2d(image, request.preset, request.window)
+    picture, preset_info = model_picture(image, request.preset, request.window)
     names = _names(request, len(boxes) if boxes else 1)  # one object per box; points only: one object
     # every prompt checked before the model loads (the predictor checks again)
     if len(boxes) > 255:

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,6 @@ from medsamkit.train.engine import (
     make_loader,
     read_metrics,
     seed_everything,
-    segmentation_dice,
 )
 from medsamkit.train.unet import build_network, unet_loss
 from tests.train.synth import make_dataset
@@ -233,15 +231,3 @@ def test_no_validation_keeps_last_as_best(tmp_path) -> None:
     res = fit(_net(), train, None, loss_fn=_ce, config=TrainConfig(epochs=2), run_dir=tmp_path / "r", progress=False)
     assert res.best_epoch == 2 and math.isnan(res.best_metric)
     assert math.isnan(read_metrics(tmp_path / "r")[0]["val_dice"])
-
-
-def test_segmentation_dice_conventions() -> None:
-    target = torch.zeros(3, 1, 4, 4, dtype=torch.long)
-    target[0, 0, :2] = 1
-    target[1, 0, 0, 0] = 1
-    logits = torch.zeros(3, 2, 4, 4)
-    logits[:, 1, :2] = 1.0  # predicts the top two rows in every sample
-    d = segmentation_dice(logits, target)
-    assert d.tolist() == pytest.approx([1.0, 2 * 1 / (8 + 1), 0.0])
-    assert segmentation_dice(torch.full((1, 1, 4, 4), -1.0), torch.zeros(1, 4, 4)).item() == 1.0  # both empty
-    np.testing.assert_allclose(segmentation_dice(logits[:, 1:] - 0.5, target).numpy(), d.numpy())  # one channel: logit > 0

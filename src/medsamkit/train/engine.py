@@ -51,6 +51,7 @@ from torch import nn
 from .._files import atomic_write, atomic_write_text
 from .._runs import describe_changes
 from ..errors import FileInputError, MissingFileError, OptionError
+from ..metrics.torch_overlap import segmentation_dice
 
 log = logging.getLogger(__name__)
 
@@ -407,25 +408,6 @@ def _batch_size(batch: Any) -> int:
             if n:
                 return n
     return 0
-
-
-def segmentation_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample binary Dice ``(N,)`` of a segmentation network's output against a label map.
-
-    logits: ``(N, C, *spatial)``; C == 1: foreground where the logit > 0; C >= 2: foreground where the argmax
-    class is not 0. target: ``(N, 1, *spatial)`` or ``(N, *spatial)`` labels, foreground = value > 0.
-    Both empty -> 1.0, one empty -> 0.0 (as :func:`medsamkit.metrics.dice`).
-    """
-    if logits.ndim < 3:
-        raise OptionError(f"logits must be (N, C, *spatial), got shape {tuple(logits.shape)}")
-    pred = logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(dim=1) > 0
-    t = target[:, 0] if target.ndim == logits.ndim else target
-    if t.shape != pred.shape:
-        raise OptionError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
-    t = t > 0
-    inter = (pred & t).flatten(1).sum(1).double()
-    total = (pred.flatten(1).sum(1) + t.flatten(1).sum(1)).double()
-    return torch.where(total == 0, torch.ones_like(total), 2 * inter / total.clamp_min(1))
 
 
 # ------------------------------------------------------------------------------------------------- schedule

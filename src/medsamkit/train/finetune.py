@@ -70,6 +70,7 @@ from .._files import atomic_write, atomic_write_text
 from .._runs import describe_changes
 from ..data import Case, Dataset, Split, load_case, read_split, run_split
 from ..errors import FileInputError, MissingFileError, OptionError
+from ..metrics.torch_overlap import segmentation_dice
 from ..models.adapted import (  # noqa: F401 - the adapter file's names, also importable from here
     ADAPTER_FILE,
     ADAPTER_FORMAT,
@@ -94,7 +95,6 @@ from .engine import (
     make_loader,
     resolve_device,
     seed_everything,
-    segmentation_dice,
     shutdown_distributed,
     wrap_ddp,
 )

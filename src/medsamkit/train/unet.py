@@ -32,6 +32,7 @@ from torch import nn
 from ..data import Dataset, read_split, run_split
 from ..errors import MissingFileError, OptionError
 from ..io.image import MedicalImage
+from ..metrics.torch_overlap import batch_dice
 from .data import (
     InputSpec,
     SegmentationDataset,
@@ -132,12 +133,6 @@ def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
 
 
-def _dice_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    inter = (pred & target).flatten(1).sum(1).double()
-    total = (pred.flatten(1).sum(1) + target.flatten(1).sum(1)).double()
-    return torch.where(total == 0, torch.ones_like(total), 2 * inter / total.clamp_min(1))
-
-
 def _ensemble_val_step(loss_fn: nn.Module):
     """Validation on ``{"image": (N, K, C, S, S), "label": (N, 1, S, S)}``: loss over all views, Dice of the
     mean foreground probability of the K views thresholded at 0.5."""
@@ -148,7 +143,7 @@ def _ensemble_val_step(loss_fn: nn.Module):
         logits = model(x.flatten(0, 1))
         loss = loss_fn(logits, y.repeat_interleave(k, dim=0))
         prob = foreground_probability(logits).view(n, k, *logits.shape[2:]).mean(dim=1)
-        return loss, _dice_per_sample(prob > 0.5, y[:, 0] > 0)
+        return loss, batch_dice(prob > 0.5, y[:, 0] > 0)
 
     return step
 

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import torch_matmul_gflops  # noqa: E402
 
-from medsamkit.io.image2d import read_image_2d  # noqa: E402
+from medsamkit.io.raster import read_image_2d  # noqa: E402
 from medsamkit.predict import Predictor  # noqa: E402
 from medsamkit.predict.automatic import AutomaticMaskGenerator, default_options  # noqa: E402
 from medsamkit.predict.masks import rle_decode  # noqa: E402

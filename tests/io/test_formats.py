@@ -11,7 +11,7 @@ import pytest
 
 from medsamkit.io import FORMATS, MASK_SUFFIXES, RASTER_SUFFIXES, MedicalImage, format_for, format_of, split_suffix, write_mask
 from medsamkit.io.formats import by_name, by_suffix, mask_format
-from medsamkit.io.image2d import ImageReadError
+from medsamkit.io.raster import ImageReadError
 from medsamkit.io.writers import mask_suffix
 from tests.dicom_series import write_series
 

@@ -4,8 +4,8 @@ Nothing below this package imports Dask; the per-item work is the same library f
 commands use (:func:`medsamkit.predict.jobs.segment_file`, :func:`medsamkit.evaluate.runner.evaluate_case`).
 """
 
-from .engine import DaskEngine, EngineOptions, ModelSpec
-from .jobs import EverythingJob, SamaugJob, SegmentJob, dataset_items, evaluate_mapper
+from .cluster import DaskEngine, EngineOptions, ModelSpec
+from .kinds import EverythingJob, SamaugJob, SegmentJob, dataset_items, evaluate_mapper
 from .ledger import Ledger
 from .manifest import ManifestItem, read_manifest, safe_stem
 from .run import BatchSummary, run_batch

@@ -24,8 +24,8 @@ from typing import Any
 
 from .._files import atomic_write_text
 from ..errors import FileInputError, InputError, OptionError, OutputError
-from .engine import DaskEngine, EngineOptions, run_item
-from .jobs import future_error
+from .cluster import DaskEngine, EngineOptions, run_item
+from .kinds import future_error
 from .ledger import Ledger, Registration
 from .manifest import ManifestItem, manifest_format, read_manifest, safe_stem
 
@@ -101,8 +101,8 @@ def run_batch(
     max_retries: int = 2,
     progress: bool = False,
 ) -> BatchSummary:
-    """Run ``job`` (e.g. :class:`~.jobs.SegmentJob`) over ``manifest`` (a CSV/JSONL file, or items such as
-    :func:`~.jobs.dataset_items` with absolute paths) into ``job.out_dir``; see the module docstring.
+    """Run ``job`` (e.g. :class:`~.kinds.SegmentJob`) over ``manifest`` (a CSV/JSONL file, or items such as
+    :func:`~.kinds.dataset_items` with absolute paths) into ``job.out_dir``; see the module docstring.
     ``engine``: a :class:`DaskEngine` (kept open; e.g. one shared by several calls) or the options of one to start
     (closed at the end). Raises ``InputError`` (a ``ValueError``) for a missing manifest or an output folder
     holding another job; a bad row is a failed item, never an exception. Returns the :class:`BatchSummary` (also in

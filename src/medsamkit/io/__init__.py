@@ -8,7 +8,7 @@ file endings and their readers/writers are one table, :mod:`medsamkit.io.formats
 from .dicom import DicomSegError, read_dicom_seg, read_dicom_series, write_dicom_seg
 from .formats import FORMATS, MASK_SUFFIXES, RASTER_SUFFIXES, Format, format_for, split_suffix
 from .image import MedicalImage, guess_modality
-from .image2d import ImageReadError, read_image_2d, write_png
+from .raster import ImageReadError, read_image_2d, write_png
 from .readers import MODALITIES, format_of, read_image
 from .writers import resample_like, sidecar_path, to_sitk, write_mask
 

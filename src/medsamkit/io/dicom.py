@@ -19,8 +19,8 @@ from .._files import atomic_write
 from ..errors import GeometryError, OutputError
 from .formats import DICOM_SUFFIXES, split_suffix
 from .image import MedicalImage
-from .image2d import ImageReadError
 from .limits import check_size
+from .raster import ImageReadError
 
 
 def is_dicom_file(path: Path) -> bool:

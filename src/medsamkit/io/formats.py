@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .image import MedicalImage
-    from .image2d import ImageReadError
+    from .raster import ImageReadError
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def mask_format(path: str | os.PathLike[str]) -> Format | None:
 def format_for(path: str | os.PathLike[str]) -> Format:
     """The format of an existing (or to be read) path: a folder is a DICOM series; a file goes by its ending,
     and a file of no known ending is DICOM when it has the DICOM magic. Raises
-    :class:`~medsamkit.io.image2d.ImageReadError` for anything else."""
+    :class:`~medsamkit.io.raster.ImageReadError` for anything else."""
     p = Path(path)
     if p.is_dir():
         return _BY_NAME["dicom-series"]
@@ -166,7 +166,7 @@ def format_for(path: str | os.PathLike[str]) -> Format:
 
 def unsupported(path: str | os.PathLike[str]) -> ImageReadError:
     """The error for a file of no supported format."""
-    from .image2d import ImageReadError
+    from .raster import ImageReadError
 
     p = Path(path)
     s = split_suffix(p)[1]

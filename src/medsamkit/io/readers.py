@@ -20,8 +20,8 @@ from ..errors import decoder_detail
 from .dicom import read_dicom_file, read_dicom_series
 from .formats import by_name, format_for
 from .image import MedicalImage, guess_modality
-from .image2d import ImageReadError, read_image_2d
 from .limits import check_size
+from .raster import ImageReadError, read_image_2d
 
 MODALITIES = ("CT", "MR", "PT", "US", "XR", "OTHER")
 

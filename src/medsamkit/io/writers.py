@@ -19,7 +19,7 @@ from ..errors import OutputError
 from .formats import MASK_SUFFIXES, mask_format, split_suffix
 from .geometry import check_grid_output
 from .image import MedicalImage
-from .image2d import write_png
+from .raster import write_png
 
 
 def mask_suffix(path: str | os.PathLike[str]) -> str:

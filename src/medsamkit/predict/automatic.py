@@ -510,7 +510,7 @@ def everything_file(
     from .._files import atomic_write_text, check_outputs, check_writable
     from .._version import __version__
     from ..io import read_image
-    from ..io.image2d import write_png
+    from ..io.raster import write_png
     from ..preprocess.picture import model_picture
     from ..viz.overlay import overlay_masks
     from .jobs import default_stem

@@ -40,7 +40,7 @@ from .._files import atomic_write, atomic_write_text, check_outputs
 from .._runs import changed_settings, json_default
 from ..data import Case, Dataset, load_case, load_dataset
 from ..errors import OptionError, OutputError
-from ..io.image2d import write_png
+from ..io.raster import write_png
 from ..preprocess.image2d import to_rgb_uint8
 from ..preprocess.picture import model_picture
 from .priors import (

@@ -1,6 +1,6 @@
 """Batch job kinds: how a manifest row becomes an item (on the driver) and what a worker does with it.
 
-A job is a small picklable object with ``name``, ``model`` (:class:`~.engine.ModelSpec`), ``columns`` (the
+A job is a small picklable object with ``name``, ``model`` (:class:`~.cluster.ModelSpec`), ``columns`` (the
 manifest columns it reads), ``settings()`` (what must not change between runs into one folder),
 ``prepare(item) -> payload`` (driver side; ``ValueError`` for a bad row, which then fails without reaching a
 worker) and ``run(item_id, payload, lease) -> record`` (worker side: the same library function the
@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from .._files import atomic_write_text
 from ..errors import InputError
-from .engine import DaskEngine, ModelSpec, PredictorLease, error_text
+from .cluster import DaskEngine, ModelSpec, PredictorLease, error_text
 from .manifest import ManifestItem, safe_stem
 
 _CLI_OPTION = re.compile(r"--(box3d|box|point|slice|world|label|overlay|window|preset|axis)\b")

@@ -1,4 +1,4 @@
-"""2D image reading and writing."""
+"""2D raster images (PNG, JPEG, TIFF, BMP) read and written by :mod:`medsamkit.io.raster`."""
 
 from __future__ import annotations
 

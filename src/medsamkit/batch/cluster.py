@@ -1,4 +1,4 @@
-"""The Dask engine: a local cluster or an existing scheduler, one model per worker, streamed items.
+"""The cluster that runs batch items: a local Dask cluster or an existing scheduler, one model per worker, streamed items.
 
 * :class:`DaskEngine` starts a ``dask.distributed.LocalCluster`` (worker processes with one Dask thread each,
   bound to 127.0.0.1, dashboard off unless asked) or connects to ``scheduler`` (``tcp://HOST:PORT``), lazily:

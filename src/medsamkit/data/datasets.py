@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from medsamkit.io import MODALITIES, ImageReadError, MedicalImage, format_of, guess_modality, read_image
-from medsamkit.io.dicom import is_dicom_file
-from medsamkit.io.formats import split_suffix
-
 from ..errors import FileInputError, InputError, MissingFileError
+from ..io import MODALITIES, ImageReadError, MedicalImage, format_of, read_image
+from ..io.dicom import is_dicom_file
+from ..io.formats import split_suffix
+from ..io.orient import reorient_exact
 
 LAYOUTS = ("folder", "nnunet", "msd")
 
@@ -504,17 +504,14 @@ def load_case(case: Case) -> tuple[MedicalImage, np.ndarray]:
     """Read a case: ``(image, mask)`` with ``mask`` an unsigned integer array of shape ``image.spatial_shape``.
 
     A mask stored on the image's grid up to axis flips/permutations (e.g. a NIfTI mask with flipped rows for a
-    DICOM series) is reoriented exactly onto the image grid; other 3D spacing/origin/direction differences
-    (> 1e-3 relative) only warn. Shape mismatches, negative or non-integer labels and colour masks whose channels
-    differ raise ValueError; unreadable files raise :class:`~medsamkit.io.ImageReadError`; both name the case.
+    DICOM series) is reoriented exactly onto the image grid (:func:`medsamkit.io.orient.reorient_exact`); other
+    3D spacing/origin/direction differences (> 1e-3 relative) only warn. Shape mismatches, negative or
+    non-integer labels and colour masks whose channels differ raise ValueError; unreadable files raise
+    :class:`~medsamkit.io.ImageReadError`; both name the case. The image of an MSD case with a ``channel`` is
+    that channel of its 4D NIfTI (:func:`medsamkit.io.read_image` with ``channel``).
     """
     try:
-        if case.channel is not None and _nifti_volumes(case.image) > 1:
-            image = _read_nifti_channel(case.image, case.channel)
-        else:
-            if case.channel:
-                raise ImageReadError(f"{case.image.name} holds a single image; channel {case.channel} does not exist")
-            image = read_image(case.image)
+        image = read_image(case.image, channel=case.channel)
     except ImageReadError as e:
         raise ImageReadError(f"case {case.id}: {e}") from e
     if case.modality is not None and image.modality_source != "dicom":
@@ -525,59 +522,6 @@ def load_case(case: Case) -> tuple[MedicalImage, np.ndarray]:
         raise ImageReadError(f"case {case.id}: mask: {e}") from e
     mask = _label_array(mask_img, image, case)
     return image, mask
-
-
-def _nifti_volumes(p: Path) -> int:
-    """Number of volumes along a NIfTI file's 4th axis (1 for 2D/3D files and non-NIfTI files)."""
-    if p.is_dir() or format_of(p) != "nifti":
-        return 1
-    import nibabel as nib
-
-    try:
-        shape = nib.load(p).shape
-    except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad headers
-        raise ImageReadError(f"cannot read {p.name}: {' '.join(str(e).split())[:160]}") from e
-    return int(shape[3]) if len(shape) >= 4 else 1
-
-
-def _read_nifti_channel(p: Path, channel: int) -> MedicalImage:
-    """One volume of a 4D NIfTI (channel last) as a 3D :class:`MedicalImage`: voxels through nibabel, geometry
-    from the header as ITK reads it (the first three axes), exactly as :func:`read_image` reads a 3D NIfTI."""
-    import zlib
-
-    import nibabel as nib
-    import SimpleITK as sitk
-
-    nimg = nib.load(p)
-    shape = nimg.shape
-    if len(shape) != 4:
-        raise ImageReadError(f"{p.name}: expected a 4D image, got shape {shape}")
-    if not 0 <= channel < shape[3]:
-        raise ImageReadError(f"{p.name}: channel {channel} does not exist; the image has {shape[3]} channels (0..{shape[3] - 1})")
-    try:
-        data = np.asanyarray(nimg.dataobj[..., channel])
-    except (OSError, EOFError, ValueError, zlib.error) as e:
-        raise ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({' '.join(str(e).split())[:160]})") from e
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise ImageReadError(f"cannot read {p.name}: {str(e).strip().splitlines()[-1][:160]}") from e
-    dim = reader.GetDimension()
-    direction = np.asarray(reader.GetDirection(), float).reshape(dim, dim)[:3, :3]
-    arr = np.ascontiguousarray(data.transpose(2, 1, 0))  # (i, j, k) -> (k, j, i)
-    img = MedicalImage(
-        arr,
-        tuple(reader.GetSpacing()[:3]),
-        tuple(reader.GetOrigin()[:3]),
-        direction,
-        source=p,
-        format="nifti",
-        meta={"source_path": str(p), "channel": channel},
-    )
-    img.modality, img.modality_source = guess_modality(img.array), "guess"
-    return img
 
 
 def _label_array(mask_img: MedicalImage, image: MedicalImage, case: Case) -> np.ndarray:
@@ -643,7 +587,7 @@ def _on_image_grid(arr: np.ndarray, mask_img: MedicalImage, image: MedicalImage,
     )
     if same:
         return arr
-    reoriented = _reorient_exact(arr, mask_img, image)
+    reoriented = reorient_exact(arr, mask_img, image)
     if reoriented is not None:
         return reoriented
     if arr.shape == image.spatial_shape:
@@ -657,27 +601,3 @@ def _on_image_grid(arr: np.ndarray, mask_img: MedicalImage, image: MedicalImage,
 
 def _fmt(v: Sequence[float]) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
-
-
-def _reorient_exact(arr: np.ndarray, mask_img: MedicalImage, image: MedicalImage) -> np.ndarray | None:
-    """``arr`` (mask, (k, j, i) order) moved onto the image grid without interpolation when every mask voxel centre
-    is an image voxel centre and both grids cover the same voxels (signed axis permutation), else None."""
-    t = np.linalg.inv(image.affine_lps()) @ mask_img.affine_lps()  # mask (i, j, k, 1) -> image (i, j, k, 1)
-    lin, off = t[:3, :3], t[:3, 3]
-    r = np.round(lin)
-    if np.abs(lin - r).max() > 1e-3 or np.abs(off - np.round(off)).max() > 1e-3:
-        return None
-    if sorted(np.abs(r).sum(axis=0).tolist()) != [1, 1, 1] or sorted(np.abs(r).sum(axis=1).tolist()) != [1, 1, 1]:
-        return None
-    img_size = image.spatial_shape[::-1]  # (i, j, k) sizes
-    m_ijk = arr.transpose(2, 1, 0)
-    perm = [0, 0, 0]
-    for a in range(3):  # mask axis a -> image axis b, with sign s and offset o: n_b = s * m_a + o
-        b = int(np.argmax(np.abs(r[:, a])))
-        s, o = int(r[b, a]), int(round(off[b]))
-        if m_ijk.shape[a] != img_size[b] or o != (0 if s > 0 else img_size[b] - 1):
-            return None
-        if s < 0:
-            m_ijk = np.flip(m_ijk, axis=a)
-        perm[b] = a
-    return np.ascontiguousarray(m_ijk.transpose(perm).transpose(2, 1, 0))

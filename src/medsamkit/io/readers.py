@@ -90,21 +90,38 @@ def read_image(
     series_uid: str | None = None,
     modality: str | None = None,
     max_bytes: int | None = None,
+    channel: int | None = None,
 ) -> MedicalImage:
     """Read any supported image as a :class:`MedicalImage` (see :mod:`medsamkit.io.image` for axes and
     geometry). ``modality`` overrides what the file says or the intensity-based guess. ``max_bytes``: the
     largest decoded image accepted (default :func:`default_max_bytes`), checked from the header before any
-    voxel is decoded (:class:`~medsamkit.errors.LimitError`)."""
+    voxel is decoded (:class:`~medsamkit.errors.LimitError`).
+
+    ``channel``: which image of a multi-channel 4D NIfTI to read (the Medical Segmentation Decathlon stores
+    multi-modal images that way: voxels ``(i, j, k, c)`` on disk, the channel axis last, i.e. NIfTI's 4th
+    dimension). The result is the 3D volume ``array[k, j, i]`` of channel ``c`` (0-based) with the geometry of
+    the header's first three axes, exactly as a 3D NIfTI with that header is read; ``meta["channel"]`` records
+    it. A file that holds a single image (any format; a 4D NIfTI with one volume) has channel 0 only. None (the
+    default): a 4D NIfTI of several volumes is refused. Unknown channels raise :class:`ImageReadError`."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"image not found: {p}")
     fmt = format_of(p)
+    if channel is not None and (fmt != "nifti" or nifti_channels(p) <= 1):
+        if channel:
+            raise ImageReadError(f"{p.name} holds a single image; channel {channel} does not exist")
+        channel = None  # channel 0 of a single image: the image
     declared = declared_size(p)
     if declared is not None:
         shape, dtype, nbytes = declared
+        if channel is not None and len(shape) == 4:  # one volume of the 4D file is decoded
+            shape, nbytes = shape[:3], nbytes // max(1, shape[3])
         _check_dtype(p, dtype)
         check_size(p, nbytes, f"its {'x'.join(map(str, shape))} {dtype.name} values", max_bytes)
-    img = by_name(fmt).read(p, series_uid=series_uid, max_bytes=max_bytes)
+    if channel is not None:
+        img = _read_nifti(p, channel)
+    else:
+        img = by_name(fmt).read(p, series_uid=series_uid, max_bytes=max_bytes)
     _check_dtype(p, np.asarray(img.array).dtype)
     if modality is not None:
         m = modality.upper()
@@ -152,16 +169,42 @@ def _itk_error(p: Path, e: Exception) -> ImageReadError:
     return ImageReadError(f"cannot read {p.name}: the file is truncated or corrupt ({decoder_detail(hint)})")
 
 
-def _read_nifti(p: Path) -> MedicalImage:
+def nifti_channels(path: str | os.PathLike[str]) -> int:
+    """How many images a NIfTI file holds along its 4th axis (the channel axis of a multi-channel file; 1 for 2D
+    and 3D files), from its header. Raises :class:`ImageReadError` when the header cannot be read."""
+    import nibabel as nib
+
+    p = Path(path)
+    try:
+        shape = nib.load(p).shape
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad headers
+        raise ImageReadError(f"cannot read {p.name}: {decoder_detail(e) or type(e).__name__}") from e
+    return int(shape[3]) if len(shape) >= 4 else 1
+
+
+def _read_nifti(p: Path, channel: int | None = None) -> MedicalImage:
     """NIfTI voxels through nibabel (which notices truncated files; SimpleITK silently zero-fills them) and the
-    geometry as ITK reads the header (so masks compare equal in SimpleITK, 3D Slicer, ITK-SNAP)."""
+    geometry as ITK reads the header (so masks compare equal in SimpleITK, 3D Slicer, ITK-SNAP). ``channel``:
+    the one volume of a 4D file to read (index along the 4th axis; see :func:`read_image`)."""
     import nibabel as nib
     import SimpleITK as sitk
 
     try:
         nimg = nib.load(p)
-        data = np.asanyarray(nimg.dataobj)
-    except MemoryError:
+        if channel is None:
+            data = np.asanyarray(nimg.dataobj)
+        else:
+            shape = nimg.shape
+            if len(shape) != 4:
+                raise ImageReadError(f"{p.name}: expected a 4D image, got shape {shape}")
+            if not 0 <= channel < shape[3]:
+                raise ImageReadError(
+                    f"{p.name}: channel {channel} does not exist; the image has {shape[3]} channels (0..{shape[3] - 1})"
+                )
+            data = np.asanyarray(nimg.dataobj[..., channel])  # only this volume is kept in memory
+    except (ImageReadError, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file makes nibabel raise many types (HeaderDataError, zlib.error, ...)
         first = decoder_detail(str(e)) or type(e).__name__
@@ -186,6 +229,9 @@ def _read_nifti(p: Path) -> MedicalImage:
     d = data.ndim
     direction = np.asarray(reader.GetDirection(), float).reshape(reader.GetDimension(), -1)[:d, :d]
     arr = np.ascontiguousarray(data.transpose(tuple(range(d))[::-1]))  # (i, j, k) -> (k, j, i)
+    meta: dict[str, object] = {"source_path": str(p)}
+    if channel is not None:
+        meta["channel"] = channel
     return MedicalImage(
         arr,
         tuple(reader.GetSpacing()[:d]),
@@ -193,7 +239,7 @@ def _read_nifti(p: Path) -> MedicalImage:
         direction,
         source=p,
         format="nifti",
-        meta={"source_path": str(p)},
+        meta=meta,
     )
 
 

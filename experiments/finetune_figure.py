@@ -37,10 +37,12 @@ def panels(name: str, seed: int, work: Path) -> tuple[str, list[tuple[str, np.nd
     import torch
 
     from medsamkit.data import load_dataset, read_split
+    from medsamkit.models.adapted import load_adapted
     from medsamkit.predict import Predictor
+    from medsamkit.predict.autoseg import AutoSegmenter, load_autosam
+    from medsamkit.predict.unet import predict_unet
     from medsamkit.prompts import mask_box
-    from medsamkit.train import predict_unet
-    from medsamkit.train.finetune import AutoSegmenter, FinetuneOptions, load_adapted, load_autosam, read_images
+    from medsamkit.train.finetune import FinetuneOptions, read_images
 
     runs = {m: work / name / f"{m}-s{seed}" for m in ("decoder", "adapter", "autosam", "unet")}
     ds = load_dataset(DATA / name)

@@ -1,4 +1,5 @@
-"""SAMAug prior maps and the augmented image: ranges, overlaps, outer boundaries, no clipping, channel layout."""
+"""SAMAug prior maps: ranges, overlaps, outer boundaries, the prior-file round trip (the augmented image and the
+prior files themselves are tested with their home, tests/predict/test_unet.py)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,8 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from medsamkit.predict.masks import rle_encode
-from medsamkit.preprocess.image2d import to_rgb_uint8
-from medsamkit.samaug.priors import (
-    DEFAULT_ALPHA,
-    Priors,
-    augment_image,
-    augmented_channels,
-    boundary_prior,
-    load_priors,
-    outer_boundary,
-    priors_from_records,
-    save_priors,
-    segmentation_prior,
-)
+from medsamkit.predict.unet import Priors, load_priors, save_priors
+from medsamkit.samaug.priors import boundary_prior, outer_boundary, priors_from_records, segmentation_prior
 
 
 def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -153,87 +143,12 @@ def test_priors_from_records_and_file_roundtrip(tmp_path):
         load_priors(bad)
 
 
-# --------------------------------------------------------------------------------------------- augment_image
+def test_the_augmented_input_and_prior_files_are_still_importable_from_samaug():
+    import medsamkit.predict.unet as unet
+    import medsamkit.samaug as samaug
+    import medsamkit.samaug.priors as priors
 
-
-@settings(max_examples=120, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    alpha=st.one_of(st.sampled_from([0.0, 1.0, DEFAULT_ALPHA]), st.floats(0.0, 1.0)),
-    grey=st.booleans(),
-    extreme=st.sampled_from(["random", "white", "black"]),
-)
-def test_add_mode_never_clips_and_equals_the_unclipped_formula(seed, alpha, grey, extreme):
-    rng = np.random.default_rng(seed)
-    h, w = rng.integers(1, 30, size=2)
-    shape = (h, w) if grey else (h, w, 3)
-    img = {"random": rng.integers(0, 256, size=shape), "white": np.full(shape, 255), "black": np.zeros(shape)}[extreme]
-    img = img.astype(np.uint8)
-    seg = rng.choice([0.0, 1.0, rng.random()], size=(h, w)) * (rng.random((h, w)) < 0.7)
-    bnd = (rng.random((h, w)) < 0.3).astype(np.float32)
-    out = augment_image(img, seg.astype(np.float32), bnd, "add", alpha)
-    rgb = np.repeat(img[..., None], 3, axis=2) if grey else img
-    assert out.dtype == np.uint8 and out.shape == (h, w, 3)
-    assert np.array_equal(out[..., 0], rgb[..., 0])  # red unchanged
-    for c, prior in ((1, seg.astype(np.float32).astype(np.float64)), (2, bnd.astype(np.float64))):
-        formula = (1 - alpha) * rgb[..., c].astype(np.float64) + alpha * 255.0 * prior
-        assert formula.min() >= 0.0 and formula.max() <= 255.0 + 1e-9  # nothing to clip
-        assert np.array_equal(out[..., c], np.rint(formula).astype(np.int64))  # uint8 holds it unchanged
-
-
-def test_add_mode_on_a_white_image_and_defaults():
-    img = np.full((4, 5, 3), 255, np.uint8)
-    ones, zeros = np.ones((4, 5)), np.zeros((4, 5))
-    assert np.all(augment_image(img, ones, ones) == 255)  # prior 1 on white stays 255, not pushed past
-    out = augment_image(img, zeros, zeros)
-    assert np.all(out[..., 0] == 255) and np.all(out[..., 1:] == round((1 - DEFAULT_ALPHA) * 255))
-    assert np.array_equal(augment_image(img, ones, ones, alpha=0.0), img)
-
-
-def test_stack_mode_channel_layout():
-    rng = np.random.default_rng(1)
-    seg = rng.random((6, 7)).astype(np.float32)
-    bnd = (rng.random((6, 7)) < 0.5).astype(np.float32)
-    grey = rng.integers(0, 256, size=(6, 7), dtype=np.uint8)
-    g = augment_image(grey, seg, bnd, "stack")
-    assert g.dtype == np.float32 and g.shape == (6, 7, 3) and augmented_channels("stack", grey=True) == 3
-    assert np.allclose(g[..., 0], grey / 255.0) and np.array_equal(g[..., 1], seg) and np.array_equal(g[..., 2], bnd)
-    assert np.array_equal(augment_image(grey[..., None], seg, bnd, "stack"), g)
-    rgba = rng.integers(0, 256, size=(6, 7, 4), dtype=np.uint8)
-    c = augment_image(rgba, seg, bnd, "stack")
-    assert c.shape == (6, 7, 5) and augmented_channels("stack", grey=False) == 5
-    assert np.allclose(c[..., :3], rgba[..., :3] / 255.0)  # alpha dropped
-    assert np.array_equal(c[..., 3], seg) and np.array_equal(c[..., 4], bnd)
-    assert 0.0 <= c.min() and c.max() <= 1.0
-    assert augmented_channels("add", grey=False) == 3
-
-
-def test_non_uint8_images_use_the_min_max_rule():
-    rng = np.random.default_rng(2)
-    img16 = rng.integers(100, 4000, size=(8, 9)).astype(np.uint16)
-    seg, bnd = np.zeros((8, 9)), np.zeros((8, 9))
-    expect = to_rgb_uint8(img16)
-    assert np.array_equal(augment_image(img16, seg, bnd, "add", 0.0), expect)
-    assert np.allclose(augment_image(img16, seg, bnd, "stack")[..., 0], expect[..., 0] / 255.0)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"seg_prior": np.zeros((5, 5))}, "seg_prior has shape"),
-        ({"boundary_prior": np.full((4, 5), np.nan)}, "NaN"),
-        ({"seg_prior": np.full((4, 5), 1.2)}, r"in \[0, 1\]"),
-        ({"boundary_prior": -np.ones((4, 5))}, r"in \[0, 1\]"),
-        ({"mode": "concat"}, "mode"),
-        ({"alpha": 1.5}, "alpha"),
-        ({"alpha": float("nan")}, "alpha"),
-        ({"image": np.zeros((4, 5, 2), np.uint8)}, "image must be"),
-        ({"image": np.zeros((2, 4, 5, 3), np.uint8)}, "image must be"),
-        ({"image": np.full((4, 5), np.inf)}, "NaN or infinite"),
-    ],
-)
-def test_augment_image_rejects_bad_input(kwargs, match):
-    args = {"image": np.zeros((4, 5, 3), np.uint8), "seg_prior": np.zeros((4, 5)), "boundary_prior": np.zeros((4, 5))}
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=match):
-        augment_image(**args)
+    for name in ("DEFAULT_ALPHA", "FORMAT_VERSION", "Priors", "augment_image", "augmented_channels", "load_priors"):
+        assert getattr(priors, name) is getattr(unet, name) is getattr(samaug, name)
+    assert priors.save_priors is unet.save_priors and priors.is_grey is unet.is_grey
+    assert priors.MODES == samaug.MODES == unet.SAMAUG_MODES == ("add", "stack")

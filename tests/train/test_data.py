@@ -1,5 +1,5 @@
-"""Training data: input kinds and channels, resizing, seeded MONAI augmentation, priors, real data (the case
-splits are tested in tests/data/test_splits.py)."""
+"""Training data: the train set of each input kind, mask resizing, seeded MONAI augmentation, priors, real data
+(the case splits are tested in tests/data/test_splits.py, the network inputs in tests/predict/test_unet.py)."""
 
 from __future__ import annotations
 
@@ -9,83 +9,25 @@ import torch
 from PIL import Image
 
 from medsamkit.data import load_dataset, split_cases
+from medsamkit.models.unet import InputSpec
 from medsamkit.train.data import (
-    InputSpec,
     SegmentationDataset,
     load_case_priors,
     load_split_data,
-    make_view,
     prepare_cases,
-    resize_input,
     resize_mask,
-    resize_probability,
     to_picture,
 )
 from tests.conftest import DATA, requires_shared
 from tests.train.synth import make_dataset
 
 
-@pytest.mark.parametrize(
-    ("kind", "colour", "mode", "channels"),
-    [
-        ("raw", "grey", None, 1),
-        ("raw", "rgb", None, 3),
-        ("samaug", "grey", "add", 3),
-        ("both", "grey", "add", 3),
-        ("both", "grey", "stack", 3),
-        ("both", "rgb", "stack", 5),
-        ("samaug", "rgb", "stack", 5),
-    ],
-)
-def test_views_have_the_spec_channels(kind, colour, mode, channels) -> None:
-    rng = np.random.default_rng(0)
-    pic = rng.integers(0, 256, (20, 30) if colour == "grey" else (20, 30, 3), dtype=np.uint8)
-    seg, bnd = rng.random((20, 30)).astype(np.float32), (rng.random((20, 30)) > 0.9).astype(np.float32)
-    spec = InputSpec(kind=kind, colour=colour, size=16, mode=mode)
-    assert spec.in_channels == channels
-    for view in spec.views:
-        x = make_view(pic, spec, view, (seg, bnd))
-        assert x.shape == (channels, 20, 30) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
-    if kind == "both" and mode == "stack":
-        raw = make_view(pic, spec, "raw")
-        assert not raw[-2:].any()  # zero prior channels
-        np.testing.assert_array_equal(raw[:-2], make_view(pic, spec, "samaug", (seg, bnd))[:-2])
-        np.testing.assert_allclose(make_view(pic, spec, "samaug", (seg, bnd))[-2], seg)
-    if kind == "both" and mode == "add" and colour == "grey":
-        raw = make_view(pic, spec, "raw")
-        np.testing.assert_array_equal(raw[0], raw[1])  # grey repeated to RGB
-        np.testing.assert_array_equal(raw[0], pic / np.float32(255))
-
-
-def test_view_errors() -> None:
-    pic = np.zeros((8, 8), np.uint8)
-    with pytest.raises(ValueError, match="priors"):
-        make_view(pic, InputSpec(kind="samaug", colour="grey", size=8, mode="add"), "samaug")
-    with pytest.raises(ValueError, match="grey"):
-        make_view(np.zeros((8, 8, 3), np.uint8), InputSpec(kind="raw", colour="grey", size=8), "raw")
-    with pytest.raises(ValueError, match="SAMAug mode"):
-        InputSpec(kind="both", colour="grey", size=8)
-    with pytest.raises(ValueError, match="input kind"):
-        InputSpec(kind="mixed", colour="grey", size=8)
-
-
-def test_resizing_and_pictures() -> None:
-    x = np.zeros((2, 50, 70), np.float32)
-    x[0, 10:30, 20:50] = 1.0
-    x[1] = 0.25
-    y = resize_input(x, 32)
-    assert y.shape == (2, 32, 32) and y.dtype == np.float32
-    np.testing.assert_allclose(y[1], 0.25, atol=1e-6)
-    assert 0 < y[0].mean() < 1 and np.isclose(y[0].mean(), x[0].mean(), atol=0.02)  # area averaging keeps the mean
-    up = resize_input(np.ones((3, 8, 8), np.float32), 32)
-    assert up.shape == (3, 32, 32) and np.allclose(up, 1.0)
+def test_mask_resizing_and_pictures() -> None:
     mask = np.zeros((50, 70), np.uint8)
     mask[10:30, 20:50] = 1
     m = resize_mask(mask, 32)
     assert m.shape == (32, 32) and set(np.unique(m)) == {0, 1}
     assert abs(m.mean() - mask.mean()) < 0.03
-    p = resize_probability(np.full((32, 32), 0.7), (50, 70))
-    assert p.shape == (50, 70) and p.dtype == np.float32 and np.allclose(p, 0.7)
     img16 = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600).astype(np.uint16)
     pic = to_picture(img16)
     assert pic.dtype == np.uint8 and pic.shape == (10, 10) and pic.max() == 255

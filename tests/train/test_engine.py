@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsamkit.data import load_dataset
-from medsamkit.train.data import InputSpec, SegmentationDataset, prepare_cases
+from medsamkit.models.unet import InputSpec, build_network
+from medsamkit.train.data import SegmentationDataset, prepare_cases
 from medsamkit.train.engine import (
     METRICS_COLUMNS,
     TrainConfig,
@@ -22,7 +23,7 @@ from medsamkit.train.engine import (
     read_metrics,
     seed_everything,
 )
-from medsamkit.train.unet import build_network, unet_loss
+from medsamkit.train.unet import unet_loss
 from tests.train.synth import make_dataset
 
 

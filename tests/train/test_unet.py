@@ -1,5 +1,6 @@
-"""MONAI U-Nets on raw / SAMAug / both inputs: learning, prediction on the original grid, the test-time ensemble,
-evaluation, networks and errors."""
+"""MONAI U-Nets trained on raw / SAMAug / both inputs: learning, the trained run predicting on the original grid
+and as a test-time ensemble, evaluation, errors (the networks are tested in tests/models/test_unet.py, inference
+conventions in tests/predict/test_unet.py)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,10 @@ import torch
 from PIL import Image
 
 from medsamkit.io import read_image
-from medsamkit.train import (
-    TrainConfig,
-    build_network,
-    evaluate_unet,
-    load_unet,
-    predict_unet,
-    read_metrics,
-    read_split,
-    train_unet,
-)
-from medsamkit.train.data import InputSpec
-from medsamkit.train.unet import mean_dice, views_for
+from medsamkit.models.unet import load_unet
+from medsamkit.predict.unet import predict_unet
+from medsamkit.train import TrainConfig, read_metrics, read_split
+from medsamkit.train.unet import evaluate_unet, mean_dice, train_unet
 from tests.conftest import dice, disk_image
 from tests.train.synth import make_dataset
 
@@ -110,36 +103,6 @@ def test_both_ensemble_is_the_mean_of_the_two_inputs(both_run) -> None:
     assert len(evaluate_unet(run, data, samaug, split="all")) == 10
 
 
-def test_views_rules() -> None:
-    raw = InputSpec(kind="raw", colour="grey", size=32)
-    aug = InputSpec(kind="samaug", colour="grey", size=32, mode="add")
-    both = InputSpec(kind="both", colour="grey", size=32, mode="add")
-    assert views_for(raw, True, True) == ("raw",)
-    assert views_for(aug, True, False) == ("samaug",)
-    assert views_for(both, True, True) == ("raw", "samaug")
-    assert views_for(both, False, False) == ("raw",)
-    with pytest.raises(ValueError, match="SAMAug-augmented"):
-        views_for(aug, False, True)
-    with pytest.raises(ValueError, match="ensemble"):
-        views_for(both, False, True)
-
-
-@pytest.mark.parametrize(
-    ("arch", "kwargs"),
-    [
-        ("unet", {}),
-        ("attentionunet", {"channels": (8, 16, 32), "strides": (2, 2)}),
-        ("basicunet", {"channels": (8, 8, 16, 16, 32, 8)}),
-        ("segresnet", {"channels": (8,)}),
-    ],
-)
-def test_networks(arch, kwargs) -> None:
-    net = build_network(arch, 5, 2, **kwargs)
-    with torch.no_grad():
-        out = net(torch.rand(2, 5, 32, 32))
-    assert out.shape == (2, 2, 32, 32)
-
-
 def test_errors(tmp_path) -> None:
     data, samaug = make_dataset(tmp_path, n=4)
     with pytest.raises(ValueError, match="multiple of 16"):
@@ -148,10 +111,6 @@ def test_errors(tmp_path) -> None:
         train_unet(data, tmp_path / "r", "both", size=32)
     with pytest.raises(ValueError, match="network option"):
         train_unet(data, tmp_path / "r", size=32, network={"width": 3})
-    with pytest.raises(ValueError, match="unknown arch"):
-        build_network("resnet")
-    with pytest.raises(ValueError, match="strides"):
-        build_network("unet", channels=(8, 16, 32), strides=(2,))
     with pytest.raises(FileNotFoundError, match="best.pt"):
         load_unet(tmp_path)
 
@@ -188,3 +147,18 @@ def test_evaluate_unet_views_pick_the_inputs_of_a_both_model(both_run) -> None:
     assert [r["dice"] for r in evaluate_unet(run, data, None, split="all", views=("raw",))] == [r["dice"] for r in raw]
     with pytest.raises(ValueError, match="views"):
         evaluate_unet(run, data, samaug, split="all", views=("augmented",))
+
+
+def test_names_kept_in_train() -> None:
+    import medsamkit.models.unet as models_unet
+    import medsamkit.predict.unet as predict_unet_module
+    import medsamkit.train as train
+    import medsamkit.train.data as data
+    import medsamkit.train.unet as unet
+
+    for name in ("ARCHS", "TrainedUNet", "build_network", "load_unet"):
+        assert getattr(train, name) is getattr(unet, name) is getattr(models_unet, name)
+    assert train.predict_unet is unet.predict_unet is predict_unet_module.predict_unet
+    assert unet.views_for is predict_unet_module.views_for and unet.foreground_probability is models_unet.foreground_probability
+    assert data.InputSpec is train.InputSpec is models_unet.InputSpec and data.make_view is predict_unet_module.make_view
+    assert data.as_priors is predict_unet_module.as_priors and data.resize_input is predict_unet_module.resize_input

@@ -35,7 +35,7 @@ def _positive_float(text: str) -> float:
 
 
 def add_parser(sub) -> None:
-    from ..train.unet import ARCHS
+    from ..models.unet import ARCHS
 
     train = sub.add_parser(
         "train",
@@ -163,8 +163,9 @@ def _predict_image(args: argparse.Namespace) -> None:
     from ..data import case_id_of
     from ..io import read_image, write_mask
     from ..io.writers import check_mask_output
+    from ..models.unet import load_unet
+    from ..predict.unet import predict_unet, views_for
     from ..train.data import prior_path
-    from ..train.unet import load_unet, predict_unet, views_for
 
     if args.output.suffix.lower() == ".csv":
         raise CliError("predict-unet IMAGE writes a mask: give -o MASK.png (a CSV is written with --dataset)")

@@ -1,6 +1,8 @@
 """Training: a generic, resumable training loop (:mod:`.engine`), 2D datasets of raw and SAMAug-augmented
-inputs (:mod:`.data`), MONAI U-Nets trained, applied and evaluated on them (:mod:`.unet`), and SAM-family models
-adapted to a dataset: decoder / full fine-tuning, adapters, LoRA and AutoSAM (:mod:`.finetune`).
+inputs (:mod:`.data`), MONAI U-Nets trained and evaluated on them (:mod:`.unet`; the networks are
+:mod:`medsamkit.models.unet`, their inference :mod:`medsamkit.predict.unet`), and SAM-family models adapted to a
+dataset: decoder / full fine-tuning, adapters, LoRA and AutoSAM (:mod:`.finetune`). Evaluation runs through
+:mod:`medsamkit.evaluate.runner`.
 
 Importing this package is light; MONAI is loaded when a network, loss or augmentation is first built.
 """
@@ -8,7 +10,16 @@ Importing this package is light; MONAI is loaded when a network, loss or augment
 from __future__ import annotations
 
 from ..data import Split, read_split, split_cases  # the case splits live in medsamkit.data
-from .data import INPUT_KINDS, InputSpec, SegmentationDataset
+from ..models.unet import (  # the U-Net networks and their inputs live in medsamkit.models
+    ARCHS,
+    INPUT_KINDS,
+    InputSpec,
+    TrainedUNet,
+    build_network,
+    load_unet,
+)
+from ..predict.unet import predict_unet  # U-Net inference lives in medsamkit.predict
+from .data import SegmentationDataset
 from .engine import (
     FitResult,
     TrainConfig,
@@ -32,7 +43,7 @@ from .finetune import (
     load_adapted,
     load_autosam,
 )
-from .unet import ARCHS, TrainedUNet, build_network, evaluate_unet, load_unet, predict_unet, train_unet, unet_loss
+from .unet import evaluate_unet, train_unet, unet_loss
 
 __all__ = [
     "ARCHS",

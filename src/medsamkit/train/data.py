@@ -1,14 +1,14 @@
 """2D segmentation training data: folder datasets in memory as raw and/or SAMAug-augmented network inputs.
 
 Every case is read with :func:`medsamkit.data.load_case` and made the uint8 picture SAM-family
-models see (the ``auto`` intensity preset of :mod:`medsamkit.preprocess.intensity`: uint8 pictures unchanged,
-CT soft-tissue window, percentile otherwise), exactly as ``medsamkit samaug prepare`` does before computing the
-priors. The binary target is ``mask > 0``, or ``mask == label`` for one chosen label.
+models see (:func:`medsamkit.preprocess.picture.model_picture` with the ``auto`` intensity preset: uint8 pictures
+unchanged, CT soft-tissue window, percentile otherwise), exactly as ``medsamkit samaug prepare`` does before
+computing the priors. The binary target is ``mask > 0``, or ``mask == label`` for one chosen label.
 
 Input kinds (:data:`INPUT_KINDS`):
 
 * ``raw``: the picture alone: ``(1, S, S)`` grey or ``(3, S, S)`` RGB;
-* ``samaug``: :func:`medsamkit.samaug.priors.augment_image` of the picture with the case's priors
+* ``samaug``: :func:`medsamkit.predict.unet.augment_image` of the picture with the case's priors
   (``SAMAUG_DIR/priors/<case>.npz``; the mode and alpha come from ``SAMAUG_DIR/samaug.json``): ``"add"`` gives 3
   channels, ``"stack"`` the image channels + [seg, boundary];
 * ``both``: each case twice, raw and augmented (SAMAug's "train with both"). The raw view then has the augmented
@@ -17,8 +17,10 @@ Input kinds (:data:`INPUT_KINDS`):
 A dataset whose pictures are all grey is trained grey; when any picture is RGB, grey pictures are repeated to
 RGB. Inputs are float32 ``(C, S, S)`` in [0, 1] (uint8 / 255); the picture is augmented on its own grid, then
 resized to ``S x S`` without keeping the aspect ratio: area averaging when both sides shrink, bilinear
-otherwise; masks by nearest neighbour (pixel centres, ``cv2.INTER_NEAREST_EXACT``). Predictions go back to the
-original grid bilinearly (probabilities), see :mod:`medsamkit.train.unet`.
+otherwise; masks by nearest neighbour (pixel centres, ``cv2.INTER_NEAREST_EXACT``). The inputs are made by the
+inference side's :func:`~medsamkit.predict.unet.make_view` and :func:`~medsamkit.predict.unet.resize_input`
+(:class:`~medsamkit.models.unet.InputSpec` says how), so training and prediction see the same inputs;
+predictions go back to the original grid bilinearly (probabilities), see :mod:`medsamkit.predict.unet`.
 
 Train-time augmentation (MONAI dictionary transforms, the same draw for image, priors and mask): flips along
 each axis (p = 0.5 each), a rotation by k x 90 degrees (p = 0.5), and on the image channels only an intensity
@@ -32,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,70 +45,9 @@ import torch
 from ..data import Case, Dataset, Split, load_case, load_dataset
 from ..errors import FileInputError, MissingFileError, OptionError
 from ..io.image import MedicalImage
-from ..preprocess.image2d import to_rgb_uint8
+from ..models.unet import COLOURS, INPUT_KINDS, VIEWS, InputSpec  # noqa: F401 - also importable from here
+from ..predict.unet import as_priors, make_view, resize_input, resize_probability  # noqa: F401 - the network inputs
 from ..preprocess.picture import model_picture
-
-INPUT_KINDS = ("raw", "samaug", "both")
-COLOURS = ("grey", "rgb")
-VIEWS = ("raw", "samaug")
-
-
-# ------------------------------------------------------------------------------------------------ input spec
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How network inputs are made; stored with a trained model so prediction rebuilds them exactly.
-
-    kind: "raw", "samaug" or "both". mode: the SAMAug mode ("add" or "stack"; None for raw). alpha: add mode's
-    blend weight. colour: "grey" or "rgb" pictures. size: S of the (C, S, S) input. label: the target label
-    value (None: every label > 0 is foreground).
-    """
-
-    kind: str
-    colour: str
-    size: int
-    mode: str | None = None
-    alpha: float = 0.5
-    label: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in INPUT_KINDS:
-            raise OptionError(f"unknown input kind {self.kind!r}; use one of {', '.join(INPUT_KINDS)}")
-        if self.colour not in COLOURS:
-            raise OptionError(f"colour must be 'grey' or 'rgb', got {self.colour!r}")
-        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 8:
-            raise OptionError(f"size must be an integer >= 8, got {self.size!r}")
-        if self.kind != "raw" and self.mode not in ("add", "stack"):
-            raise OptionError(f"input {self.kind!r} needs the SAMAug mode 'add' or 'stack', got {self.mode!r}")
-        if self.label is not None and (
-            isinstance(self.label, bool) or not isinstance(self.label, (int, np.integer)) or self.label < 1
-        ):
-            raise OptionError(f"label must be an integer >= 1 or None, got {self.label!r}")
-
-    @property
-    def views(self) -> tuple[str, ...]:
-        """The views of each case: ("raw",), ("samaug",) or ("raw", "samaug")."""
-        return {"raw": ("raw",), "samaug": ("samaug",), "both": VIEWS}[self.kind]
-
-    @property
-    def image_channels(self) -> int:
-        return 1 if self.colour == "grey" else 3
-
-    @property
-    def in_channels(self) -> int:
-        """Channels of every network input: raw pictures 1 or 3; add mode 3; stack mode image + 2 priors."""
-        if self.kind == "raw":
-            return self.image_channels
-        return 3 if self.mode == "add" else self.image_channels + 2
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InputSpec:
-        return cls(**{k: data[k] for k in ("kind", "colour", "size", "mode", "alpha", "label") if k in data})
-
 
 # ------------------------------------------------------------------------------------------------- pictures
 
@@ -135,14 +76,6 @@ def binary_target(mask: np.ndarray, label: int | None = None) -> np.ndarray:
     return m > 0 if label is None else m == label
 
 
-def _as_colour(picture: np.ndarray, colour: str) -> np.ndarray:
-    if colour == "rgb":
-        return to_rgb_uint8(picture)
-    if picture.ndim != 2:
-        raise OptionError(f"the model takes grey pictures; got a colour image of shape {picture.shape}")
-    return picture
-
-
 # -------------------------------------------------------------------------------------------------- priors
 
 
@@ -163,27 +96,6 @@ def read_samaug_settings(samaug_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return {"mode": mode, "alpha": float(alpha) if alpha is not None else 0.5}
 
 
-def as_priors(priors: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(seg_prior, boundary_prior)`` float32 from a :class:`~medsamkit.samaug.priors.Priors`, a
-    ``(seg, boundary)`` pair, a mapping with ``seg_prior``/``boundary_prior`` or the path of a prior npz."""
-    if isinstance(priors, (str, os.PathLike)):
-        from ..samaug.priors import load_priors
-
-        loaded, _ = load_priors(priors)
-        return loaded.seg, loaded.boundary
-    if hasattr(priors, "seg") and hasattr(priors, "boundary"):
-        return np.asarray(priors.seg, np.float32), np.asarray(priors.boundary, np.float32)
-    if isinstance(priors, Mapping):
-        if "seg_prior" in priors and "boundary_prior" in priors:
-            return np.asarray(priors["seg_prior"], np.float32), np.asarray(priors["boundary_prior"], np.float32)
-        raise OptionError(f"a priors mapping needs 'seg_prior' and 'boundary_prior', got {', '.join(map(str, priors))}")
-    if isinstance(priors, (tuple, list)) and len(priors) == 2:
-        return np.asarray(priors[0], np.float32), np.asarray(priors[1], np.float32)
-    raise OptionError(
-        f"priors must be a Priors object, a (seg, boundary) pair, a mapping or an npz path, not {type(priors).__name__}"
-    )
-
-
 def prior_path(samaug_dir: str | os.PathLike[str], case_id: str) -> Path:
     """``SAMAUG_DIR/priors/<case_id>.npz``."""
     return Path(samaug_dir) / "priors" / f"{case_id}.npz"
@@ -202,62 +114,12 @@ def load_case_priors(samaug_dir: str | os.PathLike[str], case_id: str) -> tuple[
 # -------------------------------------------------------------------------------------------- network inputs
 
 
-def make_view(picture: np.ndarray, spec: InputSpec, view: str, priors: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """One network input on the picture's own grid: float32 ``(C, H, W)`` in [0, 1] with ``C =
-    spec.in_channels``. view "raw" or "samaug" (needs ``priors``, ``(H, W)`` each, in [0, 1])."""
-    pic = _as_colour(np.asarray(picture), spec.colour)
-    if view == "raw":
-        img = (pic[..., None] if pic.ndim == 2 else pic).astype(np.float32) / np.float32(255.0)
-        chans = img.shape[2]
-        if spec.kind != "raw":
-            if spec.mode == "add" and chans == 1:
-                img = np.repeat(img, 3, axis=2)
-            elif spec.mode == "stack":
-                img = np.concatenate([img, np.zeros((*img.shape[:2], 2), np.float32)], axis=2)
-    elif view == "samaug":
-        if spec.kind == "raw":
-            raise OptionError("a model trained on raw inputs has no augmented view")
-        if priors is None:
-            raise OptionError("the augmented (SAMAug) input needs the image's priors")
-        from ..samaug.priors import augment_image
-
-        seg, bnd = priors
-        out = augment_image(pic, seg, bnd, mode=spec.mode, alpha=spec.alpha)  # type: ignore[arg-type]
-        img = out.astype(np.float32) / np.float32(255.0) if out.dtype == np.uint8 else out.astype(np.float32)
-    else:
-        raise OptionError(f"unknown view {view!r}; use 'raw' or 'samaug'")
-    if img.shape[2] != spec.in_channels:
-        raise OptionError(f"the {view} input has {img.shape[2]} channels, the model takes {spec.in_channels}")
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
-
-
-def resize_input(x: np.ndarray, size: int) -> np.ndarray:
-    """``(C, H, W)`` float32 -> ``(C, size, size)``: area averaging when both sides shrink, bilinear otherwise."""
-    c, h, w = x.shape
-    if (h, w) == (size, size):
-        return x.astype(np.float32, copy=True)
-    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
-    out = np.empty((c, size, size), np.float32)
-    for i in range(c):  # cv2 resizes at most 4 channels at once
-        out[i] = cv2.resize(np.ascontiguousarray(x[i], dtype=np.float32), (size, size), interpolation=interp)
-    return out
-
-
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """``(H, W)`` bool/labels -> ``(size, size)`` uint8 by nearest neighbour at pixel centres."""
     m = np.asarray(mask).astype(np.uint8)
     if m.shape == (size, size):
         return m.copy()
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
-
-
-def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``(S, S)`` float probabilities -> ``(H, W)`` float32 bilinearly (pixel centres), clipped to [0, 1]."""
-    h, w = shape
-    p = np.asarray(prob, np.float32)
-    if p.shape != (h, w):
-        p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.clip(p, 0.0, 1.0).astype(np.float32)
 
 
 # -------------------------------------------------------------------------------------------------- dataset

@@ -50,12 +50,12 @@ from torch import nn
 
 from .._files import atomic_write, atomic_write_text
 from .._runs import describe_changes
-from ..errors import FileInputError, MissingFileError, OptionError
+from ..errors import OptionError
 from ..metrics.torch_overlap import segmentation_dice
+from ..models.unet import CHECKPOINT_FORMAT, load_checkpoint  # the checkpoint reader, below the training side
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "medsamkit.train/1"
 METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 OPTIMIZERS = ("adamw",)
 SCHEDULES = ("cosine", "constant")
@@ -449,21 +449,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 def _write_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`fit` (``last.pt`` or ``best.pt``), loaded with ``weights_only=True``
-    (no code runs while reading it); ValueError when the file is not one."""
-    p = Path(path)
-    if not p.is_file():
-        raise MissingFileError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
-        raise FileInputError(f"cannot read checkpoint {p}: {' '.join(str(e).split())[:200]}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise FileInputError(f"{p} is not a medsamkit training checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
 
 
 def _csv_text(history: Sequence[Mapping[str, float]]) -> str:

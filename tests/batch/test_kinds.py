@@ -25,7 +25,7 @@ def _options():
 
 
 def test_batch_everything_matches_the_single_process_function(dask_engine, predictor, tmp_path) -> None:
-    from medsamkit.predict.automatic import everything_file
+    from medsamkit.predict.jobs import everything_file
 
     image = DATA / "busi_breast_us" / "images" / "malignant_10.png"
     manifest = tmp_path / "m.jsonl"

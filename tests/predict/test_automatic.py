@@ -1,6 +1,7 @@
-from __future__ import annotations
+"""Everything mode, the algorithm (:mod:`medsamkit.predict.automatic` and the mask helpers of
+:mod:`medsamkit.predict.masks`): NMS, RLE, stability, grids, crops, the box pyramid and the generator."""
 
-import json
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -8,9 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from PIL import Image
 
-from medsamkit.cli.main import main
 from medsamkit.predict.automatic import (
     AutomaticMaskGenerator,
     EverythingOptions,
@@ -18,7 +17,6 @@ from medsamkit.predict.automatic import (
     box_pyramid,
     crop_boxes,
     default_options,
-    everything_file,
     point_grid,
 )
 from medsamkit.predict.masks import (
@@ -30,7 +28,7 @@ from medsamkit.predict.masks import (
     rle_encode,
     stability_score,
 )
-from tests.conftest import DATA, dice, disk_image, requires_shared
+from tests.conftest import dice, disk_image
 
 
 def test_stability_score_is_the_iou_of_the_two_thresholded_masks():
@@ -205,48 +203,3 @@ def test_skip_covered_decodes_fewer_prompts(predictor):
     fast = AutomaticMaskGenerator(predictor, default_options("litemedsam", points_per_side=8, skip_covered=True)).generate(img)
     assert fast.stats["prompts_skipped"] > 0
     assert fast.stats["prompts"] + fast.stats["prompts_skipped"] == full.stats["prompts"]
-
-
-@requires_shared
-def test_everything_cli_on_a_real_image(tmp_path, capsys):
-    src = sorted((DATA / "kvasir_seg" / "images").glob("*.jpg"))[0]
-    out = tmp_path / "out"
-    code = main(["everything", str(src), "-o", str(out), "--points-per-side", "8", "-q", "--json"])
-    assert code == 0, capsys.readouterr().err
-    summary = json.loads(capsys.readouterr().out)
-    stem = src.stem
-    labels = np.array(Image.open(out / f"{stem}_labels.png"))
-    doc = json.loads((out / f"{stem}_masks.json").read_text())
-    overlay = np.array(Image.open(out / f"{stem}_overlay.png"))
-    h, w = doc["shape"]
-    assert labels.shape == (h, w) and overlay.shape == (h, w, 3)
-    assert summary["masks"] == len(doc["records"]) == labels.max() > 0
-    assert doc["options"]["prompt_mode"] == "boxes" and doc["model"]["name"] == "litemedsam"
-    # each record's RLE decodes to its area; the label image shows each mask where no smaller mask covers it
-    for i, r in enumerate(doc["records"]):
-        m = rle_decode(r["segmentation"])
-        assert m.shape == (h, w) and m.sum() == r["area"]
-        assert (labels[m] >= i + 1).all()
-
-
-def test_everything_cli_errors(tmp_path, capsys):
-    vol = tmp_path / "vol.npz"
-    np.savez(vol, image=np.zeros((4, 16, 16), np.float32), spacing=np.ones(3))
-    assert main(["everything", str(tmp_path / "missing.png"), "-o", str(tmp_path)]) == 2
-    assert "no such file" in capsys.readouterr().err
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not a png")
-    assert main(["everything", str(bad), "-o", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert main(["everything", str(bad), "-o", str(tmp_path), "--pred-iou-thresh", "2"]) == 2
-    assert "pred_iou_thresh" in capsys.readouterr().err
-
-
-def test_everything_file_refuses_volumes(tmp_path, predictor):
-    import nibabel as nib
-
-    p = tmp_path / "v.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((16, 16, 5), np.int16), np.eye(4)), p)
-    with pytest.raises(ValueError, match="2D images"):
-        everything_file(predictor, p, tmp_path / "o", default_options("litemedsam", points_per_side=2))

@@ -1,4 +1,5 @@
-"""predict.jobs.segment_file: everything that can be checked is checked before the model loads."""
+"""predict.jobs, the file jobs: segment_file checks everything that can be checked before the model loads;
+everything_file takes 2D images only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from medsamkit.errors import FileInputError, GeometryError
-from medsamkit.predict.jobs import SegmentRequest, segment_file
+from medsamkit.predict.automatic import default_options
+from medsamkit.predict.jobs import SegmentRequest, everything_file, segment_file
 from tests.dicom_series import write_series
 
 
@@ -48,3 +50,12 @@ def test_segment_2d_checks_prompts_also_where_it_skips_the_model() -> None:
     with pytest.warns(MedsamkitWarning, match="constant"):
         result = segment_2d(Untouchable(), blank, boxes=[[5, 5, 20, 20]])
     assert result.labels.shape == (40, 50) and not result.labels.any() and result.warnings
+
+
+def test_everything_file_refuses_volumes(tmp_path, predictor):
+    import nibabel as nib
+
+    p = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 5), np.int16), np.eye(4)), p)
+    with pytest.raises(ValueError, match="2D images"):
+        everything_file(predictor, p, tmp_path / "o", default_options("litemedsam", points_per_side=2))

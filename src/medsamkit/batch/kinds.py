@@ -251,7 +251,7 @@ class SegmentJob:
 
 @dataclass
 class EverythingJob:
-    """``medsamkit batch everything``: :func:`medsamkit.predict.automatic.everything_file` per manifest row
+    """``medsamkit batch everything``: :func:`medsamkit.predict.jobs.everything_file` per manifest row
     (columns ``image``, ``id``, ``preset``, ``window``); files go to ``OUT_DIR/everything/<id>_labels.png``,
     ``_masks.json`` and ``_overlay.png``. ``options``: an ``EverythingOptions`` shared by every item."""
 
@@ -279,7 +279,7 @@ class EverythingJob:
 
     def run(self, item_id: str, payload: dict[str, Any], lease: PredictorLease) -> dict[str, Any]:
         from .._runs import versions
-        from ..predict.automatic import everything_file
+        from ..predict.jobs import everything_file
 
         t0 = time.time()
         summary = everything_file(

@@ -73,7 +73,7 @@ def options_from_args(args: argparse.Namespace):  # noqa: ANN201
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..predict.automatic import everything_file
+    from ..predict.jobs import everything_file
     from ..predict.predictor import Predictor
 
     if not args.image.exists():

@@ -35,23 +35,24 @@ grid).
 Records: ``segmentation`` (bool ``(H, W)`` or COCO RLE), ``area`` (pixels), ``bbox`` (XYWH, inclusive pixel
 extent: w = x1 - x0 + 1), ``predicted_iou``, ``stability_score``, ``point_coords`` ([[x, y]] in image pixels: the
 grid point), ``prompt_box`` (inclusive x0, y0, x1, y1 in image pixels; None in point mode), ``crop_box`` (XYWH).
+
+This module is the algorithm only (arrays in, records out; like SAM's ``utils/amg`` and
+``automatic_mask_generator``): the grids, crop boxes, box pyramid, filters and :class:`AutomaticMaskGenerator`.
+Reading an image file and writing the label image, records and overlay is the file job
+:func:`medsamkit.predict.jobs.everything_file`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
-from .._runs import json_default, model_info
 from ..errors import OptionError
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 from ..preprocess.image2d import to_rgb_uint8
@@ -481,101 +482,3 @@ def _touches_inner_edge(m: np.ndarray, crop: list[int], image_hw: tuple[int, int
     return bool(
         (x0 > 0 and m[:, 0].any()) or (y0 > 0 and m[0, :].any()) or (x1 < iw and m[:, -1].any()) or (y1 < ih and m[-1, :].any())
     )
-
-
-def everything_file(
-    predictor: Predictor | Callable[[], Predictor],
-    image_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    options: EverythingOptions | None = None,
-    stem: str | None = None,
-    preset: str = "auto",
-    window: tuple[float, float] | None = None,
-    model_name: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Everything mode on one 2D image file; writes (atomically) into ``out_dir``:
-
-    - ``<stem>_labels.png``: uint16 label image (record i -> label i + 1, records sorted by area, smaller masks
-      painted over larger ones);
-    - ``<stem>_masks.json``: the records (masks as COCO RLE, column-major like pycocotools), the options, the
-      model, the intensity mapping, counters and timings;
-    - ``<stem>_overlay.png``: the image with each mask tinted and outlined.
-
-    predictor: a :class:`Predictor`, or a function returning one (called after the input is read and the
-    outputs checked, so a bad request costs no model load). Outputs that would overwrite the input, or that
-    cannot be written, are refused before any work (:class:`~medsamkit.errors.OutputError`).
-    Returns a summary (paths, number of masks, timings). The same function serves the CLI and batch jobs;
-    ``progress`` shows a progress bar over the prompts on stderr."""
-    from .._files import atomic_write_text, check_outputs, check_writable
-    from .._version import __version__
-    from ..io import read_image
-    from ..io.raster import write_png
-    from ..preprocess.picture import model_picture
-    from ..viz.overlay import overlay_masks
-    from .jobs import default_stem
-
-    t_start = time.perf_counter()
-    path = Path(image_path)
-    out = Path(out_dir)
-    stem = stem or default_stem(path)
-    opts = options or EverythingOptions()
-    labels_path, json_path, overlay_path = (out / f"{stem}_{s}" for s in ("labels.png", "masks.json", "overlay.png"))
-    outputs = {"the label image": labels_path, "the records": json_path, "the overlay": overlay_path}
-    check_outputs(outputs, [path])  # before any work: no input is overwritten
-    for what, p in outputs.items():
-        check_writable(p, what)
-    t0 = time.perf_counter()
-    image = read_image(path)
-    picture, intensity = model_picture(image, preset, window)
-    read_s = time.perf_counter() - t0
-    rle_opts = EverythingOptions(**{**asdict(opts), "output_mode": "rle"})
-    if not isinstance(predictor, Predictor):
-        predictor = predictor()  # loaded only once the input is read and the outputs checked
-    gen = AutomaticMaskGenerator(predictor, rle_opts)
-    t0 = time.perf_counter()
-    if progress:
-        from tqdm import tqdm
-
-        with tqdm(total=None, unit="prompt", desc="everything", leave=False) as bar:
-
-            def step(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            result = gen.generate(picture, progress=step)
-    else:
-        result = gen.generate(picture)
-    gen_s = time.perf_counter() - t0
-    hw = picture.shape[:2]
-    labels = result.label_image(hw)
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    write_png(labels_path, labels)  # write_png is atomic
-    write_png(overlay_path, overlay_masks(picture, labels))
-    doc = {
-        "image": str(path),
-        "shape": list(hw),
-        "model": model_info(predictor, model_name),
-        "options": asdict(rle_opts),
-        "intensity": intensity,
-        "medsamkit": __version__,
-        "stats": result.stats,
-        "records": result.records,
-    }
-    atomic_write_text(json_path, json.dumps(doc, default=json_default))
-    write_s = time.perf_counter() - t0
-    return {
-        "image": str(path),
-        "masks": len(result.records),
-        "labels": str(labels_path),
-        "records": str(json_path),
-        "overlay": str(overlay_path),
-        "timings": {
-            "read_s": round(read_s, 4),
-            "generate_s": round(gen_s, 4),
-            "write_s": round(write_s, 4),
-            "total_s": round(time.perf_counter() - t_start, 4),
-        },
-        "stats": result.stats,
-    }

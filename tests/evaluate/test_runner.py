@@ -277,3 +277,134 @@ def test_report_gives_the_nsd_tolerance_in_the_unit_of_the_data(folder_2d, tmp_p
     assert "NSD tolerance 2.0 pixels (the images have no physical spacing)" in text and "2.0 mm" not in text
     assert _tolerance(2.0, [{"spacing_unit": "mm"}]) == "2.0 mm"
     assert "1 of 2 rows" in _tolerance(2.0, [{"spacing_unit": "mm"}, {"spacing_unit": "px"}])
+
+
+# ------------------------------------------------------------------------------- segmenters and object selection
+
+
+class Bright:
+    """A segmenter: foreground where the picture is brighter than ``level`` (records the pictures it sees)."""
+
+    def __init__(self, level: int = 128) -> None:
+        self.level = level
+        self.seen: list[tuple[int, ...]] = []
+
+    def segment(self, picture: np.ndarray) -> np.ndarray:
+        self.seen.append(picture.shape)
+        return np.asarray(picture) > self.level
+
+
+def test_a_segmenter_is_scored_against_the_union_of_the_targets(folder_2d):
+    from medsamkit.evaluate import AUTO, Segmenter
+    from medsamkit.metrics import dice, iou
+
+    case = load_dataset(folder_2d)["case0"]
+    seg = Bright()
+    assert isinstance(seg, Segmenter)
+    res = evaluate_case(case, [AUTO], seg, EvalConfig(objects="union"))
+    (row,) = res.rows
+    image, mask = load_case(case)
+    pred, gt = image.array > 128, mask > 0
+    assert row["protocol"] == "auto" and row["status"] == "ok" and row["label"] == -1 and row["step"] == 0
+    assert row["dice"] == dice(pred, gt) and row["iou"] == iou(pred, gt) and row["size_px"] == gt.sum()
+    assert row["prompt"] == "{}" and row["predicted_iou"] is None and row["encode_s"] is None
+    assert np.array_equal(res.masks["-1/-1/auto/0"], pred) and seg.seen == [(96, 128)]  # one picture, segmented once
+    # one label: its mask is the target, the row carries the label
+    (one,) = evaluate_case(case, ["auto"], seg, EvalConfig(objects="union", label=2)).rows
+    assert one["label"] == 2 and one["dice"] == dice(pred, mask == 2)
+    # per label: the one mask against each label
+    per_label = evaluate_case(case, ["auto"], seg, EvalConfig()).rows
+    assert [r["label"] for r in per_label] == [1, 2] and per_label[1]["dice"] == dice(pred, mask == 2)
+    assert len(seg.seen) == 3
+
+
+def test_segmenters_and_predictors_take_their_own_protocols(folder_2d, predictor):
+    case = load_dataset(folder_2d)["case0"]
+    with pytest.raises(ValueError, match="segmenter takes no prompt"):
+        evaluate_case(case, ["auto", "box"], Bright())
+    with pytest.raises(ValueError, match="for segmenters"):
+        evaluate_case(case, ["auto"], predictor)
+
+
+def test_objects_as_components_label_filter_and_min_pixels(tmp_path):
+    root = tmp_path / "parts"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    mask = np.zeros((40, 60), np.uint8)
+    mask[25:35, 5:15] = 1  # lower left: second in raster order
+    mask[5:15, 40:50] = 1  # upper right: first in raster order, and larger than ...
+    mask[2:4, 2:4] = 1  # ... this 4-pixel speck, the very first
+    mask[20:30, 30:45] = 2
+    image = np.where(mask > 0, 200, 30).astype(np.uint8)
+    Image.fromarray(image).save(root / "images" / "a.png")
+    Image.fromarray(mask).save(root / "masks" / "a.png")
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(root / "images" / "empty.png")
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(root / "masks" / "empty.png")
+    ds = load_dataset(root)
+    rows = evaluate_case(ds["a"], ["auto"], Bright(), EvalConfig(objects="component")).rows
+    assert [(r["label"], r["size_px"]) for r in rows] == [(1, 4), (1, 100), (1, 100), (2, 150)]
+    rows = evaluate_case(ds["a"], ["auto"], Bright(), EvalConfig(objects="component", min_pixels=5, label=1)).rows
+    assert [(r["label"], r["size_px"]) for r in rows] == [(1, 100), (1, 100)]
+    assert rows[0]["seed"] != rows[1]["seed"]  # each component draws from its own generator
+    # a case without any target: an error row, or nothing to score; with min_pixels=0 the union is scored
+    (err,) = evaluate_case(ds["empty"], ["auto"], Bright(), EvalConfig(objects="union")).rows
+    assert err["status"] == "error" and "no labelled object" in err["error"]
+    assert evaluate_case(ds["empty"], ["auto"], Bright(), EvalConfig(objects="union"), errors="raise").rows == []
+    (scored,) = evaluate_case(ds["empty"], ["auto"], Bright(), EvalConfig(objects="union", min_pixels=0)).rows
+    assert scored["status"] == "ok" and scored["dice"] == 1.0 and scored["size_px"] == 0  # both empty
+    with pytest.raises(ValueError, match="objects must be"):
+        EvalConfig(objects="instance")
+    with pytest.raises(ValueError, match="volume mode"):
+        EvalConfig(mode="volume", objects="union")
+
+
+def test_errors_raise_instead_of_rows(folder_2d):
+    ds = load_dataset(folder_2d)
+    (row,) = evaluate_case(ds["broken"], ["auto"], Bright(), EvalConfig(objects="union")).rows
+    assert row["status"] == "error" and row["protocol"] == "*"
+    with pytest.raises(ValueError, match="broken.png"):
+        evaluate_case(ds["broken"], ["auto"], Bright(), EvalConfig(objects="union"), errors="raise")
+    with pytest.raises(ValueError, match="errors must be"):
+        evaluate_case(ds["case0"], ["auto"], Bright(), errors="ignore")
+
+
+def test_segmenters_on_slices_a_few_per_case_or_refused(volume_dataset):
+    case = load_dataset(volume_dataset)["v"]
+    _, mask = load_case(case)
+    seg = Bright(level=200)
+    cfg = EvalConfig(objects="union", min_slice_pixels=20)
+    rows = evaluate_case(case, ["auto"], seg, cfg).rows
+    expected = [int(z) for z in np.flatnonzero(mask.sum(axis=(1, 2)) >= 20)]
+    assert [r["slice"] for r in rows] == expected and all(r["mode"] == "slice" and r["label"] == -1 for r in rows)
+    assert len(seg.seen) == len(expected) and all(r["dice"] > 0.9 for r in rows)
+    few = evaluate_case(case, ["auto"], seg, EvalConfig(objects="union", min_slice_pixels=20, slices_per_case=2)).rows
+    assert [r["slice"] for r in few] == [expected[0], expected[-1]]  # evenly spaced: the first and the last
+
+    class Flat(Bright):
+        slices = False  # a model of 2D images only
+
+    (row,) = evaluate_case(case, ["auto"], Flat(), cfg).rows
+    assert row["status"] == "error" and "takes 2D images" in row["error"]
+    with pytest.raises(ValueError, match="takes 2D images"):
+        evaluate_case(case, ["auto"], Flat(), cfg, errors="raise")
+    (vol,) = evaluate_case(case, ["auto"], seg, EvalConfig(mode="volume")).rows
+    assert vol["status"] == "error" and "slice by slice" in vol["error"]
+
+
+def test_run_evaluation_with_a_segmenter(folder_2d, tmp_path):
+    out = tmp_path / "auto"
+    cfg = EvalConfig(objects="union")
+    run = run_evaluation([folder_2d], out, ["auto"], model="bright", predictor=Bright(), config=cfg, progress=False)
+    rows = read_rows(out / "results.csv")
+    assert [(r["case"], r["protocol"], r["status"]) for r in rows] == [
+        ("broken", "*", "error"),
+        ("case0", "auto", "ok"),
+        ("case1", "auto", "ok"),
+    ]
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    assert settings["model"] == "bright" and settings["objects"] == "union" and "min_pixels" not in settings
+    assert (out / "report.html").is_file() and run.summary["objects"] == 2
+    again = run_evaluation([folder_2d], out, ["auto"], model="bright", predictor=Bright(), config=cfg, progress=False)
+    assert (again.computed, again.skipped) == (1, 2)
+    with pytest.raises(ValueError, match="other settings.*objects"):
+        run_evaluation([folder_2d], out, ["auto"], model="bright", predictor=Bright(), progress=False)

@@ -5,14 +5,27 @@ The datasets it runs on (folder, nnU-Net v2 raw, Medical Segmentation Decathlon)
 ``load_dataset(path)`` finds the (image, ground-truth mask) cases of a dataset, ``load_case(case)`` reads one; both
 are importable from here too. ``run_evaluation(datasets, out_dir, protocols)`` is what ``medsamkit evaluate`` calls;
 ``evaluate_case`` is its per-case work (a pure function of the case, the protocols, the predictor and the settings).
+A :class:`Segmenter` (AutoSAM, a U-Net: no prompt, one mask per picture) is evaluated the same way under the
+protocol ``auto``; the training side's evaluations (``medsamkit.train``) go through ``evaluate_case`` too.
 """
 
 from ..data import LAYOUTS, Case, Dataset, case_id_of, load_case, load_dataset, modality_from_name
 from .analysis import auroc, spearman, summarize
-from .runner import COLUMNS, CaseResult, EvalConfig, EvaluationRun, evaluate_case, read_rows, run_evaluation
+from .runner import (
+    AUTO,
+    COLUMNS,
+    CaseResult,
+    EvalConfig,
+    EvaluationRun,
+    Segmenter,
+    evaluate_case,
+    read_rows,
+    run_evaluation,
+)
 from .store import load_masks
 
 __all__ = [
+    "AUTO",
     "COLUMNS",
     "LAYOUTS",
     "Case",
@@ -20,6 +33,7 @@ __all__ = [
     "Dataset",
     "EvalConfig",
     "EvaluationRun",
+    "Segmenter",
     "auroc",
     "case_id_of",
     "evaluate_case",

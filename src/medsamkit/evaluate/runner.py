@@ -4,6 +4,11 @@ Per-case work is a pure function of (case, protocols, predictor, config) - :func
 distributed engine can map it; :func:`run_evaluation` is the single-process loop around it with a progress
 bar, resumable results and the report.
 
+The model is a prompted :class:`~medsamkit.predict.Predictor` (prompts simulated by the protocols of
+:mod:`medsamkit.prompts.protocol`) or a **segmenter** (:class:`Segmenter`: AutoSAM, a U-Net; no prompt, one
+mask per picture) evaluated under the protocol ``auto`` (:data:`AUTO`): its mask of each picture is scored
+against each object of that picture, usually the union of the target labels (``EvalConfig(objects="union")``).
+
 Output folder (``RUN_DIR``):
 
 - ``run.json``: settings (model and weights id, seed, mode, NSD tolerance, intensity preset, slice policy),
@@ -14,10 +19,15 @@ Output folder (``RUN_DIR``):
 - ``masks/<dataset>/<case>.npz``: predicted masks (bit-packed) of the first and last step of each protocol.
 - ``results.csv`` (and ``results.parquet`` when pyarrow is installed), ``summary.json``, ``report.html``.
 
-Objects: each label value > 0 of a case's mask is one object. 3D cases are evaluated in ``slices`` mode (each
-axial slice where the label has at least ``min_slice_pixels`` pixels is one 2D object; slices with fewer,
-including empty ones, give no prompt to simulate and are skipped and counted - their false positives are
-only measured in ``volume`` mode) or ``volume`` mode (3D prompt, slice propagation, 3D metrics).
+Objects (:class:`EvalConfig`): by default each label value > 0 of a case's mask is one object; ``objects``
+"component" makes each connected component of a label (8-neighbourhood, raster order) one object and "union"
+the union of the target labels one object per picture (its row's ``label`` is -1, or the chosen ``label``);
+``label`` keeps one label value only; ``min_pixels`` leaves out smaller objects (0 with "union": a picture
+without any target is scored too). 3D cases are evaluated in ``slices`` mode (each axial slice where the
+target has at least ``min_slice_pixels`` pixels, at most ``slices_per_case`` of them evenly spaced, gives its
+objects of at least that size as 2D objects; slices with fewer, including empty ones, give no prompt to
+simulate and are skipped and counted - their false positives are only measured in ``volume`` mode) or
+``volume`` mode (3D prompt, slice propagation, 3D metrics; one object per label).
 Seeds: every (case, label, slice, protocol) draws from its own generator, seeded from the run seed and those
 names, so results do not depend on order or on which cases are re-run.
 """
@@ -33,7 +43,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,11 +56,12 @@ from ..metrics.attributes import ATTRIBUTES, object_attributes
 from ..predict.predictor import Predictor
 from ..preprocess.image2d import to_rgb_uint8
 from ..preprocess.picture import model_picture, volume_pictures
-from ..prompts import PromptProtocol, parse_protocol
+from ..prompts import PromptProtocol, component_masks, parse_protocol
 from .prompting import StepResult, run_protocol_2d, run_protocol_3d
 from .store import case_paths, save_masks
 
 MODES = ("slices", "volume")
+OBJECTS = ("label", "component", "union")
 METRIC_COLUMNS = ("dice", "iou", "nsd", "hd95", "assd", "pred_size", "gt_size", "volume_difference", "empty_pred")
 COLUMNS = (
     "dataset",
@@ -85,8 +96,16 @@ class EvalConfig:
     mode: how 3D cases are evaluated, ``slices`` or ``volume`` (2D cases are always whole images).
     nsd_tolerance: NSD tolerance in mm (pixels for images without a physical spacing, e.g. PNG).
     preset/window: intensity mapping for non-uint8 images (:mod:`medsamkit.preprocess.intensity`).
-    min_slice_pixels: slices mode: a slice is evaluated when the label has at least this many pixels on it.
+    min_slice_pixels: slices mode: a slice is evaluated when the target has at least this many pixels on it, and
+    gives its objects of at least this size.
     save_masks: keep the predicted masks (first and last step per protocol) for overlays and later analysis.
+    objects: what one object is: "label" (each label value), "component" (each connected component of each
+    label, 8-neighbourhood, in raster order) or "union" (the union of the target labels, one per picture).
+    label: keep this label value only (None: every label > 0 is a target).
+    min_pixels: objects with fewer pixels are left out (2D images and slices); 0 with "union" scores pictures
+    without any target too.
+    slices_per_case: slices mode: at most this many slices per 3D case, evenly spaced among those evaluated.
+    The last four are recorded in ``run.json`` only when they differ from their defaults.
     """
 
     seed: int = 0
@@ -96,6 +115,10 @@ class EvalConfig:
     window: tuple[float, float] | None = None
     min_slice_pixels: int = 1
     save_masks: bool = True
+    objects: str = "label"
+    label: int | None = None
+    min_pixels: int = 1
+    slices_per_case: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -104,11 +127,89 @@ class EvalConfig:
             raise OptionError("the NSD tolerance must be > 0 mm")
         if self.min_slice_pixels < 1:
             raise OptionError("min_slice_pixels must be >= 1")
+        if self.objects not in OBJECTS:
+            raise OptionError(f"objects must be one of {', '.join(OBJECTS)}, got {self.objects!r}")
+        if self.mode == "volume" and self.objects != "label":
+            raise OptionError(f"volume mode evaluates one object per label; objects {self.objects!r} needs mode 'slices'")
+        if self.label is not None and not _count(self.label, 1):
+            raise OptionError(f"label must be an integer >= 1 or None, got {self.label!r}")
+        if not _count(self.min_pixels, 0):
+            raise OptionError(f"min_pixels must be an integer >= 0, got {self.min_pixels!r}")
+        if self.slices_per_case is not None and not _count(self.slices_per_case, 1):
+            raise OptionError(f"slices_per_case must be an integer >= 1 or None, got {self.slices_per_case!r}")
 
 
-def object_seed(seed: int, dataset: str, case: str, label: int, slice_index: int, protocol: str) -> int:
-    """The seed of one object's prompt simulation, from the run seed and the object's names."""
-    h = hashlib.sha256(f"{seed}|{dataset}|{case}|{label}|{slice_index}|{protocol}".encode()).digest()
+def _count(v: Any, least: int) -> bool:
+    """Whether ``v`` is an integer (not a bool) >= ``least``."""
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= least
+
+
+#: the settings added for segmenters and training-side evaluation: recorded only when not at their defaults, so
+#: the runs of earlier versions keep their settings (and resume)
+_OPTIONAL_SETTINGS = ("objects", "label", "min_pixels", "slices_per_case")
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """A model that needs no prompt: one mask per picture (AutoSAM's :class:`~medsamkit.predict.autoseg.AutoSegmenter`,
+    the U-Net's :class:`~medsamkit.predict.unet.UNetSegmenter`).
+
+    ``segment(picture)``: picture uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB (the picture the model sees,
+    :mod:`medsamkit.preprocess.picture`; a slice's picture for 3D cases) -> bool ``(H, W)`` mask on the picture's
+    grid (x = column, y = row), or an object whose ``mask`` is one. An optional class attribute ``slices = False``
+    says the model takes 2D images only and is not applied to the slices of a volume."""
+
+    def segment(self, picture: np.ndarray) -> Any: ...
+
+
+#: the protocol name of a segmenter: no prompt
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Promptless:
+    """The protocol of a :class:`Segmenter` (``auto``): no prompt is simulated, one recorded step."""
+
+    name: str = AUTO
+    steps: int = 1
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": AUTO, "name": self.name}
+
+    def __str__(self) -> str:
+        return self.name
+
+
+EvalProtocol = PromptProtocol | Promptless
+
+
+def parse_eval_protocol(text: str | EvalProtocol) -> EvalProtocol:
+    """A protocol string of :mod:`medsamkit.prompts.protocol`, or ``auto`` (:data:`AUTO`) for a segmenter."""
+    if isinstance(text, (PromptProtocol, Promptless)):
+        return text
+    if isinstance(text, str) and text.strip().lower() == AUTO:
+        return Promptless()
+    return parse_protocol(text)
+
+
+def is_segmenter(model: Any) -> bool:
+    """True for a :class:`Segmenter` (it segments; it takes no image to prompt), False for a predictor."""
+    return hasattr(model, "segment") and not hasattr(model, "set_image")
+
+
+def _check_protocols(protos: Sequence[EvalProtocol], segmenter: bool) -> None:
+    auto = [p for p in protos if isinstance(p, Promptless)]
+    if segmenter and len(auto) != len(protos):
+        raise OptionError(f"a segmenter takes no prompt: evaluate it under the protocol {AUTO!r} alone")
+    if not segmenter and auto:
+        raise OptionError(f"the protocol {AUTO!r} is for segmenters (no prompt); a predictor needs prompt protocols")
+
+
+def object_seed(seed: int, dataset: str, case: str, label: int, slice_index: int, protocol: str, part: int | None = None) -> int:
+    """The seed of one object's prompt simulation, from the run seed and the object's names (``part``: the
+    component's index when objects are components)."""
+    name = f"{seed}|{dataset}|{case}|{label}|{slice_index}|{protocol}" + ("" if part is None else f"|{part}")
+    h = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
 
@@ -122,7 +223,7 @@ class CaseResult:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-CaseMapper = Callable[[Sequence[tuple[Case, Sequence[PromptProtocol]]], EvalConfig], Iterable[tuple[int, CaseResult]]]
+CaseMapper = Callable[[Sequence[tuple[Case, Sequence[EvalProtocol]]], EvalConfig], Iterable[tuple[int, CaseResult]]]
 
 
 def case_error_result(case: Case, error: BaseException | str) -> CaseResult:
@@ -184,17 +285,28 @@ def _attributes(grey: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) ->
 
 def evaluate_case(
     case: Case,
-    protocols: Sequence[PromptProtocol | str],
-    predictor: Predictor,
+    protocols: Sequence[EvalProtocol | str],
+    predictor: Predictor | Segmenter,
     config: EvalConfig | None = None,
     *,
     skip: Callable[[str], bool] | None = None,
+    errors: str = "rows",
 ) -> CaseResult:
-    """Evaluate every object of ``case`` under every protocol. Never raises for a bad case or object: the
-    problem becomes an error row (``status`` = ``error``). ``skip(protocol_name)`` -> True leaves a protocol
-    out (already done in an earlier run)."""
+    """Evaluate every object of ``case`` under every protocol with a prompted ``predictor`` or a
+    :class:`Segmenter` (protocol ``auto`` only). ``skip(protocol_name)`` -> True leaves a protocol out (already
+    done in an earlier run).
+
+    errors: "rows" (default) never raises for a bad case or object: the problem becomes an error row
+    (``status`` = ``error``), and a case without any labelled object one error row too; "raise" lets the
+    exception through (the caller wants the result or the error, e.g. the training side's evaluation), and a
+    case without an object to score gives no rows."""
     cfg = config or EvalConfig()
-    protos = [p if isinstance(p, PromptProtocol) else parse_protocol(p) for p in protocols]
+    if errors not in ("rows", "raise"):
+        raise OptionError(f"errors must be 'rows' or 'raise', got {errors!r}")
+    raising = errors == "raise"
+    segmenter = is_segmenter(predictor)
+    protos = [parse_eval_protocol(p) for p in protocols]
+    _check_protocols(protos, segmenter)
     if skip is not None:
         protos = [p for p in protos if not skip(p.name)]
     result = CaseResult([])
@@ -203,30 +315,56 @@ def evaluate_case(
     try:
         image, mask = load_case(case)
     except Exception as e:  # noqa: BLE001 - a bad case is a row, not a crash
+        if raising:
+            raise
         result.rows.append(_error_row(_base_row(case, 0, case.modality, "", -1), "*", None, e))
         return result
     modality = case.modality or image.modality
     labels = [int(v) for v in np.unique(mask) if v > 0]
-    if not labels:
-        no_object = "ValueError: the mask has no labelled object"
-        result.rows.append(_error_row(_base_row(case, 0, modality, "", -1), "*", None, no_object))
+    if not labels and not (cfg.objects == "union" and cfg.min_pixels == 0):
+        if not raising:
+            no_object = "ValueError: the mask has no labelled object"
+            result.rows.append(_error_row(_base_row(case, 0, modality, "", -1), "*", None, no_object))
         return result
+    if cfg.label is not None:
+        labels = [v for v in labels if v == cfg.label]
     try:
         if image.is_volume:
+            if segmenter and not getattr(predictor, "slices", True):
+                raise OptionError(
+                    f"case {case.id}: the model takes 2D images; {case.image.name} is 3D {image.spatial_shape} "
+                    "(extract 2D slices first)"
+                )
             if cfg.mode == "volume":
-                _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result)
+                if segmenter:
+                    raise OptionError("a segmenter is evaluated slice by slice (mode 'slices'), not in volume mode")
+                _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result, raising)
             else:
-                _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result)
+                _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result, raising)
         else:
             picture, _ = model_picture(image, cfg.preset, cfg.window, modality)
-            t0 = time.perf_counter()
-            predictor.set_image(picture)
-            encode_s = time.perf_counter() - t0
             spacing = _spacing_array_order(image, 2)
-            _objects_2d(case, picture, mask, labels, modality, -1, "image", spacing, encode_s, protos, predictor, cfg, result)
+            _picture_objects(
+                case,
+                picture,
+                mask,
+                labels,
+                modality,
+                -1,
+                "image",
+                spacing,
+                protos,
+                predictor,
+                cfg,
+                result,
+                cfg.min_pixels,
+                raising,
+            )
         for row in result.rows:
             row["spacing_unit"] = image.spacing_unit  # what NSD's tolerance, HD95 and ASSD are measured in
     except Exception as e:  # noqa: BLE001
+        if raising:
+            raise
         if os.environ.get("MEDSAMKIT_DEBUG"):
             traceback.print_exc()
         # a case that fails part-way keeps nothing: its rows would be incomplete, and the next run redoes it
@@ -235,47 +373,96 @@ def evaluate_case(
     return result
 
 
-def _objects_2d(
+def _objects(
+    mask: np.ndarray, labels: Sequence[int], cfg: EvalConfig, min_pixels: int
+) -> list[tuple[int, int | None, np.ndarray]]:
+    """The objects of one 2D picture's labels ``(H, W)``: ``(label, component index or None, bool (H, W))`` in
+    label order (components in raster order, as ``scipy.ndimage.label`` numbers them), each with at least
+    ``min_pixels`` pixels (and one, but for the union)."""
+    if cfg.objects == "union":
+        gt = np.isin(mask, labels) if labels else np.zeros(mask.shape, bool)
+        return [(-1 if cfg.label is None else int(cfg.label), None, gt)] if int(gt.sum()) >= min_pixels else []
+    least = max(int(min_pixels), 1)
+    out: list[tuple[int, int | None, np.ndarray]] = []
+    for v in labels:
+        m = mask == v
+        if cfg.objects == "label":
+            if int(m.sum()) >= least:
+                out.append((v, None, m))
+            continue
+        parts = sorted(component_masks(m), key=lambda c: int(np.argmax(c)))  # the first pixel of each, row by row
+        out += [(v, k, c) for k, c in enumerate(parts) if int(c.sum()) >= least]
+    return out
+
+
+def _segment(segmenter: Segmenter, picture: np.ndarray) -> np.ndarray:
+    out = segmenter.segment(picture)
+    m = np.asarray(getattr(out, "mask", out))
+    if m.shape != picture.shape[:2]:
+        raise InputError(f"the segmenter's mask is {m.shape}, the picture {picture.shape[:2]} (H, W)")
+    return m.astype(bool, copy=False)
+
+
+def _picture_objects(
     case: Case,
     picture: np.ndarray,
     mask: np.ndarray,
-    labels: Iterable[int],
+    labels: Sequence[int],
     modality: str | None,
     slice_index: int,
     mode: str,
     spacing: tuple[float, ...],
-    encode_s: float,
-    protos: Sequence[PromptProtocol],
-    predictor: Predictor,
+    protos: Sequence[EvalProtocol],
+    predictor: Predictor | Segmenter,
     cfg: EvalConfig,
     result: CaseResult,
+    min_pixels: int,
+    raising: bool,
 ) -> None:
-    """All objects of one encoded 2D picture (the predictor holds its embedding) under all protocols."""
+    """All objects of one 2D picture (uint8 ``(H, W)`` or ``(H, W, 3)``; ``mask`` its labels ``(H, W)``) under
+    all protocols: the predictor encodes the picture once (the segmenter segments it once) when it holds an
+    object."""
+    objects = _objects(mask, labels, cfg, min_pixels)
+    if not objects:
+        return
+    segmenter = is_segmenter(predictor)
+    t0 = time.perf_counter()
+    if segmenter:
+        segmented = _segment(predictor, picture)  # type: ignore[arg-type]
+        encode_s = None
+    else:
+        predictor.set_image(picture)  # type: ignore[union-attr]
+        encode_s = time.perf_counter() - t0
+    segment_s = time.perf_counter() - t0
     grey = _grey(picture)
-    for label in labels:
-        gt = mask == label
-        if not gt.any():
-            continue
+    for label, part, gt in objects:
         attrs = _attributes(grey, gt, spacing)
-        base = {**_base_row(case, label, modality, mode, slice_index), **attrs, "encode_s": round(encode_s, 4)}
+        base = {**_base_row(case, label, modality, mode, slice_index), **attrs}
+        base["encode_s"] = None if encode_s is None else round(encode_s, 4)
         base["image_shape"] = "x".join(str(s) for s in gt.shape)
         base["spacing"] = ",".join(f"{s:g}" for s in spacing)
+        key = f"{label}/{slice_index}" + ("" if part is None else f"#{part}")
         for proto in protos:
-            seed = object_seed(cfg.seed, case.dataset, case.id, label, slice_index, proto.name)
+            seed = object_seed(cfg.seed, case.dataset, case.id, label, slice_index, proto.name, part)
             t0 = time.perf_counter()
-            try:
-                steps = run_protocol_2d(predictor, gt, proto, np.random.default_rng(seed))
-            except Exception as e:  # noqa: BLE001 - e.g. a prompt that cannot be simulated for this object
-                result.rows.append(_error_row(base, proto.name, seed, e))
-                continue
-            elapsed = time.perf_counter() - t0
-            _add_steps(result, base, proto, seed, steps, gt, spacing, cfg, elapsed, f"{label}/{slice_index}")
+            if segmenter:
+                steps, elapsed = [StepResult(0, segmented, None, {})], segment_s
+            else:
+                try:
+                    steps = run_protocol_2d(predictor, gt, proto, np.random.default_rng(seed))  # type: ignore[arg-type]
+                except Exception as e:  # noqa: BLE001 - e.g. a prompt that cannot be simulated for this object
+                    if raising:
+                        raise
+                    result.rows.append(_error_row(base, proto.name, seed, e))
+                    continue
+                elapsed = time.perf_counter() - t0
+            _add_steps(result, base, proto, seed, steps, gt, spacing, cfg, elapsed, key)
 
 
 def _add_steps(
     result: CaseResult,
     base: dict[str, Any],
-    proto: PromptProtocol,
+    proto: EvalProtocol,
     seed: int,
     steps: list[StepResult],
     gt: np.ndarray,
@@ -297,33 +484,35 @@ def _add_steps(
             result.masks[f"{key}/{proto.name}/{st.step}"] = st.mask
 
 
-def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result) -> None:  # noqa: ANN001
+def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result, raising) -> None:  # noqa: ANN001
     pictures = volume_pictures(image, cfg.preset, cfg.window, modality)
     spacing = _spacing_array_order(image, 2)
-    counts = np.stack([(mask == v).sum(axis=(1, 2)) for v in labels])  # (labels, Z)
-    keep = counts >= cfg.min_slice_pixels
+    least = max(cfg.min_slice_pixels, cfg.min_pixels)
+    counts = np.stack([(mask == v).sum(axis=(1, 2)) for v in labels]) if labels else np.zeros((0, mask.shape[0]), np.int64)
+    zs = np.flatnonzero(counts.sum(axis=0) >= least)  # slices where the target (the labels together) is large enough
+    if cfg.slices_per_case is not None and zs.size > cfg.slices_per_case:
+        zs = zs[np.unique(np.round(np.linspace(0, zs.size - 1, cfg.slices_per_case)).astype(int))]
     # the slice policy, recorded: within each object's extent along z, slices without the object (no prompt
     # can be simulated there) and slices with fewer than min_slice_pixels pixels are not evaluated
+    evaluated = np.zeros(mask.shape[0], bool)
+    evaluated[zs] = True
     skipped = {}
     for v, c in zip(labels, counts):
         nz = np.flatnonzero(c)
         inside = c[nz[0] : nz[-1] + 1]
         skipped[str(v)] = {
-            "evaluated": int((inside >= cfg.min_slice_pixels).sum()),
+            "evaluated": int(((c >= least) & evaluated).sum()),
             "empty_in_extent": int((inside == 0).sum()),
-            "below_min_pixels": int(((inside > 0) & (inside < cfg.min_slice_pixels)).sum()),
+            "below_min_pixels": int(((inside > 0) & (inside < least)).sum()),
         }
     result.notes["slices"] = skipped
-    for z in np.flatnonzero(keep.any(axis=0)):
-        picture = pictures[z]
-        t0 = time.perf_counter()
-        predictor.set_image(picture)
-        encode_s = time.perf_counter() - t0
-        present = [v for v, k in zip(labels, keep[:, z]) if k]
-        _objects_2d(case, picture, mask[z], present, modality, int(z), "slice", spacing, encode_s, protos, predictor, cfg, result)
+    for z in zs:
+        _picture_objects(
+            case, pictures[z], mask[z], labels, modality, int(z), "slice", spacing, protos, predictor, cfg, result, least, raising
+        )
 
 
-def _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result) -> None:  # noqa: ANN001
+def _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result, raising) -> None:  # noqa: ANN001
     from ..predict.cache import EmbeddingCache
 
     spacing = _spacing_array_order(image, 3)
@@ -345,6 +534,8 @@ def _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, re
                         predictor, image, gt, proto, np.random.default_rng(seed), preset=cfg.preset, window=cfg.window
                     )
                 except Exception as e:  # noqa: BLE001
+                    if raising:
+                        raise
                     result.rows.append(_error_row(base, proto.name, seed, e))
                     continue
                 _add_steps(result, base, proto, seed, steps, gt, spacing, cfg, time.perf_counter() - t0, f"{label}/-1")
@@ -378,14 +569,20 @@ def _case_inputs(case: Case) -> dict[str, Any]:
     return {"image": str(case.image), "mask": str(case.mask), "channel": case.channel, "modality": case.modality}
 
 
-def _run_settings(cfg: EvalConfig, predictor: Predictor, model_name: str) -> dict[str, Any]:
-    info = model_info(predictor, model_name)
-    return {
-        "model": info["name"],
-        "weights_id": info["weights_id"],
-        "pipeline": info["pipeline"],
-        **{k: v for k, v in asdict(cfg).items() if k != "save_masks"},
+def _run_settings(cfg: EvalConfig, predictor: Predictor | Segmenter, model_name: str) -> dict[str, Any]:
+    if is_segmenter(predictor):  # a segmenter names itself (model_name, weights_id) when it can
+        info = {
+            "name": getattr(predictor, "model_name", None) or model_name,
+            "weights_id": getattr(predictor, "weights_id", None),
+            "pipeline": None,
+        }
+    else:
+        info = model_info(predictor, model_name)  # type: ignore[arg-type]
+    defaults = EvalConfig()
+    config = {
+        k: v for k, v in asdict(cfg).items() if k != "save_masks" and not (k in _OPTIONAL_SETTINGS and v == getattr(defaults, k))
     }
+    return {"model": info["name"], "weights_id": info["weights_id"], "pipeline": info["pipeline"], **config}
 
 
 def run_evaluation(
@@ -397,7 +594,7 @@ def run_evaluation(
     checkpoint: str | os.PathLike[str] | None = None,
     backend: str = "auto",
     threads: int | None = None,
-    predictor: Predictor | None = None,
+    predictor: Predictor | Segmenter | None = None,
     config: EvalConfig | None = None,
     limit: int | None = None,
     progress: bool = True,
@@ -409,6 +606,9 @@ def run_evaluation(
     N cases per dataset (``load_dataset(path, modality=...)`` sets a modality the files do not state). Returns
     the rows and the summary; the per-case work is :func:`evaluate_case`.
 
+    predictor: the model to evaluate instead of ``model``: a :class:`~medsamkit.predict.Predictor`, or a
+    :class:`Segmenter` under the protocols ``["auto"]`` (recorded as ``model``, or its ``model_name``).
+
     map_cases: computes the cases that are not done yet, e.g. on a cluster
     (:func:`medsamkit.batch.evaluate_mapper`): called once with ``[(case, protocols to compute), ...]`` and the
     config, it yields ``(index into that list, CaseResult)`` in any order, each from
@@ -418,7 +618,9 @@ def run_evaluation(
     from .report import write_report
 
     cfg = config or EvalConfig()
-    protos = [parse_protocol(p) for p in protocols]
+    protos = [parse_eval_protocol(p) for p in protocols]
+    if predictor is not None:
+        _check_protocols(protos, is_segmenter(predictor))
     if not protos:
         raise OptionError("give at least one prompt protocol")
     names = [p.name for p in protos]
@@ -456,7 +658,7 @@ def run_evaluation(
     computed = skipped = errors = 0
     bar = _bar(len(cases), progress)
     t_run = time.perf_counter()
-    tasks: list[tuple[int, list[PromptProtocol], list[dict[str, Any]], dict[str, Any]]] = []
+    tasks: list[tuple[int, list[EvalProtocol], list[dict[str, Any]], dict[str, Any]]] = []
     for i, case in enumerate(cases):
         case_file, _ = case_paths(out, case)
         old_rows: list[dict[str, Any]] = []
@@ -481,7 +683,7 @@ def run_evaluation(
             continue
         tasks.append((i, todo, old_rows, old_notes))
 
-    def local(jobs: Sequence[tuple[Case, Sequence[PromptProtocol]]], config: EvalConfig) -> Iterator[tuple[int, CaseResult]]:
+    def local(jobs: Sequence[tuple[Case, Sequence[EvalProtocol]]], config: EvalConfig) -> Iterator[tuple[int, CaseResult]]:
         for k, (case, todo) in enumerate(jobs):
             yield k, evaluate_case(case, todo, predictor, config)
 

@@ -36,11 +36,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from ..io import read_image, write_mask
     from ..io.writers import check_mask_fits, check_mask_output
-    from ..predict.autoseg import AutoSegmenter, autoseg_volume, load_autosam
+    from ..predict.autoseg import AutoSegmenter, autoseg_image, autoseg_volume, load_autosam
 
     t0 = time.perf_counter()
     check_mask_output(args.output, [args.image, args.autosam])
@@ -51,9 +49,7 @@ def run(args: argparse.Namespace) -> None:
     if image.is_volume:
         mask = autoseg_volume(seg, image, args.modality, progress=not args.quiet and sys.stderr.isatty())
     else:
-        from ..train.data import to_picture
-
-        mask = seg.segment(to_picture(image, args.modality)).mask.astype(np.uint8)
+        mask = autoseg_image(seg, image, args.modality)
     info = model.adapter_info
     meta = {
         "model": f"{Path(str(info['base']['model'])).name}+autosam",

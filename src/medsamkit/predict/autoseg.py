@@ -1,7 +1,8 @@
 """Prompt-free segmentation with a trained AutoSAM run (``medsamkit finetune --mode autosam``).
 
 :func:`load_autosam` opens the run (:func:`medsamkit.models.adapted.load_adapted`), :class:`AutoSegmenter` runs it
-on a 2D picture, :func:`autoseg_volume` on every axial slice of a volume (``medsamkit autoseg``).
+on a 2D picture; :func:`autoseg_image` on a 2D image and :func:`autoseg_volume` on every axial slice of a volume
+make the picture the model sees (:mod:`medsamkit.preprocess.picture`) and give the mask (``medsamkit autoseg``).
 :func:`base_predictor` is the :class:`~medsamkit.predict.Predictor` of an adapter file's base model.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..errors import InputError, OptionError
 from ..models.adapted import load_adapted
+from ..preprocess.picture import model_picture, volume_pictures
 from .predictor import Predictor
 
 
@@ -98,14 +100,22 @@ def load_autosam(run: str | os.PathLike[str], base: Any = None, device: str | to
     return m
 
 
+def autoseg_image(segmenter: AutoSegmenter, image: Any, modality: str | None = None) -> np.ndarray:
+    """uint8 ``(H, W)`` mask (1 = foreground) of a 2D image (a :class:`~medsamkit.io.MedicalImage`, or an array
+    ``(H, W)``, ``(H, W, 1|3|4)``), on the image's pixel grid. The picture the model sees is
+    :func:`medsamkit.preprocess.picture.model_picture` with the ``auto`` preset (alpha dropped, uint8 kept, CT
+    through the soft-tissue window, percentile otherwise), as in training; ``modality`` overrides the image's."""
+    picture, _ = model_picture(image, modality=modality)
+    return segmenter.segment(picture).mask.astype(np.uint8)
+
+
 def autoseg_volume(segmenter: AutoSegmenter, image: Any, modality: str | None = None, progress: bool = False) -> np.ndarray:
     """uint8 ``(Z, Y, X)`` mask of a volume (a :class:`~medsamkit.io.MedicalImage`), segmented slice by slice along z;
-    the intensity preset is fitted on the whole volume (as in training). progress: a progress bar over the slices."""
-    from ..preprocess.intensity import resolve_preset
-
+    the pictures are :func:`medsamkit.preprocess.picture.volume_pictures` with the ``auto`` preset, fitted on the
+    whole volume (as in training; ``modality`` overrides the image's). progress: a progress bar over the slices."""
     if image.is_rgb:
         raise InputError("RGB volumes are not supported")
-    fitted = resolve_preset(image.array, modality or image.modality, "auto")
+    pictures = volume_pictures(image, modality=modality)
     out = np.zeros(image.spatial_shape, np.uint8)
     zs = range(image.spatial_shape[0])
     if progress:
@@ -113,5 +123,5 @@ def autoseg_volume(segmenter: AutoSegmenter, image: Any, modality: str | None = 
 
         zs = tqdm(zs, desc="slices", unit="slice", leave=False)
     for z in zs:
-        out[z] = segmenter.segment(fitted.apply(image.array[z])).mask
+        out[z] = segmenter.segment(pictures[z]).mask
     return out

@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import InputError, MedsamkitWarning, OptionError, PromptError
 from ..io.image import MedicalImage
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT
-from ..preprocess.intensity import IntensityPreset, resolve_preset
+from ..preprocess.intensity import IntensityPreset
+from ..preprocess.picture import VolumePictures, volume_pictures
 from .cache import EmbeddingCache
 from .predictor import Predictor
 
@@ -267,7 +268,8 @@ def segment_volume(
 
     image: a :class:`MedicalImage` volume or a ``(Z, Y, X)`` array. prompts: one :class:`ObjectPrompt` per
     object (several give a multi-label mask; slice embeddings are shared between objects).
-    preset/window: intensity mapping fitted on the whole volume (see :mod:`medsamkit.preprocess.intensity`).
+    preset/window: intensity mapping fitted on the whole volume, every slice mapped with it
+    (:func:`medsamkit.preprocess.picture.volume_pictures`; presets in :mod:`medsamkit.preprocess.intensity`).
     method: ``medsamkit`` (box of the previous mask with a small margin, stop when the object ends) or
     ``official`` (the LiteMedSAM reference procedure: boxes on the 256 grid widened by 3 px, the original box
     where the previous slice is empty; only for a 3D box). embedding_memory: bytes of slice embeddings kept
@@ -284,8 +286,11 @@ def segment_volume(
     plans = _plans(prompts, axis, arr.shape)
     if method == "official" and any(p.box3d is None for p in prompts):
         raise PromptError("method 'official' needs a 3D box per object")
-    fitted = resolve_preset(arr, img.modality if img is not None else None, preset, window)
-    slices = arr.transpose(_TRANSPOSE[axis])  # a view; each slice is mapped to uint8 only when it is needed
+    # one intensity mapping fitted on the whole volume (preprocess.picture's volume rule); the slices along
+    # ``axis`` are a view, each mapped to its uint8 picture only when it is needed
+    fitted = volume_pictures(img if img is not None else arr, preset, window).preset
+    pictures = VolumePictures(arr.transpose(_TRANSPOSE[axis]), fitted)
+    shape = pictures.array.shape
     predictor = predictor or Predictor("litemedsam")
     opts = options or PropagationOptions()
 
@@ -296,24 +301,24 @@ def segment_volume(
     def set_slice(s: int) -> None:
         hit = embeddings.get(str(s))
         if hit is None:
-            hit = predictor.embed(fitted.apply(slices[s]))
+            hit = predictor.embed(pictures[s])
             embeddings.put(str(s), *hit)
         predictor.set_embedding(*hit)
 
-    out = np.zeros(slices.shape, np.uint8)
+    out = np.zeros(shape, np.uint8)
     records = []
     bar = _progress(sum(pl.hi - pl.lo + 1 for pl in plans), progress)
     for p, pl in zip(prompts, plans):
-        empty = _nothing_to_segment(pl, fitted.apply(slices[pl.key]))
+        empty = _nothing_to_segment(pl, pictures[pl.key])
         if empty is not None:
             warnings.warn(f"object {p.label}: {empty}; its mask is empty", MedsamkitWarning, stacklevel=2)
-            obj, ious = np.zeros(slices.shape, bool), []
+            obj, ious = np.zeros(shape, bool), []
             if bar is not None:
                 bar.update(pl.hi - pl.lo + 1)
         elif method == "official":
-            obj, ious = _official(predictor, set_slice, slices.shape, pl, bar)
+            obj, ious = _official(predictor, set_slice, shape, pl, bar)
         else:
-            obj, ious = _propagate(predictor, set_slice, slices.shape, pl, opts, bar, lambda s: fitted.apply(slices[s]))
+            obj, ious = _propagate(predictor, set_slice, shape, pl, opts, bar, lambda s: pictures[s])
         out[obj] = p.label
         covered = np.flatnonzero(obj.any(axis=(1, 2)))
         records.append(

@@ -181,7 +181,7 @@ def test_segmenter_thresholds_the_probability() -> None:
         assert mask.dtype == bool and mask.shape == (18, 22) and np.array_equal(mask, prob > t)
     assert UNetSegmenter.slices is False  # a model of 2D images, not applied to the slices of a volume
     with pytest.raises(ValueError, match="case c7: priors are"):
-        UNetSegmenter(m, ("samaug",), priors, name="c7").segment(picture[:10])
+        UNetSegmenter(m, ("samaug",), priors, case_id="c7").segment(picture[:10])
 
 
 # ---------------------------------------------------------------------------------------- SAMAug prior files

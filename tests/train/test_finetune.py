@@ -296,3 +296,56 @@ def test_distributed_helpers_without_a_group(monkeypatch) -> None:
     net = torch.nn.Linear(2, 2)
     assert wrap_ddp(net, "cpu") is net  # one process: no wrapper
     shutdown_distributed()  # no group: nothing to do
+
+
+def test_evaluation_scores_the_trained_objects_through_the_runner(tmp_path) -> None:
+    """Components of a run trained on components, numbered per image; Dice of the run's single-mask output for each
+    object's tight box against the object, zero-shot the base model's for the same box; the files of the table."""
+    import csv
+
+    from PIL import Image
+
+    from medsamkit.metrics import dice, iou
+    from medsamkit.predict import Predictor
+    from medsamkit.prompts import mask_box
+    from medsamkit.train.finetune import RESULT_COLUMNS, write_evaluation
+
+    root = tmp_path / "parts"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(5):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[30 + i : 44 + i, 6:20] = 1  # second in raster order
+        mask[6:18, 40 + i : 54 + i] = 1  # first
+        mask[48:60, 36:52] = 2
+        mask[0, 63] = 1  # a speck below min_pixels
+        Image.fromarray(np.where(mask > 0, 190 + 20 * (mask == 2), 40).astype(np.uint8)).save(root / "images" / f"p{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
+    base = tiny_base()
+    run = tmp_path / "run"
+    opts = {"encode_backend": "torch", "objects": "component", "min_pixels": 5}
+    finetune(root, run, "decoder", model=base, config=_config(), progress=False, **opts)
+    rows = evaluate_finetune(run, split="all", base=base)
+    assert [r["case"] for r in rows] == [f"p{i}" for i in range(5) for _ in range(3)]
+    assert [(r["object"], r["label"], r["pixels"]) for r in rows[:3]] == [(1, 1, 12 * 14), (2, 1, 14 * 14), (3, 2, 12 * 16)]
+    assert all(r["image"] == r["case"] and r["slice"] == -1 for r in rows)
+    mine = Predictor(load_adapted(run, base), backend="torch")
+    theirs = Predictor(copy.deepcopy(base), backend="torch")
+    picture = np.asarray(Image.open(root / "images" / "p0.png"))
+    labels = np.asarray(Image.open(root / "masks" / "p0.png"))
+    mine.set_image(picture)
+    theirs.set_image(picture)
+    first = np.zeros_like(labels, bool)
+    first[6:18, 40:54] = True
+    for p, key in ((mine, "dice"), (theirs, "zero_shot_dice")):
+        pred = p.predict(boxes=mask_box(first)).masks[0, 0]
+        assert rows[0][key] == dice(pred, first)
+    assert rows[0]["iou"] == iou(mine.predict(boxes=mask_box(first)).masks[0, 0], first)
+    summary = write_evaluation(run, rows, "all")
+    with open(run / "all.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == list(RESULT_COLUMNS) and len(table) == len(rows) + 1
+    assert table[1][:6] == ["p0", "p0", "-1", "1", "1", "168"] and table[1][6] == f"{rows[0]['dice']:.6f}"
+    assert json.loads((run / "all.json").read_text()) == {"split": "all", "objects": len(rows), **summary}
+    with pytest.raises(ValueError, match="unknown split"):
+        evaluate_finetune(run, split="holdout", base=base)

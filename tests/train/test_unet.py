@@ -162,3 +162,51 @@ def test_names_kept_in_train() -> None:
     assert unet.views_for is predict_unet_module.views_for and unet.foreground_probability is models_unet.foreground_probability
     assert data.InputSpec is train.InputSpec is models_unet.InputSpec and data.make_view is predict_unet_module.make_view
     assert data.as_priors is predict_unet_module.as_priors and data.resize_input is predict_unet_module.resize_input
+
+
+def test_scores_are_the_thresholded_prediction_against_the_target(raw_run, tmp_path) -> None:
+    import csv
+
+    from medsamkit.data import load_case, load_dataset
+    from medsamkit.metrics import dice, iou
+    from medsamkit.train.unet import SCORE_COLUMNS, write_scores
+
+    data, _, run, _ = raw_run
+    rows = evaluate_unet(run, split="all", threshold=0.3)
+    model = load_unet(run)
+    ds = load_dataset(data)
+    assert [r["case"] for r in rows] == ds.ids
+    for r in rows[:3]:
+        image, mask = load_case(ds[r["case"]])
+        pred = predict_unet(model, image) > 0.3
+        assert r["dice"] == dice(pred, mask > 0) and r["iou"] == iou(pred, mask > 0)
+        assert (r["gt_pixels"], r["pred_pixels"], r["height"], r["width"]) == (int((mask > 0).sum()), int(pred.sum()), 64, 64)
+    out = write_scores(tmp_path / "scores.csv", rows)
+    with open(out, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == list(SCORE_COLUMNS) and table[1][0] == rows[0]["case"] and table[1][1] == f"{rows[0]['dice']:.6f}"
+    assert out.read_bytes().count(b"\r") == 0  # one "\n" per line
+
+
+def test_a_case_without_the_target_is_scored_and_volumes_are_refused(raw_run, tmp_path) -> None:
+    import shutil
+
+    import nibabel as nib
+
+    data, _, run, _ = raw_run
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(other / "masks" / "c00.png")
+    rows = evaluate_unet(run, other, split="all")
+    assert (
+        rows[0]["case"] == "c00"
+        and rows[0]["gt_pixels"] == 0
+        and rows[0]["dice"] == (1.0 if rows[0]["pred_pixels"] == 0 else 0.0)
+    )
+    vol = tmp_path / "vol"
+    (vol / "images").mkdir(parents=True)
+    (vol / "masks").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 4), np.float32), np.eye(4)), vol / "images" / "v.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 4), np.uint8), np.eye(4)), vol / "masks" / "v.nii.gz")
+    with pytest.raises(ValueError, match="2D images"):
+        evaluate_unet(run, vol, split="all")

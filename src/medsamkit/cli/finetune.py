@@ -7,16 +7,10 @@ trains its share (DistributedDataParallel, gloo on CPU), rank 0 writes the files
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 from pathlib import Path
 
-from .._files import atomic_write_text
 from .common import CliError, non_negative_int, positive_int, say
 from .train import _fraction, _positive_float
-
-_CSV_COLUMNS = ("case", "image", "slice", "object", "label", "pixels", "dice", "iou", "zero_shot_dice", "zero_shot_iou")
 
 
 def add_parser(sub) -> None:
@@ -154,17 +148,10 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ..train.finetune import evaluate_finetune, summarize_rows
+    from ..train.finetune import evaluate_finetune, write_evaluation
 
     rows = evaluate_finetune(args.output, progress=not args.quiet)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=_CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{r[k]:.6f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in _CSV_COLUMNS})
-    atomic_write_text(args.output / "test.csv", buf.getvalue())
-    summary = summarize_rows(rows)
-    atomic_write_text(args.output / "test.json", json.dumps({"split": "test", "objects": len(rows), **summary}, indent=2) + "\n")
+    summary = write_evaluation(args.output, rows, "test")
     if not rows:
         print("the test split holds no object to score")
         return

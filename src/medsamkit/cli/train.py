@@ -4,14 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
-from .._files import atomic_write_text
 from .common import CliError, positive_int, say
-
-_CSV_COLUMNS = ("case", "dice", "iou", "gt_pixels", "pred_pixels", "height", "width", "views")
 
 
 def _fraction(text: str) -> float:
@@ -192,7 +187,7 @@ def _predict_image(args: argparse.Namespace) -> None:
 
 
 def _score_dataset(args: argparse.Namespace) -> None:
-    from ..train.unet import evaluate_unet, mean_dice
+    from ..train.unet import evaluate_unet, mean_dice, write_scores
 
     if args.image is not None or args.priors is not None:
         raise CliError("predict-unet --dataset takes no IMAGE and no --priors (use --samaug-dir)")
@@ -206,12 +201,7 @@ def _score_dataset(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint,
         progress=not args.quiet,
     )
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=_CSV_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k]) for k in _CSV_COLUMNS})
-    atomic_write_text(args.output, buf.getvalue())
+    write_scores(args.output, rows)
     if not args.quiet:
         for r in rows:
             print(f"{r['case']}: Dice {r['dice']:.4f}")

@@ -22,7 +22,7 @@ from .runner import (
     read_rows,
     run_evaluation,
 )
-from .store import load_masks
+from .store import load_masks, write_csv
 
 __all__ = [
     "AUTO",
@@ -45,4 +45,5 @@ __all__ = [
     "run_evaluation",
     "spearman",
     "summarize",
+    "write_csv",
 ]

@@ -58,7 +58,7 @@ from ..preprocess.image2d import to_rgb_uint8
 from ..preprocess.picture import model_picture, volume_pictures
 from ..prompts import PromptProtocol, component_masks, parse_protocol
 from .prompting import StepResult, run_protocol_2d, run_protocol_3d
-from .store import case_paths, save_masks
+from .store import case_paths, save_masks, write_csv
 
 MODES = ("slices", "volume")
 OBJECTS = ("label", "component", "union")
@@ -750,17 +750,9 @@ def _bar(total: int, enabled: bool):
 
 
 def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
-    """``results.csv`` (always) and ``results.parquet`` (when pyarrow is installed), columns :data:`COLUMNS`."""
-    import csv
-
-    def write_csv(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
-
-    atomic_write(out / "results.csv", write_csv)
+    """``results.csv`` (always; :func:`~medsamkit.evaluate.store.write_csv`) and ``results.parquet`` (when pyarrow
+    is installed), columns :data:`COLUMNS`."""
+    write_csv(out / "results.csv", rows, COLUMNS)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -1,15 +1,20 @@
-"""Where an evaluation run keeps each case: its file names and the archive of predicted masks.
+"""Where an evaluation run keeps each case: its file names and the archive of predicted masks; and the one CSV
+writer of result tables.
 
 ``cases/<dataset>/<case>.json`` holds a case's rows, ``masks/<dataset>/<case>.npz`` its predicted masks
 (bit-packed; :func:`save_masks`, :func:`load_masks`). The runner writes both, the report reads the masks.
+:func:`write_csv` writes every table of rows: the runner's ``results.csv`` and the training side's evaluation
+tables (a fine-tuned run's ``test.csv``, a U-Net run's per-case scores).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -66,4 +71,36 @@ def load_masks(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 key = k[: -len("|bits")]
                 shape = tuple(int(s) for s in z[f"{key}|shape"])
                 out[key] = np.unpackbits(z[k], count=int(np.prod(shape))).astype(bool).reshape(shape)
+    return out
+
+
+def write_csv(
+    path: str | os.PathLike[str],
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    decimals: int | None = None,
+    lineterminator: str = "\r\n",
+) -> Path:
+    """Write ``rows`` as a CSV table atomically (UTF-8): a header of ``columns``, then one line per row with
+    those columns (other keys ignored; a missing key or None is an empty cell). decimals: write floats with this
+    many decimals (None: as Python writes them). lineterminator: the csv module's default ``"\r\n"``, or
+    ``"\n"``."""
+
+    def cell(v: Any) -> Any:
+        if v is None:
+            return ""
+        if decimals is not None and isinstance(v, float):
+            return f"{v:.{decimals}f}"
+        return v
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore", lineterminator=lineterminator)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: cell(r.get(k)) for k in columns})
+
+    out = Path(path)
+    atomic_write(out, write)
     return out

@@ -360,7 +360,7 @@ class UNetSegmenter:
     """A trained U-Net as a segmenter of the evaluation runner (:class:`medsamkit.evaluate.runner.Segmenter`):
     ``segment(picture)`` -> bool ``(H, W)``, foreground where the mean probability over ``views`` (e.g. ("raw",),
     ("samaug",) or ("raw", "samaug")) is above ``threshold``. priors: one image's ``(seg, boundary)`` maps, needed
-    for the "samaug" view; ``name`` names that image in messages. A U-Net is a model of 2D images: it is not
+    for the "samaug" view; ``case_id`` names that image in messages. A U-Net is a model of 2D images: it is not
     applied to the slices of a volume (``slices = False``)."""
 
     slices = False
@@ -372,17 +372,17 @@ class UNetSegmenter:
         priors: tuple[np.ndarray, np.ndarray] | None = None,
         *,
         threshold: float = 0.5,
-        name: str = "",
+        case_id: str = "",
     ) -> None:
         self.model = model
         self.views = tuple(views)
         self.priors = priors
         self.threshold = float(threshold)
-        self.name = name
+        self.case_id = case_id
 
     def segment(self, picture: np.ndarray) -> np.ndarray:
         """bool ``(H, W)`` mask of a uint8 picture ``(H, W)`` or ``(H, W, 3)``."""
         if self.priors is not None and self.priors[0].shape != picture.shape[:2]:
-            where = f"case {self.name}: " if self.name else ""
+            where = f"case {self.case_id}: " if self.case_id else ""
             raise OptionError(f"{where}priors are {self.priors[0].shape}, the image is {picture.shape[:2]}")
         return predict_views(self.model, picture, self.views, self.priors) > self.threshold

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data import Case, Dataset, Split, load_case, load_dataset
+from ..data import Case, Dataset, Split, load_case, load_dataset, read_split
 from ..errors import FileInputError, MissingFileError, OptionError
 from ..io.image import MedicalImage
 from ..models.unet import COLOURS, INPUT_KINDS, VIEWS, InputSpec  # noqa: F401 - also importable from here
@@ -244,6 +244,24 @@ def _train_transform():
 
 
 # ------------------------------------------------------------------------------------------------ top level
+
+
+#: the case sets a trained run is scored on: its split's parts (``run_dir/split.json``) or every case
+SPLITS = ("train", "val", "test", "all")
+
+
+def split_part(run_dir: str | os.PathLike[str], dataset: Dataset, split: str) -> list[Case]:
+    """The cases of ``dataset`` in the part ``split`` ("train", "val", "test") of a run's ``split.json``, in the
+    split's order, or every case ("all"). OptionError for another split or a case the dataset lacks."""
+    if split not in SPLITS:
+        raise OptionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split == "all":
+        return dataset.cases
+    ids = getattr(read_split(Path(run_dir) / "split.json"), split)
+    missing = sorted(set(ids) - set(dataset.ids))
+    if missing:
+        raise OptionError(f"the run's {split} split names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
+    return dataset.subset(ids).cases
 
 
 def open_dataset(dataset: Dataset | str | os.PathLike[str]) -> Dataset:

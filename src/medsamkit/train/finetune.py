@@ -57,7 +57,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ from torch import nn
 
 from .._files import atomic_write, atomic_write_text
 from .._runs import describe_changes
-from ..data import Case, Dataset, Split, load_case, read_split, run_split
+from ..data import Case, Dataset, Split, load_case, run_split
 from ..errors import FileInputError, MissingFileError, OptionError
 from ..metrics.torch_overlap import segmentation_dice
 from ..models.adapted import (  # noqa: F401 - the adapter file's names, also importable from here
@@ -84,7 +84,8 @@ from ..models.adapted import (  # noqa: F401 - the adapter file's names, also im
     weights_digest,
 )
 from ..predict.autoseg import AutoSegmentation, AutoSegmenter, base_predictor, load_autosam  # noqa: F401
-from .data import open_dataset, to_picture
+from ..preprocess.picture import model_picture, volume_pictures
+from .data import SPLITS, open_dataset, split_part
 from .engine import (
     FitResult,
     TrainConfig,
@@ -441,26 +442,26 @@ def _record(case_id: str, z: int, picture: np.ndarray, labels: np.ndarray, optio
 
 def read_images(cases: Sequence[Case], options: FinetuneOptions) -> list[ImageRecord]:
     """The images of ``cases`` with their objects (2D cases as they are; 3D cases as axial slices holding the
-    target, at most ``options.slices_per_case`` evenly spaced ones). Images without a usable object are left out."""
-    from ..preprocess.intensity import resolve_preset
-
+    target, at most ``options.slices_per_case`` evenly spaced ones). Images without a usable object are left out.
+    Pictures are :mod:`medsamkit.preprocess.picture`'s (``auto`` preset; a volume's fitted on the whole volume), as
+    the evaluation runner makes them."""
     out: list[ImageRecord] = []
     for case in cases:
         image, mask = load_case(case)
         if not image.is_volume:
-            rec = _record(case.id, -1, to_picture(image, case.modality), mask, options)
+            rec = _record(case.id, -1, model_picture(image, modality=case.modality)[0], mask, options)
             if rec is not None:
                 out.append(rec)
             continue
         if image.is_rgb:
             raise OptionError(f"case {case.id}: RGB volumes are not supported")
-        fitted = resolve_preset(image.array, case.modality or image.modality, "auto")
+        pictures = volume_pictures(image, modality=case.modality or image.modality)
         target = mask > 0 if options.label is None else mask == options.label
         zs = np.flatnonzero(target.reshape(target.shape[0], -1).sum(axis=1) >= options.min_pixels)
         if options.slices_per_case is not None and zs.size > options.slices_per_case:
             zs = zs[np.unique(np.round(np.linspace(0, zs.size - 1, options.slices_per_case)).astype(int))]
         for z in zs:
-            rec = _record(case.id, int(z), fitted.apply(image.array[z]), np.asarray(mask[z]), options)
+            rec = _record(case.id, int(z), pictures[int(z)], np.asarray(mask[z]), options)
             if rec is not None:
                 out.append(rec)
     return out
@@ -954,13 +955,6 @@ def save_adapter(
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
-def _dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
-    from ..metrics.overlap import dice_from_counts, iou_from_counts, overlap_counts
-
-    counts = overlap_counts(pred, gt)
-    return float(dice_from_counts(*counts)), float(iou_from_counts(*counts))
-
-
 def _run_doc(run: Path) -> dict[str, Any]:
     f = run / SUMMARY_FILE
     if not f.is_file():
@@ -968,7 +962,53 @@ def _run_doc(run: Path) -> dict[str, Any]:
     return json.loads(f.read_text(encoding="utf-8"))
 
 
-SPLITS = ("train", "val", "test", "all")
+#: the columns of an evaluation table (:func:`write_evaluation`: ``RUN_DIR/test.csv``)
+RESULT_COLUMNS = ("case", "image", "slice", "object", "label", "pixels", "dice", "iou", "zero_shot_dice", "zero_shot_iou")
+
+
+def evaluation_config(options: FinetuneOptions) -> Any:  # noqa: ANN401 - EvalConfig
+    """The :class:`~medsamkit.evaluate.runner.EvalConfig` that evaluates the objects a run was trained on: the
+    run's ``objects`` (AutoSAM: the union of the target labels), ``label`` and ``min_pixels`` (also per slice),
+    and ``slices_per_case``; the ``auto`` intensity preset; no masks kept."""
+    from ..evaluate.runner import EvalConfig
+
+    return EvalConfig(
+        objects="union" if options.mode == "autosam" else options.objects,
+        label=options.label,
+        min_pixels=options.min_pixels,
+        min_slice_pixels=options.min_pixels,
+        slices_per_case=options.slices_per_case,
+        save_masks=False,
+    )
+
+
+def _object_rows(rows: Sequence[Mapping[str, Any]], base_rows: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """The runner's rows (one per object) as this module's rows, numbered per image; ``base_rows``: the same
+    objects scored with the base model (``zero_shot_dice``, ``zero_shot_iou``)."""
+    if base_rows is not None and len(base_rows) != len(rows):
+        raise RuntimeError(f"the base model was scored on {len(base_rows)} objects, the run's model on {len(rows)}")
+    out: list[dict[str, Any]] = []
+    numbers: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        image = r["case"] if r["slice"] < 0 else f"{r['case']}@{r['slice']}"
+        numbers[image] = numbers.get(image, 0) + 1
+        row = {
+            "case": r["case"],
+            "image": image,
+            "slice": int(r["slice"]),
+            "object": numbers[image],
+            "label": int(r["label"]),
+            "pixels": int(r["size_px"]),
+            "dice": float(r["dice"]),
+            "iou": float(r["iou"]),
+        }
+        if base_rows is not None:
+            z = base_rows[i]
+            if (z["case"], z["slice"], z["label"], z["size_px"]) != (r["case"], r["slice"], r["label"], r["size_px"]):
+                raise RuntimeError(f"object {i} of {r['case']}: the base model's rows do not match the run's")
+            row["zero_shot_dice"], row["zero_shot_iou"] = float(z["dice"]), float(z["iou"])
+        out.append(row)
+    return out
 
 
 def evaluate_finetune(
@@ -984,17 +1024,19 @@ def evaluate_finetune(
 ) -> list[dict[str, Any]]:
     """Score a finetune run on a split at the original resolution: one row per object (prompted modes: the
     object's tight box, or with ``prompt="point"`` its centre point; AutoSAM: no prompt, one row per image against
-    the union of the target labels), in image order.
+    the union of the target labels), in image order. The objects are those the run was trained on
+    (:func:`evaluation_config`); every case goes through :func:`medsamkit.evaluate.runner.evaluate_case` (protocol
+    ``box`` or ``point:centre:select=first``; AutoSAM as a segmenter under ``auto``).
 
-    Row: ``case``, ``image`` (``case`` or ``case@z``), ``slice``, ``object``, ``label``, ``pixels``, ``dice``,
-    ``iou`` and, with ``zero_shot``, ``zero_shot_dice`` / ``zero_shot_iou`` of the base model (at the run's input
-    size) given the same box (for AutoSAM rows: the tight box of the whole target). dataset: default the run's.
-    split: "train", "val", "test" (``split.json``) or "all". backend: engine of both models ("torch": exactly the
-    training numerics).
+    Row: ``case``, ``image`` (``case`` or ``case@z``), ``slice``, ``object`` (1, 2, ... per image), ``label``
+    (AutoSAM: -1, or the run's label), ``pixels``, ``dice``, ``iou`` and, with ``zero_shot``, ``zero_shot_dice`` /
+    ``zero_shot_iou`` of the base model (at the run's input size) given the same prompt (for AutoSAM rows: the
+    tight box of the whole target). dataset: default the run's. split: "train", "val", "test" (``split.json``) or
+    "all". backend: engine of both models ("torch": exactly the training numerics).
     base: the base model when the run was trained on an in-memory one (see :func:`load_adapted`).
     """
+    from ..evaluate.runner import AUTO, evaluate_case
     from ..predict import Predictor
-    from ..prompts import center_point, mask_box
 
     if split not in SPLITS:
         raise OptionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -1004,64 +1046,35 @@ def evaluate_finetune(
     doc = _run_doc(run)
     opts = FinetuneOptions.from_dict(doc["options"])
     ds = open_dataset(dataset if dataset is not None else doc["dataset"])
-    if split == "all":
-        ids = ds.ids
-    else:
-        ids = getattr(read_split(run / "split.json"), split)
-        missing = sorted(set(ids) - set(ds.ids))
-        if missing:
-            raise OptionError(f"the run's {split} split names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
-    images = read_images(ds.subset(ids).cases, replace(opts, cache_embeddings=None))
+    cases = split_part(run, ds, split)
     file = read_adapter(run)
     adapted = load_adapted(run, base)
-    base_model = build_base_for(file, base)
-    base_pred = base_predictor(base_model, file["base"], backend) if base is None else Predictor(base_model, backend=backend)
     autosam = opts.mode == "autosam"
     threads = torch.get_num_threads()
-    seg = AutoSegmenter(adapted, backend=backend, threads=threads) if autosam else None
-    ad_pred = None if autosam else Predictor(adapted, backend=backend, threads=threads)
-    shared_encoder = opts.mode in FROZEN_ENCODER_MODES
+    model = (
+        AutoSegmenter(adapted, backend=backend, threads=threads)
+        if autosam
+        else Predictor(adapted, backend=backend, threads=threads)
+    )
+    protocol = "box" if prompt == "box" else "point:centre:select=first"  # the single-mask output, as trained
+    base_pred = None
+    if zero_shot:
+        base_model = build_base_for(file, base)
+        base_pred = base_predictor(base_model, file["base"], backend) if base is None else Predictor(base_model, backend=backend)
+    cfg = evaluation_config(opts)
     rows: list[dict[str, Any]] = []
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(images), unit="image", desc="evaluating")
+        bar = tqdm(total=len(cases), unit="case", desc="evaluating")
     try:
-        for rec in images:
-            emb, geom = base_pred.embed(rec.picture)
-            base_pred.set_embedding(emb, geom)
-            base_row = {"case": rec.case, "image": rec.id, "slice": rec.slice}
-            if seg is not None:
-                x, _ = seg.predictor.preprocess(rec.picture)
-                out = seg.segment_embedded(x, emb, geom)
-                gt = rec.union
-                d, j = _dice_iou(out.mask, gt)
-                row = {**base_row, "object": 1, "label": -1 if opts.label is None else opts.label, "pixels": int(gt.sum())}
-                row.update(dice=d, iou=j)
-                if zero_shot:
-                    zs = base_pred.predict(boxes=mask_box(gt)).masks[0, 0]
-                    row["zero_shot_dice"], row["zero_shot_iou"] = _dice_iou(zs, gt)
-                rows.append(row)
-            else:
-                assert ad_pred is not None
-                if shared_encoder:
-                    ad_pred.set_embedding(emb, geom)
-                else:
-                    ad_pred.set_image(rec.picture)
-                for j_obj, label in enumerate(rec.object_labels):
-                    gt = rec.object_mask(j_obj)
-                    if prompt == "box":
-                        kw = {"boxes": mask_box(gt)}
-                    else:
-                        kw = {"point_coords": center_point(gt)[None], "point_labels": np.ones(1)}
-                    pred = ad_pred.predict(**kw).masks[0, 0]
-                    d, j = _dice_iou(pred, gt)
-                    row = {**base_row, "object": j_obj + 1, "label": int(label), "pixels": int(gt.sum()), "dice": d, "iou": j}
-                    if zero_shot:
-                        zs = base_pred.predict(**kw).masks[0, 0]
-                        row["zero_shot_dice"], row["zero_shot_iou"] = _dice_iou(zs, gt)
-                    rows.append(row)
+        for case in cases:
+            mine = evaluate_case(case, [AUTO if autosam else protocol], model, cfg, errors="raise").rows
+            theirs = (
+                evaluate_case(case, ["box" if autosam else protocol], base_pred, cfg, errors="raise").rows if base_pred else None
+            )
+            rows += _object_rows(mine, theirs)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -1082,36 +1095,38 @@ def zero_shot_rows(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Box-prompted Dice of a base model on a dataset's cases (all, or ``ids``): one row per object (``objects``
-    "label" or "component"; ``union``: one object per image, the union of the target labels), as
-    :func:`evaluate_finetune` rows (``dice``, ``iou``)."""
+    "label" or "component"; ``union``: one object per image, the union of the target labels, label -1), as
+    :func:`evaluate_finetune` rows (``dice``, ``iou``), through :func:`medsamkit.evaluate.runner.evaluate_case`
+    (protocol ``box``)."""
+    from ..evaluate.runner import EvalConfig, evaluate_case
     from ..predict import Predictor
-    from ..prompts import mask_box
 
+    if objects not in OBJECTS:
+        raise OptionError(f"unknown objects {objects!r}; use 'label' or 'component'")
     ds = open_dataset(dataset)
-    opts = FinetuneOptions(mode="autosam" if union else "decoder", objects=objects, label=label)
-    images = read_images(ds.subset(ids).cases if ids is not None else ds.cases, opts)
+    cases = ds.subset(ids).cases if ids is not None else ds.cases
     pred = Predictor(model, backend=backend, threads=torch.get_num_threads())
+    cfg = EvalConfig(objects="union" if union else objects, label=label, save_masks=False)
     rows = []
-    for rec in images:
-        pred.set_image(rec.picture)
-        for j_obj, lab in enumerate(rec.object_labels):
-            gt = rec.object_mask(j_obj)
-            d, j = _dice_iou(pred.predict(boxes=mask_box(gt)).masks[0, 0], gt)
-            rows.append(
-                {
-                    "case": rec.case,
-                    "image": rec.id,
-                    "slice": rec.slice,
-                    "object": j_obj + 1,
-                    "label": int(lab),
-                    "pixels": int(gt.sum()),
-                    "dice": d,
-                    "iou": j,
-                }
-            )
+    for case in cases:
+        case_rows = _object_rows(evaluate_case(case, ["box"], pred, cfg, errors="raise").rows, None)
+        rows += case_rows
         if progress:
-            log.info("%s: %d object(s)", rec.id, len(rec.object_labels))
+            log.info("%s: %d object(s)", case.id, len(case_rows))
     return rows
+
+
+def write_evaluation(run_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], split: str = "test") -> dict[str, Any]:
+    """Write the rows of :func:`evaluate_finetune` to ``RUN_DIR/<split>.csv`` (columns :data:`RESULT_COLUMNS`,
+    floats with six decimals; :func:`medsamkit.evaluate.store.write_csv`) and their summary to
+    ``RUN_DIR/<split>.json`` (``split``, ``objects`` and :func:`summarize_rows`); returns the summary."""
+    from ..evaluate.store import write_csv
+
+    run = Path(run_dir)
+    write_csv(run / f"{split}.csv", rows, RESULT_COLUMNS, decimals=6, lineterminator="\n")
+    summary = summarize_rows(rows)
+    atomic_write_text(run / f"{split}.json", json.dumps({"split": split, "objects": len(rows), **summary}, indent=2) + "\n")
+    return summary
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("dice", "zero_shot_dice")) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Dataset, read_split, run_split
+from ..data import Dataset, run_split
 from ..errors import OptionError
 from ..metrics.torch_overlap import batch_dice
 from ..models.unet import (  # noqa: F401 - the networks and their loading, also importable from here
@@ -41,15 +41,8 @@ from ..models.unet import (  # noqa: F401 - the networks and their loading, also
     load_unet,
     size_multiple,
 )
-from ..predict.unet import predict_unet, predict_views, views_for  # noqa: F401 - U-Net inference, also from here
-from .data import (
-    SegmentationDataset,
-    binary_target,
-    load_case_priors,
-    load_picture,
-    load_split_data,
-    open_dataset,
-)
+from ..predict.unet import UNetSegmenter, predict_unet, predict_views, views_for  # noqa: F401 - also from here
+from .data import SPLITS, SegmentationDataset, load_case_priors, load_split_data, open_dataset, split_part
 from .engine import FitResult, TrainConfig, dist_info, fit, make_loader, seed_everything
 
 # -------------------------------------------------------------------------------------------------- networks
@@ -167,7 +160,8 @@ def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-SPLITS = ("train", "val", "test", "all")
+#: the columns of a run's per-case scores (:func:`write_scores`, ``medsamkit predict-unet --dataset``)
+SCORE_COLUMNS = ("case", "dice", "iou", "gt_pixels", "pred_pixels", "height", "width", "views")
 
 
 def evaluate_unet(
@@ -184,15 +178,18 @@ def evaluate_unet(
 ) -> list[dict[str, Any]]:
     """Per-case scores of a trained run at the original resolution, one dict per case in id order: ``case``,
     ``dice``, ``iou``, ``gt_pixels``, ``pred_pixels``, ``height``, ``width``, ``views`` ("raw", "samaug" or
-    "raw+samaug").
+    "raw+samaug"). Each case goes through :func:`medsamkit.evaluate.runner.evaluate_case` with the run as a
+    segmenter (:class:`~medsamkit.predict.unet.UNetSegmenter`, protocol ``auto``) against the union of the target
+    labels (``mask > 0``, or the run's label); a case without any target is scored too.
 
     dataset: default the training dataset (from the run's config). samaug_dir: default the run's (needed for
     samaug/both models). split: "train", "val", "test" (from ``run_dir/split.json``) or "all" (every case of
     ``dataset``, e.g. an external test set). A pixel is foreground where the probability > ``threshold``.
-    views: force the inputs instead of the rules of :func:`views_for` — ("raw",), ("samaug",) or ("raw",
-    "samaug") (averaged), e.g. a ``both`` model on raw input alone; a ``raw`` model accepts only ("raw",).
+    views: force the inputs instead of the rules of :func:`~medsamkit.predict.unet.views_for` — ("raw",),
+    ("samaug",) or ("raw", "samaug") (averaged), e.g. a ``both`` model on raw input alone; a ``raw`` model accepts
+    only ("raw",).
     """
-    from ..metrics.overlap import dice_from_counts, iou_from_counts, overlap_counts
+    from ..evaluate.runner import AUTO, EvalConfig, evaluate_case
 
     if split not in SPLITS:
         raise OptionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -204,13 +201,7 @@ def evaluate_unet(
         if not dataset:
             raise OptionError(f"{run_dir}: the run does not name its dataset; give one")
     ds = open_dataset(dataset)
-    if split == "all":
-        ids = ds.ids
-    else:
-        ids = getattr(read_split(Path(run_dir) / "split.json"), split)
-        missing = sorted(set(ids) - set(ds.ids))
-        if missing:
-            raise OptionError(f"the run's {split} split names case(s) that {ds.root} lacks: {', '.join(missing[:5])}")
+    cases = split_part(run_dir, ds, split)
     if views is not None:
         views = tuple(views)
         if views not in (("raw",), ("samaug",), ("raw", "samaug")):
@@ -227,7 +218,7 @@ def evaluate_unet(
     if need_priors and samaug_dir is None:
         raise OptionError(f"a {m.spec.kind!r} model needs the dataset's priors: give samaug_dir")
     use_priors = samaug_dir is not None and m.spec.kind != "raw" and (views is None or "samaug" in views)
-    cases = ds.subset(ids).cases
+    cfg = EvalConfig(objects="union", label=m.spec.label, min_pixels=0)  # the target, present or not; masks kept
     bar = None
     if progress:
         from tqdm import tqdm
@@ -236,24 +227,21 @@ def evaluate_unet(
     rows = []
     try:
         for case in cases:
-            picture, labels = load_picture(case)
             pri = load_case_priors(samaug_dir, case.id) if use_priors else None  # type: ignore[arg-type]
             case_views = views if views is not None else views_for(m.spec, pri is not None, ensemble)
-            if pri is not None and pri[0].shape != picture.shape[:2]:
-                raise OptionError(f"case {case.id}: priors are {pri[0].shape}, the image is {picture.shape[:2]}")
-            prob = predict_views(m, picture, case_views, pri)
-            pred = prob > threshold
-            gt = binary_target(labels, m.spec.label)
-            counts = overlap_counts(pred, gt)
+            segmenter = UNetSegmenter(m, case_views, pri, threshold=threshold, case_id=case.id)
+            res = evaluate_case(case, [AUTO], segmenter, cfg, errors="raise")
+            (row,) = res.rows
+            height, width = (int(v) for v in row["image_shape"].split("x"))
             rows.append(
                 {
                     "case": case.id,
-                    "dice": dice_from_counts(*counts),
-                    "iou": iou_from_counts(*counts),
-                    "gt_pixels": counts[1],
-                    "pred_pixels": counts[0],
-                    "height": int(picture.shape[0]),
-                    "width": int(picture.shape[1]),
+                    "dice": float(row["dice"]),
+                    "iou": float(row["iou"]),
+                    "gt_pixels": int(row["size_px"]),
+                    "pred_pixels": int(res.masks[f"{row['label']}/-1/{AUTO}/0"].sum()),
+                    "height": height,
+                    "width": width,
                     "views": "+".join(case_views),
                 }
             )
@@ -263,6 +251,14 @@ def evaluate_unet(
         if bar is not None:
             bar.close()
     return rows
+
+
+def write_scores(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write the rows of :func:`evaluate_unet` as CSV (columns :data:`SCORE_COLUMNS`, floats with six decimals;
+    :func:`medsamkit.evaluate.store.write_csv`)."""
+    from ..evaluate.store import write_csv
+
+    return write_csv(path, rows, SCORE_COLUMNS, decimals=6, lineterminator="\n")
 
 
 def mean_dice(rows: Sequence[Mapping[str, Any]]) -> float:

@@ -320,14 +320,12 @@ def evaluate_case(
         result.rows.append(_error_row(_base_row(case, 0, case.modality, "", -1), "*", None, e))
         return result
     modality = case.modality or image.modality
-    labels = [int(v) for v in np.unique(mask) if v > 0]
-    if not labels and not (cfg.objects == "union" and cfg.min_pixels == 0):
+    if not (mask > 0).any() and not (cfg.objects == "union" and cfg.min_pixels == 0):
         if not raising:
             no_object = "ValueError: the mask has no labelled object"
             result.rows.append(_error_row(_base_row(case, 0, modality, "", -1), "*", None, no_object))
         return result
-    if cfg.label is not None:
-        labels = [v for v in labels if v == cfg.label]
+    labels = target_labels(mask, cfg)
     try:
         if image.is_volume:
             if segmenter and not getattr(predictor, "slices", True):
@@ -373,12 +371,20 @@ def evaluate_case(
     return result
 
 
-def _objects(
+def target_labels(mask: np.ndarray, cfg: EvalConfig) -> list[int]:
+    """The label values > 0 of a case's mask (2D or 3D), ascending; only ``cfg.label`` when one is chosen."""
+    labels = [int(v) for v in np.unique(mask) if v > 0]
+    return labels if cfg.label is None else [v for v in labels if v == cfg.label]
+
+
+def picture_objects(
     mask: np.ndarray, labels: Sequence[int], cfg: EvalConfig, min_pixels: int
 ) -> list[tuple[int, int | None, np.ndarray]]:
-    """The objects of one 2D picture's labels ``(H, W)``: ``(label, component index or None, bool (H, W))`` in
+    """The objects of one 2D picture (``mask``: its labels ``(H, W)``; ``labels``: the target label values, e.g.
+    :func:`target_labels`) as ``cfg.objects`` defines them: ``(label, component index or None, bool (H, W))`` in
     label order (components in raster order, as ``scipy.ndimage.label`` numbers them), each with at least
-    ``min_pixels`` pixels (and one, but for the union)."""
+    ``min_pixels`` pixels (and one, but for the union, whose label is -1 or ``cfg.label``). Fine-tuning samples
+    its training objects with this too, so training and evaluation see the same objects."""
     if cfg.objects == "union":
         gt = np.isin(mask, labels) if labels else np.zeros(mask.shape, bool)
         return [(-1 if cfg.label is None else int(cfg.label), None, gt)] if int(gt.sum()) >= min_pixels else []
@@ -422,7 +428,7 @@ def _picture_objects(
     """All objects of one 2D picture (uint8 ``(H, W)`` or ``(H, W, 3)``; ``mask`` its labels ``(H, W)``) under
     all protocols: the predictor encodes the picture once (the segmenter segments it once) when it holds an
     object."""
-    objects = _objects(mask, labels, cfg, min_pixels)
+    objects = picture_objects(mask, labels, cfg, min_pixels)
     if not objects:
         return
     segmenter = is_segmenter(predictor)
@@ -484,14 +490,30 @@ def _add_steps(
             result.masks[f"{key}/{proto.name}/{st.step}"] = st.mask
 
 
+def _label_counts(mask: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """(labels, Z) pixel counts of each label on each axial slice of a ``(Z, Y, X)`` mask."""
+    if not labels:
+        return np.zeros((0, mask.shape[0]), np.int64)
+    return np.stack([(mask == v).sum(axis=(1, 2)) for v in labels])
+
+
+def evaluated_slices(mask: np.ndarray, labels: Sequence[int], cfg: EvalConfig) -> np.ndarray:
+    """The axial slices of a ``(Z, Y, X)`` mask evaluated in slices mode, ascending: those where the target (the
+    ``labels`` together) has at least ``max(min_slice_pixels, min_pixels)`` pixels, at most ``slices_per_case``
+    of them, evenly spaced. Their objects are :func:`picture_objects` with that least size."""
+    least = max(cfg.min_slice_pixels, cfg.min_pixels)
+    zs = np.flatnonzero(_label_counts(mask, labels).sum(axis=0) >= least)
+    if cfg.slices_per_case is not None and zs.size > cfg.slices_per_case:
+        zs = zs[np.unique(np.round(np.linspace(0, zs.size - 1, cfg.slices_per_case)).astype(int))]
+    return zs
+
+
 def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result, raising) -> None:  # noqa: ANN001
     pictures = volume_pictures(image, cfg.preset, cfg.window, modality)
     spacing = _spacing_array_order(image, 2)
     least = max(cfg.min_slice_pixels, cfg.min_pixels)
-    counts = np.stack([(mask == v).sum(axis=(1, 2)) for v in labels]) if labels else np.zeros((0, mask.shape[0]), np.int64)
-    zs = np.flatnonzero(counts.sum(axis=0) >= least)  # slices where the target (the labels together) is large enough
-    if cfg.slices_per_case is not None and zs.size > cfg.slices_per_case:
-        zs = zs[np.unique(np.round(np.linspace(0, zs.size - 1, cfg.slices_per_case)).astype(int))]
+    counts = _label_counts(mask, labels)
+    zs = evaluated_slices(mask, labels, cfg)
     # the slice policy, recorded: within each object's extent along z, slices without the object (no prompt
     # can be simulated there) and slices with fewer than min_slice_pixels pixels are not evaluated
     evaluated = np.zeros(mask.shape[0], bool)

@@ -378,7 +378,8 @@ class ImageRecord:
     """One 2D training/evaluation image: a case, or a slice of a 3D case (``id`` = ``case@z``; slice -1 for 2D).
 
     picture: uint8 ``(H, W)`` or ``(H, W, 3)``; objects: int32 ``(H, W)`` map, 0 = background, object i = value
-    ``object_ids[i]``; object_labels: the label value of each object; union: bool ``(H, W)`` of every target label.
+    ``object_ids[i]``; object_labels: the label value of each object (-1 for AutoSAM's one object, the union, or the
+    run's label); union: bool ``(H, W)`` of every target label.
     """
 
     id: str
@@ -395,73 +396,51 @@ class ImageRecord:
         return self.objects == self.object_ids[i]
 
 
-def _object_map(
-    labels: np.ndarray, values: Sequence[int], objects: str, min_pixels: int
-) -> tuple[np.ndarray, list[int], list[int]]:
-    from scipy import ndimage
+def _record(
+    case_id: str, z: int, picture: np.ndarray, mask: np.ndarray, labels: Sequence[int], config: Any, min_pixels: int
+) -> ImageRecord | None:
+    """The record of one picture with its objects (:func:`medsamkit.evaluate.runner.picture_objects`), or None
+    when it holds none."""
+    from ..evaluate.runner import picture_objects
 
-    out = np.zeros(labels.shape, np.int32)
-    ids: list[int] = []
-    owners: list[int] = []
-    structure = ndimage.generate_binary_structure(2, 2)
-    for v in values:
-        m = labels == v
-        if objects == "label":
-            if int(m.sum()) >= min_pixels:
-                ids.append(len(ids) + 1)
-                owners.append(int(v))
-                out[m] = ids[-1]
-            continue
-        lab, n = ndimage.label(m, structure=structure)
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)
-        for c in range(1, n + 1):
-            if sizes[c] >= min_pixels:
-                ids.append(len(ids) + 1)
-                owners.append(int(v))
-                out[lab == c] = ids[-1]
-    return out, ids, owners
-
-
-def _record(case_id: str, z: int, picture: np.ndarray, labels: np.ndarray, options: FinetuneOptions) -> ImageRecord | None:
-    values = [int(v) for v in np.unique(labels) if v > 0]
-    if options.label is not None:
-        values = [v for v in values if v == options.label]
-    if not values:
+    found = picture_objects(mask, labels, config, min_pixels)
+    if not found:
         return None
-    union = np.isin(labels, values)
-    if options.mode == "autosam":  # one foreground object per image
-        objects = union.astype(np.int32)
-        ids, owners = ([1], [values[0]]) if int(union.sum()) >= options.min_pixels else ([], [])
-    else:
-        objects, ids, owners = _object_map(labels, values, options.objects, options.min_pixels)
-    if not ids:
-        return None
+    objects = np.zeros(mask.shape, np.int32)
+    for k, (_, _, m) in enumerate(found, start=1):
+        objects[m] = k
+    union = np.isin(mask, labels)
     rid = case_id if z < 0 else f"{case_id}@{z}"
+    ids, owners = list(range(1, len(found) + 1)), [label for label, _, _ in found]
     return ImageRecord(rid, case_id, z, np.ascontiguousarray(picture), objects, ids, owners, union)
 
 
 def read_images(cases: Sequence[Case], options: FinetuneOptions) -> list[ImageRecord]:
     """The images of ``cases`` with their objects (2D cases as they are; 3D cases as axial slices holding the
     target, at most ``options.slices_per_case`` evenly spaced ones). Images without a usable object are left out.
-    Pictures are :mod:`medsamkit.preprocess.picture`'s (``auto`` preset; a volume's fitted on the whole volume), as
+    Objects and slices are those the evaluation scores (:func:`evaluation_config`:
+    :func:`~medsamkit.evaluate.runner.picture_objects`, :func:`~medsamkit.evaluate.runner.evaluated_slices`);
+    pictures are :mod:`medsamkit.preprocess.picture`'s (``auto`` preset; a volume's fitted on the whole volume), as
     the evaluation runner makes them."""
+    from ..evaluate.runner import evaluated_slices, target_labels
+
+    config = evaluation_config(options)
     out: list[ImageRecord] = []
     for case in cases:
         image, mask = load_case(case)
+        labels = target_labels(mask, config)
         if not image.is_volume:
-            rec = _record(case.id, -1, model_picture(image, modality=case.modality)[0], mask, options)
+            picture = model_picture(image, modality=case.modality)[0]
+            rec = _record(case.id, -1, picture, mask, labels, config, config.min_pixels)
             if rec is not None:
                 out.append(rec)
             continue
         if image.is_rgb:
             raise OptionError(f"case {case.id}: RGB volumes are not supported")
         pictures = volume_pictures(image, modality=case.modality or image.modality)
-        target = mask > 0 if options.label is None else mask == options.label
-        zs = np.flatnonzero(target.reshape(target.shape[0], -1).sum(axis=1) >= options.min_pixels)
-        if options.slices_per_case is not None and zs.size > options.slices_per_case:
-            zs = zs[np.unique(np.round(np.linspace(0, zs.size - 1, options.slices_per_case)).astype(int))]
-        for z in zs:
-            rec = _record(case.id, int(z), pictures[int(z)], np.asarray(mask[z]), options)
+        least = max(config.min_slice_pixels, config.min_pixels)
+        for z in evaluated_slices(mask, labels, config):
+            rec = _record(case.id, int(z), pictures[int(z)], np.asarray(mask[z]), labels, config, least)
             if rec is not None:
                 out.append(rec)
     return out

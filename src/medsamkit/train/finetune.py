@@ -990,6 +990,22 @@ def _object_rows(rows: Sequence[Mapping[str, Any]], base_rows: Sequence[Mapping[
     return out
 
 
+class _SharedEncoder:
+    """A run's :class:`~medsamkit.predict.Predictor` given the base model's embeddings (``encoder.embed``) for the
+    pictures the evaluation runner sets: for modes whose image encoder is the base's, so that scoring the run and
+    the base model encodes each picture once. Everything else is the run's predictor."""
+
+    def __init__(self, predictor: Any, encoder: Any) -> None:
+        self._predictor = predictor
+        self._encoder = encoder
+
+    def set_image(self, image: np.ndarray) -> None:
+        self._predictor.set_embedding(*self._encoder.embed(image))
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - whatever the predictor holds
+        return getattr(self._predictor, name)
+
+
 def evaluate_finetune(
     run_dir: str | os.PathLike[str],
     dataset: Dataset | str | os.PathLike[str] | None = None,
@@ -1040,6 +1056,14 @@ def evaluate_finetune(
     if zero_shot:
         base_model = build_base_for(file, base)
         base_pred = base_predictor(base_model, file["base"], backend) if base is None else Predictor(base_model, backend=backend)
+        if opts.mode in FROZEN_ENCODER_MODES:  # the run's encoder is the base's: each picture is encoded once for both
+            from ..predict.cache import EmbeddingCache
+
+            base_pred.cache = EmbeddingCache(max_bytes=256 << 20)
+            if autosam:
+                model.predictor.cache = base_pred.cache  # the same base weights, the same cache keys
+            else:
+                model = _SharedEncoder(model, base_pred)
     cfg = evaluation_config(opts)
     rows: list[dict[str, Any]] = []
     bar = None

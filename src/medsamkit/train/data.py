@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,6 +262,17 @@ def split_part(run_dir: str | os.PathLike[str], dataset: Dataset, split: str) ->
     if missing:
         raise OptionError(f"the run's {split} split names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
     return dataset.subset(ids).cases
+
+
+def each_case(cases: Sequence[Case], progress: bool = False, desc: str = "evaluating") -> Iterator[Case]:
+    """The cases one by one, under a progress bar (tqdm, one step per case) when ``progress``."""
+    if not progress:
+        yield from cases
+        return
+    from tqdm import tqdm
+
+    with tqdm(cases, total=len(cases), unit="case", desc=desc) as bar:
+        yield from bar
 
 
 def open_dataset(dataset: Dataset | str | os.PathLike[str]) -> Dataset:

@@ -85,7 +85,7 @@ from ..models.adapted import (  # noqa: F401 - the adapter file's names, also im
 )
 from ..predict.autoseg import AutoSegmentation, AutoSegmenter, base_predictor, load_autosam  # noqa: F401
 from ..preprocess.picture import model_picture, volume_pictures
-from .data import SPLITS, open_dataset, split_part
+from .data import SPLITS, each_case, open_dataset, split_part
 from .engine import (
     FitResult,
     TrainConfig,
@@ -1066,23 +1066,12 @@ def evaluate_finetune(
                 model = _SharedEncoder(model, base_pred)
     cfg = evaluation_config(opts)
     rows: list[dict[str, Any]] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(cases), unit="case", desc="evaluating")
-    try:
-        for case in cases:
-            mine = evaluate_case(case, [AUTO if autosam else protocol], model, cfg, errors="raise").rows
-            theirs = (
-                evaluate_case(case, ["box" if autosam else protocol], base_pred, cfg, errors="raise").rows if base_pred else None
-            )
-            rows += _object_rows(mine, theirs)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    for case in each_case(cases, progress):
+        mine = evaluate_case(case, [AUTO if autosam else protocol], model, cfg, errors="raise").rows
+        theirs = None
+        if base_pred is not None:  # the same objects, the base model given a box (AutoSAM) or the same prompt
+            theirs = evaluate_case(case, ["box" if autosam else protocol], base_pred, cfg, errors="raise").rows
+        rows += _object_rows(mine, theirs)
     return rows
 
 

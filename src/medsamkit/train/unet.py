@@ -42,7 +42,7 @@ from ..models.unet import (  # noqa: F401 - the networks and their loading, also
     size_multiple,
 )
 from ..predict.unet import UNetSegmenter, predict_unet, predict_views, views_for  # noqa: F401 - also from here
-from .data import SPLITS, SegmentationDataset, load_case_priors, load_split_data, open_dataset, split_part
+from .data import SPLITS, SegmentationDataset, each_case, load_case_priors, load_split_data, open_dataset, split_part
 from .engine import FitResult, TrainConfig, dist_info, fit, make_loader, seed_everything
 
 # -------------------------------------------------------------------------------------------------- networks
@@ -219,37 +219,26 @@ def evaluate_unet(
         raise OptionError(f"a {m.spec.kind!r} model needs the dataset's priors: give samaug_dir")
     use_priors = samaug_dir is not None and m.spec.kind != "raw" and (views is None or "samaug" in views)
     cfg = EvalConfig(objects="union", label=m.spec.label, min_pixels=0)  # the target, present or not; masks kept
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(cases), unit="case", desc="evaluating")
     rows = []
-    try:
-        for case in cases:
-            pri = load_case_priors(samaug_dir, case.id) if use_priors else None  # type: ignore[arg-type]
-            case_views = views if views is not None else views_for(m.spec, pri is not None, ensemble)
-            segmenter = UNetSegmenter(m, case_views, pri, threshold=threshold, case_id=case.id)
-            res = evaluate_case(case, [AUTO], segmenter, cfg, errors="raise")
-            (row,) = res.rows
-            height, width = (int(v) for v in row["image_shape"].split("x"))
-            rows.append(
-                {
-                    "case": case.id,
-                    "dice": float(row["dice"]),
-                    "iou": float(row["iou"]),
-                    "gt_pixels": int(row["size_px"]),
-                    "pred_pixels": int(res.masks[f"{row['label']}/-1/{AUTO}/0"].sum()),
-                    "height": height,
-                    "width": width,
-                    "views": "+".join(case_views),
-                }
-            )
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    for case in each_case(cases, progress):
+        pri = load_case_priors(samaug_dir, case.id) if use_priors else None  # type: ignore[arg-type]
+        case_views = views if views is not None else views_for(m.spec, pri is not None, ensemble)
+        segmenter = UNetSegmenter(m, case_views, pri, threshold=threshold, case_id=case.id)
+        res = evaluate_case(case, [AUTO], segmenter, cfg, errors="raise")
+        (row,) = res.rows
+        height, width = (int(v) for v in row["image_shape"].split("x"))
+        rows.append(
+            {
+                "case": case.id,
+                "dice": float(row["dice"]),
+                "iou": float(row["iou"]),
+                "gt_pixels": int(row["size_px"]),
+                "pred_pixels": int(res.masks[f"{row['label']}/-1/{AUTO}/0"].sum()),
+                "height": height,
+                "width": width,
+                "views": "+".join(case_views),
+            }
+        )
     return rows
 
 

@@ -16,6 +16,7 @@ from ..models.unet import (  # the U-Net networks and their inputs live in medsa
     InputSpec,
     TrainedUNet,
     build_network,
+    load_checkpoint,
     load_unet,
 )
 from ..predict.unet import predict_unet  # U-Net inference lives in medsamkit.predict
@@ -25,7 +26,6 @@ from .engine import (
     TrainConfig,
     fit,
     init_distributed,
-    load_checkpoint,
     make_loader,
     read_metrics,
     seed_everything,

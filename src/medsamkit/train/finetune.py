@@ -83,6 +83,7 @@ from ..models.adapted import (  # noqa: F401 - the adapter file's names, also im
     read_adapter,
     weights_digest,
 )
+from ..models.unet import load_checkpoint  # the training checkpoint's reader
 from ..predict.autoseg import AutoSegmentation, AutoSegmenter, base_predictor, load_autosam  # noqa: F401
 from ..preprocess.picture import model_picture, volume_pictures
 from .data import SPLITS, each_case, open_dataset, split_part
@@ -92,7 +93,6 @@ from .engine import (
     dist_info,
     fit,
     init_distributed,
-    load_checkpoint,
     make_loader,
     resolve_device,
     seed_everything,

@@ -141,7 +141,7 @@ class EvalConfig:
 
 def _count(v: Any, least: int) -> bool:
     """Whether ``v`` is an integer (not a bool) >= ``least``."""
-    return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= least
+    return bool(not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= least)
 
 
 #: the settings added for segmenters and training-side evaluation: recorded only when not at their defaults, so

@@ -283,7 +283,7 @@ def resize_input(x: np.ndarray, size: int) -> np.ndarray:
 def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``(S, S)`` float probabilities -> ``(H, W)`` float32 bilinearly (pixel centres), clipped to [0, 1]."""
     h, w = shape
-    p = np.asarray(prob, np.float32)
+    p: np.ndarray = np.asarray(prob, np.float32)
     if p.shape != (h, w):
         p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.clip(p, 0.0, 1.0).astype(np.float32)

@@ -1046,7 +1046,7 @@ def evaluate_finetune(
     adapted = load_adapted(run, base)
     autosam = opts.mode == "autosam"
     threads = torch.get_num_threads()
-    model = (
+    model: Any = (  # a segmenter (AutoSAM) or a prompted predictor
         AutoSegmenter(adapted, backend=backend, threads=threads)
         if autosam
         else Predictor(adapted, backend=backend, threads=threads)

@@ -576,6 +576,33 @@ class SessionStore:
         new[mask] = label
         return self.commit(s, slice_region(axis, k, vol.shape), np.expand_dims(new, _AXIS_POS[axis]), kind)
 
+    def merge_propagation(
+        self, s: Session, axis: str, k: int, first: int, last: int, label: int, obj: np.ndarray
+    ) -> tuple[list[int], int]:
+        """Merge a propagated object into the labels (call with ``s.lock`` held) as one undo step "propagate".
+
+        ``obj``: the object as propagated from slice ``k`` through slices ``first..last`` (inclusive) of
+        ``axis``, a bool array of that window (the volume's shape with ``last - first + 1`` along ``axis``; not
+        used after the merge). Inside the window ``label`` is re-derived: its old pixels become background,
+        ``obj`` paints over other labels, and slice ``k`` keeps its pixels exactly as they were; outside the
+        window nothing changes. Returns the first and last slice of the window holding ``label`` after the merge
+        (``[]`` when none) and its voxel count inside the window."""
+        vol = self.volume(s)
+        a = _AXIS_POS[axis]
+        region = tuple(slice(first, last + 1) if i == a else slice(0, m) for i, m in enumerate(vol.shape))
+        cur = vol.labels[region]
+        new = cur.copy()
+        keep = slice_index(axis, k - first)
+        new[new == label] = 0  # the object is re-derived from slice k, which keeps its pixels as they are
+        new[obj] = label
+        new[keep] = cur[keep]
+        del obj
+        self.commit(s, region, new, "propagate")  # type: ignore[arg-type]
+        del new
+        inside = vol.labels[region] == label
+        covered = np.flatnonzero(inside.any(axis=tuple(i for i in range(3) if i != a))) + first
+        return ([int(covered[0]), int(covered[-1])] if covered.size else []), int(inside.sum())
+
     def undo(self, s: Session) -> Change:
         vol = self.volume(s)
         if not s.undo:

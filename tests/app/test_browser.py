@@ -32,8 +32,8 @@ nib = pytest.importorskip("nibabel")
 from PIL import Image  # noqa: E402
 
 from medsamkit.app import create_app  # noqa: E402
-from medsamkit.app import server as app_server  # noqa: E402
 from medsamkit.app.limits import Limits  # noqa: E402
+from medsamkit.app.routes import page as app_page  # noqa: E402
 from tests.app.live import served  # noqa: E402
 from tests.conftest import DATA, box_of, dice, requires_shared  # noqa: E402
 
@@ -66,7 +66,7 @@ def _missing() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "playwright is not installed (pip install playwright; it drives the system Chromium)"
-    if not (app_server.NIIVUE_DIST / "index.js").is_file():
+    if not (app_page.NIIVUE_DIST / "index.js").is_file():
         return "the NiiVue npm package is not installed (npm ci --prefix src/medsamkit/app/web)"
     return None
 
@@ -431,13 +431,13 @@ def test_vendor_route(tmp_path, monkeypatch):
         from fastapi.testclient import TestClient
 
     client = TestClient(create_app(None, state_dir=tmp_path / "state"), base_url="http://localhost")
-    monkeypatch.setattr(app_server, "NIIVUE_DIST", tmp_path / "nowhere")
+    monkeypatch.setattr(app_page, "NIIVUE_DIST", tmp_path / "nowhere")
     r = client.get("/vendor/niivue/index.js")
     assert r.status_code == 404 and "npm ci --prefix src/medsamkit/app/web" in r.json()["error"]
     dist = tmp_path / "dist"
     dist.mkdir()
     (dist / "index.js").write_text("export const x = 1;\n")
-    monkeypatch.setattr(app_server, "NIIVUE_DIST", dist)
+    monkeypatch.setattr(app_page, "NIIVUE_DIST", dist)
     r = client.get("/vendor/niivue/index.js")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript") and "export" in r.text
     for bad in ("../package.json", ".hidden", "missing.js"):

@@ -101,7 +101,7 @@ def header_only_nifti(path: Path, shape: tuple[int, ...], dtype=np.int16) -> Pat
 def test_a_library_bug_is_a_500_not_the_users_mistake(predictor, data_dir, tmp_path, monkeypatch, caplog):
     """A ValueError from inside the library is a bug: 500 without details, traceback in the log (it used to be
     shown as a 422 with its message)."""
-    from medsamkit.app import server
+    from medsamkit.app.routes import segment as segment_routes
     from medsamkit.errors import PromptError
 
     app, client = make(data_dir, tmp_path, predictor)
@@ -112,7 +112,7 @@ def test_a_library_bug_is_a_500_not_the_users_mistake(predictor, data_dir, tmp_p
     def bug(*a, **k):  # noqa: ANN002, ANN003
         raise ValueError("operands could not be broadcast /srv/secret/x.npy")
 
-    monkeypatch.setattr(server, "segment_2d", bug)
+    monkeypatch.setattr(segment_routes, "segment_2d", bug)
     with caplog.at_level(logging.ERROR, logger="medsamkit.app"):
         r = client.post(f"/api/sessions/{sid}/segment", json={"slice": 3, "box": [10, 10, 40, 40]})
     assert r.status_code == 500 and r.json() == {"error": "internal server error"}
@@ -121,7 +121,7 @@ def test_a_library_bug_is_a_500_not_the_users_mistake(predictor, data_dir, tmp_p
     def user_error(*a, **k):  # noqa: ANN002, ANN003
         raise PromptError("the box is too small for this model")
 
-    monkeypatch.setattr(server, "segment_2d", user_error)
+    monkeypatch.setattr(segment_routes, "segment_2d", user_error)
     r = client.post(f"/api/sessions/{sid}/segment", json={"slice": 3, "box": [10, 10, 40, 40]})
     assert r.status_code == 422 and r.json() == {"error": "the box is too small for this model"}
 
@@ -267,14 +267,14 @@ def test_serve_host_options_reach_the_app(monkeypatch, tmp_path):
 
 # -- 8: bounded work per request ---------------------------------------------------------------------------------
 def test_prompts_and_propagations_are_capped(predictor, data_dir, tmp_path, monkeypatch):
-    from medsamkit.app import server
+    from medsamkit.app.routes import segment as segment_routes
 
     app, client = make(data_dir, tmp_path, predictor, limits=Limits(max_propagate_slices=4))
     sid = new_session(client)
     open_path(client, sid, "cases/ellipsoid.nii.gz")
     calls = []
-    real = server.segment_2d
-    monkeypatch.setattr(server, "segment_2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = segment_routes.segment_2d
+    monkeypatch.setattr(segment_routes, "segment_2d", lambda *a, **k: calls.append(1) or real(*a, **k))
     many = [[5 + i % 50, 5 + i // 50, 1] for i in range(65)]
     msg = assert_error(client.post(f"/api/sessions/{sid}/segment", json={"slice": 3, "points": many}), 413)
     assert "at most 64 points" in msg

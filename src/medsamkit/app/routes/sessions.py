@@ -1,0 +1,116 @@
+"""Sessions: create (``POST /api/sessions``), describe (``GET``) and delete (``DELETE /api/sessions/{sid}``), and
+open a volume in one (``POST /api/sessions/{sid}/volume``: an upload, or a path under the data folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from ..schemas import SESSION_ERRORS, OpenOptions, OpenPath, error_responses, parse_body
+from ..sessions import UPLOAD_SUFFIXES, AppError, Session, Volume, check_upload
+from ..state import AppState, StateDep
+from ..upload import content_type, read_json, receive_upload
+from .common import label_summary
+
+router = APIRouter()
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": f"one of {', '.join(UPLOAD_SUFFIXES)}"},
+                        "preset": {"type": "string"},
+                        "window": {"type": "string", "description": "LEVEL,WIDTH"},
+                        "modality": {"type": "string"},
+                        "resample": {"type": "string", "enum": ["true", "false"]},
+                    },
+                }
+            },
+            "application/json": {"schema": OpenPath.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post("/api/sessions", responses=error_responses(503))
+def create_session(state: StateDep) -> dict[str, Any]:
+    return {"session": state.store.create().sid}
+
+
+@router.get("/api/sessions/{sid}", responses=error_responses(*SESSION_ERRORS, 409))
+def session_info(sid: str, state: StateDep) -> dict[str, Any]:
+    store, limits = state.store, state.limits
+    s = store.get(sid)
+    with s.lock:
+        if not s.meta.get("source"):
+            return {"session": sid, "volume": None, "limits": limits.describe()}
+        vol = store.volume(s)
+        return {"session": sid, "volume": volume_info(state, s, vol), "undo_steps": len(s.undo), "limits": limits.describe()}
+
+
+@router.delete("/api/sessions/{sid}", responses=error_responses(*SESSION_ERRORS, 409))
+def delete_session(sid: str, state: StateDep) -> dict[str, Any]:
+    state.store.delete(sid)
+    return {"deleted": sid}
+
+
+@router.post(
+    "/api/sessions/{sid}/volume",
+    responses=error_responses(*SESSION_ERRORS, 403, 409, 415, 507),
+    openapi_extra=_UPLOAD_BODY,
+)
+async def open_volume(sid: str, request: Request, state: StateDep) -> dict[str, Any]:
+    """Open a volume: upload it (multipart, field ``file``, options as form fields) or name a path under
+    the data folder (JSON ``{"path", "preset"?, "window"?, "modality"?, "resample"?}``)."""
+    store, limits = state.store, state.limits
+    s = store.get(sid)
+    ctype = content_type(request)
+    if ctype == "multipart/form-data":
+        room = await run_in_threadpool(store.upload_room, s)
+        path, name, fields = await receive_upload(request, s.folder, room, limits.max_upload_bytes)
+        try:
+            opts = parse_body(OpenOptions, fields)
+            return await run_in_threadpool(_open_upload, state, s, path, name, opts)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    if ctype == "application/json":
+        body = parse_body(OpenPath, await read_json(request, limits.max_json_bytes))
+        return await run_in_threadpool(_open_data, state, s, body)
+    raise AppError(415, "send the volume as multipart/form-data (field 'file') or JSON {\"path\": ...}")
+
+
+def _open_upload(state: AppState, s: Session, path: Path, name: str, opts: OpenOptions) -> dict[str, Any]:
+    check_upload(path)
+    options = opts.model_dump()
+    loaded = state.store.load(path, options, name)
+    with s.lock:
+        vol = state.store.install(s, loaded, {"kind": "upload", "file": path.name, "name": name}, options)
+        return volume_info(state, s, vol)
+
+
+def _open_data(state: AppState, s: Session, body: OpenPath) -> dict[str, Any]:
+    store = state.store
+    path = store.resolve_data_path(body.path)
+    options = body.model_dump(exclude={"path"})
+    rel = path.relative_to(store.data_dir).as_posix()  # type: ignore[arg-type]
+    loaded = store.load(path, options, rel)
+    with s.lock:
+        vol = store.install(s, loaded, {"kind": "data", "path": rel, "name": rel}, options)
+        return volume_info(state, s, vol)
+
+
+def volume_info(state: AppState, s: Session, vol: Volume) -> dict[str, Any]:
+    """What the client needs about the session's open volume: its source's name, :meth:`Volume.info` (shape
+    ``z,y,x``, spacing ``x,y,z`` in mm, slice frames, intensity preset...), its labels and the server's limits
+    (call with ``s.lock`` held)."""
+    src, limits = s.meta["source"], state.limits.describe()
+    return {"session": s.sid, "source": src.get("name"), **vol.info(), "labels": label_summary(s, vol), "limits": limits}

@@ -15,12 +15,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import torch
 from torch import nn
 
 from ..errors import FileInputError, MissingFileError, OptionError
+
+if TYPE_CHECKING:
+    from .autosam import AutoSam
+    from .configs import ArchSpec
+    from .sam import SamModel
 
 #: what ``medsamkit finetune`` trains: the modes an adapter file may hold
 MODES = ("decoder", "full", "adapter", "lora", "autosam")
@@ -31,7 +36,7 @@ ADAPTER_FILE = "adapter.pt"
 # ------------------------------------------------------------------------------------------------ base models
 
 
-def arch_to_dict(spec: Any) -> dict[str, Any]:
+def arch_to_dict(spec: ArchSpec) -> dict[str, Any]:
     """An :class:`~medsamkit.models.configs.ArchSpec` as plain JSON-able data (see :func:`arch_from_dict`)."""
     from .configs import ViTConfig
 
@@ -45,7 +50,9 @@ def arch_to_dict(spec: Any) -> dict[str, Any]:
     }
 
 
-def arch_from_dict(data: Mapping[str, Any]) -> Any:
+def arch_from_dict(data: Mapping[str, Any]) -> ArchSpec:
+    """The :class:`~medsamkit.models.configs.ArchSpec` written by :func:`arch_to_dict`; OptionError when ``data`` is
+    not one."""
     from .configs import ArchSpec, TinyViTConfig, ViTConfig
 
     try:
@@ -60,7 +67,7 @@ def load_base(
     model: str | os.PathLike[str] | nn.Module = "litemedsam",
     checkpoint: str | os.PathLike[str] | None = None,
     size: int | None = None,
-):  # noqa: ANN201 - SamModel
+) -> SamModel:
     """The base ``SamModel`` (eval mode, CPU): a registry name or checkpoint path (``models.load``), or a module
     (used as is). size: rebuild a TinyViT model for an ``S x S`` input (same weights); ValueError for ViT models."""
     from .configs import TinyViTConfig
@@ -70,7 +77,7 @@ def load_base(
     if isinstance(model, nn.Module):
         if not (hasattr(model, "image_encoder") and hasattr(model, "mask_decoder") and hasattr(model, "spec")):
             raise OptionError(f"model must be a SamModel, got {type(model).__name__}")
-        net = model
+        net = cast("SamModel", model)  # a SamModel or a module with its parts (checked above)
     else:
         net = load(model, checkpoint=checkpoint)
     spec = net.spec
@@ -116,7 +123,7 @@ def read_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
-def build_base_for(doc: Mapping[str, Any], base: Any) -> nn.Module:
+def build_base_for(doc: Mapping[str, Any], base: str | os.PathLike[str] | nn.Module | None) -> SamModel:
     """The base ``SamModel`` of an adapter file (:func:`read_adapter`): the one it names, or ``base`` (a registry
     name, checkpoint path or ``SamModel``, copied), at the file's input size; ValueError when its weight digest
     is not the file's."""
@@ -150,6 +157,18 @@ def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) 
             own[k].copy_(v)
 
 
+@overload
+def load_adapted(
+    adapter: str | os.PathLike[str],
+    base: str | os.PathLike[str] | nn.Module | None = None,
+    *,
+    merge: bool = True,
+    device: str | torch.device = "cpu",
+    prompted: Literal[True],
+) -> SamModel: ...
+
+
+@overload
 def load_adapted(
     adapter: str | os.PathLike[str],
     base: str | os.PathLike[str] | nn.Module | None = None,
@@ -157,7 +176,17 @@ def load_adapted(
     merge: bool = True,
     device: str | torch.device = "cpu",
     prompted: bool = False,
-) -> nn.Module:
+) -> SamModel | AutoSam: ...
+
+
+def load_adapted(
+    adapter: str | os.PathLike[str],
+    base: str | os.PathLike[str] | nn.Module | None = None,
+    *,
+    merge: bool = True,
+    device: str | torch.device = "cpu",
+    prompted: bool = False,
+) -> SamModel | AutoSam:
     """The adapted model of an adapter file (or run folder): the base (named in the file, or ``base``: a registry
     name, checkpoint path or ``SamModel``, copied) with the mode's structure and the trained parameters, in eval
     mode on ``device``. The base's weight digest must match the file's (ValueError otherwise).
@@ -211,7 +240,7 @@ def load_adapted(
         from .autosam import AutoSam
 
         out = AutoSam(sam, generator).to(dev).eval()
-        out.adapter_info = {k: doc.get(k) for k in ("mode", "base", "epoch", "val_dice", "path")}  # type: ignore[attr-defined]
+        out.adapter_info = {k: doc.get(k) for k in ("mode", "base", "epoch", "val_dice", "path")}
         return out
     sam.to(dev).eval()
     sam.adapter_info = {k: doc.get(k) for k in ("mode", "base", "epoch", "val_dice", "path")}

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import OptionError
+
+if TYPE_CHECKING:
+    from .sam import SamModel
 
 #: attribute under which an adapted model keeps its :class:`AdapterConfig`
 CONFIG_ATTR = "adapter_config"
@@ -110,7 +113,7 @@ class _ParallelHook:
         return output + self.scale * self.adapter(x)
 
 
-def _blocks(model: nn.Module, config: AdapterConfig) -> Iterator[tuple[nn.Module, nn.Module, nn.Module, nn.Module | None, int]]:
+def _blocks(model: SamModel, config: AdapterConfig) -> Iterator[tuple[nn.Module, nn.Module, nn.Module, nn.Module | None, int]]:
     """(block, attention module, MLP module, MLP-internal norm or None, feature width) of every adapted block."""
     from .tiny_vit import TinyViTBlock
     from .transformer import TwoWayBlock
@@ -135,7 +138,7 @@ def _blocks(model: nn.Module, config: AdapterConfig) -> Iterator[tuple[nn.Module
             yield m, m.self_attn, m.mlp, None, m.mlp.lin1.in_features
 
 
-def add_adapters(model: nn.Module, config: AdapterConfig | None = None) -> list[str]:
+def add_adapters(model: SamModel, config: AdapterConfig | None = None) -> list[str]:
     """Insert bottleneck adapters into a ``SamModel`` in place (see the module docstring); returns the names
     of the new parameters (keys of ``model.state_dict()``). The adapters are created on the model's device and
     dtype and are trainable; nothing else changes (freeze the base yourself, e.g. :func:`adapter_parameters`).
@@ -153,7 +156,8 @@ def add_adapters(model: nn.Module, config: AdapterConfig | None = None) -> list[
             attn.register_forward_hook(_SequentialHook(a_attn)),
             mlp.register_forward_hook(_ParallelHook(a_mlp, config.mlp_scale, norm)),
         ]
-        block._adapter_hooks = handles  # type: ignore[attr-defined]
+        # a plain attribute, not a submodule (nn.Module's __setattr__ is typed for tensors and modules only)
+        block._adapter_hooks = handles  # type: ignore[assignment]
     setattr(model, CONFIG_ATTR, config)
     return adapter_parameter_names(model)
 
@@ -184,7 +188,7 @@ def remove_adapters(model: nn.Module) -> None:
     setattr(model, CONFIG_ATTR, None)
 
 
-def count_adapter_parameters(model: nn.Module, config: AdapterConfig | None = None) -> int:
+def count_adapter_parameters(model: SamModel, config: AdapterConfig | None = None) -> int:
     """How many parameters :func:`add_adapters` would add to ``model`` with ``config`` (without adding them)."""
     config = config or AdapterConfig()
     total = 0

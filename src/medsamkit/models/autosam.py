@@ -27,13 +27,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OptionError
+
+if TYPE_CHECKING:
+    from .configs import ArchSpec
+    from .sam import SamModel
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class PromptGenerator(nn.Module):
         self.fuse = _ConvBlock(w, w)
         self.dense_head = nn.Conv2d(w, cfg.embed_dim, 1)
         nn.init.zeros_(self.dense_head.weight)
+        assert self.dense_head.bias is not None  # Conv2d has a bias unless built with bias=False
         nn.init.zeros_(self.dense_head.bias)
         base = torch.zeros(cfg.embed_dim) if no_mask_embed is None else no_mask_embed.detach().reshape(-1).clone().float()
         if base.numel() != cfg.embed_dim:
@@ -174,7 +179,7 @@ class PromptGenerator(nn.Module):
         return sparse, dense
 
 
-def autosam_config_for(model: nn.Module, **overrides: Any) -> AutoSamConfig:
+def autosam_config_for(model: SamModel, **overrides: Any) -> AutoSamConfig:
     """An :class:`AutoSamConfig` matching a ``SamModel``'s embedding grid and input size (overrides applied).
     The default widths follow the number of halvings from the input side to the grid (32, 64, 128, 256, ...)."""
     grid = int(model.spec.embed_grid)
@@ -188,7 +193,10 @@ def autosam_config_for(model: nn.Module, **overrides: Any) -> AutoSamConfig:
 class AutoSam(nn.Module):
     """A ``SamModel`` whose prompt encoder is replaced by a :class:`PromptGenerator`."""
 
-    def __init__(self, sam: nn.Module, generator: PromptGenerator) -> None:
+    #: set by :func:`~medsamkit.models.adapted.load_adapted` only: the adapter file's mode, base, epoch, ...
+    adapter_info: dict[str, Any]
+
+    def __init__(self, sam: SamModel, generator: PromptGenerator) -> None:
         super().__init__()
         if generator.config.grid != sam.spec.embed_grid:
             raise OptionError(f"the generator's grid {generator.config.grid} != the model's embedding grid {sam.spec.embed_grid}")
@@ -196,7 +204,8 @@ class AutoSam(nn.Module):
         self.generator = generator
 
     @property
-    def spec(self):  # noqa: ANN201 - ArchSpec
+    def spec(self) -> ArchSpec:
+        """The architecture of the wrapped ``SamModel``."""
         return self.sam.spec
 
     def forward(self, images: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .configs import ArchSpec
 from .registry import ARCHS, get_entry, resolve_weights
 from .weights import WeightsError, file_digest
+
+if TYPE_CHECKING:
+    from .sam import SamModel
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,7 @@ class WeightsRef:
     sha256: str
 
 
-def infer_arch(state_dict) -> ArchSpec:
+def infer_arch(state_dict: Mapping[str, Any]) -> ArchSpec:
     """Guess the architecture from a checkpoint's keys and shapes (MedSAM and SAM ViT-B share one layout:
     this returns ``sam_vit_b``; pass ``arch="medsam_vit_b"`` for MedSAM's pipeline)."""
     stem = state_dict.get("image_encoder.patch_embed.seq.0.c.weight")
@@ -40,7 +45,7 @@ def resolve(
     checkpoint: str | os.PathLike[str] | None = None,
     arch: str | ArchSpec | None = None,
     download: bool = True,
-) -> tuple[WeightsRef | None, str | None]:
+) -> tuple[WeightsRef, None] | tuple[None, str]:
     """Work out which weight file and architecture ``model``/``checkpoint``/``arch`` mean.
 
     Returns ``(ref, None)`` when the architecture is known without reading the file, or ``(None, path)``
@@ -78,7 +83,7 @@ def load(
     arch: str | ArchSpec | None = None,
     download: bool = True,
     adapter: str | os.PathLike[str] | None = None,
-):
+) -> SamModel:
     """Build a SAM-family model with its weights, in eval mode on the CPU.
 
     ``model`` is a registry name (``medsamkit models`` lists them) or a checkpoint path; ``checkpoint``
@@ -100,10 +105,14 @@ def load(
     from .sam import SamModel
     from .weights import load_strict, read_state_dict
 
-    ref, unknown_path = resolve(model, checkpoint, arch, download)
-    path = ref.path if ref is not None else Path(unknown_path)  # type: ignore[arg-type]
-    state = read_state_dict(path)
-    if ref is None:
+    resolved = resolve(model, checkpoint, arch, download)
+    if resolved[0] is not None:
+        ref = resolved[0]
+        path = ref.path
+        state = read_state_dict(path)
+    else:  # the architecture is read from the checkpoint's keys
+        path = Path(resolved[1])
+        state = read_state_dict(path)
         ref = WeightsRef("custom", infer_arch(state), path, file_digest(path))
     net = SamModel(ref.arch)
     load_strict(net, state, str(path), ref.arch.name)

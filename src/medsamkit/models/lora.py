@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import OptionError
+
+if TYPE_CHECKING:
+    from .sam import SamModel
 
 #: attribute under which an adapted model keeps its :class:`LoraConfig`
 CONFIG_ATTR = "lora_config"
@@ -84,7 +87,7 @@ class LoraDelta(nn.Module):
         return weight + self.scaling * (self.lora_b @ self.lora_a)
 
 
-def _targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Linear]]:
+def _targets(model: SamModel, config: LoraConfig) -> list[tuple[str, nn.Linear]]:
     from .tiny_vit import TinyAttention
     from .transformer import Attention
     from .vit import ViTAttention
@@ -103,7 +106,7 @@ def _targets(model: nn.Module, config: LoraConfig) -> list[tuple[str, nn.Linear]
     return out
 
 
-def add_lora(model: nn.Module, config: LoraConfig | None = None) -> list[str]:
+def add_lora(model: SamModel, config: LoraConfig | None = None) -> list[str]:
     """Parametrise the attention projections of a ``SamModel`` in place (see the module docstring); returns
     the names of the new (trainable) parameters. ValueError when the model already carries LoRA."""
     config = config or LoraConfig()
@@ -129,6 +132,11 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if n in names]
 
 
+def _weight_parametrizations(m: nn.Module) -> parametrize.ParametrizationList:
+    """``m.parametrizations.weight`` of a module whose weight is parametrised (``parametrize.is_parametrized``)."""
+    return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, m.parametrizations).weight)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every LoRA update into its layer's weight (``W + scaling * B @ A``, computed once) and drop the
     parametrisations: the model is a plain ``SamModel`` again with the base key names (outputs equal the
@@ -136,14 +144,14 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if getattr(model, CONFIG_ATTR, None) is None:
         return model
     for m in list(model.modules()):
-        if parametrize.is_parametrized(m, "weight") and any(isinstance(p, LoraDelta) for p in m.parametrizations.weight):
+        if parametrize.is_parametrized(m, "weight") and any(isinstance(p, LoraDelta) for p in _weight_parametrizations(m)):
             with torch.no_grad():
                 parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
     setattr(model, CONFIG_ATTR, None)
     return model
 
 
-def count_lora_parameters(model: nn.Module, config: LoraConfig | None = None) -> int:
+def count_lora_parameters(model: SamModel, config: LoraConfig | None = None) -> int:
     """How many parameters :func:`add_lora` would add to ``model`` with ``config`` (without adding them)."""
     config = config or LoraConfig()
     return sum(config.rank * (layer.in_features + layer.out_features) for _, layer in _targets(model, config))

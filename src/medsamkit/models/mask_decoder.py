@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
-from .transformer import TwoWayTransformer
+from .transformer import TwoWayBlock, TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
@@ -55,7 +57,8 @@ class MaskDecoder(nn.Module):
         the first two-way layer's image-side projections ``(1, h*w, C/2)``. Use with :meth:`predict_prepared`."""
         keys = (image_embeddings + dense).flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
-        return (keys, *self.transformer.layers[0].image_projections(keys, key_pe))
+        first = cast(TwoWayBlock, self.transformer.layers[0])
+        return (keys, *first.image_projections(keys, key_pe))
 
     def predict_prepared(
         self,
@@ -102,15 +105,20 @@ class MaskDecoder(nn.Module):
         large 32x256x256 map; only the K output maps are rearranged at the end. Same maths as
         ``output_upscaling`` on the ``(N, C, h, w)`` map (the test suite checks it).
         """
-        up1, ln, _, up2, _ = self.output_upscaling
+        up1 = cast(nn.ConvTranspose2d, self.output_upscaling[0])
+        ln = cast(LayerNorm2d, self.output_upscaling[1])
+        up2 = cast(nn.ConvTranspose2d, self.output_upscaling[3])
+        b1, b2 = up1.bias, up2.bias
+        if b1 is None or b2 is None:  # pragma: no cover - __init__ builds both with a bias
+            raise TypeError("output_upscaling's transposed convolutions have no bias")
         n, hw, c = tokens.shape
         h, w = int(grid[0]), int(grid[1])
         c1, c2 = up1.out_channels, up2.out_channels
         w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, (a, b, o))
-        x = (tokens @ w1).reshape(n, hw * 4, c1) + up1.bias
+        x = (tokens @ w1).reshape(n, hw * 4, c1) + b1
         x = F.gelu(F.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps))
         w2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (C', (c, d, o))
-        x = F.gelu((x @ w2).reshape(n, hw * 16, c2) + up2.bias)
+        x = F.gelu((x @ w2).reshape(n, hw * 16, c2) + b2)
         k = hyper.shape[1]
         m = x @ hyper.transpose(1, 2)  # (N, h*w*16, K) ordered (i, j, a, b, c, d)
         m = m.reshape(n, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)  # (N, K, i, a, c, j, b, d)

@@ -7,6 +7,7 @@ encoder sees, x = column, y = row); the +0.5 pixel-centre shift is applied here.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -17,6 +18,8 @@ from .configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 
 class RandomPositionEmbedding(nn.Module):
     """Fourier features of coordinates with a fixed random Gaussian matrix (stored in the checkpoint)."""
+
+    positional_encoding_gaussian_matrix: torch.Tensor  # buffer (2, num_feats) float32
 
     def __init__(self, num_feats: int = 128, scale: float = 1.0) -> None:
         super().__init__()
@@ -85,7 +88,8 @@ class PromptEncoder(nn.Module):
         pad = (lab == LABEL_PAD).to(emb.dtype)
         emb = emb * (1 - pad) + pad * self.not_a_point_embed.weight
         for value in range(4):
-            emb = emb + (lab == value).to(emb.dtype) * self.point_embeddings[value].weight
+            point = cast(nn.Embedding, self.point_embeddings[value])
+            emb = emb + (lab == value).to(emb.dtype) * point.weight
         return emb
 
     def embed_dense(self, masks: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -106,7 +110,7 @@ class PromptEncoder(nn.Module):
         When points come without a box, one padding point is appended (as SAM does)."""
         coords, labels = to_labelled_points(points, boxes)
         n = coords.shape[0] if coords is not None else (masks.shape[0] if masks is not None else 1)
-        if coords is None:
+        if coords is None or labels is None:  # both None or neither (to_labelled_points)
             sparse = torch.empty((n, 0, self.embed_dim), device=self.no_mask_embed.weight.device)
         else:
             sparse = self.embed_labelled_points(coords, labels)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
@@ -11,15 +13,28 @@ from .prompt_encoder import PromptEncoder
 from .tiny_vit import TinyViT
 from .vit import ImageEncoderViT
 
+if TYPE_CHECKING:
+    from .loading import WeightsRef
+
 
 class SamModel(nn.Module):
     """SAM / MedSAM / MobileSAM / LiteMedSAM network with the published parameter names."""
+
+    spec: ArchSpec
+    image_encoder: nn.Module
+    prompt_encoder: PromptEncoder
+    mask_decoder: MaskDecoder
+    #: set by :func:`~medsamkit.models.loading.load` and :func:`~medsamkit.models.adapted.load_adapted`; absent on
+    #: a model built here (read it with ``getattr(model, "weights", None)``)
+    weights: WeightsRef
+    #: set by :func:`~medsamkit.models.adapted.load_adapted` only: the adapter file's mode, base, epoch, ...
+    adapter_info: dict[str, Any]
 
     def __init__(self, spec: ArchSpec) -> None:
         super().__init__()
         self.spec = spec
         enc = spec.encoder
-        self.image_encoder: nn.Module = ImageEncoderViT(enc) if isinstance(enc, ViTConfig) else TinyViT(enc)
+        self.image_encoder = ImageEncoderViT(enc) if isinstance(enc, ViTConfig) else TinyViT(enc)
         g = spec.embed_grid
         self.prompt_encoder = PromptEncoder(
             embed_dim=256, image_embedding_size=(g, g), input_image_size=(enc.img_size, enc.img_size)

@@ -107,6 +107,8 @@ def attention_offset_index(window: int) -> tuple[int, torch.Tensor]:
 class TinyAttention(nn.Module):
     """Window attention with a learned per-head bias for each relative offset (head dim 32)."""
 
+    bias_index: torch.Tensor  # buffer (N, N) int64: offset index of each query/key pair of a window
+
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
         super().__init__()
         self.num_heads = num_heads

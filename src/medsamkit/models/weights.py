@@ -15,10 +15,16 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CACHE_ENV = "MEDSAMKIT_CACHE"
 
@@ -95,7 +101,8 @@ class UrlFile:
         return self.url + (f" (member {self.member})" if self.member else "")
 
 
-def _progress(total: int | None, desc: str):  # pragma: no cover - cosmetic
+def _progress(total: int | None, desc: str) -> Any:  # pragma: no cover - cosmetic
+    """A tqdm byte progress bar (``update(n)``, ``close()``), or None without tqdm."""
     try:
         from tqdm import tqdm
 
@@ -160,7 +167,7 @@ def fetch_url_file(src: UrlFile, filename: str, sha256: str | None, quiet: bool 
     return dest
 
 
-def read_state_dict(path: str | os.PathLike[str]):
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a checkpoint file as a flat ``{name: tensor}`` state dict (``weights_only``; common wrappers such
     as ``{"model": ...}`` or ``{"state_dict": ...}`` are unwrapped)."""
     import torch
@@ -184,7 +191,7 @@ def read_state_dict(path: str | os.PathLike[str]):
     return obj
 
 
-def load_strict(module, state_dict, source: str, layout: str) -> None:
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, layout: str) -> None:
     """Copy ``state_dict`` into ``module``; any missing or unexpected key (or shape mismatch) is one
     :class:`WeightsError` listing them all."""
     own = module.state_dict()

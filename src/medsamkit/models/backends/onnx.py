@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def _export_all(model: Any, out_dir: Path) -> None:
             return self.m.encode(image)
 
     class _Prepare(_Encoder):
-        def forward(self, embedding: torch.Tensor):  # type: ignore[override]
+        def forward(self, embedding: torch.Tensor):
             return self.m.prepare_decoder(embedding)
 
     class _Decode(_Encoder):
@@ -96,7 +97,7 @@ def _export_all(model: Any, out_dir: Path) -> None:
         ),
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, module, args, inputs, outputs, axes in jobs:
+    for name, module, args, input_names, output_names, axes in jobs:
         fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".onnx.part", dir=out_dir)
         os.close(fd)
         try:
@@ -106,8 +107,8 @@ def _export_all(model: Any, out_dir: Path) -> None:
                     module,
                     args,
                     tmp,
-                    input_names=inputs,
-                    output_names=outputs,
+                    input_names=input_names,
+                    output_names=output_names,
                     dynamic_axes=axes,
                     opset_version=OPSET,
                     dynamo=False,
@@ -152,7 +153,7 @@ class OnnxEngine:
         self._sessions: dict[str, Any] = {}
         self._sessions["encoder"] = self._session("encoder")
 
-    def _session(self, stage: str):
+    def _session(self, stage: str) -> Any:  # an onnxruntime.InferenceSession
         import onnxruntime as ort
 
         if stage not in self._sessions:
@@ -163,7 +164,7 @@ class OnnxEngine:
 
     # -- construction -----------------------------------------------------------------------------------
     @classmethod
-    def _ensure(cls, arch: ArchSpec, weights_sha256: str, build_model) -> Path:
+    def _ensure(cls, arch: ArchSpec, weights_sha256: str, build_model: Callable[[], Any]) -> Path:
         folder = engine_dir(arch, weights_sha256)
         if not all((folder / f"{s}.onnx").is_file() for s in STAGES):
             model = build_model()  # a bad checkpoint fails here, before the export is announced
@@ -174,15 +175,23 @@ class OnnxEngine:
         return folder
 
     @classmethod
-    def from_weights(cls, model: Any = "litemedsam", *, checkpoint=None, arch: str | None = None, threads: int = 1) -> OnnxEngine:
+    def from_weights(
+        cls,
+        model: Any = "litemedsam",
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        arch: str | None = None,
+        threads: int = 1,
+    ) -> OnnxEngine:
         """Engine for a registry name or checkpoint; PyTorch is only imported when an export is needed."""
         from ..loading import load, resolve
 
-        ref, unknown = resolve(model, checkpoint, arch)
-        if ref is None:  # architecture must be read from the checkpoint itself
-            net = load(unknown)  # type: ignore[arg-type]
+        resolved = resolve(model, checkpoint, arch)
+        if resolved[0] is None:  # architecture must be read from the checkpoint itself
+            net = load(resolved[1])
             folder = cls._ensure(net.spec, net.weights.sha256, lambda: net)
             return cls(folder, net.spec, net.weights.sha256, threads)
+        ref = resolved[0]
         folder = cls._ensure(ref.arch, ref.sha256, lambda: load(model, checkpoint=checkpoint, arch=arch))
         return cls(folder, ref.arch, ref.sha256, threads)
 

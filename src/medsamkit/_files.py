@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path`` (parent folders are created), then rename it to
-    ``path``; the temporary file is removed if ``write`` fails. Writers that add a suffix of their own (e.g.
-    ``numpy.savez``) must write through an open file handle."""
+    ``path``; the temporary file is removed if ``write`` fails. What ``write`` returns is ignored. Writers that add a
+    suffix of their own (e.g. ``numpy.savez``) must write through an open file handle."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")

@@ -82,10 +82,10 @@ def one_line(exc: BaseException, limit: int | None = None) -> str:
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[^/\s'\"()<>:,;]+)+/([^/\s'\"()<>:,;]*)")
 
 
-def decoder_detail(text: str, limit: int = 160) -> str:
-    """A third-party decoder's message made fit for one line of ours: absolute paths cut to their file name (an
-    error the web app shows must not tell where the server keeps files), white space collapsed, at most
-    ``limit`` characters."""
+def decoder_detail(text: BaseException | str, limit: int = 160) -> str:
+    """A third-party decoder's message (its exception, or the text) made fit for one line of ours: absolute paths
+    cut to their file name (an error the web app shows must not tell where the server keeps files), white space
+    collapsed, at most ``limit`` characters."""
     return " ".join(_ABSOLUTE_PATH.sub(r"\1", str(text)).split())[:limit]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn, TypeAlias
 
 
 class CliError(Exception):
@@ -17,8 +18,12 @@ class CliError(Exception):
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (raised as :class:`CliError`, printed by ``main``)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise CliError(f"{self.prog}: {message} (see --help)")
+
+
+#: what ``Parser.add_subparsers()`` returns, given to each command's ``add_parser(sub)`` (argparse has no public name)
+SubParsers: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 
 def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:

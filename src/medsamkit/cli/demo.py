@@ -8,10 +8,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .common import say
+from .common import SubParsers, say
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "demo",
         help="segment the bundled example with the bundled LiteMedSAM",

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import warnings
+from typing import TextIO
 
 from .common import CliError, Parser
 
@@ -44,7 +45,15 @@ def _attach_negative_values(args: list[str]) -> list[str]:
     return out
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` while a command runs: one line on stderr, without the source location."""
     print(f"medsamkit: warning: {message}", file=sys.stderr)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from .common import SubParsers
 
-def add_parser(sub) -> None:
+
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "models",
         help="list models and whether their weights are available",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, positive_int, say
+from .common import CliError, SubParsers, positive_int, say
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "samaug",
         help="SAMAug: everything-mode prior maps and augmented training images",

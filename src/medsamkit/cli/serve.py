@@ -9,7 +9,7 @@ import os
 import socket
 from pathlib import Path
 
-from .common import CliError, positive_int, say
+from .common import CliError, SubParsers, positive_int, say
 
 
 def _default_state() -> Path:
@@ -54,7 +54,7 @@ def check_port(host: str, port: int) -> None:
             raise CliError(f"serve: cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "serve",
         help="run the annotation web app (segment, propagate, correct and save masks in a browser)",

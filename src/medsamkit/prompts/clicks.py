@@ -72,6 +72,6 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str, rng: np.random.Gener
             return None
         rows, cols = np.nonzero(err)
         i = int(rng.integers(n))
-        r, c = int(rows[i]), int(cols[i])
-        return Click(c, r, bool(fn[r, c]))
+        row, col = int(rows[i]), int(cols[i])
+        return Click(col, row, bool(fn[row, col]))
     raise OptionError(f"unknown click rule {rule!r}; use one of {', '.join(RULES)}")

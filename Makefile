@@ -55,6 +55,7 @@ evaluate-real: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
+	$(BIN)/mypy  # src/medsamkit, configured in pyproject.toml [tool.mypy]
 
 clean:
 	rm -rf $(VENV) medsamkit-demo .pytest_cache $(WEB)/node_modules

@@ -12,7 +12,6 @@ from medsamkit.models.unet import (
     TrainedUNet,
     build_network,
     foreground_probability,
-    load_checkpoint,
     load_unet,
     size_multiple,
 )
@@ -97,14 +96,3 @@ def test_load_unet_rebuilds_the_network_from_the_checkpoint(tmp_path) -> None:
     _checkpoint(tmp_path / "other", {**meta, "task": "finetune"})
     with pytest.raises(ValueError, match="not of a U-Net run"):
         load_unet(tmp_path / "other")
-
-
-def test_load_checkpoint_refuses_other_files(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        load_checkpoint(tmp_path / "none.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
-        load_checkpoint(tmp_path / "junk.pt")
-    torch.save({"model": {}}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="not a medsamkit training checkpoint"):
-        load_checkpoint(tmp_path / "foreign.pt")

@@ -8,9 +8,9 @@ the checkpoint alone. Building the inputs from a picture and running the network
 :mod:`medsamkit.predict.unet`; training is :mod:`medsamkit.train.unet`.
 
 The checkpoint is the training loop's file (``run_dir/best.pt`` / ``last.pt``, written by
-:func:`medsamkit.train.engine.fit`); :func:`load_checkpoint` reads it here, below the training side, so
-inference needs no training code. This module knows no other file. PyTorch and MONAI are imported when a network
-is built or loaded (so importing this module, or :mod:`medsamkit.samaug.priors` through
+:func:`medsamkit.train.loop.fit`), read by :func:`medsamkit.models.checkpoint.load_checkpoint` (below the
+training side, so inference needs no training code); this module knows no other file. PyTorch and MONAI are
+imported when a network is built or loaded (so importing this module, or :mod:`medsamkit.samaug.priors` through
 :mod:`medsamkit.predict.unet`, stays light).
 """
 
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FileInputError, MissingFileError, OptionError
+from ..errors import MissingFileError, OptionError
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint  # noqa: F401 - the checkpoint reader, also importable from here
 
 if TYPE_CHECKING:
     import torch
@@ -44,10 +45,6 @@ DEFAULT_STRIDES = (2, 2, 2, 2)
 INPUT_KINDS = ("raw", "samaug", "both")
 COLOURS = ("grey", "rgb")
 VIEWS = ("raw", "samaug")
-
-#: the ``format`` entry of a training checkpoint (:func:`medsamkit.train.engine.fit`)
-CHECKPOINT_FORMAT = "medsamkit.train/1"
-
 
 # -------------------------------------------------------------------------------------------------- networks
 
@@ -176,23 +173,6 @@ class InputSpec:
 
 
 # ----------------------------------------------------------------------------------------- trained networks
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`medsamkit.train.engine.fit` (``last.pt`` or ``best.pt``), loaded with
-    ``weights_only=True`` (no code runs while reading it); ValueError when the file is not one."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise MissingFileError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
-        raise FileInputError(f"cannot read checkpoint {p}: {' '.join(str(e).split())[:200]}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise FileInputError(f"{p} is not a medsamkit training checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
 
 
 @dataclass

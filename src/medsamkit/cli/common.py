@@ -1,10 +1,15 @@
-"""Helpers shared by the CLI commands: argument types and one-line errors."""
+"""Helpers shared by the CLI commands: argument types, the model options and one-line errors."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
+
+if TYPE_CHECKING:
+    from ..predict import Predictor
+    from ..predict.cache import EmbeddingCache
 
 
 class CliError(Exception):
@@ -46,24 +51,52 @@ def box_arg(text: str) -> list[float]:
     return _numbers(text, (4,), "X0,Y0,X1,Y1 (four numbers)")
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, bound: str) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse ``type=``)."""
+    return _int_at_least(text, 1, "at least 1")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return v
+    """An integer >= 0 (argparse ``type=``)."""
+    return _int_at_least(text, 0, ">= 0")
+
+
+def add_model_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    adapter_help: str | None = None,
+    threads_help: str = "CPU threads (default: all cores)",
+) -> None:
+    """``--model``, ``--checkpoint``, ``--adapter`` (only with ``adapter_help``), ``--backend`` and ``--threads``, in
+    that order: the options that choose the prompted model a command runs (see :func:`adapter_predictor`)."""
+    p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
+    p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
+    if adapter_help is not None:
+        p.add_argument("--adapter", type=Path, metavar="RUN_DIR/adapter.pt", help=adapter_help)
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
+    p.add_argument("--threads", type=positive_int, help=threads_help)
+
+
+def adapter_predictor(args: argparse.Namespace, cache: EmbeddingCache | None = None) -> tuple[Predictor, str]:
+    """The ``--adapter`` file's fine-tuned model on its base (the file names the base; ``--checkpoint``: the base's
+    weights) as a :class:`Predictor`, on PyTorch unless ``--backend`` names one. Returns it with the model's name
+    (``<base>+<mode>``, what saved masks record)."""
+    from ..models.adapted import load_adapted
+    from ..predict import Predictor
+
+    model = load_adapted(args.adapter, args.checkpoint, prompted=True)
+    backend = "torch" if args.backend == "auto" else args.backend
+    return Predictor(model, backend=backend, threads=args.threads, cache=cache), model.weights.name
 
 
 def say(msg: str) -> None:

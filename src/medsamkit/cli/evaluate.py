@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .batch import engine_options, uses_dask
-from .common import CliError, positive_int, say
+from .common import CliError, add_model_arguments, positive_int, say
 
 DEFAULT_PROTOCOLS = ("box",)
 
@@ -60,10 +60,7 @@ def add_parser(sub) -> None:
         "--no-masks", action="store_true", help="do not keep the predicted masks (the report then has no worst-case pictures)"
     )
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
-    p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
-    p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    add_model_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     from .batch import add_engine_arguments
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import box_arg, numbers_arg, positive_int, say
+from .common import adapter_predictor, add_model_arguments, box_arg, numbers_arg, say
 
 
 def add_parser(sub) -> None:
@@ -82,16 +82,11 @@ def add_parser(sub) -> None:
         help="output mask: .png (2D: label values 0, 1, 2... - dark in image viewers, see --overlay); .nii.gz, .nii, "
         ".nrrd, .mha, or .dcm (DICOM-SEG, DICOM input) for volumes. An input is never overwritten",
     )
-    p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
-    p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
-    p.add_argument(
-        "--adapter",
-        type=Path,
-        metavar="RUN_DIR/adapter.pt",
-        help="a `medsamkit finetune` result, loaded on top of its base model (PyTorch backend unless --backend names one)",
+    add_model_arguments(
+        p,
+        adapter_help="a `medsamkit finetune` result, loaded on top of its base model (PyTorch backend unless --backend "
+        "names one)",
     )
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
-    p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
     p.add_argument(
         "--embedding-cache",
         type=Path,
@@ -148,9 +143,5 @@ def _predictor(args: argparse.Namespace):
 
     cache = EmbeddingCache(disk_dir=args.embedding_cache) if args.embedding_cache else None
     if args.adapter is not None:
-        from ..models.adapted import load_adapted
-
-        model = load_adapted(args.adapter, args.checkpoint, prompted=True)  # base named in the file (--checkpoint: its weights)
-        backend = "torch" if args.backend == "auto" else args.backend
-        return Predictor(model, backend=backend, threads=args.threads, cache=cache)
+        return adapter_predictor(args, cache)[0]
     return Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads, cache=cache)

@@ -9,7 +9,7 @@ import os
 import socket
 from pathlib import Path
 
-from .common import CliError, SubParsers, positive_int, say
+from .common import CliError, SubParsers, adapter_predictor, add_model_arguments, positive_int, say
 
 
 def _default_state() -> Path:
@@ -67,17 +67,12 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
     p.add_argument("--data", type=Path, metavar="DIR", help="folder whose volumes clients may open by relative path")
     p.add_argument("--state", type=Path, metavar="DIR", help=f"session folder (default {_default_state()})")
-    p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
-    p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
-    p.add_argument(
-        "--adapter",
-        type=Path,
-        metavar="RUN_DIR/adapter.pt",
-        help="serve a `medsamkit finetune` result, loaded on top of its base model (PyTorch backend unless --backend "
-        "names one; --checkpoint: the base's weights)",
+    add_model_arguments(
+        p,
+        adapter_help="serve a `medsamkit finetune` result, loaded on top of its base model (PyTorch backend unless "
+        "--backend names one; --checkpoint: the base's weights)",
+        threads_help="CPU threads for the model (default: all cores)",
     )
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
-    p.add_argument("--threads", type=positive_int, help="CPU threads for the model (default: all cores)")
     p.add_argument("--max-upload-mb", type=positive_int, default=512, metavar="MB", help="largest upload (default 512)")
     p.add_argument(
         "--max-volume-mb",
@@ -138,11 +133,7 @@ def run(args: argparse.Namespace) -> None:
         raise CliError(f"serve: cannot create the state folder {state}: {e.strerror}") from e
     model = args.model
     if args.adapter is not None:
-        from ..models.adapted import load_adapted
-
-        net = load_adapted(args.adapter, args.checkpoint, prompted=True)  # base named in the file (--checkpoint: its weights)
-        predictor = Predictor(net, backend="torch" if args.backend == "auto" else args.backend, threads=args.threads)
-        model = net.weights.name  # <base>+<mode>, what saved masks record
+        predictor, model = adapter_predictor(args)  # model: <base>+<mode>, what saved masks record
     else:
         try:
             predictor = Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads)

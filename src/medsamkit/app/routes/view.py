@@ -25,35 +25,12 @@ _PNG: dict[int | str, dict[str, Any]] = {**PNG_RESPONSE, **error_responses(*SESS
 
 @router.get("/api/sessions/{sid}/volume.nii.gz", responses=_GZ, response_class=Response)
 def volume_nifti(sid: str, state: StateDep) -> Response:
-    store = state.store
-    s = store.get(sid)
-    with s.lock:
-        vol = store.volume(s)
-        f = s.folder / "display.nii.gz"
-        if f.is_file():
-            data = f.read_bytes()
-        else:
-            data = nifti_gz(vol.display, vol)
-            atomic_write_bytes(f, data)  # cached for the next viewer, unless over the disk quota
-            try:
-                store.check_disk(s, [f])
-            except AppError:
-                pass
-    return Response(data, media_type="application/gzip", headers={"Content-Disposition": 'inline; filename="volume.nii.gz"'})
+    return _nifti_response(state, sid, labels=False)
 
 
 @router.get("/api/sessions/{sid}/mask.nii.gz", responses=_GZ, response_class=Response)
 def mask_nifti(sid: str, state: StateDep) -> Response:
-    store = state.store
-    s = store.get(sid)
-    with s.lock:
-        vol = store.volume(s)
-        labels = vol.labels.copy()
-    return Response(
-        nifti_gz(labels, vol),
-        media_type="application/gzip",
-        headers={"Content-Disposition": 'inline; filename="mask.nii.gz"'},
-    )
+    return _nifti_response(state, sid, labels=True)
 
 
 @router.get("/api/sessions/{sid}/slice/{axis}/{index}.png", responses=_PNG, response_class=Response)
@@ -75,6 +52,33 @@ def _slice_png(state: AppState, sid: str, axis: str, index: int, labels: bool) -
         vol.check_slice(axis, index)
         arr = vol.labels[slice_index(axis, index)].copy() if labels else vol.picture(axis, index)
     return Response(png_bytes(arr), media_type="image/png")
+
+
+def _nifti_response(state: AppState, sid: str, labels: bool) -> Response:
+    """The display volume or (``labels``) the label volume as an inline ``volume.nii.gz`` / ``mask.nii.gz``. The
+    display volume does not change, so it is kept in the session folder (``display.nii.gz``) for the next viewer,
+    unless that goes over the disk quota; the labels are copied under the session's lock and encoded after it."""
+    store = state.store
+    s = store.get(sid)
+    with s.lock:
+        vol = store.volume(s)
+        if labels:
+            array = vol.labels.copy()
+        else:
+            f = s.folder / "display.nii.gz"
+            if f.is_file():
+                data = f.read_bytes()
+            else:
+                data = nifti_gz(vol.display, vol)
+                atomic_write_bytes(f, data)
+                try:
+                    store.check_disk(s, [f])
+                except AppError:
+                    pass
+    if labels:
+        data = nifti_gz(array, vol)
+    name = "mask" if labels else "volume"
+    return Response(data, media_type="application/gzip", headers={"Content-Disposition": f'inline; filename="{name}.nii.gz"'})
 
 
 def nifti_gz(array: np.ndarray, vol: Volume) -> bytes:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from medsamkit.train.engine import TrainConfig
 from medsamkit.train.finetune import finetune
+from medsamkit.train.loop import TrainConfig
 from tests.models.test_layouts import SMALL, _random_model
 
 

@@ -17,7 +17,6 @@ import torch
 from medsamkit.data import load_dataset, read_split
 from medsamkit.models import resolve_weights
 from medsamkit.preprocess.transforms import transform_for
-from medsamkit.train.engine import TrainConfig
 from medsamkit.train.finetune import (
     FinetuneDataset,
     FinetuneModel,
@@ -34,6 +33,7 @@ from medsamkit.train.finetune import (
     to_model_frame,
     weights_digest,
 )
+from medsamkit.train.loop import TrainConfig
 from tests.models.test_layouts import SMALL, _random_model
 from tests.train.synth import make_dataset
 
@@ -286,16 +286,6 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(data, tmp_path) -> Non
     doc = json.loads((tmp_path / "run" / "finetune.json").read_text())
     assert doc["world_size"] == 2 and doc["items"]["train"] == 6
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
-
-
-def test_distributed_helpers_without_a_group(monkeypatch) -> None:
-    from medsamkit.train.engine import dist_info, init_distributed, shutdown_distributed, wrap_ddp
-
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert init_distributed("cpu") is False and dist_info() == (0, 1)
-    net = torch.nn.Linear(2, 2)
-    assert wrap_ddp(net, "cpu") is net  # one process: no wrapper
-    shutdown_distributed()  # no group: nothing to do
 
 
 def test_evaluation_scores_the_trained_objects_through_the_runner(tmp_path) -> None:

@@ -194,7 +194,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self._transform = _train_transform() if augment else None
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch`` (called by :func:`medsamkit.train.engine.fit`)."""
+        """Select the augmentation draws of ``epoch`` (called by :func:`medsamkit.train.loop.fit`)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

@@ -2,7 +2,7 @@
 
 :func:`finetune` splits a dataset (``run_dir/split.json``, the same :func:`~medsamkit.data.split_cases` as
 the U-Net, so a fixed ``split_seed`` gives both the same test cases), trains through
-:func:`medsamkit.train.engine.fit` and writes ``run_dir/adapter.pt``: **only the trained parameters** of the best
+:func:`medsamkit.train.loop.fit` and writes ``run_dir/adapter.pt``: **only the trained parameters** of the best
 epoch, loaded on top of the base checkpoint by :func:`load_adapted` (``medsamkit segment --adapter``) or, for
 AutoSAM, :func:`load_autosam` (``medsamkit autoseg``).
 
@@ -83,22 +83,12 @@ from ..models.adapted import (  # noqa: F401 - the adapter file's names, also im
     read_adapter,
     weights_digest,
 )
-from ..models.unet import load_checkpoint  # the training checkpoint's reader
+from ..models.checkpoint import load_checkpoint
 from ..predict.autoseg import AutoSegmentation, AutoSegmenter, base_predictor, load_autosam  # noqa: F401
 from ..preprocess.picture import model_picture, volume_pictures
 from .data import SPLITS, each_case, open_dataset, split_part
-from .engine import (
-    FitResult,
-    TrainConfig,
-    dist_info,
-    fit,
-    init_distributed,
-    make_loader,
-    resolve_device,
-    seed_everything,
-    shutdown_distributed,
-    wrap_ddp,
-)
+from .distributed import dist_info, init_distributed, make_loader, resolve_device, shutdown_distributed, wrap_ddp
+from .loop import FitResult, TrainConfig, fit, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :func:`train_unet` splits a 2D dataset (``run_dir/split.json``), reads the train and val cases into memory
 (:mod:`medsamkit.train.data`), builds a MONAI network (:func:`medsamkit.models.unet.build_network`) and trains it
 with MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)`` on two output classes (background, foreground) through
-:func:`medsamkit.train.engine.fit`. The validation metric is the mean Dice over the val cases at the training
+:func:`medsamkit.train.loop.fit`. The validation metric is the mean Dice over the val cases at the training
 size, computed exactly as at test time: for a model trained on ``both``, on the mean of the foreground
 probabilities of the raw and the augmented input.
 
@@ -43,7 +43,8 @@ from ..models.unet import (  # noqa: F401 - the networks and their loading, also
 )
 from ..predict.unet import UNetSegmenter, predict_unet, predict_views, views_for  # noqa: F401 - also from here
 from .data import SPLITS, SegmentationDataset, each_case, load_case_priors, load_split_data, open_dataset, split_part
-from .engine import FitResult, TrainConfig, dist_info, fit, make_loader, seed_everything
+from .distributed import dist_info, make_loader
+from .loop import FitResult, TrainConfig, fit, seed_everything
 
 # -------------------------------------------------------------------------------------------------- networks
 
@@ -99,7 +100,7 @@ def train_unet(
     ``config.seed``; fix it to compare training seeds on one test set) is written to ``run_dir/split.json``; a
     resumed run reuses it. network: extra :func:`build_network` arguments
     (channels, strides, num_res_units, dropout). augment: MONAI train-time augmentation.
-    Returns :func:`~medsamkit.train.engine.fit`'s result; the model is ``run_dir/best.pt`` (:func:`load_unet`).
+    Returns :func:`~medsamkit.train.loop.fit`'s result; the model is ``run_dir/best.pt`` (:func:`load_unet`).
     """
     config = config or TrainConfig()
     extra = dict(network or {})

@@ -13,16 +13,10 @@ from torch import nn
 
 from medsamkit.data import load_dataset
 from medsamkit.models.unet import InputSpec, build_network
+from medsamkit.train.checkpoint import METRICS_COLUMNS, load_checkpoint, read_metrics
 from medsamkit.train.data import SegmentationDataset, prepare_cases
-from medsamkit.train.engine import (
-    METRICS_COLUMNS,
-    TrainConfig,
-    fit,
-    load_checkpoint,
-    make_loader,
-    read_metrics,
-    seed_everything,
-)
+from medsamkit.train.distributed import make_loader
+from medsamkit.train.loop import TrainConfig, fit, seed_everything
 from medsamkit.train.unet import unet_loss
 from tests.train.synth import make_dataset
 

@@ -1,79 +1,64 @@
-"""A generic training loop: seeded, checkpointed every epoch, resumable, early-stopped, logged.
+"""The generic training loop: seeded, checkpointed every epoch, resumable, early-stopped, logged.
 
-:func:`fit` trains any ``nn.Module`` with AdamW on its trainable (``requires_grad``) parameters, a per-step
-learning-rate schedule (linear warmup, then cosine decay or constant), gradient accumulation and optional gradient
-clipping, validates after every epoch and keeps:
+:func:`fit` trains any ``nn.Module`` with AdamW (:func:`build_optimizer`) on its trainable (``requires_grad``)
+parameters, a per-step learning-rate schedule (linear warmup, then cosine decay or constant), gradient accumulation
+and optional gradient clipping, validates after every epoch and keeps in ``run_dir``:
 
-* ``run_dir/config.json``: the :class:`TrainConfig`, the caller's ``meta`` (e.g. how to rebuild the network) and
-  the parameter counts;
-* ``run_dir/last.pt``: model, optimizer, scheduler, completed epochs, best metric, early-stopping counter,
-  history, RNG states (python, numpy, torch CPU/CUDA, loader generators), config and meta; written atomically
-  after every epoch, so ``fit(..., resume=True)`` continues a killed run and ends with the same weights as an
-  uninterrupted one (on CPU, bit for bit);
-* ``run_dir/best.pt``: the model weights of the epoch with the highest validation metric (higher is better,
-  e.g. Dice) plus config and meta;
-* ``run_dir/metrics.csv``: one row per epoch (``epoch, train_loss, val_loss, val_dice, lr, seconds``), rewritten
-  atomically from the run's history after every epoch (so a resumed run never holds rows of a lost epoch).
+* ``config.json``: the :class:`TrainConfig`, the caller's ``meta`` (e.g. how to rebuild the network) and the
+  parameter counts;
+* ``last.pt``, ``best.pt`` and ``metrics.csv``, the files of :mod:`medsamkit.train.checkpoint`: ``last.pt`` is
+  written after every epoch with every RNG state, so ``fit(..., resume=True)`` continues a killed run and ends with
+  the same weights as an uninterrupted one (on CPU, bit for bit); ``best.pt`` holds the weights of the epoch with
+  the highest validation metric (higher is better, e.g. Dice).
 
 The loop knows nothing about the task. Batches are whatever the loaders yield (tensors anywhere inside tuples,
-lists and dicts are moved to the device); the default steps read ``(inputs, targets)`` pairs or
-``{"image": ..., "label": ...}`` dicts and call ``loss_fn(model(inputs), targets)``; a caller with other needs
-passes ``train_step(model, batch) -> loss`` and ``val_step(model, batch) -> (mean loss, per-sample scores)``.
+lists and dicts are moved to the device: :func:`to_device`); the default steps read ``(inputs, targets)`` pairs or
+``{"image": ..., "label": ...}`` dicts (:func:`split_batch`) and call ``loss_fn(model(inputs), targets)``; a caller
+with other needs passes ``train_step(model, batch) -> loss`` and ``val_step(model, batch) -> (mean loss, per-sample
+scores)``.
 
-torch.distributed: when a process group is initialised, only rank 0 writes files and shows progress, the
-validation sums are all-reduced, and ``set_epoch`` is called on each loader's sampler (``DistributedSampler``,
-see :func:`make_loader`) and dataset when they have one. :func:`init_distributed` creates the group from
-``torchrun``'s environment (gloo on CPU, NCCL on CUDA) and :func:`wrap_ddp` wraps the model in
-``DistributedDataParallel`` (gradients averaged over the ranks, so every rank keeps identical weights); the caller
-wraps before calling :func:`fit`, and the checkpoints hold the unwrapped module's weights.
+torch.distributed (:mod:`medsamkit.train.distributed`): when a process group is initialised, only rank 0 writes
+files and shows progress, the validation sums are all-reduced, and ``set_epoch`` is called on each loader's sampler
+and dataset when they have one. The caller wraps the model with :func:`~medsamkit.train.distributed.wrap_ddp`
+before calling :func:`fit`; the checkpoints hold the unwrapped module's weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._files import atomic_write, atomic_write_text
-from .._runs import describe_changes
+from .._files import atomic_write_text
 from ..errors import OptionError
 from ..metrics.torch_overlap import segmentation_dice
-from ..models.unet import CHECKPOINT_FORMAT, load_checkpoint  # the checkpoint reader, below the training side
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_resumable,
+    load_checkpoint,
+    metrics_csv,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from .distributed import dist_info, resolve_device, set_epoch, unwrap
 
 log = logging.getLogger(__name__)
 
-METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 OPTIMIZERS = ("adamw",)
 SCHEDULES = ("cosine", "constant")
-# config fields that must agree between a checkpoint and the run that resumes it (epochs, patience, time
-# budget, workers and device may change)
-_RESUME_FIELDS = (
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "optimizer",
-    "schedule",
-    "warmup_epochs",
-    "min_lr_ratio",
-    "grad_accum_steps",
-    "grad_clip",
-    "seed",
-)
-
 TrainStep = Callable[[nn.Module, Any], torch.Tensor]
 ValStep = Callable[[nn.Module, Any], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -229,145 +214,7 @@ def _restore_determinism_flags() -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
-def _rng_state(generators: Sequence[torch.Generator]) -> dict[str, Any]:
-    """Every RNG state the loop depends on, as tensors and plain values (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)},
-        "numpy_gauss": [int(has_gauss), float(gauss)],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "generators": [g.get_state() for g in generators],
-    }
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any], generators: Sequence[torch.Generator]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    saved = state["generators"]
-    if len(saved) != len(generators):
-        raise OptionError(
-            f"the checkpoint holds {len(saved)} loader generator state(s) but the loaders have {len(generators)}; "
-            "resume with loaders built the same way"
-        )
-    for g, s in zip(generators, saved):
-        g.set_state(s)
-
-
-# ----------------------------------------------------------------------------------------------- distributed
-
-
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of the initialised torch.distributed process group, ``(0, 1)`` without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str = "auto") -> bool:
-    """Join the process group ``torchrun`` describes in the environment (``RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR``, ``MASTER_PORT``) when ``WORLD_SIZE`` > 1 and no group exists yet: backend gloo for CPU
-    training, NCCL for CUDA (``device`` as in :class:`TrainConfig`; with CUDA each rank takes the GPU of its
-    ``LOCAL_RANK``). Each rank's torch thread count is lowered to its share of the CPU cores when
-    ``OMP_NUM_THREADS`` is unset. Returns True when this call created the group (the caller then ends it with
-    :func:`shutdown_distributed`), False otherwise (single process, or a group that already exists)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
-        return False
-    use_cuda = resolve_device(device).type == "cuda"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cores = os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // max(1, local_world)))
-    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return True
-
-
-def shutdown_distributed() -> None:
-    """Leave and destroy the process group (no-op without one)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-def wrap_ddp(model: nn.Module, device: str | torch.device = "cpu", find_unused_parameters: bool = False) -> nn.Module:
-    """``model`` moved to ``device`` and wrapped in ``DistributedDataParallel`` when a process group with more
-    than one rank exists (rank 0's parameters and buffers are broadcast to every rank at wrapping); the model
-    itself otherwise. Every trainable parameter must take part in each step's loss unless
-    ``find_unused_parameters``."""
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    model.to(dev)
-    if dist_info()[1] <= 1:
-        return model
-    ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
-
-
-def make_loader(
-    dataset: torch.utils.data.Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    collate_fn: Callable | None = None,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``dataset``; with an initialised process group each rank gets its share through a
-    ``DistributedSampler`` (shuffled with ``seed`` + epoch; :func:`fit` calls its ``set_epoch``). Without one,
-    shuffling draws from torch's global RNG, which :func:`fit` seeds and checkpoints."""
-    _, world = dist_info()
-    kwargs: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "drop_last": drop_last}
-    if collate_fn is not None:
-        kwargs["collate_fn"] = collate_fn
-    if num_workers > 0:
-        kwargs["persistent_workers"] = False
-    if world > 1:
-        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        return torch.utils.data.DataLoader(dataset, sampler=sampler, **kwargs)
-    return torch.utils.data.DataLoader(dataset, shuffle=shuffle, **kwargs)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper (the model itself otherwise)."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
-def _set_epoch(loader: Any, epoch: int) -> None:
-    for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None), getattr(loader, "dataset", None)):
-        fn = getattr(obj, "set_epoch", None)
-        if callable(fn):
-            fn(epoch)
-
-
 # ------------------------------------------------------------------------------------------------ batches
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else as ``torch.device`` (ValueError when unusable)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise OptionError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"device {device!r} asked for but CUDA is not available; use 'cpu' or 'auto'")
-    return d
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -430,7 +277,8 @@ def _lr_factor(schedule: str, warmup_steps: int, total_steps: int, min_ratio: fl
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters of ``model`` (weight decay on the >= 2-D ones only); ValueError when
     no parameter requires a gradient."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -444,35 +292,17 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-# ---------------------------------------------------------------------------------------------------- files
-
-
-def _write_checkpoint(path: Path, obj: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _csv_text(history: Sequence[Mapping[str, float]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(METRICS_COLUMNS)
-    for row in history:
-        w.writerow([int(row["epoch"])] + [_fmt(row[c]) for c in METRICS_COLUMNS[1:]])
-    return buf.getvalue()
-
-
-def _fmt(v: float) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
-
-
-def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """The rows of ``run_dir/metrics.csv`` as dicts of floats (``epoch`` as int; empty cells as NaN)."""
-    p = Path(run_dir) / "metrics.csv"
-    with p.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (int(v) if k == "epoch" else float(v) if v else math.nan) for k, v in r.items()} for r in rows]
-
-
 # ------------------------------------------------------------------------------------------------------ fit
+
+
+class _LoopState(TypedDict):
+    """Where a run stands after its last completed epoch (saved in ``last.pt`` under these keys, in this order)."""
+
+    epoch: int
+    best_metric: float
+    best_epoch: int | None
+    bad_epochs: int
+    history: list[dict[str, float]]
 
 
 def fit(
@@ -534,22 +364,27 @@ def fit(
     with _restore_determinism_flags():
         seed_everything(config.seed, deterministic=config.deterministic)
         model.to(device)
-        core = _unwrap(model)
+        core = unwrap(model)
         optimizer = build_optimizer(model, config)
         factor = _lr_factor(config.schedule, warmup_steps, total_steps, config.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": None, "bad_epochs": 0, "history": []}
+        state = _LoopState(epoch=0, best_metric=-math.inf, best_epoch=None, bad_epochs=0, history=[])
         resumed_from = None
         ckpt_path = out / "last.pt" if out is not None else None
         if resume and ckpt_path is not None and ckpt_path.is_file():
             ckpt = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay there
-            _check_resumable(ckpt, config, ckpt_path)
+            check_resumable(ckpt, config, ckpt_path)
             core.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
-            _set_rng_state(ckpt["rng"], generators)
-            for k in state:
-                state[k] = ckpt[k]
+            set_rng_state(ckpt["rng"], generators)
+            state = _LoopState(
+                epoch=ckpt["epoch"],
+                best_metric=ckpt["best_metric"],
+                best_epoch=ckpt["best_epoch"],
+                bad_epochs=ckpt["bad_epochs"],
+                history=ckpt["history"],
+            )
             resumed_from = int(ckpt["epoch"])
             log.info("resuming %s after epoch %d", out, resumed_from)
         n_train = sum(p.numel() for p in core.parameters() if p.requires_grad)
@@ -583,12 +418,12 @@ def fit(
                 break
             epoch = state["epoch"] + 1
             t0 = time.perf_counter()
-            _set_epoch(train_loader, epoch - 1)
+            set_epoch(train_loader, epoch - 1)
             train_loss, lr = _train_epoch(
                 model, train_loader, train_step, optimizer, scheduler, config, device, epoch, n_batches, progress and rank == 0
             )
             if val_loader is not None:
-                _set_epoch(val_loader, 0)
+                set_epoch(val_loader, 0)
                 val_loss, val_dice = _validate(model, val_loader, val_step, device, epoch, progress and rank == 0)
             else:
                 val_loss = val_dice = math.nan
@@ -626,14 +461,14 @@ def fit(
                     "model": weights,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(generators),
+                    "rng": rng_state(generators),
                 }
-                _write_checkpoint(out / "last.pt", last)
+                write_checkpoint(out / "last.pt", last)
                 if improved:
-                    _write_checkpoint(
+                    write_checkpoint(
                         out / "best.pt", {**common, "model": weights, "epoch": epoch, "metric": state["best_metric"]}
                     )
-                atomic_write_text(out / "metrics.csv", _csv_text(state["history"]))
+                atomic_write_text(out / "metrics.csv", metrics_csv(state["history"]))
             log.info(
                 "epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.3g, %.1f s%s",
                 epoch,
@@ -660,13 +495,6 @@ def fit(
             seconds=time.perf_counter() - t_start,
             resumed_from=resumed_from,
         )
-
-
-def _check_resumable(ckpt: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
-    mine = {k: getattr(config, k) for k in _RESUME_FIELDS}
-    diff = describe_changes(ckpt.get("config", {}), mine, _RESUME_FIELDS)
-    if diff:
-        raise OptionError(f"cannot resume {path}: the run's settings differ from the checkpoint's ({diff})")
 
 
 def _default_train_step(loss_fn: Callable[[Any, Any], torch.Tensor]) -> TrainStep:

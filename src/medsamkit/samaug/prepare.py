@@ -263,13 +263,7 @@ def prepare_case(
             meta = meta if meta is not None else {"case": case.id, "key": key, "image": str(case.image), "records": None}
             meta["mask_sha256"] = mask_sha
             atomic_write_text(paths["records"], json.dumps(meta, default=json_default))
-        return {
-            "case": case.id,
-            "status": "cached",
-            "n_masks": stored.n_masks,
-            "seconds": round(time.perf_counter() - t0, 4),
-            "key": key,
-        }
+        return _case_result(case, "cached", stored, key, t0)
 
     picture, mask = _load_picture(case)
     priors = priors_for_image(generator, picture, thickness)
@@ -287,9 +281,14 @@ def prepare_case(
     atomic_write_text(paths["records"], json.dumps(meta, default=json_default))
     _write_derived(paths, picture, mask, priors, mode, alpha)
     save_priors(paths["priors"], priors, key)  # last: its key marks the case complete
+    return _case_result(case, "computed", priors, key, t0)
+
+
+def _case_result(case: Case, status: str, priors: Priors, key: str, t0: float) -> dict[str, Any]:
+    """What :func:`prepare_case` returns for a ``"computed"`` or ``"cached"`` case (``seconds``: since ``t0``)."""
     return {
         "case": case.id,
-        "status": "computed",
+        "status": status,
         "n_masks": priors.n_masks,
         "seconds": round(time.perf_counter() - t0, 4),
         "key": key,

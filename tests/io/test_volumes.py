@@ -157,32 +157,16 @@ def test_dicom_seg_refusals(tmp_path) -> None:
         write_mask(tmp_path / "z.dcm", np.ones(img.spatial_shape, np.uint8), img)
 
 
-def _mixed_series(tmp_path):
-    for uid, shift in (("1.2.3.4", 0.0), ("1.2.3.5", 100.0)):
-        for k in range(3):
-            ds = pydicom.Dataset()
-            ds.file_meta = pydicom.dataset.FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-            ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-            ds.file_meta.MediaStorageSOPInstanceUID = f"{uid}.{k + 1}"
-            ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", f"{uid}.{k + 1}"
-            ds.SeriesInstanceUID, ds.Modality = uid, "CT"
-            ds.Rows = ds.Columns = 8
-            ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, shift + 2.0 * k]
-            ds.PixelSpacing = [0.5, 0.5]
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.PixelData = (np.full((8, 8), k * 10, np.int16)).tobytes()
-            ds.save_as(tmp_path / f"{uid}-{k}.dcm", enforce_file_format=True)
-
-
 def test_several_series_need_a_choice(tmp_path) -> None:
-    _mixed_series(tmp_path)
+    from tests.dicom_series import write_series
+
+    for uid, shift in (("1.2.3.4", 0.0), ("1.2.3.5", 100.0)):  # two 3-slice series in one folder
+        write_series(tmp_path, n=3, size=8, positions={k: shift + 2.0 * k for k in range(3)}, uid=uid, prefix=f"{uid}-")
     with pytest.raises(ImageReadError, match=r"holds 2 DICOM series .*--series"):
         read_image(tmp_path)
-    img = read_image(tmp_path, series_uid="1.2.3.5")
-    assert img.array.shape == (3, 8, 8) and img.array[:, 0, 0].tolist() == [0, 10, 20]
-    assert img.origin[2] == 100.0 and img.spacing == (0.5, 0.5, 2.0)
+    img = read_image(tmp_path, series_uid="1.2.3.5.200")
+    assert img.array.shape == (3, 8, 8) and img.array[:, 4, 4].tolist() == [-1000, 900, 900]  # the ball: slices 1, 2
+    assert img.origin[2] == 100.0 and img.spacing == (0.8, 0.8, 2.0)
 
 
 @pytest.mark.parametrize("case", ["truncated", "empty_dir", "4d", "not_dicom_dir", "bad_npz", "vector"])

@@ -50,7 +50,7 @@ SEEDS = _seed_files()
 
 
 @st.composite
-def mutated(draw) -> tuple[str, bytes]:  # noqa: ANN001
+def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
     name = draw(st.sampled_from(sorted(SEEDS)))
     data = bytearray(SEEDS[name])
     for _ in range(draw(st.integers(1, 6))):
@@ -76,7 +76,7 @@ def mutated(draw) -> tuple[str, bytes]:  # noqa: ANN001
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(mutated())
-def test_mutated_files_read_or_fail_cleanly(case) -> None:  # noqa: ANN001
+def test_mutated_files_read_or_fail_cleanly(case: tuple[str, bytes]) -> None:
     name, data = case
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / name

@@ -49,7 +49,7 @@ def _save(path: Path, data_ijk: np.ndarray, affine: np.ndarray) -> Path:
     ("perm", "flips"),
     [((0, 1, 2), (False, True, False)), ((2, 1, 0), (False, True, False)), ((1, 2, 0), (True, False, True))],
 )
-def test_signed_permutations_are_undone_exactly(tmp_path: Path, perm, flips) -> None:  # noqa: ANN001
+def test_signed_permutations_are_undone_exactly(tmp_path: Path, perm: tuple[int, ...], flips: tuple[bool, ...]) -> None:
     labels = _labels_ijk()
     target = read_image(_save(tmp_path / "image.nii.gz", np.zeros(SHAPE_IJK, np.int16), AFFINE))
     data, affine = _stored(labels, perm, flips)
@@ -82,7 +82,12 @@ def test_what_needs_interpolation_is_refused() -> None:
     target = MedicalImage(np.zeros(SHAPE_IJK[::-1]), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
     arr = np.zeros(SHAPE_IJK[::-1])
 
-    def source(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), direction=None, shape=SHAPE_IJK[::-1]):  # noqa: ANN001, ANN202
+    def source(
+        spacing: tuple[float, ...] = (1.0, 1.0, 2.0),
+        origin: tuple[float, ...] = (0.0, 0.0, 0.0),
+        direction: np.ndarray | None = None,
+        shape: tuple[int, ...] = SHAPE_IJK[::-1],
+    ) -> MedicalImage:
         return MedicalImage(np.zeros(shape), spacing, origin, np.eye(3) if direction is None else direction)
 
     assert reorient_exact(arr, source(), target) is not None  # the same grid: unchanged

@@ -125,9 +125,9 @@ def footprint(path: Path) -> Footprint | None:
 
 
 def _nifti(path: Path) -> Footprint:
-    import nibabel as nib
+    from ..io.readers import load_nifti
 
-    hdr = nib.load(path).header
+    hdr = load_nifti(path).header
     shape = tuple(int(v) for v in hdr.get_data_shape())
     dtype = np.dtype(hdr.get_data_dtype())
     slope, inter = hdr.get_slope_inter()  # (None, None) when the header does not scale

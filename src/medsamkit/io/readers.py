@@ -13,6 +13,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -23,7 +24,19 @@ from .image import MedicalImage, guess_modality
 from .limits import check_size
 from .raster import ImageReadError, read_image_2d
 
+if TYPE_CHECKING:
+    from nibabel.nifti1 import Nifti1Image
+
 MODALITIES = ("CT", "MR", "PT", "US", "XR", "OTHER")
+
+
+def load_nifti(path: str | os.PathLike[str]) -> Nifti1Image:
+    """nibabel's lazy image of a NIfTI file (.nii, .nii.gz): the header is read, the voxels stay on disk behind
+    ``.dataobj`` in the file's own (i, j, k[, t]) axis order. nibabel types :func:`nibabel.load` as any
+    ``FileBasedImage``; for a NIfTI file it returns a ``Nifti1Image`` (or ``Nifti2Image``, its subclass)."""
+    import nibabel as nib
+
+    return cast("Nifti1Image", nib.load(path))
 
 
 def format_of(path: str | os.PathLike[str]) -> str:
@@ -40,9 +53,7 @@ def declared_size(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dty
     fmt = format_of(p)
     try:
         if fmt == "nifti":
-            import nibabel as nib
-
-            nimg = nib.load(p)  # reads the header; the voxels stay on disk behind nimg.dataobj
+            nimg = load_nifti(p)  # reads the header; the voxels stay on disk behind nimg.dataobj
             hdr = nimg.header
             shape, dtype = tuple(int(v) for v in hdr.get_data_shape()), np.dtype(hdr.get_data_dtype())
             slope, inter = getattr(nimg.dataobj, "slope", 1.0), getattr(nimg.dataobj, "inter", 0.0)
@@ -115,7 +126,8 @@ def read_image(
     if declared is not None:
         shape, dtype, nbytes = declared
         if channel is not None and len(shape) == 4:  # one volume of the 4D file is decoded
-            shape, nbytes = shape[:3], nbytes // max(1, shape[3])
+            nbytes //= max(1, shape[3])
+            shape = shape[:3]
         _check_dtype(p, dtype)
         check_size(p, nbytes, f"its {'x'.join(map(str, shape))} {dtype.name} values", max_bytes)
     if channel is not None:
@@ -172,11 +184,9 @@ def _itk_error(p: Path, e: Exception) -> ImageReadError:
 def nifti_channels(path: str | os.PathLike[str]) -> int:
     """How many images a NIfTI file holds along its 4th axis (the channel axis of a multi-channel file; 1 for 2D
     and 3D files), from its header. Raises :class:`ImageReadError` when the header cannot be read."""
-    import nibabel as nib
-
     p = Path(path)
     try:
-        shape = nib.load(p).shape
+        shape = load_nifti(p).shape
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad headers
@@ -188,11 +198,10 @@ def _read_nifti(p: Path, channel: int | None = None) -> MedicalImage:
     """NIfTI voxels through nibabel (which notices truncated files; SimpleITK silently zero-fills them) and the
     geometry as ITK reads the header (so masks compare equal in SimpleITK, 3D Slicer, ITK-SNAP). ``channel``:
     the one volume of a 4D file to read (index along the 4th axis; see :func:`read_image`)."""
-    import nibabel as nib
     import SimpleITK as sitk
 
     try:
-        nimg = nib.load(p)
+        nimg = load_nifti(p)
         if channel is None:
             data = np.asanyarray(nimg.dataobj)
         else:

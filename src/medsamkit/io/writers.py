@@ -20,6 +20,7 @@ from .formats import MASK_SUFFIXES, mask_format, split_suffix
 from .geometry import check_grid_output
 from .image import MedicalImage
 from .raster import write_png
+from .readers import load_nifti
 
 
 def mask_suffix(path: str | os.PathLike[str]) -> str:
@@ -147,7 +148,7 @@ def _nifti_image(array: np.ndarray, like: MedicalImage, name: str):
     data = np.ascontiguousarray(array.transpose(2, 1, 0) if array.ndim == 3 else array.T)  # back to (i, j, k)
     src = like.meta.get("source_path")
     if like.format == "nifti" and src and Path(src).is_file():
-        header = nib.load(src).header.copy()
+        header = load_nifti(src).header.copy()
         header.set_data_dtype(data.dtype)
         header.set_slope_inter(None, None)
         return nib.Nifti1Image(data, None, header=header)  # affine None: keep the header's sform/qform as is
@@ -166,7 +167,7 @@ def nifti_bytes(array: np.ndarray, like: MedicalImage, suffix: str = ".nii.gz") 
     cast to uint8, or ``(Z, Y, X, 3)`` colour written as NIfTI RGB24."""
     import gzip
 
-    a = np.ascontiguousarray(array, dtype=np.uint8)
+    a: np.ndarray = np.ascontiguousarray(array, dtype=np.uint8)  # uint8, or RGB24 records below
     if a.ndim == 4:
         a = a.view(_RGB24)[..., 0]
     raw = _nifti_image(a, like, f"array{suffix}").to_bytes()

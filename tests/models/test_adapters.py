@@ -46,6 +46,13 @@ def _outputs(model, x, coords, labels) -> tuple[torch.Tensor, torch.Tensor, torc
     return emb, slow, fast
 
 
+def _reference(family: str):
+    """A tiny random ``family`` model, its inputs ``(x, coords, labels)`` and its :func:`_outputs` on them."""
+    model = _random_model(SMALL[family])
+    x, coords, labels = _inputs(model)
+    return model, (x, coords, labels), _outputs(model, x, coords, labels)
+
+
 def _perturb(model, names: list[str], seed: int = 2) -> None:
     g = torch.Generator().manual_seed(seed)
     wanted = set(names)
@@ -57,9 +64,7 @@ def _perturb(model, names: list[str], seed: int = 2) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_zero_initialised_adapters_leave_outputs_unchanged(family: str) -> None:
-    base = _random_model(SMALL[family])
-    x, c, lab = _inputs(base)
-    ref = _outputs(base, x, c, lab)
+    base, (x, c, lab), ref = _reference(family)
     model = copy.deepcopy(base)
     names = add_adapters(model)
     assert names and all(".adapter_attn." in n or ".adapter_mlp." in n for n in names)
@@ -76,9 +81,7 @@ def test_zero_initialised_adapters_leave_outputs_unchanged(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trained_adapters_change_outputs_on_both_decoder_paths(family: str) -> None:
-    model = _random_model(SMALL[family])
-    x, c, lab = _inputs(model)
-    ref = _outputs(model, x, c, lab)
+    model, (x, c, lab), ref = _reference(family)
     names = add_adapters(model, AdapterConfig(ratio=0.5))
     _perturb(model, names)
     emb, slow, fast = _outputs(model, x, c, lab)
@@ -113,9 +116,7 @@ def test_adapter_placement_and_options() -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_zero_init_exact_then_merge(family: str) -> None:
-    base = _random_model(SMALL[family])
-    x, c, lab = _inputs(base)
-    ref = _outputs(base, x, c, lab)
+    base, (x, c, lab), ref = _reference(family)
     model = copy.deepcopy(base)
     names = add_lora(model, LoraConfig(rank=2, alpha=4.0))
     assert names and all(n.endswith((".lora_a", ".lora_b")) for n in names)

@@ -12,19 +12,27 @@ import copy
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import InputError, OptionError
+from ..io.image import MedicalImage
 from ..models.adapted import load_adapted
+from ..models.autosam import AutoSam
+from ..models.sam import SamModel
 from ..preprocess.picture import model_picture, volume_pictures
+from ..preprocess.transforms import Geometry
 from .predictor import Predictor
 
+if TYPE_CHECKING:
+    from .cache import EmbeddingCache
 
-def base_predictor(base: nn.Module, base_info: Mapping[str, Any], backend: str = "auto", cache: Any = None):  # noqa: ANN201
+
+def base_predictor(
+    base: SamModel, base_info: Mapping[str, Any], backend: str = "auto", cache: EmbeddingCache | None = None
+) -> Predictor:
     """A :class:`~medsamkit.predict.Predictor` of the base model with this process's torch thread count. A base
     loaded by name or file at its native size is opened by name (ONNX Runtime then reuses the export and the
     embedding-cache keys of ``medsamkit segment``); otherwise a copy of the module is used."""
@@ -58,7 +66,7 @@ class AutoSegmenter:
     runs it in PyTorch), then the prompt generator and the mask decoder run in PyTorch.
     """
 
-    def __init__(self, model: nn.Module, backend: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, model: AutoSam, backend: str = "auto", threads: int | None = None) -> None:
         if not hasattr(model, "generator"):
             raise OptionError("AutoSegmenter needs an AutoSam model (load_autosam)")
         self.model = model.eval()
@@ -78,7 +86,7 @@ class AutoSegmenter:
         emb, geom = self.predictor.embed(image)
         return self.segment_embedded(x, emb, geom)
 
-    def segment_embedded(self, x: np.ndarray, embedding: np.ndarray, geometry: Any) -> AutoSegmentation:
+    def segment_embedded(self, x: np.ndarray, embedding: np.ndarray, geometry: Geometry) -> AutoSegmentation:
         """As :meth:`segment` from the preprocessed input ``(1, 3, S, S)`` and its embedding ``(1, 256, g, g)``."""
         dev = next(self.model.parameters()).device
         with torch.inference_mode():
@@ -90,17 +98,20 @@ class AutoSegmenter:
         return AutoSegmentation(full > 0, full.astype(np.float32), low_np[0])
 
 
-def load_autosam(run: str | os.PathLike[str], base: Any = None, device: str | torch.device = "cpu") -> nn.Module:
-    """The :class:`~medsamkit.models.autosam.AutoSam` of an autosam run folder or adapter file."""
+def load_autosam(
+    run: str | os.PathLike[str], base: str | os.PathLike[str] | SamModel | None = None, device: str | torch.device = "cpu"
+) -> AutoSam:
+    """The :class:`~medsamkit.models.autosam.AutoSam` of an autosam run folder or adapter file (``base``: as
+    :func:`~medsamkit.models.adapted.load_adapted`)."""
     m = load_adapted(run, base, device=device)
-    if not hasattr(m, "generator"):
+    if not isinstance(m, AutoSam):
         raise OptionError(
             f"{run} is a {m.adapter_info['mode']} run, not an AutoSAM run: use it with `medsamkit segment --adapter`"
         )
     return m
 
 
-def autoseg_image(segmenter: AutoSegmenter, image: Any, modality: str | None = None) -> np.ndarray:
+def autoseg_image(segmenter: AutoSegmenter, image: MedicalImage | np.ndarray, modality: str | None = None) -> np.ndarray:
     """uint8 ``(H, W)`` mask (1 = foreground) of a 2D image (a :class:`~medsamkit.io.MedicalImage`, or an array
     ``(H, W)``, ``(H, W, 1|3|4)``), on the image's pixel grid. The picture the model sees is
     :func:`medsamkit.preprocess.picture.model_picture` with the ``auto`` preset (alpha dropped, uint8 kept, CT
@@ -109,7 +120,9 @@ def autoseg_image(segmenter: AutoSegmenter, image: Any, modality: str | None = N
     return segmenter.segment(picture).mask.astype(np.uint8)
 
 
-def autoseg_volume(segmenter: AutoSegmenter, image: Any, modality: str | None = None, progress: bool = False) -> np.ndarray:
+def autoseg_volume(
+    segmenter: AutoSegmenter, image: MedicalImage, modality: str | None = None, progress: bool = False
+) -> np.ndarray:
     """uint8 ``(Z, Y, X)`` mask of a volume (a :class:`~medsamkit.io.MedicalImage`), segmented slice by slice along z;
     the pictures are :func:`medsamkit.preprocess.picture.volume_pictures` with the ``auto`` preset, fitted on the
     whole volume (as in training; ``modality`` overrides the image's). progress: a progress bar over the slices."""

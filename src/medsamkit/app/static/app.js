@@ -137,25 +137,25 @@ const back = () => (nv && nv.volumes.length ? nv.volumes[0] : null);
 const overlay = () => (nv && nv.volumes.length > 1 ? nv.volumes[1] : null);
 const nativeDims = () => back().hdr.dims.slice(1, 4).map(Number); // [nx, ny, nz]
 
-function rasToNative(ras) {
+// for each RAS axis a: the native axis n it runs along, and whether it runs backwards (index last - i)
+function rasAxes() {
   const vol = back();
   const dims = nativeDims();
-  const out = [0, 0, 0];
-  for (let a = 0; a < 3; a++) {
+  return [0, 1, 2].map((a) => {
     const n = Math.abs(vol.permRAS[a]) - 1;
-    out[n] = vol.permRAS[a] < 0 ? dims[n] - 1 - ras[a] : ras[a];
-  }
+    return { a, n, flip: vol.permRAS[a] < 0, last: dims[n] - 1 };
+  });
+}
+
+function rasToNative(ras) {
+  const out = [0, 0, 0];
+  for (const { a, n, flip, last } of rasAxes()) out[n] = flip ? last - ras[a] : ras[a];
   return out;
 }
 
 function nativeToRas(nat) {
-  const vol = back();
-  const dims = nativeDims();
   const out = [0, 0, 0];
-  for (let a = 0; a < 3; a++) {
-    const n = Math.abs(vol.permRAS[a]) - 1;
-    out[a] = vol.permRAS[a] < 0 ? dims[n] - 1 - nat[n] : nat[n];
-  }
+  for (const { a, n, flip, last } of rasAxes()) out[a] = flip ? last - nat[n] : nat[n];
   return out;
 }
 

@@ -39,22 +39,7 @@ SETS = {
     "sammed2d_demo_ct": "CT",
 }
 
-PROTOCOLS = [
-    "box",
-    "box:components",
-    "box-jitter:0.1",
-    "box-jitter:0.2",
-    "point:centre",
-    "point:centre:select=oracle",
-    "points:3",
-    "iterative:5:farthest-error",
-    "iterative:5:random-error",
-    "iterative:5:farthest-error:start=box",
-    "iterative:5:random-error:start=box",
-    "uncertainty:8:0.1",
-]
-
-
+#: the table's columns: (protocol, step, heading)
 COLUMNS = [
     ("box", 0, "box"),
     ("box:components", 0, "box/comp."),
@@ -70,6 +55,10 @@ COLUMNS = [
     ("iterative:5:random-error:start=box", 5, "box+5 RE"),
     ("uncertainty:8:0.1", 0, "robust (8 boxes)"),
 ]
+
+
+#: the protocols evaluated: those of the table's columns, in column order, each once
+PROTOCOLS = list(dict.fromkeys(protocol for protocol, _, _ in COLUMNS))
 
 
 def markdown_table(summary: dict) -> str:

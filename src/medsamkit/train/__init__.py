@@ -10,6 +10,7 @@ Importing this package is light; MONAI is loaded when a network, loss or augment
 from __future__ import annotations
 
 from ..data import Split, read_split, split_cases  # the case splits live in medsamkit.data
+from ..models.adapted import MODES, load_adapted  # adapted models are loaded for inference in medsamkit.models
 from ..models.checkpoint import load_checkpoint  # the training checkpoint's reader lives in medsamkit.models
 from ..models.unet import (  # the U-Net networks and their inputs live in medsamkit.models
     ARCHS,
@@ -19,21 +20,12 @@ from ..models.unet import (  # the U-Net networks and their inputs live in medsa
     build_network,
     load_unet,
 )
+from ..predict.autoseg import AutoSegmenter, load_autosam  # AutoSAM inference lives in medsamkit.predict
 from ..predict.unet import predict_unet  # U-Net inference lives in medsamkit.predict
 from .checkpoint import read_metrics
 from .data import SegmentationDataset
 from .distributed import init_distributed, make_loader, shutdown_distributed, wrap_ddp
-from .finetune import (
-    MODES,
-    AutoSegmenter,
-    FinetuneOptions,
-    FinetuneResult,
-    default_config,
-    evaluate_finetune,
-    finetune,
-    load_adapted,
-    load_autosam,
-)
+from .finetune import FinetuneOptions, FinetuneResult, default_config, evaluate_finetune, finetune
 from .loop import FitResult, TrainConfig, fit, seed_everything
 from .unet import evaluate_unet, train_unet, unet_loss
 

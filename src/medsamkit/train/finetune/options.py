@@ -1,0 +1,171 @@
+"""What a fine-tuning run adapts and how: :class:`FinetuneOptions`, the training-loop defaults of each mode
+(:func:`default_config`, :data:`DEFAULT_LR`) and the evaluation settings that score the objects a run trains on
+(:func:`evaluation_config`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from ...errors import OptionError
+from ...models.adapted import MODES
+from ..loop import TrainConfig
+
+PROMPTS = ("box", "points", "mixed")
+OBJECTS = ("label", "component")
+AUTOSAM_INPUTS = ("image", "embedding", "both")
+SUMMARY_FILE = "finetune.json"
+#: modes whose image encoder is the base model's (their embeddings can be cached)
+FROZEN_ENCODER_MODES = ("decoder", "autosam")
+#: AdamW learning rate of each mode when none is given (zero-initialised adapters and new networks take larger steps)
+DEFAULT_LR = {"decoder": 1e-4, "full": 3e-5, "adapter": 5e-4, "lora": 5e-4, "autosam": 1e-3}
+
+
+def default_config(mode: str = "decoder", **overrides: Any) -> TrainConfig:
+    """The training-loop settings :func:`finetune` uses when given none: 20 epochs, batch size 4, AdamW with the
+    mode's :data:`DEFAULT_LR` and weight decay 0.01 (MedSAM's), cosine schedule; ``overrides`` replace any field."""
+    if mode not in MODES:
+        raise OptionError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    settings: dict[str, Any] = {"epochs": 20, "batch_size": 4, "lr": DEFAULT_LR[mode], "weight_decay": 0.01}
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+# ---------------------------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """What :func:`finetune` adapts and how (the training loop's settings are a :class:`TrainConfig`).
+
+    mode: one of :data:`MODES`. model: registry name or checkpoint path of the base; checkpoint: another weight
+    file for ``model``'s architecture. size: model input side S (default the architecture's; other sizes for
+    TinyViT models only, a multiple of 16 >= 64: the embedding grid is S/4).
+    prompt: "box", "points" or "mixed"; num_points: points per prompt; bbox_shift: maximum outward move of each
+    box side, model-input pixels. objects: "label" or "component"; label: train on one label value only;
+    min_pixels: smallest object (pixels on the original grid). slices_per_case: 3D cases give at most this many
+    slices (evenly spaced among the slices holding the target; None: all).
+    augment: train-time augmentation (see the module docstring). cache_embeddings: folder of the embedding cache
+    (decoder/autosam). encode_backend: engine that fills the cache ("auto": ONNX Runtime when installed).
+    adapter_ratio, adapter_mlp_scale: :class:`~medsamkit.models.adapters.AdapterConfig`. lora_rank, lora_alpha:
+    :class:`~medsamkit.models.lora.LoraConfig`. autosam_tokens: k sparse tokens; autosam_input: what the generator
+    reads ("image", "embedding" or "both"); autosam_train_decoder: also train the mask decoder.
+    val_fraction, test_fraction, split_seed: the split (split_seed None: the training seed).
+    """
+
+    mode: str = "decoder"
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    size: int | None = None
+    prompt: str = "box"
+    num_points: int = 1
+    bbox_shift: int = 5
+    objects: str = "label"
+    label: int | None = None
+    min_pixels: int = 1
+    slices_per_case: int | None = None
+    augment: bool = True
+    cache_embeddings: str | None = None
+    encode_backend: str = "auto"
+    adapter_ratio: float = 0.25
+    adapter_mlp_scale: float = 0.5
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    autosam_tokens: int = 2
+    autosam_input: str = "both"
+    autosam_train_decoder: bool = False
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        def check_int(name: str, minimum: int, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise OptionError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {v!r}")
+
+        if self.mode not in MODES:
+            raise OptionError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.prompt not in PROMPTS:
+            raise OptionError(f"unknown prompt {self.prompt!r}; use one of {', '.join(PROMPTS)}")
+        if self.objects not in OBJECTS:
+            raise OptionError(f"unknown objects {self.objects!r}; use 'label' or 'component'")
+        if self.autosam_input not in AUTOSAM_INPUTS:
+            raise OptionError(f"unknown autosam_input {self.autosam_input!r}; use one of {', '.join(AUTOSAM_INPUTS)}")
+        if not isinstance(self.model, str) or not self.model:
+            raise OptionError(f"model must be a registry name or a checkpoint path, got {self.model!r}")
+        check_int("num_points", 1)
+        check_int("bbox_shift", 0)
+        check_int("min_pixels", 1)
+        check_int("lora_rank", 1)
+        check_int("autosam_tokens", 0)
+        check_int("label", 1, optional=True)
+        check_int("slices_per_case", 1, optional=True)
+        check_int("split_seed", 0, optional=True)
+        check_int("size", 64, optional=True)
+        if self.size is not None and self.size % 16:
+            raise OptionError(f"size must be a multiple of 16, got {self.size}")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise OptionError(f"{name} must be in [0, 1), got {v!r}")
+        if self.cache_embeddings is not None and self.mode not in FROZEN_ENCODER_MODES:
+            raise OptionError(
+                f"cached embeddings need a frozen image encoder (modes {', '.join(FROZEN_ENCODER_MODES)}); "
+                f"mode {self.mode!r} trains the encoder"
+            )
+        if self.encode_backend not in ("auto", "onnxruntime", "torch"):
+            raise OptionError(f"unknown encode_backend {self.encode_backend!r}; use auto, onnxruntime or torch")
+        # the structure options are validated by their configs
+        self.adapter_config()
+        self.lora_config()
+
+    def adapter_config(self):  # noqa: ANN201 - AdapterConfig
+        from ...models.adapters import AdapterConfig
+
+        return AdapterConfig(ratio=self.adapter_ratio, mlp_scale=self.adapter_mlp_scale)
+
+    def lora_config(self):  # noqa: ANN201 - LoraConfig
+        from ...models.lora import LoraConfig
+
+        return LoraConfig(rank=int(self.lora_rank), alpha=self.lora_alpha)
+
+    @property
+    def cached(self) -> bool:
+        return self.cache_embeddings is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OptionError(f"unknown finetune option(s): {', '.join(unknown)}")
+        return cls(**dict(data))
+
+
+# options that may differ between a run and its resumption (they do not change what is trained)
+RESUMABLE_CHANGES = ("cache_embeddings", "encode_backend")
+
+
+def evaluation_config(options: FinetuneOptions) -> Any:  # noqa: ANN401 - EvalConfig
+    """The :class:`~medsamkit.evaluate.runner.EvalConfig` that evaluates the objects a run was trained on: the
+    run's ``objects`` (AutoSAM: the union of the target labels), ``label`` and ``min_pixels`` (also per slice),
+    and ``slices_per_case``; the ``auto`` intensity preset; no masks kept."""
+    from ...evaluate.runner import EvalConfig
+
+    return EvalConfig(
+        objects="union" if options.mode == "autosam" else options.objects,
+        label=options.label,
+        min_pixels=options.min_pixels,
+        min_slice_pixels=options.min_pixels,
+        slices_per_case=options.slices_per_case,
+        save_masks=False,
+    )

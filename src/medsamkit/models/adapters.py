@@ -22,13 +22,14 @@ re-associated "fast" decoder path, the ONNX export) call like any other module.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import OptionError
+from .configs import StoredConfig
 
 if TYPE_CHECKING:
     from .sam import SamModel
@@ -38,7 +39,7 @@ CONFIG_ATTR = "adapter_config"
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
+class AdapterConfig(StoredConfig):
     """Where and how big the adapters are.
 
     ratio: bottleneck width as a fraction of the block's feature width (hidden = max(1, round(C * ratio)));
@@ -58,13 +59,6 @@ class AdapterConfig:
             raise OptionError(f"adapter mlp_scale must be > 0, got {self.mlp_scale!r}")
         if not (self.encoder or self.decoder):
             raise OptionError("adapters need encoder=True and/or decoder=True")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
-        return cls(**{k: data[k] for k in ("ratio", "mlp_scale", "encoder", "decoder") if k in data})
 
 
 class Adapter(nn.Module):

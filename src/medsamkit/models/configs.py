@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Pipeline = Literal["litemedsam", "sam", "medsam"]
 
@@ -13,6 +17,19 @@ LABEL_NEGATIVE = 0
 LABEL_POSITIVE = 1
 LABEL_BOX_TOP_LEFT = 2
 LABEL_BOX_BOTTOM_RIGHT = 3
+
+
+class StoredConfig:
+    """For a settings dataclass kept in a file as a dict (adapter and LoRA settings): :meth:`to_dict` is
+    ``dataclasses.asdict``; :meth:`from_dict` passes the entries that name a field and ignores the others."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(cast("DataclassInstance", self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        names = [f.name for f in fields(cast("type[DataclassInstance]", cls))]
+        return cls(**{k: data[k] for k in names if k in data})
 
 
 @dataclass(frozen=True)

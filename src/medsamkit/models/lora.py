@@ -18,14 +18,15 @@ two-way transformer, every attention's ``q_proj``, ``k_proj``, ``v_proj`` and ``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import OptionError
+from .configs import StoredConfig
 
 if TYPE_CHECKING:
     from .sam import SamModel
@@ -37,7 +38,7 @@ DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(StoredConfig):
     """rank: r of the update (>= 1). alpha: scale numerator (the update is ``alpha / rank * B @ A``; None:
     alpha = rank, i.e. scale 1). encoder / decoder: adapt the image encoder's / the mask decoder's attention."""
 
@@ -62,13 +63,6 @@ class LoraConfig:
     @property
     def scaling(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank) / self.rank
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
-        return cls(**{k: data[k] for k in ("rank", "alpha", "encoder", "decoder") if k in data})
 
 
 class LoraDelta(nn.Module):

@@ -178,11 +178,11 @@ class TinyViTBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class ConvStage(nn.Module):
-    def __init__(self, dim: int, depth: int, expand: float, downsample: nn.Module | None) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(MBConv(dim, expand) for _ in range(depth))
-        self.downsample = downsample
+class _Stage(nn.Module):
+    """A stage: its ``blocks`` in order, then ``downsample`` (patch merging) when there is one."""
+
+    blocks: nn.ModuleList
+    downsample: nn.Module | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
@@ -190,18 +190,20 @@ class ConvStage(nn.Module):
         return self.downsample(x) if self.downsample is not None else x
 
 
-class TransformerStage(nn.Module):
+class ConvStage(_Stage):
+    def __init__(self, dim: int, depth: int, expand: float, downsample: nn.Module | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand) for _ in range(depth))
+        self.downsample = downsample
+
+
+class TransformerStage(_Stage):
     def __init__(
         self, dim: int, grid: int, depth: int, heads: int, window: int, mlp_ratio: float, downsample: nn.Module | None
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(TinyViTBlock(dim, grid, heads, window, mlp_ratio) for _ in range(depth))
         self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            x = blk(x)
-        return self.downsample(x) if self.downsample is not None else x
 
 
 class TinyViT(nn.Module):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, non_negative_int, positive_int, say
+from .common import CliError, SubParsers, non_negative_int, positive_int, say
 from .train import _fraction, _positive_float
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: SubParsers) -> None:
     from ..train.finetune import AUTOSAM_INPUTS, DEFAULT_LR, MODES, OBJECTS, PROMPTS
 
     lrs = ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, positive_int, say
+from .common import CliError, SubParsers, positive_int, say
 
 
 def _fraction(text: str) -> float:
@@ -29,7 +29,7 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: SubParsers) -> None:
     from ..models.unet import ARCHS
 
     train = sub.add_parser(

@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -48,6 +48,9 @@ from ..io.image import MedicalImage
 from ..models.unet import COLOURS, INPUT_KINDS, VIEWS, InputSpec  # noqa: F401 - also importable from here
 from ..predict.unet import as_priors, make_view, resize_input, resize_probability  # noqa: F401 - the network inputs
 from ..preprocess.picture import model_picture
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
 
 # ------------------------------------------------------------------------------------------------- pictures
 
@@ -154,7 +157,7 @@ def prepare_cases(
     out = []
     for case in cases:
         picture, labels = pictures[case.id] if pictures is not None and case.id in pictures else load_picture(case)
-        priors = load_case_priors(samaug_dir, case.id) if "samaug" in spec.views else None  # type: ignore[arg-type]
+        priors = load_case_priors(samaug_dir, case.id) if samaug_dir is not None and "samaug" in spec.views else None
         if priors is not None and priors[0].shape != picture.shape[:2]:
             raise OptionError(
                 f"case {case.id}: priors are {priors[0].shape[0]} x {priors[0].shape[1]}, the image is "
@@ -209,15 +212,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return {"image": image, "label": label, "case": case.id, "view": "+".join(self.spec.views)}
         image = torch.from_numpy(case.views[view].copy())
         if self._transform is not None:
-            image, label = self._augment(image, label, index)
+            image, label = self._augment(self._transform, image, label, index)
         return {"image": image, "label": label, "case": case.id, "view": view}
 
-    def _augment(self, image: torch.Tensor, label: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _augment(
+        self, transform: Compose, image: torch.Tensor, label: torch.Tensor, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        self._transform.set_random_state(seed=seed)  # type: ignore[union-attr]
+        transform.set_random_state(seed=seed)
         n_img = 3 if self.spec.kind != "raw" and self.spec.mode == "add" else self.spec.image_channels
         data = {"image": image[:n_img], "prior": image[n_img:], "label": label}
-        out = self._transform(data)  # type: ignore[misc]
+        out = transform(data)
         img = torch.cat([_plain(out["image"]).clamp_(0.0, 1.0), _plain(out["prior"])], dim=0)
         return img.float().contiguous(), _plain(out["label"]).long().contiguous()
 
@@ -228,7 +233,7 @@ def _plain(x: Any) -> torch.Tensor:
     return t
 
 
-def _train_transform():
+def _train_transform() -> Compose:
     from monai.transforms import Compose, RandFlipd, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd
 
     spatial = ["image", "prior", "label"]
@@ -303,7 +308,9 @@ def load_split_data(
         raise OptionError(f"unknown input kind {kind!r}; use one of {', '.join(INPUT_KINDS)}")
     if kind != "raw" and samaug_dir is None:
         raise OptionError(f"input {kind!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
-    settings = read_samaug_settings(samaug_dir) if kind != "raw" else {"mode": None, "alpha": 0.5}  # type: ignore[arg-type]
+    settings: dict[str, Any] = (
+        {"mode": None, "alpha": 0.5} if kind == "raw" or samaug_dir is None else read_samaug_settings(samaug_dir)
+    )
     wanted = [*split.train, *split.val]
     sub = ds.subset(wanted)
     pictures = {c.id: load_picture(c) for c in sub}

@@ -338,12 +338,13 @@ def fit(
     Raises FloatingPointError when a training loss is NaN or infinite.
     """
     config = config or TrainConfig()
-    if (train_step is None or val_step is None) and loss_fn is None:
-        raise OptionError("fit needs loss_fn unless both train_step and val_step are given")
+    if train_step is None or val_step is None:
+        if loss_fn is None:
+            raise OptionError("fit needs loss_fn unless both train_step and val_step are given")
+        train_step = train_step or _default_train_step(loss_fn)
+        val_step = val_step or _default_val_step(loss_fn, metric_fn)
     if meta is not None:
         json.dumps(meta)  # fail now, not after the first epoch
-    train_step = train_step or _default_train_step(loss_fn)  # type: ignore[arg-type]
-    val_step = val_step or _default_val_step(loss_fn, metric_fn)  # type: ignore[arg-type]
     out = Path(run_dir) if run_dir is not None else None
     if resume and out is None:
         raise OptionError("resume=True needs a run_dir")

@@ -44,7 +44,7 @@ from ..models.unet import (  # noqa: F401 - the networks and their loading, also
 from ..predict.unet import UNetSegmenter, predict_unet, predict_views, views_for  # noqa: F401 - also from here
 from .data import SPLITS, SegmentationDataset, each_case, load_case_priors, load_split_data, open_dataset, split_part
 from .distributed import dist_info, make_loader
-from .loop import FitResult, TrainConfig, fit, seed_everything
+from .loop import FitResult, TrainConfig, ValStep, fit, seed_everything
 
 # -------------------------------------------------------------------------------------------------- networks
 
@@ -56,7 +56,7 @@ def unet_loss() -> nn.Module:
     return DiceCELoss(to_onehot_y=True, softmax=True)
 
 
-def _ensemble_val_step(loss_fn: nn.Module):
+def _ensemble_val_step(loss_fn: nn.Module) -> ValStep:
     """Validation on ``{"image": (N, K, C, S, S), "label": (N, 1, S, S)}``: loss over all views, Dice of the
     mean foreground probability of the K views thresholded at 0.5."""
 
@@ -222,7 +222,7 @@ def evaluate_unet(
     cfg = EvalConfig(objects="union", label=m.spec.label, min_pixels=0)  # the target, present or not; masks kept
     rows = []
     for case in each_case(cases, progress):
-        pri = load_case_priors(samaug_dir, case.id) if use_priors else None  # type: ignore[arg-type]
+        pri = load_case_priors(samaug_dir, case.id) if use_priors and samaug_dir is not None else None
         case_views = views if views is not None else views_for(m.spec, pri is not None, ensemble)
         segmenter = UNetSegmenter(m, case_views, pri, threshold=threshold, case_id=case.id)
         res = evaluate_case(case, [AUTO], segmenter, cfg, errors="raise")

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from ...models.adapted import (
 from ...predict.autoseg import AutoSegmenter, base_predictor
 from ..data import SPLITS, each_case, open_dataset, split_part
 from .options import FROZEN_ENCODER_MODES, OBJECTS, SUMMARY_FILE, FinetuneOptions, evaluation_config
+
+if TYPE_CHECKING:
+    from ...models.autosam import AutoSam
+    from ...predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +82,14 @@ class _SharedEncoder:
     pictures the evaluation runner sets: for modes whose image encoder is the base's, so that scoring the run and
     the base model encodes each picture once. Everything else is the run's predictor."""
 
-    def __init__(self, predictor: Any, encoder: Any) -> None:
+    def __init__(self, predictor: Predictor, encoder: Predictor) -> None:
         self._predictor = predictor
         self._encoder = encoder
 
     def set_image(self, image: np.ndarray) -> None:
         self._predictor.set_embedding(*self._encoder.embed(image))
 
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - whatever the predictor holds
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._predictor, name)
 
 
@@ -97,7 +101,7 @@ def evaluate_finetune(
     zero_shot: bool = True,
     prompt: str = "box",
     backend: str = "torch",
-    base: Any = None,
+    base: str | os.PathLike[str] | nn.Module | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Score a finetune run on a split at the original resolution: one row per object (prompted modes: the
@@ -130,7 +134,7 @@ def evaluate_finetune(
     autosam = opts.mode == "autosam"
     threads = torch.get_num_threads()
     model: Any = (  # a segmenter (AutoSAM) or a prompted predictor
-        AutoSegmenter(adapted, backend=backend, threads=threads)
+        AutoSegmenter(cast("AutoSam", adapted), backend=backend, threads=threads)  # an autosam file loads an AutoSam
         if autosam
         else Predictor(adapted, backend=backend, threads=threads)
     )

@@ -9,7 +9,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +18,11 @@ from ..._files import atomic_write
 from ...errors import OptionError
 from ...models.adapted import ADAPTER_FORMAT
 from .options import FinetuneOptions
+
+if TYPE_CHECKING:
+    from ...models.autosam import PromptGenerator
+    from ...models.mask_decoder import MaskDecoder
+    from ...models.sam import SamModel
 
 # ---------------------------------------------------------------------------------------------- model building
 
@@ -31,7 +36,10 @@ class FinetuneModel(nn.Module):
     prompt: "box" or "points" (ignored in autosam mode). BatchNorm layers stay in eval mode in training.
     """
 
-    def __init__(self, sam: nn.Module, mode: str, generator: nn.Module | None = None) -> None:
+    sam: SamModel
+    generator: PromptGenerator | None
+
+    def __init__(self, sam: SamModel, mode: str, generator: PromptGenerator | None = None) -> None:
         super().__init__()
         self.sam = sam
         self.mode = mode
@@ -79,7 +87,7 @@ def prompt_tensors(batch: Mapping[str, torch.Tensor], prompt: str) -> tuple[torc
     raise OptionError(f"unknown prompt {prompt!r}; use 'box' or 'points'")
 
 
-def _decoder_trainable(decoder: nn.Module) -> list[nn.Parameter]:
+def _decoder_trainable(decoder: MaskDecoder) -> list[nn.Parameter]:
     """The mask decoder's parameters that shape output 0 (all but the IoU head and hypernetworks 1-3)."""
     skip = {id(p) for p in decoder.iou_prediction_head.parameters()}
     for mlp in list(decoder.output_hypernetworks_mlps)[1:]:
@@ -87,7 +95,7 @@ def _decoder_trainable(decoder: nn.Module) -> list[nn.Parameter]:
     return [p for p in decoder.parameters() if id(p) not in skip]
 
 
-def build_model(sam: nn.Module, options: FinetuneOptions) -> FinetuneModel:
+def build_model(sam: SamModel, options: FinetuneOptions) -> FinetuneModel:
     """Adapt ``sam`` in place for ``options.mode`` and set ``requires_grad`` so that exactly the mode's
     parameters train (see the module docstring)."""
     mode = options.mode
@@ -121,7 +129,10 @@ def build_model(sam: nn.Module, options: FinetuneOptions) -> FinetuneModel:
     return FinetuneModel(sam, mode, generator)
 
 
-def build_generator(sam: nn.Module, options: FinetuneOptions):  # noqa: ANN201 - PromptGenerator
+def build_generator(sam: SamModel, options: FinetuneOptions) -> PromptGenerator:
+    """AutoSAM's prompt generator for ``sam`` (k = ``options.autosam_tokens`` sparse tokens; it reads the picture
+    and/or the image embedding as ``options.autosam_input`` says), on ``sam``'s device and dtype, freshly initialised
+    (from torch's global RNG)."""
     from ...models.autosam import PromptGenerator, autosam_config_for
 
     cfg = autosam_config_for(
@@ -177,7 +188,9 @@ def save_adapter(
     elif options.mode == "lora":
         structure["lora"] = options.lora_config().to_dict()
     elif options.mode == "autosam":
-        structure["autosam"] = model.generator.config.to_dict()  # type: ignore[union-attr]
+        if model.generator is None:
+            raise OptionError("an autosam adapter file needs the model's prompt generator")
+        structure["autosam"] = model.generator.config.to_dict()
     doc = {
         "format": ADAPTER_FORMAT,
         "mode": options.mode,

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...errors import OptionError
 from ...models.adapted import MODES
 from ..loop import TrainConfig
+
+if TYPE_CHECKING:
+    from ...evaluate.runner import EvalConfig
+    from ...models.adapters import AdapterConfig
+    from ...models.lora import LoraConfig
 
 PROMPTS = ("box", "points", "mixed")
 OBJECTS = ("label", "component")
@@ -125,12 +130,14 @@ class FinetuneOptions:
         self.adapter_config()
         self.lora_config()
 
-    def adapter_config(self):  # noqa: ANN201 - AdapterConfig
+    def adapter_config(self) -> AdapterConfig:
+        """The adapters' structure (``adapter_ratio``, ``adapter_mlp_scale``)."""
         from ...models.adapters import AdapterConfig
 
         return AdapterConfig(ratio=self.adapter_ratio, mlp_scale=self.adapter_mlp_scale)
 
-    def lora_config(self):  # noqa: ANN201 - LoraConfig
+    def lora_config(self) -> LoraConfig:
+        """The LoRA updates' structure (``lora_rank``, ``lora_alpha``)."""
         from ...models.lora import LoraConfig
 
         return LoraConfig(rank=int(self.lora_rank), alpha=self.lora_alpha)
@@ -155,7 +162,7 @@ class FinetuneOptions:
 RESUMABLE_CHANGES = ("cache_embeddings", "encode_backend")
 
 
-def evaluation_config(options: FinetuneOptions) -> Any:  # noqa: ANN401 - EvalConfig
+def evaluation_config(options: FinetuneOptions) -> EvalConfig:
     """The :class:`~medsamkit.evaluate.runner.EvalConfig` that evaluates the objects a run was trained on: the
     run's ``objects`` (AutoSAM: the union of the target labels), ``label`` and ``min_pixels`` (also per slice),
     and ``slices_per_case``; the ``auto`` intensity preset; no masks kept."""

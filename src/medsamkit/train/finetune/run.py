@@ -60,7 +60,7 @@ class FinetuneResult:
         return self.fit.run_dir
 
 
-def _loss():
+def _loss() -> nn.Module:
     from monai.losses import DiceCELoss
 
     # Dice (squared denominators, per sample) + binary cross-entropy on the logits: MedSAM's loss

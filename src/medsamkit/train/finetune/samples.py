@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -17,6 +17,14 @@ from ...data import Case, load_case
 from ...errors import OptionError
 from ...preprocess.picture import model_picture, volume_pictures
 from .options import FinetuneOptions, evaluation_config
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
+
+    from ...evaluate.runner import EvalConfig
+    from ...predict.cache import EmbeddingCache
+    from ...predict.predictor import Predictor
+    from ...preprocess.transforms import Geometry, Transform
 
 # ------------------------------------------------------------------------------------------------------ images
 
@@ -45,7 +53,7 @@ class ImageRecord:
 
 
 def _record(
-    case_id: str, z: int, picture: np.ndarray, mask: np.ndarray, labels: Sequence[int], config: Any, min_pixels: int
+    case_id: str, z: int, picture: np.ndarray, mask: np.ndarray, labels: Sequence[int], config: EvalConfig, min_pixels: int
 ) -> ImageRecord | None:
     """The record of one picture with its objects (:func:`medsamkit.evaluate.runner.picture_objects`), or None
     when it holds none."""
@@ -94,7 +102,7 @@ def read_images(cases: Sequence[Case], options: FinetuneOptions) -> list[ImageRe
     return out
 
 
-def to_model_frame(mask: np.ndarray, geometry: Any) -> np.ndarray:
+def to_model_frame(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
     """bool ``(H, W)`` on the image grid -> uint8 ``(S, S)`` in the model-input frame: nearest neighbour onto the
     resized image (``geometry.resized``), zero elsewhere (the padding)."""
     h, w = geometry.resized
@@ -114,7 +122,7 @@ def _to_low_res(target: np.ndarray, low_res: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------- dataset
 
 
-def _augment_transform():
+def _augment_transform() -> Compose:
     from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandGaussianNoised, RandRotate90d
 
     keys = ["image", "mask"]
@@ -134,7 +142,7 @@ def _plain(x: Any) -> np.ndarray:
     return t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-class FinetuneDataset(torch.utils.data.Dataset):
+class FinetuneDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Items of one split: one per (image, object). Item: ``{"target": float32 (1, L, L), "box": float32 (4,),
     "points": float32 (k, 2), "image": float32 (3, S, S)?, "embedding": float32 (256, g, g)?}`` (coordinates in
     the model-input frame, x = column). ``image`` is present when the encoder runs in the step or the prompt
@@ -146,13 +154,13 @@ class FinetuneDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         images: Sequence[ImageRecord],
-        transform: Any,
+        transform: Transform,
         low_res: int,
         options: FinetuneOptions,
         *,
         train: bool,
         seed: int = 0,
-        cache: Any = None,
+        cache: EmbeddingCache | None = None,
         need_image: bool = True,
     ) -> None:
         self.images = list(images)
@@ -176,7 +184,7 @@ class FinetuneDataset(torch.utils.data.Dataset):
                 else:
                     self.dropped += 1
 
-    def _geometry(self, rec: ImageRecord) -> Any:
+    def _geometry(self, rec: ImageRecord) -> Geometry:
         return self.transform.prepare(rec.picture)[1]
 
     def set_epoch(self, epoch: int) -> None:
@@ -189,8 +197,8 @@ class FinetuneDataset(torch.utils.data.Dataset):
         epoch = self.epoch if self.train else 0
         return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index, 1 if self.train else 2]))
 
-    def _embedding(self, rec: ImageRecord) -> tuple[np.ndarray, Any]:
-        hit = self.cache.get(rec.key) if rec.key is not None else None
+    def _embedding(self, rec: ImageRecord) -> tuple[np.ndarray, Geometry]:
+        hit = self.cache.get(rec.key) if self.cache is not None and rec.key is not None else None
         if hit is None:
             raise RuntimeError(f"embedding of {rec.id} missing from the cache (key {rec.key})")
         return hit
@@ -203,16 +211,17 @@ class FinetuneDataset(torch.utils.data.Dataset):
         mask = rec.object_mask(j)
         picture = rec.picture
         out: dict[str, Any] = {}
-        geom = None
+        geom: Geometry | None = None
         if self.cache is not None:
             emb, geom = self._embedding(rec)
             out["embedding"] = torch.from_numpy(np.ascontiguousarray(emb[0], np.float32))
         if self._aug is not None:
-            picture, mask = self._augment(picture, mask, index)
+            picture, mask = self._augment(self._aug, picture, mask, index)
         if self.need_image:
             x, geom_x = self.transform.prepare(picture)
             out["image"] = torch.from_numpy(x[0])
             geom = geom if geom is not None else geom_x
+        assert geom is not None  # need_image holds whenever there is no cache
         target = to_model_frame(mask, geom)
         if not target.any():  # an augmented object can vanish only by rounding: use the item unaugmented
             target = to_model_frame(rec.object_mask(j), geom)
@@ -226,12 +235,12 @@ class FinetuneDataset(torch.utils.data.Dataset):
         out["points"] = torch.from_numpy(pts.astype(np.float32))
         return out
 
-    def _augment(self, picture: np.ndarray, mask: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _augment(self, aug: Compose, picture: np.ndarray, mask: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
         seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        self._aug.set_random_state(seed=seed)  # type: ignore[union-attr]
+        aug.set_random_state(seed=seed)
         img = picture[None] if picture.ndim == 2 else picture.transpose(2, 0, 1)
         data = {"image": img.astype(np.float32) / np.float32(255.0), "mask": mask[None].astype(np.uint8)}
-        res = self._aug(data)  # type: ignore[misc]
+        res = aug(data)
         img = np.clip(_plain(res["image"]), 0.0, 1.0)
         pic = np.rint(img * 255.0).astype(np.uint8)
         pic = pic[0] if pic.shape[0] == 1 else pic.transpose(1, 2, 0)
@@ -242,7 +251,7 @@ class FinetuneDataset(torch.utils.data.Dataset):
 
 
 def embed_images(
-    images: Sequence[ImageRecord], predictor: Any, *, compute: bool = True, progress: bool = False, desc: str = "encoding"
+    images: Sequence[ImageRecord], predictor: Predictor, *, compute: bool = True, progress: bool = False, desc: str = "encoding"
 ) -> None:
     """Set each record's embedding-cache key (:func:`~medsamkit.predict.cache.embedding_key` of the predictor's
     weights, pipeline and the picture) and, with ``compute``, make sure ``predictor.cache`` holds its embedding

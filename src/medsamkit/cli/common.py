@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, NoReturn, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     from ..predict import Predictor
@@ -26,6 +27,8 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise CliError(f"{self.prog}: {message} (see --help)")
 
+
+N = TypeVar("N", int, float)
 
 #: what ``Parser.add_subparsers()`` returns, given to each command's ``add_parser(sub)`` (argparse has no public name)
 SubParsers: TypeAlias = "argparse._SubParsersAction[Parser]"
@@ -51,24 +54,26 @@ def box_arg(text: str) -> list[float]:
     return _numbers(text, (4,), "X0,Y0,X1,Y1 (four numbers)")
 
 
-def _int_at_least(text: str, low: int, bound: str) -> int:
+def bounded_number(text: str, kind: Callable[[str], N], ok: Callable[[N], bool], what: str, bound: str) -> N:
+    """``kind(text)`` (``int`` or ``float``) when ``ok`` accepts it, else argparse's one-line error:
+    ``'<text>' is not <what>`` or ``'<text>' must be <bound>``."""
     try:
-        v = int(text)
+        v = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not ok(v):
         raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
     return v
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (argparse ``type=``)."""
-    return _int_at_least(text, 1, "at least 1")
+    return bounded_number(text, int, lambda v: v >= 1, "an integer", "at least 1")
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (argparse ``type=``)."""
-    return _int_at_least(text, 0, ">= 0")
+    return bounded_number(text, int, lambda v: v >= 0, "an integer", ">= 0")
 
 
 def add_model_arguments(

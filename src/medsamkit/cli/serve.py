@@ -9,7 +9,7 @@ import os
 import socket
 from pathlib import Path
 
-from .common import CliError, SubParsers, adapter_predictor, add_model_arguments, positive_int, say
+from .common import CliError, SubParsers, adapter_predictor, add_model_arguments, bounded_number, positive_int, say
 
 
 def _default_state() -> Path:
@@ -25,13 +25,7 @@ def _port(text: str) -> int:
 
 
 def _hours(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 hours")
-    return v
+    return bounded_number(text, float, lambda v: v > 0, "a number of hours", "more than 0 hours")
 
 
 def check_port(host: str, port: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -45,7 +45,7 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def check_outputs(outputs: dict[str, str | os.PathLike[str]], inputs: list[str | os.PathLike[str] | None]) -> None:
+def check_outputs(outputs: Mapping[str, str | os.PathLike[str]], inputs: Sequence[str | os.PathLike[str] | None]) -> None:
     """Refuse outputs that would replace an input or each other.
 
     outputs: what each output is called for the user (e.g. ``"-o"``, ``"--overlay"``, ``"the mask's JSON

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 def check_mask_output(
     path: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str] | None] = (),
-    extra: dict[str, str | os.PathLike[str]] | None = None,
+    extra: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> None:
     """Check, before any work, that a mask (and its JSON sidecar, and the ``extra`` outputs: label -> path) can
     be written at ``path``: a mask format (:data:`MASK_SUFFIXES`), no input overwritten (``inputs``: files or

@@ -243,7 +243,7 @@ class AutomaticMaskGenerator:
                     if covered is not None and new:
                         t0 = time.perf_counter()
                         for c in new:  # nearest-neighbour upscaling of the low-res mask is enough here
-                            low_m = (c.logits > opts.mask_threshold).astype(np.uint8)
+                            low_m = (c.low_res > opts.mask_threshold).astype(np.uint8)
                             covered |= cv2.resize(low_m, (cw, ch), interpolation=cv2.INTER_NEAREST).astype(bool)
                         t["upscale_s"] += time.perf_counter() - t0
                 done += min(opts.points_per_batch, len(plan) - a)
@@ -290,14 +290,14 @@ class AutomaticMaskGenerator:
             kept, changed = self._cleanup(kept)
             stats["cleaned"] = changed
             t["filter_s"] += time.perf_counter() - t0
-        records = []
+        records: list[dict[str, Any]] = []
         for c in kept:
             cb = boxes[c.crop]
             b = c.box
             records.append(
                 {
-                    "segmentation": rle_encode(c.mask) if opts.output_mode == "rle" else c.mask,
-                    "area": int(c.mask.sum()),
+                    "segmentation": rle_encode(c.image_mask) if opts.output_mode == "rle" else c.image_mask,
+                    "area": int(c.image_mask.sum()),
                     "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0] + 1), float(b[3] - b[1] + 1)],
                     "predicted_iou": round(float(c.iou), 5),
                     "stability_score": round(float(c.stability), 5),
@@ -404,7 +404,7 @@ class AutomaticMaskGenerator:
         if c.mask is not None:
             return c.mask
         h, w = c.geom.original
-        full = _resize_logits(c.logits[None], (h, w))[0]
+        full = _resize_logits(c.low_res[None], (h, w))[0]
         return full > self.options.mask_threshold
 
     def _cleanup(self, kept: list[_Candidate]) -> tuple[list[_Candidate], int]:
@@ -414,15 +414,15 @@ class AutomaticMaskGenerator:
         scores = []
         changed_n = 0
         for c in kept:
-            m2, c1 = remove_small_regions(c.mask, area, "holes")
+            m2, c1 = remove_small_regions(c.image_mask, area, "holes")
             m2, c2 = remove_small_regions(m2, area, "islands")
             changed = c1 or c2
             changed_n += int(changed)
             c.mask = m2
             c.box = mask_boxes(m2[None])[0]
             scores.append(0.0 if changed else c.iou)
-        kept = [c for c, s in zip(kept, scores) if c.mask.any()]
-        scores = [s for c, s in zip(kept, scores) if c.mask.any()]
+        kept = [c for c, s in zip(kept, scores) if c.image_mask.any()]
+        scores = [s for c, s in zip(kept, scores) if c.image_mask.any()]
         if not kept:
             return kept, changed_n
         keep = box_nms(np.stack([c.box for c in kept]), np.array(scores), self.options.box_nms_thresh)
@@ -458,6 +458,20 @@ class _Candidate:
     geom: Any
     mask: np.ndarray | None = None
     crop: int = 0
+
+    @property
+    def low_res(self) -> np.ndarray:
+        """The low-res logits ``(vh, vw)``, held until the candidate is upscaled (then :attr:`image_mask`)."""
+        if self.logits is None:
+            raise RuntimeError("an upscaled candidate has no low-res logits")
+        return self.logits
+
+    @property
+    def image_mask(self) -> np.ndarray:
+        """The bool ``(H, W)`` mask on the image, set when the candidate is upscaled (logits dropped)."""
+        if self.mask is None:
+            raise RuntimeError("the candidate is not upscaled yet")
+        return self.mask
 
 
 def _inside_prompt_box(mask_box: np.ndarray, prompt_box: np.ndarray, valid_hw: tuple[int, int], margin: float) -> np.ndarray:

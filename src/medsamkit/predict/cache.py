@@ -13,8 +13,12 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..preprocess.transforms import Geometry
 
 
 def embedding_key(weights_id: str, pipeline: str, input_size: int, image_u8: np.ndarray) -> str:
@@ -22,7 +26,7 @@ def embedding_key(weights_id: str, pipeline: str, input_size: int, image_u8: np.
     a = np.ascontiguousarray(image_u8)
     h = hashlib.sha256()
     h.update(f"{weights_id}|{pipeline}|{input_size}|{a.dtype}|{a.shape}|".encode())
-    h.update(memoryview(a).cast("B"))
+    h.update(a.data.cast("B"))  # the array's bytes in C order (a.data: its memoryview)
     return h.hexdigest()
 
 
@@ -32,7 +36,7 @@ class EmbeddingCache:
     def __init__(self, max_bytes: int = 1 << 30, disk_dir: str | os.PathLike[str] | None = None) -> None:
         self.max_bytes = max_bytes
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
-        self._items: OrderedDict[str, tuple[np.ndarray, object]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[np.ndarray, Geometry]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = self.disk_hits = 0
@@ -44,7 +48,7 @@ class EmbeddingCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def get(self, key: str) -> tuple[np.ndarray, object] | None:
+    def get(self, key: str) -> tuple[np.ndarray, Geometry] | None:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -66,7 +70,7 @@ class EmbeddingCache:
         self.misses += 1
         return None
 
-    def put(self, key: str, embedding: np.ndarray, geometry: object) -> None:
+    def put(self, key: str, embedding: np.ndarray, geometry: Geometry) -> None:
         self._put_memory(key, embedding, geometry)
         if self.disk_dir is not None:
             self.disk_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,7 @@ class EmbeddingCache:
                 np.savez(tmp, embedding=embedding, geometry=_geometry_array(geometry))
                 os.replace(tmp, f)
 
-    def _put_memory(self, key: str, embedding: np.ndarray, geometry: object) -> None:
+    def _put_memory(self, key: str, embedding: np.ndarray, geometry: Geometry) -> None:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -93,11 +97,13 @@ class EmbeddingCache:
             self._bytes = 0
 
 
-def _geometry_array(g) -> np.ndarray:
+def _geometry_array(g: Geometry) -> np.ndarray:
+    """float64 ``(7,)``: original (H, W), resized (h, w), input size, scale (sx, sy), as a disk entry stores it."""
     return np.array([*g.original, *g.resized, g.input_size, *g.scale], dtype=np.float64)
 
 
-def _geometry_from(a: np.ndarray):
+def _geometry_from(a: np.ndarray) -> Geometry:
+    """The :class:`Geometry` of :func:`_geometry_array`'s array."""
     from ..preprocess.transforms import Geometry
 
     v = a.tolist()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from ..errors import FileInputError, OptionError, OutputError
 from ..io.formats import split_suffix
 from .automatic import AutomaticMaskGenerator, EverythingOptions
 from .predictor import Predictor, check_prompts
+
+if TYPE_CHECKING:
+    from ..io.image import MedicalImage
 
 AXIS_FRAME = {"z": "x,y", "y": "x,z", "x": "y,z"}
 
@@ -185,7 +188,15 @@ def _names(request: SegmentRequest, n: int) -> dict[int, str]:
     return {i + 1: name for i, name in enumerate(request.names)}
 
 
-def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_name, timings, truth) -> dict[str, Any]:  # noqa: ANN001
+def _segment_2d(
+    predictor: Predictor | Callable[[], Predictor],
+    request: SegmentRequest,
+    image: MedicalImage,
+    output: Path,
+    model_name: str | None,
+    timings: dict[str, float],
+    truth: np.ndarray | None,
+) -> dict[str, Any]:
     from ..io import write_mask
     from ..preprocess.picture import model_picture
     from .segment import segment_2d
@@ -247,15 +258,23 @@ def _segment_2d(predictor, request: SegmentRequest, image, output: Path, model_n
     return record
 
 
-def _to_voxel(image, values: list[float], world: bool) -> list[float]:  # noqa: ANN001
+def _to_voxel(image: MedicalImage, values: list[float], world: bool) -> list[float]:
     if not world:
         return values
     return [float(v) for v in np.rint(image.world_to_voxel(np.asarray(values, float)))]
 
 
 def _segment_volume(
-    predictor, request: SegmentRequest, image, output: Path, model_name, progress, timings, t0, truth
-) -> dict[str, Any]:  # noqa: ANN001
+    predictor: Predictor | Callable[[], Predictor],
+    request: SegmentRequest,
+    image: MedicalImage,
+    output: Path,
+    model_name: str | None,
+    progress: bool,
+    timings: dict[str, float],
+    t0: float,
+    truth: np.ndarray | None,
+) -> dict[str, Any]:
     from ..io import write_mask
     from .volume import ObjectPrompt, check_volume_prompts, segment_volume
 
@@ -324,7 +343,15 @@ def _segment_volume(
     return record
 
 
-def _record(request: SegmentRequest, image, output: Path, kind: str, model, intensity, objects) -> dict[str, Any]:  # noqa: ANN001
+def _record(
+    request: SegmentRequest,
+    image: MedicalImage,
+    output: Path,
+    kind: str,
+    model: dict[str, Any],
+    intensity: dict[str, Any] | None,
+    objects: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
         "image": str(request.image),
         "output": str(output),
@@ -339,7 +366,7 @@ def _record(request: SegmentRequest, image, output: Path, kind: str, model, inte
     }
 
 
-def _read_truth(gt_path: Path, image) -> np.ndarray:  # noqa: ANN001
+def _read_truth(gt_path: Path, image: MedicalImage) -> np.ndarray:
     """The ground-truth label mask on ``image``'s grid (its spatial shape; the first channel of an RGB mask),
     read and checked before the model loads, like the volume's grid for surface metrics in mm."""
     from ..io import read_image
@@ -357,7 +384,7 @@ def _read_truth(gt_path: Path, image) -> np.ndarray:  # noqa: ANN001
     return gt
 
 
-def _metrics(labels: np.ndarray, gt: np.ndarray, image, n_objects: int) -> dict[str, Any]:  # noqa: ANN001
+def _metrics(labels: np.ndarray, gt: np.ndarray, image: MedicalImage, n_objects: int) -> dict[str, Any]:
     """Per object i: Dice, IoU, NSD (2 mm, or 2 px without spacing), HD95, ASSD against ground-truth label i
     (``gt``: from :func:`_read_truth`)."""
     from ..metrics import compute_metrics

@@ -32,8 +32,8 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
     """Inclusive boxes ``(N, 4)`` float64 of boolean masks ``(N, H, W)``; (0, 0, 0, 0) for an empty mask."""
     m = np.asarray(masks, dtype=bool)
     n = m.shape[0]
-    rows = m.any(axis=2)
-    cols = m.any(axis=1)
+    rows: np.ndarray = np.any(m, axis=2)  # (N, H): rows holding a pixel
+    cols: np.ndarray = np.any(m, axis=1)  # (N, W)
     out = np.zeros((n, 4), dtype=np.float64)
     has = rows.any(axis=1)
     h, w = m.shape[1:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -103,12 +103,12 @@ class Predictor:
             key = embedding_key(self.engine.weights_id, self.transform.name, self.transform.input_size, rgb)
             hit = self.cache.get(key)
             if hit is not None:
-                return hit  # type: ignore[return-value]
+                return hit
             image = rgb
         x, geom = self.preprocess(image)
         emb = self.engine.encode(x)
-        if key is not None:
-            self.cache.put(key, emb, geom)  # type: ignore[union-attr]
+        if key is not None and self.cache is not None:
+            self.cache.put(key, emb, geom)
         return emb, geom
 
     def set_image(self, image: np.ndarray) -> None:
@@ -215,10 +215,11 @@ class Predictor:
     def _prompt_points(self, point_coords: Any, point_labels: Any, boxes: Any, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
         """Validate prompts and turn them into labelled points ``(N, T, 2)``/``(N, T)`` in model-input space."""
         box_arr, pts, plab = check_prompts(geom.original, point_coords, point_labels, boxes)
-        n = box_arr.shape[0] if box_arr is not None else pts.shape[0]  # type: ignore[union-attr]
+        # check_prompts refuses a request with neither boxes nor points; plab comes with pts
+        n = box_arr.shape[0] if box_arr is not None else cast(np.ndarray, pts).shape[0]
         parts_c: list[np.ndarray] = []
         parts_l: list[np.ndarray] = []
-        if pts is not None:
+        if pts is not None and plab is not None:
             if pts.shape[0] not in (1, n):
                 raise PromptError(f"{pts.shape[0]} point sets for {n} boxes: give (P, 2) or ({n}, P, 2)")
             parts_c.append(np.broadcast_to(self.transform.points_to_input(pts, geom), (n, pts.shape[1], 2)))

@@ -49,7 +49,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -87,7 +87,8 @@ class Priors:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.seg.shape)  # type: ignore[return-value]
+        """``(H, W)`` of the image (and of both maps)."""
+        return tuple(self.seg.shape)
 
 
 def _check_prior(prior: Any, name: str, hw: tuple[int, int]) -> np.ndarray:
@@ -259,7 +260,8 @@ def make_view(picture: np.ndarray, spec: InputSpec, view: str, priors: tuple[np.
         if priors is None:
             raise OptionError("the augmented (SAMAug) input needs the image's priors")
         seg, bnd = priors
-        out = augment_image(pic, seg, bnd, mode=spec.mode, alpha=spec.alpha)  # type: ignore[arg-type]
+        mode = cast(str, spec.mode)  # kind "samaug"/"both": InputSpec holds "add" or "stack"
+        out = augment_image(pic, seg, bnd, mode=mode, alpha=spec.alpha)
         img = out.astype(np.float32) / np.float32(255.0) if out.dtype == np.uint8 else out.astype(np.float32)
     else:
         raise OptionError(f"unknown view {view!r}; use 'raw' or 'samaug'")

@@ -9,9 +9,9 @@ Voxel coordinates are ``(x, y, z)`` = the NIfTI/ITK voxel index ``(i, j, k)``; t
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -120,7 +120,7 @@ class _Plan:
     bounded: bool = False  # the prompt gives the object's extent along the axis (3D box)
 
 
-def check_volume_prompts(prompts: Sequence[ObjectPrompt], shape_zyx: tuple[int, int, int], axis: str = "z") -> None:
+def check_volume_prompts(prompts: Sequence[ObjectPrompt], shape_zyx: Sequence[int], axis: str = "z") -> None:
     """Raise :class:`~medsamkit.errors.PromptError` unless :func:`segment_volume` can run ``prompts`` on a
     ``(Z, Y, X)`` volume of ``shape_zyx`` sliced along ``axis``: at least one object, distinct labels in
     1..255, each prompt complete and inside the volume (voxel coordinates, x/y/z = column/row/slice). For
@@ -149,17 +149,17 @@ def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, ...]) -> _Plan:
     if sum(given) != 1:
         raise PromptError(f"object {p.label}: give exactly one of box (+ slice), box3d or points")
     if p.box3d is not None:
-        b = [float(v) for v in p.box3d]
-        if len(b) != 6:
+        b3 = [float(v) for v in p.box3d]
+        if len(b3) != 6:
             raise PromptError(f"object {p.label}: box3d needs 6 numbers x0,y0,z0,x1,y1,z1")
-        lo3 = dict(zip("xyz", b[:3]))
-        hi3 = dict(zip("xyz", b[3:]))
+        lo3 = dict(zip("xyz", b3[:3]))
+        hi3 = dict(zip("xyz", b3[3:]))
         for a in "xyz":
             if lo3[a] > hi3[a]:
                 raise PromptError(f"object {p.label}: box3d {a}0 > {a}1")
             if lo3[a] < 0 or hi3[a] > extent[a] - 1:
                 raise PromptError(
-                    f"object {p.label}: box3d {_fmt(b)} lies outside the {x}x{y}x{z} volume ({a} must be in 0..{extent[a] - 1})"
+                    f"object {p.label}: box3d {_fmt(b3)} lies outside the {x}x{y}x{z} volume ({a} must be in 0..{extent[a] - 1})"
                 )
         c, r = frame
         box = np.array([lo3[c], lo3[r], hi3[c], hi3[r]])
@@ -200,7 +200,7 @@ def _plan(p: ObjectPrompt, axis: str, shape_zyx: tuple[int, ...]) -> _Plan:
     return _Plan(int(round(xyz[axis][0])), None, np.stack([xyz[c], xyz[r], pts[:, 3]], 1), 0, n_slices - 1)
 
 
-def _fmt(values) -> str:  # noqa: ANN001
+def _fmt(values: Iterable[float]) -> str:
     """Numbers as the user typed them: ``(40, 12.5, 80)``, never numpy reprs."""
     return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
 
@@ -280,7 +280,7 @@ def segment_volume(
     if method not in ("medsamkit", "official"):
         raise OptionError(f"unknown method {method!r}")
     img = image if isinstance(image, MedicalImage) else None
-    arr = np.asarray(image.array if img is not None else image)
+    arr = np.asarray(img.array if img is not None else image)
     if arr.ndim != 3:
         raise InputError(f"segment_volume needs a 3D volume (Z, Y, X); got shape {arr.shape}")
     plans = _plans(prompts, axis, arr.shape)
@@ -307,6 +307,8 @@ def segment_volume(
 
     out = np.zeros(shape, np.uint8)
     records = []
+    obj: np.ndarray  # bool (n, h, w) in the sliced frame
+    ious: list[float]
     bar = _progress(sum(pl.hi - pl.lo + 1 for pl in plans), progress)
     for p, pl in zip(prompts, plans):
         empty = _nothing_to_segment(pl, pictures[pl.key])
@@ -401,9 +403,9 @@ def _propagate(
     else:
         key_mask, key_low, key_iou, key_conf = _box_predict(
             predictor,
-            pl.box,
+            cast(np.ndarray, pl.box),  # a plan without points has a box (_plans)
             opts.output_selection,
-            fit_threshold=opts.fit_threshold,  # type: ignore[arg-type]
+            fit_threshold=opts.fit_threshold,
         )
     obj[pl.key] = key_mask
     ious.append(key_iou)
@@ -462,7 +464,8 @@ def _official(
     mid = int((pl.hi - pl.lo) / 2 + pl.lo)
     set_slice(mid)
     geom = predictor.geometry  # every slice of the volume has the same size, hence the same geometry
-    box0 = predictor.transform.boxes_to_input(pl.box[None], geom)[0]  # type: ignore[index]
+    box3d = cast(np.ndarray, pl.box)  # method "official": every plan comes from a 3D box (segment_volume checks)
+    box0 = predictor.transform.boxes_to_input(box3d[None], geom)[0]
     nh, nw = geom.resized
 
     def box_from(prev: np.ndarray) -> np.ndarray:

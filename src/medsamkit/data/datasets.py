@@ -196,11 +196,11 @@ def load_dataset(
     meta = _read_json(root / "dataset.json") if (root / "dataset.json").is_file() else None
     if layout == "auto":
         layout = _detect_layout(root, meta)
-    if layout in ("nnunet", "msd") and meta is None:
-        raise InputError(f"{root}: the {layout} layout needs a dataset.json in the dataset folder")
     name = name or root.name
     if layout == "folder":
         ds = _load_folder(root, name, meta, channel)
+    elif meta is None:
+        raise InputError(f"{root}: the {layout} layout needs a dataset.json in the dataset folder")
     elif layout == "nnunet":
         ds = _load_nnunet(root, name, meta, channel)
     else:

@@ -113,7 +113,7 @@ def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tole
         return (ds != "all", ds, order.get(proto, 99), step)
 
     for (ds, proto, step), rs in sorted(groups.items(), key=group_order):
-        entry = {
+        entry: dict[str, Any] = {
             "dataset": ds,
             "protocol": proto,
             "step": step,
@@ -166,7 +166,7 @@ def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tole
             continue
         score = [_f(r.get("uncertainty")) for r in rs]
         own = [_f(r["dice"]) < FAILURE_DICE for r in rs]
-        entry: dict[str, Any] = {
+        entry = {
             "protocol": proto,
             "n": len(rs),
             "failures": int(sum(own)),

@@ -87,7 +87,7 @@ def _decode(
         k = np.array([int(np.argmax([_iou(m, truth[i]) for m in res.masks[i]])) for i in range(n)])
     rows = np.arange(n)
     masks = res.masks[rows, k]
-    return masks.any(axis=0), float(res.scores[rows, k].mean()), res.low_res_logits[0, k[0]]
+    return np.any(masks, axis=0), float(res.scores[rows, k].mean()), res.low_res_logits[0, k[0]]
 
 
 def _points_json(points: np.ndarray, labels: np.ndarray) -> list[list[float]]:

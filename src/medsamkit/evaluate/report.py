@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,10 +20,13 @@ from .._files import atomic_write_text
 from .analysis import CORRELATED, FAILURE_DICE
 from .store import case_paths, load_masks
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 WORST_CASES = 8
 
 
-def _figure_png(fig) -> str:  # noqa: ANN001
+def _figure_png(fig: Figure) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

@@ -43,11 +43,11 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
-from .._files import atomic_write
+from .._files import atomic_write, atomic_write_text
 from .._runs import check_same_settings, json_default, model_info, versions
 from ..data import Case, Dataset, load_case, load_dataset
 from ..errors import InputError, OptionError
@@ -59,6 +59,11 @@ from ..preprocess.picture import model_picture, volume_pictures
 from ..prompts import PromptProtocol, component_masks, parse_protocol
 from .prompting import StepResult, run_protocol_2d, run_protocol_3d
 from .store import case_paths, save_masks, write_csv
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
+
+    from ..io.image import MedicalImage
 
 MODES = ("slices", "volume")
 OBJECTS = ("label", "component", "union")
@@ -192,7 +197,7 @@ def parse_eval_protocol(text: str | EvalProtocol) -> EvalProtocol:
     return parse_protocol(text)
 
 
-def is_segmenter(model: Any) -> bool:
+def is_segmenter(model: Predictor | Segmenter) -> TypeIs[Segmenter]:
     """True for a :class:`Segmenter` (it segments; it takes no image to prompt), False for a predictor."""
     return hasattr(model, "segment") and not hasattr(model, "set_image")
 
@@ -334,7 +339,7 @@ def evaluate_case(
                     "(extract 2D slices first)"
                 )
             if cfg.mode == "volume":
-                if segmenter:
+                if is_segmenter(predictor):
                     raise OptionError("a segmenter is evaluated slice by slice (mode 'slices'), not in volume mode")
                 _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result, raising)
             else:
@@ -431,13 +436,14 @@ def _picture_objects(
     objects = picture_objects(mask, labels, cfg, min_pixels)
     if not objects:
         return
-    segmenter = is_segmenter(predictor)
+    prompted: Predictor | None = None  # None: a segmenter, which segments the picture once here
     t0 = time.perf_counter()
-    if segmenter:
-        segmented = _segment(predictor, picture)  # type: ignore[arg-type]
+    if is_segmenter(predictor):
+        segmented = _segment(predictor, picture)
         encode_s = None
     else:
-        predictor.set_image(picture)  # type: ignore[union-attr]
+        prompted = predictor
+        prompted.set_image(picture)
         encode_s = time.perf_counter() - t0
     segment_s = time.perf_counter() - t0
     grey = _grey(picture)
@@ -451,11 +457,12 @@ def _picture_objects(
         for proto in protos:
             seed = object_seed(cfg.seed, case.dataset, case.id, label, slice_index, proto.name, part)
             t0 = time.perf_counter()
-            if segmenter:
+            if prompted is None:
                 steps, elapsed = [StepResult(0, segmented, None, {})], segment_s
             else:
                 try:
-                    steps = run_protocol_2d(predictor, gt, proto, np.random.default_rng(seed))  # type: ignore[arg-type]
+                    prompt = cast(PromptProtocol, proto)  # a predictor runs prompt protocols only (_check_protocols)
+                    steps = run_protocol_2d(prompted, gt, prompt, np.random.default_rng(seed))
                 except Exception as e:  # noqa: BLE001 - e.g. a prompt that cannot be simulated for this object
                     if raising:
                         raise
@@ -508,7 +515,20 @@ def evaluated_slices(mask: np.ndarray, labels: Sequence[int], cfg: EvalConfig) -
     return zs
 
 
-def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, result, raising) -> None:  # noqa: ANN001
+def _case_slices(
+    case: Case,
+    image: MedicalImage,
+    mask: np.ndarray,
+    labels: Sequence[int],
+    modality: str | None,
+    protos: Sequence[EvalProtocol],
+    predictor: Predictor | Segmenter,
+    cfg: EvalConfig,
+    result: CaseResult,
+    raising: bool,
+) -> None:
+    """The objects of a volume ``(Z, Y, X)`` slice by slice (:func:`evaluated_slices`), each slice's picture as
+    :func:`_picture_objects` takes it; which slices were skipped and why goes to ``result.notes``."""
     pictures = volume_pictures(image, cfg.preset, cfg.window, modality)
     spacing = _spacing_array_order(image, 2)
     least = max(cfg.min_slice_pixels, cfg.min_pixels)
@@ -534,7 +554,20 @@ def _case_slices(case, image, mask, labels, modality, protos, predictor, cfg, re
         )
 
 
-def _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, result, raising) -> None:  # noqa: ANN001
+def _case_volume(
+    case: Case,
+    image: MedicalImage,
+    mask: np.ndarray,
+    labels: Sequence[int],
+    modality: str | None,
+    protos: Sequence[EvalProtocol],
+    predictor: Predictor,
+    cfg: EvalConfig,
+    result: CaseResult,
+    raising: bool,
+) -> None:
+    """The objects of a volume ``(Z, Y, X)`` in 3D (:func:`~medsamkit.evaluate.prompting.run_protocol_3d`), the
+    slice embeddings shared by all objects and protocols."""
     from ..predict.cache import EmbeddingCache
 
     spacing = _spacing_array_order(image, 3)
@@ -552,8 +585,9 @@ def _case_volume(case, image, mask, labels, modality, protos, predictor, cfg, re
                 seed = object_seed(cfg.seed, case.dataset, case.id, label, -1, proto.name)
                 t0 = time.perf_counter()
                 try:
+                    prompt = cast(PromptProtocol, proto)  # a predictor runs prompt protocols only (_check_protocols)
                     steps = run_protocol_3d(
-                        predictor, image, gt, proto, np.random.default_rng(seed), preset=cfg.preset, window=cfg.window
+                        predictor, image, gt, prompt, np.random.default_rng(seed), preset=cfg.preset, window=cfg.window
                     )
                 except Exception as e:  # noqa: BLE001
                     if raising:
@@ -599,7 +633,7 @@ def _run_settings(cfg: EvalConfig, predictor: Predictor | Segmenter, model_name:
             "pipeline": None,
         }
     else:
-        info = model_info(predictor, model_name)  # type: ignore[arg-type]
+        info = model_info(predictor, model_name)
     defaults = EvalConfig()
     config = {
         k: v for k, v in asdict(cfg).items() if k != "save_masks" and not (k in _OPTIONAL_SETTINGS and v == getattr(defaults, k))
@@ -673,7 +707,7 @@ def run_evaluation(
         "versions": versions(),
         "started": previous.get("started") if previous else time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    atomic_write(run_file, lambda p: p.write_text(json.dumps(record, indent=2, default=json_default)))
+    atomic_write_text(run_file, json.dumps(record, indent=2, default=json_default))  # ASCII (ensure_ascii)
 
     cases = [c for d in sets for c in d]
     per_case: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [([], {})] * len(cases)  # rows, notes
@@ -727,7 +761,7 @@ def run_evaluation(
             {"case": case.id, "dataset": case.dataset, "inputs": _case_inputs(case), "rows": clean_rows, "notes": case_notes},
             default=json_default,
         )
-        atomic_write(case_file, lambda p, text=payload: p.write_text(text))
+        atomic_write_text(case_file, payload)
         per_case[i] = ([r for r in clean_rows if r["protocol"] in names or r["protocol"] == "*"], case_notes)
         computed += 1
         if bar is not None:
@@ -757,7 +791,7 @@ def run_evaluation(
         "wall_s": round(wall, 2),
         "settings": settings,
     }
-    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=json_default)))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=json_default))
     if report:
         write_report(out, rows, summary, {(c.dataset, c.id): c for c in cases})
     return EvaluationRun(out, rows, summary, computed, skipped)

@@ -56,7 +56,7 @@ def save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:
-            np.savez_compressed(f, **old)
+            np.savez_compressed(f, allow_pickle=False, **old)  # bit-packed masks and shapes: no objects
 
     atomic_write(path, write)
 

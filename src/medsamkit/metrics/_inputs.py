@@ -33,7 +33,11 @@ def as_spacing(spacing: SpacingLike, ndim: int) -> tuple[float, ...]:
     Every entry must be finite and > 0."""
     if spacing is None:
         return (1.0,) * ndim
-    s = np.asarray(spacing, dtype=np.float64) if not is_torch(spacing) else spacing.detach().cpu().double().numpy()
+    if is_torch(spacing):
+        tensor: Any = spacing  # a torch tensor (torch is not imported here, so it has no static type)
+        s = tensor.detach().cpu().double().numpy()
+    else:
+        s = np.asarray(spacing, dtype=np.float64)
     if s.ndim == 0:
         s = np.full(ndim, float(s))
     elif s.ndim != 1 or s.shape[0] != ndim:

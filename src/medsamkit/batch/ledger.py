@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .._runs import check_same_settings
 from ..errors import OutputError
@@ -122,7 +122,7 @@ class Ledger:
             cur = self.db.execute(
                 "INSERT INTO runs (started, status, info) VALUES (?, 'running', ?)", (time.time(), json.dumps(info or {}))
             )
-        return int(cur.lastrowid)
+        return cast(int, cur.lastrowid)  # an INSERT always sets it
 
     def end_run(self, run: int, status: str, summary: dict[str, Any] | None = None) -> None:
         """Close a run (``finished``, ``interrupted``, ``failed``): ``running`` items go back to ``pending``."""
@@ -254,7 +254,8 @@ class Ledger:
 
     def items(self, state: str | None = None, run: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Items (all columns) in manifest order, optionally of one state and/or one run's manifest."""
-        conds, args = [], []
+        conds: list[str] = []
+        args: list[str | int] = []
         if state is not None:
             conds.append("state = ?")
             args.append(state)

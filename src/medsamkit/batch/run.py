@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .._files import atomic_write_text
 from ..errors import FileInputError, InputError, OptionError, OutputError
@@ -161,7 +161,7 @@ def run_batch(
     return summary
 
 
-def _lock(out: Path):  # noqa: ANN202
+def _lock(out: Path) -> TextIO:
     """An exclusive lock on ``OUT_DIR/.batch.lock`` for the run: two drivers never share a ledger."""
     f = open(out / ".batch.lock", "a+")  # noqa: SIM115 - held open for the run, closed by run_batch
     try:
@@ -256,8 +256,8 @@ def _process(
     active: set[str] = set()
     claimed: dict[str, tuple[str, int]] = {}  # output path -> (item id, line) in this run
     starts: dict[str, int] = {}
-    seconds = [0, 0.0]  # items computed on workers, their seconds
-    loads = [0, 0.0]
+    computed, computed_s = 0, 0.0  # items computed on workers, their seconds
+    loads, loads_s = 0, 0.0  # predictor loads on workers, their seconds
 
     def drain() -> None:
         while True:
@@ -311,11 +311,11 @@ def _process(
             n = starts.pop(item_id, 0)
             if fut.status == "finished":
                 res = fut.result()
-                seconds[0] += 1
-                seconds[1] += float(res.get("seconds") or 0.0)
+                computed += 1
+                computed_s += float(res.get("seconds") or 0.0)
                 if res.get("model_load_s"):
-                    loads[0] += 1
-                    loads[1] += float(res["model_load_s"])
+                    loads += 1
+                    loads_s += float(res["model_load_s"])
                 if res["ok"]:
                     output = res["record"].get("output") if isinstance(res["record"], dict) else None
                     output = str(Path(output).resolve()) if output else output
@@ -344,6 +344,6 @@ def _process(
     finished = summary.done + summary.failed
     if finished and summary.processing_s > 0:
         summary.items_per_s = round(finished / summary.processing_s, 4)
-    if seconds[0]:
-        summary.item_s_mean = round(seconds[1] / seconds[0], 4)
-    summary.model_loads, summary.model_load_s = loads[0], round(loads[1], 3)
+    if computed:
+        summary.item_s_mean = round(computed_s / computed, 4)
+    summary.model_loads, summary.model_load_s = loads, round(loads_s, 3)

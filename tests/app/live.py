@@ -7,10 +7,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 @contextmanager
-def served(app, log_level: str = "warning") -> Iterator[int]:  # noqa: ANN001 - a FastAPI app
+def served(app: FastAPI, log_level: str = "warning") -> Iterator[int]:
     """Serve ``app`` on 127.0.0.1 and yield its port; stopped (and the socket closed) on exit."""
     import uvicorn
 

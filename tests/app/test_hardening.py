@@ -24,6 +24,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def open_path(client, sid: str, path: str, **options):
 def no_reading(monkeypatch) -> None:
     """Fail the test if the server decodes any image (refusals must come from headers)."""
 
-    def refuse(*a, **k):  # noqa: ANN002, ANN003
+    def refuse(*a: object, **k: object) -> NoReturn:
         raise AssertionError("read_image was called for a volume that should have been refused from its header")
 
     monkeypatch.setattr(app_sessions, "read_image", refuse)
@@ -109,7 +110,7 @@ def test_a_library_bug_is_a_500_not_the_users_mistake(predictor, data_dir, tmp_p
     sid = new_session(client)
     assert open_path(client, sid, "cases/ellipsoid.nii.gz").status_code == 200
 
-    def bug(*a, **k):  # noqa: ANN002, ANN003
+    def bug(*a: object, **k: object) -> NoReturn:
         raise ValueError("operands could not be broadcast /srv/secret/x.npy")
 
     monkeypatch.setattr(segment_routes, "segment_2d", bug)
@@ -118,7 +119,7 @@ def test_a_library_bug_is_a_500_not_the_users_mistake(predictor, data_dir, tmp_p
     assert r.status_code == 500 and r.json() == {"error": "internal server error"}
     assert any(rec.exc_info and "broadcast" in str(rec.exc_info[1]) for rec in caplog.records)
 
-    def user_error(*a, **k):  # noqa: ANN002, ANN003
+    def user_error(*a: object, **k: object) -> NoReturn:
         raise PromptError("the box is too small for this model")
 
     monkeypatch.setattr(segment_routes, "segment_2d", user_error)

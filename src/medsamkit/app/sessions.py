@@ -73,7 +73,7 @@ def slice_region(axis: str, k: int, shape: tuple[int, ...]) -> tuple[slice, slic
     """The one-slice 3D region of slice ``k`` along ``axis`` (explicit bounds, for the undo history)."""
     r = [slice(0, n) for n in shape[:3]]
     r[_AXIS_POS[axis]] = slice(k, k + 1)
-    return tuple(r)  # type: ignore[return-value]
+    return tuple(r)  # type: ignore[return-value]  # one slice per axis of the (Z, Y, X) shape: three
 
 
 def private(path: Path) -> None:
@@ -149,7 +149,7 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.labels.shape  # type: ignore[return-value]
+        return self.labels.shape
 
     @property
     def nbytes(self) -> int:
@@ -438,7 +438,7 @@ class SessionStore:
             except AppError as e:
                 raise AppError(409, f"this session's volume {src['path']!r} is not available: {e.message}") from None
         image, display, preset = self.load(path, s.meta.get("options", {}), src.get("name"))
-        labels = self._load_labels(s, display.shape[:3])  # type: ignore[arg-type]
+        labels = self._load_labels(s, display.shape[:3])
         s.volume = make_volume(image, display, labels, preset)
         self._evict(keep=s)
         return s.volume
@@ -532,7 +532,7 @@ class SessionStore:
         idx = [np.flatnonzero(diff.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
         del diff
         sub = tuple(slice(int(r.start + ix[0]), int(r.start + ix[-1] + 1)) for r, ix in zip(region, idx))
-        change = Change.of(kind, sub, vol.labels[sub])  # type: ignore[arg-type]
+        change = Change.of(kind, sub, vol.labels[sub])  # type: ignore[arg-type]  # sub: one slice per axis of region, three
         vol.labels[region] = new
         if change.nbytes <= self.limits.undo_bytes:
             s.undo.append(change)
@@ -597,7 +597,7 @@ class SessionStore:
         new[obj] = label
         new[keep] = cur[keep]
         del obj
-        self.commit(s, region, new, "propagate")  # type: ignore[arg-type]
+        self.commit(s, region, new, "propagate")  # type: ignore[arg-type]  # region: one slice per axis of vol.shape, three
         del new
         inside = vol.labels[region] == label
         covered = np.flatnonzero(inside.any(axis=tuple(i for i in range(3) if i != a))) + first

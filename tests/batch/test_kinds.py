@@ -47,7 +47,7 @@ def test_batch_everything_matches_the_single_process_function(dask_engine, predi
 
 def test_batch_samaug_prepares_dataset_cases(dask_engine, tmp_path, capsys) -> None:
     from medsamkit.data import load_dataset
-    from medsamkit.samaug.priors import load_priors
+    from medsamkit.predict.unet import load_priors
 
     ds = load_dataset(NUCLEI).subset(limit=2)
     out = tmp_path / "aug"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ from PIL import Image
 
 from medsamkit.data import Case, load_case, load_dataset
 from medsamkit.io import read_image_2d
-from medsamkit.predict.automatic import AutomaticMaskGenerator, default_options
+from medsamkit.predict.automatic import AutomaticMaskGenerator, EverythingResult, default_options
+from medsamkit.predict.unet import augment_image, load_priors
 from medsamkit.samaug.prepare import case_paths, prepare_case, prepare_dataset, priors_for_image
-from medsamkit.samaug.priors import augment_image, boundary_prior, load_priors, segmentation_prior
+from medsamkit.samaug.priors import boundary_prior, segmentation_prior
 from tests.conftest import DATA
 
 KVASIR = DATA / "kvasir_seg"
@@ -31,7 +33,7 @@ class CountingGenerator(AutomaticMaskGenerator):
         super().__init__(*args, **kwargs)
         self.calls = 0
 
-    def generate(self, image, progress=None):  # noqa: ANN001, ANN201
+    def generate(self, image: np.ndarray, progress: Callable[[int, int], None] | None = None) -> EverythingResult:
         self.calls += 1
         return super().generate(image, progress)
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from .common import CliError, positive_int, say
 from .everything import add_everything_options
+
+if TYPE_CHECKING:
+    from ..batch import BatchSummary, DaskEngine, ManifestItem, ModelSpec
+
+_Job = TypeVar("_Job")
 
 SEGMENT_HELP = (
     "Segment every row of MANIFEST (CSV with a header, or JSONL) on a Dask cluster. Columns: image (required; "
@@ -132,7 +140,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary on success")
 
 
-def _start(args: argparse.Namespace, make_job):  # noqa: ANN001, ANN202
+def _start(args: argparse.Namespace, make_job: Callable[[str, ModelSpec], _Job]) -> tuple[DaskEngine, _Job]:
     """Engine and job for a batch command, then the run and its report."""
     from ..batch import DaskEngine, ModelSpec
 
@@ -148,7 +156,12 @@ def _start(args: argparse.Namespace, make_job):  # noqa: ANN001, ANN202
     return engine, make_job(str(args.output.resolve()), spec)
 
 
-def _run(args: argparse.Namespace, engine, job, source) -> None:  # noqa: ANN001
+def _run(
+    args: argparse.Namespace,
+    engine: DaskEngine,
+    job: object,
+    source: str | os.PathLike[str] | Sequence[ManifestItem],
+) -> None:
     from ..batch import run_batch
 
     with engine:
@@ -168,8 +181,8 @@ def run_everything(args: argparse.Namespace) -> None:
 
 def run_samaug(args: argparse.Namespace) -> None:
     from ..batch import SamaugJob, dataset_items
+    from ..predict.unet import DEFAULT_ALPHA
     from ..samaug.prepare import check_out_dir
-    from ..samaug.priors import DEFAULT_ALPHA
     from .everything import options_from_args
 
     _check_common(args)
@@ -221,7 +234,7 @@ def run_segment(args: argparse.Namespace) -> None:
     _run(args, engine, job, args.manifest)
 
 
-def _report(summary, quiet: bool) -> None:  # noqa: ANN001
+def _report(summary: BatchSummary, quiet: bool) -> None:
     s = summary
     failed_now = s.states.get("failed", 0)
     if not quiet or failed_now:

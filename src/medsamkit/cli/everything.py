@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import CliError, numbers_arg, positive_int, say
+
+if TYPE_CHECKING:
+    from ..predict.automatic import EverythingOptions
 
 
 def add_parser(sub) -> None:
@@ -51,7 +55,7 @@ def add_everything_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-covered", action="store_true", help="skip grid prompts already inside an accepted mask")
 
 
-def options_from_args(args: argparse.Namespace):  # noqa: ANN201
+def options_from_args(args: argparse.Namespace) -> EverythingOptions:
     """EverythingOptions: the model's defaults, then the options given on the command line."""
     from ..predict.automatic import default_options
 

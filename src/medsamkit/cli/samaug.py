@@ -50,8 +50,8 @@ def run_prepare(args: argparse.Namespace) -> None:
     from ..data import load_dataset
     from ..predict import Predictor
     from ..predict.automatic import AutomaticMaskGenerator, default_options
+    from ..predict.unet import DEFAULT_ALPHA
     from ..samaug.prepare import prepare_dataset
-    from ..samaug.priors import DEFAULT_ALPHA
 
     alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
     if args.alpha is not None and args.mode != "add":

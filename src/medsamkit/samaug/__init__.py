@@ -1,30 +1,41 @@
 """SAMAug: prior maps from everything-mode masks (segmentation prior, boundary prior), the augmented image built
 from them, and preparation of whole datasets (priors + augmented images + masks, cached by content key).
 
-``medsamkit.samaug.priors`` needs only numpy/scipy; :mod:`medsamkit.samaug.prepare` (loaded on first use of its
-names) runs the model.
+``medsamkit.samaug`` and ``medsamkit.samaug.priors`` need only numpy/scipy when imported; the augmented image and the
+prior files live in :mod:`medsamkit.predict.unet`, and :mod:`medsamkit.samaug.prepare` runs the model: both are
+loaded on first use of their names here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .priors import (
-    DEFAULT_ALPHA,
-    FORMAT_VERSION,
-    MODES,
-    Priors,
-    augment_image,
-    augmented_channels,
-    boundary_prior,
-    load_priors,
-    outer_boundary,
-    priors_from_records,
-    save_priors,
-    segmentation_prior,
-)
+from .priors import boundary_prior, outer_boundary, priors_from_records, segmentation_prior
+
+if TYPE_CHECKING:
+    from ..predict.unet import (
+        DEFAULT_ALPHA,
+        FORMAT_VERSION,
+        Priors,
+        augment_image,
+        augmented_channels,
+        load_priors,
+        save_priors,
+    )
+    from ..predict.unet import SAMAUG_MODES as MODES
 
 _PREPARE = ("prepare_case", "prepare_dataset", "priors_for_image", "case_key", "case_paths")
+# names of medsamkit.predict.unet (their home) -> the name there
+_UNET = {
+    "DEFAULT_ALPHA": "DEFAULT_ALPHA",
+    "FORMAT_VERSION": "FORMAT_VERSION",
+    "MODES": "SAMAUG_MODES",
+    "Priors": "Priors",
+    "augment_image": "augment_image",
+    "augmented_channels": "augmented_channels",
+    "load_priors": "load_priors",
+    "save_priors": "save_priors",
+}
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -44,6 +55,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _UNET:
+        from ..predict import unet
+
+        return getattr(unet, _UNET[name])
     if name in _PREPARE:
         from . import prepare
 

@@ -41,19 +41,19 @@ from .._runs import changed_settings, json_default
 from ..data import Case, Dataset, load_case, load_dataset
 from ..errors import OptionError, OutputError
 from ..io.raster import write_png
-from ..preprocess.image2d import to_rgb_uint8
-from ..preprocess.picture import model_picture
-from .priors import (
+from ..predict.unet import (
     DEFAULT_ALPHA,
     FORMAT_VERSION,
-    MODES,
     Priors,
     augment_image,
     is_grey,
     load_priors,
-    priors_from_records,
     save_priors,
 )
+from ..predict.unet import SAMAUG_MODES as MODES
+from ..preprocess.image2d import to_rgb_uint8
+from ..preprocess.picture import model_picture
+from .priors import priors_from_records
 
 if TYPE_CHECKING:
     from ..predict.automatic import AutomaticMaskGenerator

@@ -16,30 +16,45 @@ the image's pixel grid, then trains a segmentation network on the image augmente
 The augmented network input built from the two maps (:func:`augment_image`, modes ``"add"`` and ``"stack"``),
 the :class:`Priors` record and the prior files (:func:`save_priors` / :func:`load_priors`,
 ``<samaug_dir>/priors/<case_id>.npz``) live on the inference side, :mod:`medsamkit.predict.unet`, since a U-Net
-trained on augmented inputs needs them to predict; they are importable from here too.
+trained on augmented inputs needs them to predict; they are importable from here too (loaded on first use, so
+this module itself needs only numpy and scipy).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import OptionError
-from ..predict.unet import (  # noqa: F401 - the augmented input and the prior files, also importable from here
-    DEFAULT_ALPHA,
-    FORMAT_VERSION,
-    Priors,
-    augment_image,
-    augmented_channels,
-    is_grey,
-    load_priors,
-    save_priors,
-)
-from ..predict.unet import SAMAUG_MODES as MODES  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..predict.unet import Priors
+
+# the augmented input and the prior files: names of medsamkit.predict.unet, also importable from here
+_UNET_NAMES = {
+    "DEFAULT_ALPHA": "DEFAULT_ALPHA",
+    "FORMAT_VERSION": "FORMAT_VERSION",
+    "MODES": "SAMAUG_MODES",
+    "Priors": "Priors",
+    "augment_image": "augment_image",
+    "augmented_channels": "augmented_channels",
+    "is_grey": "is_grey",
+    "load_priors": "load_priors",
+    "save_priors": "save_priors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _UNET_NAMES:
+        from ..predict import unet
+
+        return getattr(unet, _UNET_NAMES[name])
+    raise AttributeError(f"module 'medsamkit.samaug.priors' has no attribute {name!r}")
+
 
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-neighbourhood
 
@@ -69,7 +84,7 @@ def _shape(shape: Sequence[int]) -> tuple[int, int]:
     s = tuple(int(v) for v in shape)
     if len(s) != 2 or min(s) < 1:
         raise OptionError(f"shape must be (H, W) with H, W >= 1, got {tuple(shape)}")
-    return s  # type: ignore[return-value]
+    return s
 
 
 def _stability(record: dict[str, Any], i: int) -> float:
@@ -134,4 +149,6 @@ def priors_from_records(records: Sequence[dict[str, Any]], shape: Sequence[int],
         "mean_stability": round(float(np.mean(stabs)), 6) if stabs else None,
         "thickness": int(thickness),
     }
+    from ..predict.unet import Priors
+
     return Priors(seg, bnd, len(recs), stats)

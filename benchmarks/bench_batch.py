@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from machine import torch_matmul_gflops  # benchmarks/machine.py (scripts run from their folder)
@@ -42,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDSAMKIT_SHARED", ROOT.parent / "shared"))
 DATA = SHARED / "data" / "real"
 THREADS = 2
+
+if TYPE_CHECKING:
+    from medsamkit.batch import ManifestItem, ModelSpec
+    from medsamkit.batch.cluster import PredictorLease
 
 
 def _box(mask: np.ndarray) -> str:
@@ -160,16 +165,16 @@ class NoopJob:
     name = "noop"
     columns = ("id", "image")
 
-    def __init__(self, out_dir: str, model) -> None:  # noqa: ANN001
+    def __init__(self, out_dir: str, model: ModelSpec) -> None:
         self.out_dir, self.model = out_dir, model
 
     def settings(self) -> dict:
         return {}
 
-    def prepare(self, item) -> dict:  # noqa: ANN001
+    def prepare(self, item: ManifestItem) -> dict:
         return {"image": item.fields["image"]}
 
-    def run(self, item_id: str, payload: dict, lease) -> dict:  # noqa: ANN001
+    def run(self, item_id: str, payload: dict, lease: PredictorLease) -> dict:
         return {"output": None}
 
 

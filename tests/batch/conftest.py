@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 
-def pytest_configure(config) -> None:  # noqa: ANN001
+def pytest_configure(config: pytest.Config) -> None:
     # registered here too so that `-p no:xdist` runs keep working under --strict-markers
     config.addinivalue_line("markers", "xdist_group(name): run the tests of one group on one xdist worker")
 

@@ -9,6 +9,7 @@ Exit statuses (cli/main.py): 0 done, 1 a bug (traceback in a log file) or the en
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import io
@@ -19,6 +20,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import nibabel as nib
 import numpy as np
@@ -100,7 +102,7 @@ def npz(folder: Path, **arrays: np.ndarray) -> Path:
     return p
 
 
-def series(folder: Path, **kw) -> Path:  # noqa: ANN003
+def series(folder: Path, **kw: Any) -> Path:
     return write_series(folder / "series", **kw)
 
 
@@ -444,7 +446,7 @@ def _snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-def run_case(case: Bad, tmp_path: Path, capsys) -> str:  # noqa: ANN001
+def run_case(case: Bad, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     out.mkdir()
@@ -485,7 +487,7 @@ def test_exit_status_1_is_a_bug_with_a_logged_traceback(tmp_path, monkeypatch, c
     monkeypatch.setenv("MEDSAMKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MEDSAMKIT_DEBUG", raising=False)
 
-    def broken(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def broken(*a: object, **k: object) -> NoReturn:
         raise ValueError("operands could not be broadcast together")  # a numpy-style bug, not the user's fault
 
     monkeypatch.setattr(mio, "read_image", broken)
@@ -523,7 +525,7 @@ def test_outputs_are_checked_before_the_model_loads(tmp_path, monkeypatch, capsy
     """-o m.xyz, a PNG for a volume, DICOM-SEG for NIfTI, a prompt outside: refused before any model work."""
     import medsamkit.cli.segment as cli_segment
 
-    def no_model(args):  # noqa: ANN001, ANN202
+    def no_model(args: argparse.Namespace) -> NoReturn:
         raise AssertionError("the model was loaded for a request that was bound to fail")
 
     monkeypatch.setattr(cli_segment, "_predictor", no_model)

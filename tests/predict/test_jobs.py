@@ -4,6 +4,7 @@ everything_file takes 2D images only."""
 from __future__ import annotations
 
 import warnings
+from typing import NoReturn
 
 import nibabel as nib
 import numpy as np
@@ -15,7 +16,7 @@ from medsamkit.predict.jobs import SegmentRequest, everything_file, segment_file
 from tests.dicom_series import write_series
 
 
-def no_model():  # noqa: ANN201
+def no_model() -> NoReturn:
     raise AssertionError("the model was loaded for a request that was bound to fail")
 
 
@@ -41,7 +42,7 @@ def test_segment_2d_checks_prompts_also_where_it_skips_the_model() -> None:
     from medsamkit.predict.segment import segment_2d
 
     class Untouchable:
-        def __getattr__(self, name):  # noqa: ANN001, ANN204
+        def __getattr__(self, name: str) -> NoReturn:
             raise AssertionError(f"the predictor was used ({name})")
 
     blank = np.zeros((40, 50), np.uint8)

@@ -41,6 +41,7 @@ class IntensityPreset:
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"preset": self.name}
         if self.name in CT_WINDOWS or self.name == "window":
+            # a window preset always holds its low and high (resolve_preset sets them): hence the ignore
             d["window_level_width"] = [(self.low + self.high) / 2, self.high - self.low]  # type: ignore[operator]
             d["clip_hu"] = [self.low, self.high]
         elif self.name == "percentile":
@@ -52,7 +53,7 @@ class IntensityPreset:
         a = np.asarray(array)
         if self.name == "passthrough":
             return a.astype(np.uint8, copy=False)
-        lo, hi = float(self.low), float(self.high)  # type: ignore[arg-type]
+        lo, hi = float(self.low), float(self.high)  # type: ignore[arg-type]  # set for every preset but passthrough
         f = np.clip(a.astype(np.float32), lo, hi)
         out = (f - lo) / max(hi - lo, 1e-8) * 255.0
         if self.name == "percentile":

@@ -208,4 +208,4 @@ def parse_protocol(text: str) -> PromptProtocol:
         )
     if opts:
         raise OptionError(f"{text!r}: unknown option(s) {', '.join(sorted(opts))}")
-    return PromptProtocol(**fields)  # type: ignore[arg-type]
+    return PromptProtocol(**fields)  # type: ignore[arg-type]  # fields: parsed values, each of its field's type

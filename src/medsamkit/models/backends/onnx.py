@@ -52,11 +52,11 @@ def _export_all(model: Any, out_dir: Path) -> None:
             return self.m.prepare_decoder(embedding)
 
     class _Decode(_Encoder):
-        def forward(self, keys, k, v, q, coords, labels, outputs):  # type: ignore[override]
+        def forward(self, keys, k, v, q, coords, labels, outputs):  # type: ignore[override]  # the decoder's inputs, not the encoder's
             return self.m.decode_prepared((keys, k, v, q), coords, labels, outputs, fast=True)
 
     class _DecodeMasked(_Encoder):
-        def forward(self, embedding, coords, labels, mask_input, outputs):  # type: ignore[override]
+        def forward(self, embedding, coords, labels, mask_input, outputs):  # type: ignore[override]  # the decoder's inputs, not the encoder's
             return self.m.decode(embedding, coords, labels, mask_input, outputs, fast=True)
 
     s = model.spec.img_size

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from .common import CliError, positive_int, say
+from .common import CliError, add_model_arguments, positive_int, say
 from .everything import add_everything_options
 
 if TYPE_CHECKING:
@@ -59,16 +59,14 @@ def engine_options(args: argparse.Namespace):
 
 
 def _model_arguments(p: argparse.ArgumentParser, adapter: bool = False) -> None:
-    p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
-    p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
-    if adapter:
-        p.add_argument(
-            "--adapter",
-            type=Path,
-            metavar="RUN_DIR/adapter.pt",
-            help="a `medsamkit finetune` result, loaded on top of its base model (PyTorch backend unless --backend names one)",
-        )
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
+    # --threads is a worker's, among the run options
+    add_model_arguments(
+        p,
+        adapter_help="a `medsamkit finetune` result, loaded on top of its base model (PyTorch backend unless --backend names one)"
+        if adapter
+        else None,
+        threads_help=None,
+    )
 
 
 def add_parser(sub) -> None:

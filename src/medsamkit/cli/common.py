@@ -80,16 +80,18 @@ def add_model_arguments(
     p: argparse.ArgumentParser,
     *,
     adapter_help: str | None = None,
-    threads_help: str = "CPU threads (default: all cores)",
+    threads_help: str | None = "CPU threads (default: all cores)",
 ) -> None:
-    """``--model``, ``--checkpoint``, ``--adapter`` (only with ``adapter_help``), ``--backend`` and ``--threads``, in
-    that order: the options that choose the prompted model a command runs (see :func:`adapter_predictor`)."""
+    """``--model``, ``--checkpoint``, ``--adapter`` (only with ``adapter_help``), ``--backend`` and ``--threads`` (not
+    with ``threads_help=None``, for commands whose threads mean something else), in that order: the options that
+    choose the prompted model a command runs (see :func:`adapter_predictor`)."""
     p.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
     p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
     if adapter_help is not None:
         p.add_argument("--adapter", type=Path, metavar="RUN_DIR/adapter.pt", help=adapter_help)
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
-    p.add_argument("--threads", type=positive_int, help=threads_help)
+    if threads_help is not None:
+        p.add_argument("--threads", type=positive_int, help=threads_help)
 
 
 def adapter_predictor(args: argparse.Namespace, cache: EmbeddingCache | None = None) -> tuple[Predictor, str]:

@@ -6,27 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, SubParsers, positive_int, say
+from .common import CliError, SubParsers, bounded_number, positive_int, say
 
 
 def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1)")
-    return v
+    return bounded_number(text, float, lambda v: 0.0 <= v < 1.0, "a number", "in [0, 1)")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return v
+    return bounded_number(text, float, lambda v: v > 0, "a number", "> 0")
 
 
 def add_parser(sub: SubParsers) -> None:

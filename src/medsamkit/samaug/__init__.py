@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .priors import boundary_prior, outer_boundary, priors_from_records, segmentation_prior
+from .priors import _UNET_NAMES, boundary_prior, outer_boundary, priors_from_records, segmentation_prior
 
 if TYPE_CHECKING:
     from ..predict.unet import (
@@ -25,17 +25,6 @@ if TYPE_CHECKING:
     from ..predict.unet import SAMAUG_MODES as MODES
 
 _PREPARE = ("prepare_case", "prepare_dataset", "priors_for_image", "case_key", "case_paths")
-# names of medsamkit.predict.unet (their home) -> the name there
-_UNET = {
-    "DEFAULT_ALPHA": "DEFAULT_ALPHA",
-    "FORMAT_VERSION": "FORMAT_VERSION",
-    "MODES": "SAMAUG_MODES",
-    "Priors": "Priors",
-    "augment_image": "augment_image",
-    "augmented_channels": "augmented_channels",
-    "load_priors": "load_priors",
-    "save_priors": "save_priors",
-}
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -55,10 +44,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _UNET:
+    if name in _UNET_NAMES:  # their home is medsamkit.predict.unet (the table is samaug.priors')
         from ..predict import unet
 
-        return getattr(unet, _UNET[name])
+        return getattr(unet, _UNET_NAMES[name])
     if name in _PREPARE:
         from . import prepare
 

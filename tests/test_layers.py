@@ -3,7 +3,8 @@ below, never a higher one; Dask lives only in batch/, FastAPI/uvicorn only in ap
 and nothing imports the package root (``medsamkit/__init__.py`` re-exports; ``_version`` holds the version).
 
 Every import counts, also those inside functions (they are how the lazy imports of this package are written),
-except those under ``if TYPE_CHECKING:`` (annotations only)."""
+except those under ``if TYPE_CHECKING:`` (annotations only). The entry points (app/, batch/, cli/) import only the
+public library: no other package's private module or ``_name``."""
 
 from __future__ import annotations
 
@@ -121,3 +122,53 @@ def test_the_checker_sees_violations(tmp_path) -> None:
     found = _violations(probe, tmp_path)
     assert len(found) == 3 and "io (floor 1) imports predict (floor 2)" in found[0]
     assert "package root" in found[1] and "dask belongs in ['batch']" in found[2]
+
+
+# the ground floor's shared modules: private to the package, public to its floors
+GROUND = {"_runs", "_files", "_version", "_arrays"}
+ENTRY_POINTS = ("app", "batch", "cli")
+
+
+def _private_imports(path: Path, root: Path = ROOT) -> list[str]:
+    """Imports in ``path`` of another package's private module (``_name``, the ground floor's aside) or of a private
+    name (``_name``; dunders such as ``__version__`` are public)."""
+    top = _top(path, root)
+    package = list(path.relative_to(root).parts[:-1])
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            target = package[: len(package) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+        elif (node.module or "").startswith("medsamkit."):
+            target = node.module.split(".")[1:]
+        else:
+            continue
+        if not target or target[0] == top:
+            continue
+        private_modules = [t for t in target if t.startswith("_") and not t.startswith("__") and t not in GROUND]
+        private_names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+        if private_modules or private_names:
+            bad.append(f"{path.relative_to(root)}:{node.lineno} imports {'.'.join(target)} {private_names or ''}".strip())
+    return bad
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if _top(p) in ENTRY_POINTS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_entry_points_use_the_public_library(path: Path) -> None:
+    """app/, batch/ and cli/ call what the library exports, never another package's private names or modules, so
+    the CLI, the web app and batch jobs go through the same public functions."""
+    bad = _private_imports(path)
+    assert not bad, "; ".join(bad)
+
+
+def test_the_public_check_sees_private_imports(tmp_path) -> None:
+    (tmp_path / "cli").mkdir()
+    probe = tmp_path / "cli" / "probe.py"
+    probe.write_text(
+        "from .._runs import versions\nfrom .._version import __version__\nfrom ..predict.volume import _plans\n"
+        "from ..io._inputs import x\nfrom .common import _helper\nfrom medsamkit.evaluate.runner import _bar\n",
+        encoding="utf-8",
+    )
+    found = _private_imports(probe, tmp_path)
+    assert len(found) == 3, found
+    assert "predict.volume ['_plans']" in found[0] and "io._inputs" in found[1] and "['_bar']" in found[2]

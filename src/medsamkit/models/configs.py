@@ -20,8 +20,12 @@ LABEL_BOX_BOTTOM_RIGHT = 3
 
 
 class StoredConfig:
-    """For a settings dataclass kept in a file as a dict (adapter and LoRA settings): :meth:`to_dict` is
-    ``dataclasses.asdict``; :meth:`from_dict` passes the entries that name a field and ignores the others."""
+    """For a settings dataclass kept in a file as a dict (adapter, LoRA, U-Net input, training and fine-tune
+    settings): :meth:`to_dict` is ``dataclasses.asdict``; :meth:`from_dict` passes the entries that name a field.
+    Other entries are ignored, or refused with ``OptionError("unknown <_unknown>: a, b")`` when the class sets
+    ``_unknown`` (a plain class attribute, not a field)."""
+
+    _unknown: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(cast("DataclassInstance", self))
@@ -29,6 +33,11 @@ class StoredConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         names = [f.name for f in fields(cast("type[DataclassInstance]", cls))]
+        unknown = sorted(set(data) - set(names))
+        if unknown and cls._unknown is not None:
+            from ..errors import OptionError
+
+            raise OptionError(f"unknown {cls._unknown}: {', '.join(unknown)}")
         return cls(**{k: data[k] for k in names if k in data})
 
 

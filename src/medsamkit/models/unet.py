@@ -17,8 +17,8 @@ imported when a network is built or loaded (so importing this module, or :mod:`m
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import MissingFileError, OptionError
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint  # noqa: F401 - the checkpoint reader, also importable from here
+from .configs import StoredConfig
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +120,7 @@ def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class InputSpec:
+class InputSpec(StoredConfig):
     """How network inputs are made; stored with a trained model so prediction rebuilds them exactly.
 
     kind: "raw", "samaug" or "both". mode: the SAMAug mode ("add" or "stack"; None for raw). alpha: add mode's
@@ -163,13 +164,6 @@ class InputSpec:
         if self.kind == "raw":
             return self.image_channels
         return 3 if self.mode == "add" else self.image_channels + 2
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InputSpec:
-        return cls(**{k: data[k] for k in ("kind", "colour", "size", "mode", "alpha", "label") if k in data})
 
 
 # ----------------------------------------------------------------------------------------- trained networks

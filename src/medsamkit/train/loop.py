@@ -33,7 +33,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -44,6 +44,7 @@ from torch import nn
 from .._files import atomic_write_text
 from ..errors import OptionError
 from ..metrics.torch_overlap import segmentation_dice
+from ..models.configs import StoredConfig
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     check_resumable,
@@ -64,7 +65,7 @@ ValStep = Callable[[nn.Module, Any], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(StoredConfig):
     """Hyper-parameters of :func:`fit`.
 
     epochs: total epochs of the run (a resumed run counts the epochs already done).
@@ -84,6 +85,8 @@ class TrainConfig:
     max_minutes: wall-clock budget of one :func:`fit` call: no epoch is started that the previous epoch's
     duration says would end past it (the first epoch always runs). None: no budget.
     """
+
+    _unknown = "TrainConfig field(s)"  # from_dict refuses other keys
 
     epochs: int = 50
     batch_size: int = 8
@@ -134,18 +137,6 @@ class TrainConfig:
             raise OptionError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not isinstance(self.device, str) or not self.device:
             raise OptionError(f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """A config from :meth:`to_dict` output; unknown keys raise ValueError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise OptionError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-        return cls(**dict(data))
 
 
 @dataclass

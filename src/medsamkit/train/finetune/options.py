@@ -4,14 +4,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...errors import OptionError
 from ...models.adapted import MODES
+from ...models.configs import StoredConfig
 from ..loop import TrainConfig
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def default_config(mode: str = "decoder", **overrides: Any) -> TrainConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneOptions:
+class FinetuneOptions(StoredConfig):
     """What :func:`finetune` adapts and how (the training loop's settings are a :class:`TrainConfig`).
 
     mode: one of :data:`MODES`. model: registry name or checkpoint path of the base; checkpoint: another weight
@@ -60,6 +60,8 @@ class FinetuneOptions:
     reads ("image", "embedding" or "both"); autosam_train_decoder: also train the mask decoder.
     val_fraction, test_fraction, split_seed: the split (split_seed None: the training seed).
     """
+
+    _unknown = "finetune option(s)"  # from_dict refuses other keys
 
     mode: str = "decoder"
     model: str = "litemedsam"
@@ -145,17 +147,6 @@ class FinetuneOptions:
     @property
     def cached(self) -> bool:
         return self.cache_embeddings is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise OptionError(f"unknown finetune option(s): {', '.join(unknown)}")
-        return cls(**dict(data))
 
 
 # options that may differ between a run and its resumption (they do not change what is trained)

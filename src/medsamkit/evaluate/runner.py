@@ -125,6 +125,12 @@ class EvalConfig:
     min_pixels: int = 1
     slices_per_case: int | None = None
 
+    @property
+    def least_slice_pixels(self) -> int:
+        """The fewest pixels an object of a 3D case's slice needs to be evaluated (or trained on):
+        ``max(min_slice_pixels, min_pixels)``."""
+        return max(self.min_slice_pixels, self.min_pixels)
+
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise OptionError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -508,7 +514,7 @@ def evaluated_slices(mask: np.ndarray, labels: Sequence[int], cfg: EvalConfig) -
     """The axial slices of a ``(Z, Y, X)`` mask evaluated in slices mode, ascending: those where the target (the
     ``labels`` together) has at least ``max(min_slice_pixels, min_pixels)`` pixels, at most ``slices_per_case``
     of them, evenly spaced. Their objects are :func:`picture_objects` with that least size."""
-    least = max(cfg.min_slice_pixels, cfg.min_pixels)
+    least = cfg.least_slice_pixels
     zs = np.flatnonzero(_label_counts(mask, labels).sum(axis=0) >= least)
     if cfg.slices_per_case is not None and zs.size > cfg.slices_per_case:
         zs = zs[np.unique(np.round(np.linspace(0, zs.size - 1, cfg.slices_per_case)).astype(int))]
@@ -531,7 +537,7 @@ def _case_slices(
     :func:`_picture_objects` takes it; which slices were skipped and why goes to ``result.notes``."""
     pictures = volume_pictures(image, cfg.preset, cfg.window, modality)
     spacing = _spacing_array_order(image, 2)
-    least = max(cfg.min_slice_pixels, cfg.min_pixels)
+    least = cfg.least_slice_pixels
     counts = _label_counts(mask, labels)
     zs = evaluated_slices(mask, labels, cfg)
     # the slice policy, recorded: within each object's extent along z, slices without the object (no prompt

@@ -56,7 +56,9 @@ def save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
 
     def write(p: Path) -> None:
         with open(p, "wb") as f:
-            np.savez_compressed(f, allow_pickle=False, **old)  # bit-packed masks and shapes: no objects
+            # bit-packed masks and shapes, no objects. No allow_pickle=: numpy < 2.2 would store it as an array (the
+            # project allows numpy 1.26); numpy's stub maps the names of **old onto that keyword.
+            np.savez_compressed(f, **old)  # type: ignore[arg-type]
 
     atomic_write(path, write)
 

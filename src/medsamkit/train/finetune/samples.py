@@ -94,7 +94,7 @@ def read_images(cases: Sequence[Case], options: FinetuneOptions) -> list[ImageRe
         if image.is_rgb:
             raise OptionError(f"case {case.id}: RGB volumes are not supported")
         pictures = volume_pictures(image, modality=case.modality or image.modality)
-        least = max(config.min_slice_pixels, config.min_pixels)
+        least = config.least_slice_pixels
         for z in evaluated_slices(mask, labels, config):
             rec = _record(case.id, int(z), pictures[int(z)], np.asarray(mask[z]), labels, config, least)
             if rec is not None:

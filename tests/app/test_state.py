@@ -36,4 +36,4 @@ def test_the_state_object_is_the_apps(tmp_path):
         app.state.limits,
         app.state.hosts,
     )
-    assert shared.data_dir is None and shared.scrub(f"{tmp_path}/s/x.nii.gz: bad") == "x.nii.gz: bad"
+    assert shared.store.data_dir is None and shared.scrub(f"{tmp_path}/s/x.nii.gz: bad") == "x.nii.gz: bad"

@@ -38,19 +38,17 @@ from .limits import Limits
 from .model import ModelService
 from .routes import ROUTERS
 from .routes.edit import png_size
-from .routes.page import NIIVUE_DIST, STATIC
 from .schemas import ErrorBody, LabelName, MaskBody, OpenOptions, OpenPath, PropagateBody, SaveBody, SegmentBody, describe_errors
 from .sessions import AppError, SessionStore
 from .state import AppState
 
 log = logging.getLogger("medsamkit.app")
 
-__all__ = [  # create_app, and the names this module exported before the routers moved out (for old imports)
+__all__ = [  # create_app, and the body models and png_size this module exported before the routers moved out; the page's
+    # NIIVUE_DIST/STATIC are read from app.routes.page, where patching them takes effect
     "create_app",
     "scrubber",
     "png_size",
-    "NIIVUE_DIST",
-    "STATIC",
     "ErrorBody",
     "LabelName",
     "MaskBody",

@@ -40,7 +40,7 @@ from ..io.geometry import grid_problem, resample_uniform
 from ..preprocess.intensity import IntensityPreset
 from ..preprocess.picture import fit_picture, volume_pictures
 from .detached import detached_files
-from .limits import Limits, MiB, footprint, volume_cost_limit
+from .limits import Limits, footprint, volume_cost_limit
 
 log = logging.getLogger("medsamkit.app")
 
@@ -50,7 +50,6 @@ AXES = ("z", "y", "x")
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".npz")
 SAVE_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dcm": ".dcm", "png": ".png"}
 _AXIS_POS = {"z": 0, "y": 1, "x": 2}
-_PRESET_CHUNK = 8 * MiB  # float32 bytes of one block of slices when mapping intensities (~4 copies live)
 
 
 class AppError(MedsamkitError):
@@ -675,7 +674,7 @@ def load_source(
     try:  # the pictures the model sees (medsamkit.preprocess.picture), the volume's mapped block by block
         if img.is_volume:
             pictures = volume_pictures(img.array, *how)
-            preset, display = pictures.preset, pictures.all(_PRESET_CHUNK)
+            preset, display = pictures.preset, pictures.all()
         else:
             plane, preset = fit_picture(img.array, *how)
             display = np.ascontiguousarray(preset.apply(plane)[None])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -28,11 +27,6 @@ class AppState:
     limits: Limits
     hosts: HostRule
     scrub: Callable[[str], str]
-
-    @property
-    def data_dir(self) -> Path | None:
-        """The folder clients may open volumes from by relative path (resolved; None: uploads only)."""
-        return self.store.data_dir
 
 
 async def get_state(request: Request) -> AppState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, SubParsers, positive_int, say
+from .common import CliError, SubParsers, add_model_arguments, positive_int, say
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -30,10 +30,7 @@ def add_parser(sub: SubParsers) -> None:
     prep.add_argument("--mode", choices=("add", "stack"), default="add", help="add (authors' code, default) or stack (paper)")
     prep.add_argument("--alpha", type=float, default=None, help="add mode: weight of the priors in [0, 1] (default 0.5)")
     prep.add_argument("--thickness", type=positive_int, default=1, help="boundary prior width in pixels (default 1)")
-    prep.add_argument("--model", default="litemedsam", help="registered model (see `medsamkit models`)")
-    prep.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
-    prep.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
-    prep.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    add_model_arguments(prep)
     prep.add_argument("--points-per-side", type=positive_int, help="everything mode's prompt grid (default: the model's)")
     prep.add_argument("--limit", type=positive_int, help="only the first N cases")
     prep.add_argument("--layout", choices=("auto", "folder", "nnunet", "msd"), default="auto", help="dataset layout")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import OptionError
 from .image import MedicalImage
 
 TOLERANCE = 1e-3
@@ -28,7 +29,7 @@ def reorient_exact(array: np.ndarray, source: MedicalImage, target: MedicalImage
     ``(Z, Y, X)`` array of ``target.spatial_shape`` holding the same values as ``array``, each moved to the
     target voxel at the same world position; no value is interpolated. Volumes (3D grids) only."""
     if not (source.is_volume and target.is_volume):
-        raise ValueError("reorient_exact works on volumes (3D grids)")
+        raise OptionError("reorient_exact works on volumes (3D grids)")
     t = np.linalg.inv(target.affine_lps()) @ source.affine_lps()  # source (i, j, k, 1) -> target (i, j, k, 1)
     lin, off = t[:3, :3], t[:3, 3]
     r = np.round(lin)

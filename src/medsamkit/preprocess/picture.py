@@ -100,8 +100,9 @@ def model_picture(
 
 @dataclass(frozen=True)
 class VolumePictures:
-    """The pictures of a volume's axial slices: ``array`` ``(Z, Y, X)`` (raw values) mapped slice by slice with
-    ``preset``, fitted once on the whole volume. ``pictures[z]`` is the uint8 ``(Y, X)`` picture of slice z."""
+    """The pictures of a volume's slices along its first axis: ``array`` (raw values; ``(Z, Y, X)`` as
+    :func:`volume_pictures` makes it, or a transposed view for another working axis) mapped slice by slice with
+    ``preset``, fitted once on the whole volume. ``pictures[i]`` is the uint8 picture of ``array[i]``."""
 
     array: np.ndarray
     preset: IntensityPreset

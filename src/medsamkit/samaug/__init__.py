@@ -44,10 +44,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _UNET_NAMES:  # their home is medsamkit.predict.unet (the table is samaug.priors')
-        from ..predict import unet
+    if name in _UNET_NAMES:  # samaug.priors looks them up in their home, medsamkit.predict.unet
+        from . import priors
 
-        return getattr(unet, _UNET_NAMES[name])
+        return getattr(priors, name)
     if name in _PREPARE:
         from . import prepare
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit.evaluate import auroc, spearman, summarize
+from medsamkit.errors import InputError
+from medsamkit.evaluate import auroc, bootstrap_mean, paired_bootstrap, spearman, summarize
 
 
 def test_auroc_by_hand():
@@ -69,3 +70,48 @@ def test_summary_tables_curves_and_uncertainty():
     assert u["auroc_own_dice"] == pytest.approx(1.0) and u["auroc_box_dice"] == pytest.approx(1.0)
     assert s["errors"] == 1 and s["error_examples"][0]["error"] == "X"
     assert not any(isinstance(v, float) and np.isnan(v) for e in s["table"] for v in e["dice"].values())
+
+
+def test_bootstrap_interval_contains_the_mean_and_is_seeded():
+    x = np.random.default_rng(3).random(200)
+    ci = bootstrap_mean(x)
+    assert ci.mean == pytest.approx(x.mean()) and ci.low < ci.mean < ci.high
+    assert (ci.n, ci.units, ci.resamples, ci.level) == (200, 200, 10_000, 0.95)
+    # the percentile bootstrap by hand: 10,000 means of resamples drawn by default_rng(seed).integers(0, n, (R, n))
+    idx = np.random.default_rng(0).integers(0, 200, size=(10_000, 200))
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.percentile(x[idx].mean(axis=1), [2.5, 97.5])))
+    assert bootstrap_mean(x) == ci and bootstrap_mean(x, seed=1) != ci
+    assert bootstrap_mean(x, level=0.5).high < ci.high  # a narrower level, a narrower interval
+    assert bootstrap_mean([0.7, 0.7, 0.7]).low == bootstrap_mean([0.7, 0.7, 0.7]).high == pytest.approx(0.7)
+
+
+def test_bootstrap_over_units_and_strata():
+    # image "a" holds three objects, "b" one: a unit's objects are drawn together, so the pooled mean of any resample
+    # is either (3 * 0.9 + 0.1) / 4 (both images), 0.9 (only a) or 0.1 (only b)
+    values, units = [0.9, 0.9, 0.9, 0.1], ["a", "a", "a", "b"]
+    ci = bootstrap_mean(values, units)
+    assert ci.units == 2 and ci.mean == pytest.approx(0.7)
+    assert ci.low == pytest.approx(0.1) and ci.high == pytest.approx(0.9)
+    # strata: the mean of the strata's means (0.9 and 0.1 -> 0.5), units resampled within each stratum
+    strat = bootstrap_mean(values, units, strata=["s", "s", "s", "t"])
+    assert strat.mean == pytest.approx(0.5) and strat.low == strat.high == pytest.approx(0.5)  # one unit per stratum
+    with pytest.raises(InputError, match="lies in two strata"):
+        bootstrap_mean(values, units, strata=["s", "s", "t", "t"])
+    with pytest.raises(InputError, match="3 units for 4 values"):
+        bootstrap_mean(values, units[:3])
+    with pytest.raises(InputError, match="no values"):
+        bootstrap_mean([])
+    with pytest.raises(InputError, match="finite"):
+        bootstrap_mean([0.1, float("nan")])
+
+
+def test_paired_bootstrap_of_differences():
+    rng = np.random.default_rng(5)
+    a = rng.random(100)
+    same = paired_bootstrap(a, a)
+    assert same.mean == same.low == same.high == 0.0
+    better = paired_bootstrap(a, a + 0.05 + rng.normal(0, 0.01, 100))
+    assert better.low > 0 and better.mean == pytest.approx(0.05, abs=0.005)
+    assert paired_bootstrap(a, a + 0.1).mean == pytest.approx(0.1)
+    with pytest.raises(InputError, match="pairs need one of each"):
+        paired_bootstrap(a, a[:-1])

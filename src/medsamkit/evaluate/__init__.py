@@ -7,10 +7,22 @@ are importable from here too. ``run_evaluation(datasets, out_dir, protocols)`` i
 ``evaluate_case`` is its per-case work (a pure function of the case, the protocols, the predictor and the settings).
 A :class:`Segmenter` (AutoSAM, a U-Net: no prompt, one mask per picture) is evaluated the same way under the
 protocol ``auto``; the training side's evaluations (``medsamkit.train``) go through ``evaluate_case`` too.
+
+Iterative protocols are scored per object as the CVPR 2025 interactive challenge does (``interactive_records``:
+DSC-AUC, NSD-AUC, final DSC/NSD; ``interactive_auc``); ``bootstrap_mean`` / ``paired_bootstrap`` give percentile
+bootstrap intervals of means and paired differences, resampled by unit (e.g. image) and optionally by stratum.
 """
 
 from ..data import LAYOUTS, Case, Dataset, case_id_of, load_case, load_dataset, modality_from_name
-from .analysis import auroc, spearman, summarize
+from .analysis import Interval, auroc, bootstrap_mean, interactive_table, paired_bootstrap, spearman, summarize
+from .interactive import (
+    NSD_MIN_DICE,
+    InteractiveRecord,
+    challenge_nsd,
+    interactive_auc,
+    interactive_record,
+    interactive_records,
+)
 from .runner import (
     AUTO,
     COLUMNS,
@@ -33,14 +45,24 @@ __all__ = [
     "Dataset",
     "EvalConfig",
     "EvaluationRun",
+    "InteractiveRecord",
+    "Interval",
+    "NSD_MIN_DICE",
     "Segmenter",
     "auroc",
+    "bootstrap_mean",
     "case_id_of",
+    "challenge_nsd",
     "evaluate_case",
+    "interactive_auc",
+    "interactive_record",
+    "interactive_records",
+    "interactive_table",
     "load_case",
     "load_dataset",
     "load_masks",
     "modality_from_name",
+    "paired_bootstrap",
     "read_rows",
     "run_evaluation",
     "spearman",

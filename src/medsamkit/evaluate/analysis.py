@@ -1,5 +1,7 @@
 """Summaries of evaluation rows: Dice/NSD/HD95 per dataset x protocol x step, per modality, attribute
-correlations (Spearman) and how well prompt-perturbation uncertainty ranks failures (AUROC).
+correlations (Spearman), how well prompt-perturbation uncertainty ranks failures (AUROC), the CVPR 2025 interactive
+challenge's scores of iterative protocols (:func:`interactive_table`), and percentile-bootstrap intervals of means and
+paired differences (:func:`bootstrap_mean`, :func:`paired_bootstrap`).
 
 Conventions (also written into ``summary.json``): metrics follow :mod:`medsamkit.metrics` - no NaN: an empty
 prediction scores Dice 0, NSD 0 and HD95/ASSD equal to the image diagonal in mm (counted as ``empty_pred``).
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..metrics.attributes import ATTRIBUTES
+from .interactive import NSD_MIN_DICE, interactive_records
 
 FAILURE_DICE = 0.7
 CORRELATED = ("size", "relative_size", "compactness", "fractal_dimension", "contrast", "components", "box_fill")
@@ -33,6 +38,13 @@ CONVENTIONS = {
     "independent objects (p-values are optimistic)",
     "steps": "step 0 = the initial prompt; step k = after k correction clicks (iterative protocols)",
 }
+
+#: the conventions entry of runs with iterative protocols (``summary["interactive"]``)
+INTERACTIVE_CONVENTION = (
+    "CVPR 2025 interactive challenge scores: DSC-AUC / NSD-AUC = trapezoidal area under the values of "
+    "the correction-click steps 1..N at unit spacing (initial prompt excluded; 0..4 for 5 clicks); NSD counted 0 "
+    f"where Dice <= {NSD_MIN_DICE}; final = step N"
+)
 
 
 def _f(v: Any) -> float:
@@ -89,8 +101,153 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     return float((ranks[p].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its percentile-bootstrap interval: ``mean`` (the estimate on the data), ``low``/``high`` (the
+    interval at ``level``), ``n`` values, ``units`` resampling units (e.g. images), ``resamples``."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    units: int
+    level: float
+    resamples: int
+
+    def to_dict(self, digits: int = 4) -> dict[str, Any]:
+        """JSON-able, the three numbers rounded to ``digits``."""
+        return {
+            "mean": round(self.mean, digits),
+            "low": round(self.low, digits),
+            "high": round(self.high, digits),
+            "n": self.n,
+            "units": self.units,
+        }
+
+
+#: values per resampling chunk (resamples x units) of :func:`bootstrap_mean`: bounds its memory
+_CHUNK = 1 << 22
+
+
+def bootstrap_mean(
+    values: Sequence[float] | np.ndarray,
+    units: Sequence[Hashable] | None = None,
+    strata: Sequence[Hashable] | None = None,
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """The mean of ``values`` with a percentile-bootstrap interval (``level``, default 95 %: the 2.5th and 97.5th
+    percentiles of ``resamples`` resampled means; seeded, so the same inputs give the same interval).
+
+    units: the resampling unit of each value (e.g. its image, so that objects of one image are drawn together);
+    None: each value is its own unit. A resample draws units with replacement and averages all values of the drawn
+    units (the pooled mean of the values). strata: each value's stratum (e.g. its dataset); units are then drawn
+    within each stratum and the statistic is the mean of the strata's pooled means (the "mean of set means"); a
+    unit may not lie in two strata. Without units and strata this is the plain bootstrap of a mean
+    (``rng.integers(0, n, (resamples, n))`` draws from ``numpy.random.default_rng(seed)``).
+    InputError for no values, a value that is not finite, or lengths that do not match."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    n = int(v.size)
+    if n == 0:
+        raise InputError("bootstrap_mean: no values")
+    if not np.isfinite(v).all():
+        raise InputError(f"bootstrap_mean: values must be finite, got {v[~np.isfinite(v)][0]}")
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise InputError(f"bootstrap_mean: resamples must be an integer >= 1, got {resamples!r}")
+    if not 0 < level < 1:
+        raise InputError(f"bootstrap_mean: level must lie in (0, 1), got {level!r}")
+    unit_of = list(range(n)) if units is None else list(units)
+    stratum_of: list[Hashable] = [0] * n if strata is None else list(strata)
+    for what, seq in (("units", unit_of), ("strata", stratum_of)):
+        if len(seq) != n:
+            raise InputError(f"bootstrap_mean: {len(seq)} {what} for {n} values")
+    # per stratum (in order of first appearance): the sum and count of each of its units' values
+    per: dict[Hashable, dict[Hashable, list[float]]] = {}
+    home: dict[Hashable, Hashable] = {}
+    for x, u, s in zip(v.tolist(), unit_of, stratum_of):
+        if home.setdefault(u, s) != s:
+            raise InputError(f"bootstrap_mean: unit {u!r} lies in two strata ({home[u]!r} and {s!r})")
+        acc = per.setdefault(s, {}).setdefault(u, [0.0, 0.0])
+        acc[0] += x
+        acc[1] += 1.0
+    rng = np.random.default_rng(seed)
+    estimate = 0.0
+    stats = np.zeros(resamples, dtype=np.float64)
+    for cells in per.values():
+        sums = np.array([c[0] for c in cells.values()])
+        counts = np.array([c[1] for c in cells.values()])
+        estimate += float(sums.sum() / counts.sum())
+        k = sums.size
+        step = max(1, _CHUNK // k)
+        for start in range(0, resamples, step):
+            idx = rng.integers(0, k, size=(min(step, resamples - start), k))
+            stats[start : start + idx.shape[0]] += sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    m = len(per)
+    stats /= m
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return Interval(estimate / m, float(low), float(high), n, len(home), level, int(resamples))
+
+
+def paired_bootstrap(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    units: Sequence[Hashable] | None = None,
+    strata: Sequence[Hashable] | None = None,
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """The mean paired difference ``b - a`` (e.g. new model minus original on the same objects) with its
+    percentile-bootstrap interval: :func:`bootstrap_mean` of the differences, resampled by ``units`` within
+    ``strata`` (an interval that excludes 0 says the difference is not resampling noise at that level).
+    ``a`` and ``b``: one value per object, in the same order (InputError when the lengths differ)."""
+    xa = np.asarray(a, dtype=np.float64).ravel()
+    xb = np.asarray(b, dtype=np.float64).ravel()
+    if xa.shape != xb.shape:
+        raise InputError(f"paired_bootstrap: {xa.size} values against {xb.size}; pairs need one of each")
+    return bootstrap_mean(xb - xa, units, strata, resamples=resamples, seed=seed, level=level)
+
+
 def _object_key(r: dict[str, Any]) -> tuple:
     return (r["dataset"], r["case"], r["label"], r["slice"])
+
+
+def interactive_table(rows: Sequence[dict[str, Any]], protocols: Sequence[str]) -> tuple[list[dict[str, Any]], str | None]:
+    """The CVPR 2025 challenge's scores of the iterative protocols (:mod:`medsamkit.evaluate.interactive`) per
+    dataset (and ``all``, pooled over objects) x protocol: n objects, mean Dice at the initial step and the last,
+    DSC-AUC and NSD-AUC over the correction-click steps (mean, median, std, ci95), final NSD (0 where Dice <= 0.2).
+    Returns the entries and a note when they could not be computed (rows that do not identify one object per
+    label and picture, e.g. ``objects="component"``), else None."""
+    order = {p: i for i, p in enumerate(protocols)}
+    try:
+        records = interactive_records([r for r in rows if r.get("status") == "ok"])
+    except InputError as e:
+        return [], f"interactive scores not computed: {e}"
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for rec in records:
+        groups[(rec.dataset, rec.protocol)].append(rec)
+        groups[("all", rec.protocol)].append(rec)
+    out = []
+    for (ds, proto), recs in sorted(groups.items(), key=lambda kv: (kv[0][0] == "all", kv[0][0], order.get(kv[0][1], 99))):
+        aucs = [r.dsc_auc for r in recs if r.dsc_auc is not None]
+        out.append(
+            {
+                "dataset": ds,
+                "protocol": proto,
+                "clicks": len(recs[0].dice) - 1,
+                "n": len(recs),
+                "dice_start_mean": _stats([r.dice[0] for r in recs])["mean"],
+                "dsc_final_mean": _stats([r.dsc_final for r in recs])["mean"],
+                "nsd_final_mean": _stats([r.nsd_final for r in recs])["mean"],
+                "dsc_auc": _stats(aucs),
+                "nsd_auc": _stats([r.nsd_auc for r in recs if r.nsd_auc is not None]),
+            }
+        )
+    return out, None
 
 
 def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tolerance: float | None = None) -> dict[str, Any]:
@@ -179,10 +336,15 @@ def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tole
             entry["box_failures"] = int(sum(p[1] < FAILURE_DICE for p in paired))
         uncertainty.append(entry)
 
+    interactive, interactive_note = interactive_table(ok, protocols)
     images = {(r["dataset"], r["case"], r["slice"]): _f(r.get("encode_s")) for r in ok}
     enc = [v for v in images.values() if math.isfinite(v)]
     return {
-        "conventions": {**CONVENTIONS, "nsd_tolerance": nsd_tolerance},
+        "conventions": {
+            **CONVENTIONS,
+            **({"interactive": INTERACTIVE_CONVENTION} if interactive else {}),
+            "nsd_tolerance": nsd_tolerance,
+        },
         "protocols": list(protocols),
         "objects": len({_object_key(r) for r in ok}),
         "rows": len(rows),
@@ -196,6 +358,8 @@ def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tole
         "dice_vs_clicks": clicks,
         "correlations": correlations,
         "uncertainty": uncertainty,
+        "interactive": interactive,
+        **({"interactive_note": interactive_note} if interactive_note else {}),
         "timing": {
             "images_encoded": len(enc),
             "encode_s_mean": round(float(np.mean(enc)), 4) if enc else None,

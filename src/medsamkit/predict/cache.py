@@ -1,9 +1,11 @@
 """Embedding cache: an image's encoder output keyed by what determines it.
 
-Key = sha256 of (model weights id, pipeline, model input size, the uint8 slice bytes, shape). A changed pixel,
-model or preprocessing gives another key, so a stale entry can never be used. Entries live in memory (LRU,
-bounded in bytes) and optionally on disk (one ``.npy`` per key, written atomically), so a second command on the
-same volume skips the encoder.
+Key = sha256 of (the image encoder's identity, pipeline, model input size, the uint8 slice bytes, shape). A changed
+pixel, encoder or preprocessing gives another key, so a stale entry can never be used. The encoder's identity is the
+engine's ``encoder_id`` (:func:`encoder_id_of`): its ``weights_id`` for an ordinary model (so keys are those of
+earlier versions), the base's for a weights overlay that keeps its base's encoder (``litemedsam-interactive`` shares
+``litemedsam``'s embeddings). Entries live in memory (LRU, bounded in bytes) and optionally on disk (one ``.npz``
+per key, written atomically), so a second command on the same volume skips the encoder.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,11 +23,18 @@ if TYPE_CHECKING:
     from ..preprocess.transforms import Geometry
 
 
-def embedding_key(weights_id: str, pipeline: str, input_size: int, image_u8: np.ndarray) -> str:
-    """Content key for the embedding of ``image_u8`` (the uint8 picture given to the model)."""
+def encoder_id_of(engine: Any) -> str:
+    """The identity an embedding cache keys ``engine``'s embeddings on: its ``encoder_id``, or its ``weights_id``
+    for an engine without one (written against the older Engine protocol)."""
+    return str(getattr(engine, "encoder_id", None) or engine.weights_id)
+
+
+def embedding_key(encoder_id: str, pipeline: str, input_size: int, image_u8: np.ndarray) -> str:
+    """Content key (sha256 hex) for the embedding of ``image_u8`` (the uint8 picture given to the model, any shape)
+    by the encoder ``encoder_id`` (:func:`encoder_id_of` an engine) with the ``pipeline`` at ``input_size``."""
     a = np.ascontiguousarray(image_u8)
     h = hashlib.sha256()
-    h.update(f"{weights_id}|{pipeline}|{input_size}|{a.dtype}|{a.shape}|".encode())
+    h.update(f"{encoder_id}|{pipeline}|{input_size}|{a.dtype}|{a.shape}|".encode())
     h.update(a.data.cast("B"))  # the array's bytes in C order (a.data: its memoryview)
     return h.hexdigest()
 

@@ -14,7 +14,7 @@ from ..models.backends import Engine, create_engine
 from ..models.configs import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 from ..preprocess.image2d import to_rgb_uint8
 from ..preprocess.transforms import Geometry, Transform, transform_for
-from .cache import EmbeddingCache, embedding_key
+from .cache import EmbeddingCache, embedding_key, encoder_id_of
 
 
 @dataclass
@@ -100,7 +100,8 @@ class Predictor:
         key = None
         if self.cache is not None:
             rgb = to_rgb_uint8(image)
-            key = embedding_key(self.engine.weights_id, self.transform.name, self.transform.input_size, rgb)
+            # keyed on the encoder's identity: a weights overlay on the same encoder shares its base's embeddings
+            key = embedding_key(encoder_id_of(self.engine), self.transform.name, self.transform.input_size, rgb)
             hit = self.cache.get(key)
             if hit is not None:
                 return hit

@@ -9,6 +9,13 @@ An engine runs the three stages of a SAM-family model on numpy arrays:
 
 Coordinates are in the model-input frame; labels use -1 pad, 0 negative, 1 positive, 2/3 box corners;
 ``outputs`` picks SAM's mask outputs (``[0]`` single-mask, ``[1, 2, 3]`` multimask).
+
+Identity: ``weights_id`` names the whole model's weights (records, export caches); ``encoder_id`` names the image
+encoder's, which is all an embedding depends on. They are equal except for a weights overlay that keeps its base's
+encoder (e.g. ``litemedsam-interactive`` on ``litemedsam``), whose ``encoder_id`` is the base's ``weights_id``, so
+embedding caches keyed on it are shared with the base model. Both engines here carry ``encoder_id``; read it with
+:func:`medsamkit.predict.cache.encoder_id_of`, which falls back to ``weights_id`` for an engine (or wrapper) without
+one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ class Engine(Protocol):
     backend: str
     arch: ArchSpec
     weights_id: str
+    # encoder_id: str - carried by both engines; not yet required here, so that wrappers written before it (the
+    # app's LockedEngine) still fit: read it with predict.cache.encoder_id_of
 
     def encode(self, images: np.ndarray) -> np.ndarray: ...
 

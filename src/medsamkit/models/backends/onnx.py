@@ -1,9 +1,9 @@
 """ONNX Runtime engine: the model's four stages exported once per weights and cached on disk.
 
 Cache: ``<cache_dir>/onnx/<arch>-<sha256[:16]>-r<EXPORT_REVISION>/{encoder,prepare,decoder,decoder_masked}.onnx``,
-keyed by the weights' sha256 so a file exported for other weights (or by older medsamkit code, via the
-revision) is never used. Files are written to a temporary name and renamed (atomic). Loading a cached
-engine does not import PyTorch.
+keyed by the weights' sha256 (for a weights overlay: the digest of base + overlay) so a file exported for other
+weights (or by older medsamkit code, via the revision) is never used. Files are written to a temporary name and
+renamed (atomic). Loading a cached engine does not import PyTorch.
 """
 
 from __future__ import annotations
@@ -134,11 +134,13 @@ def state_dict_digest(model: Any) -> str:
 class OnnxEngine:
     backend = "onnxruntime"
 
-    def __init__(self, folder: Path, arch: ArchSpec, weights_id: str, threads: int) -> None:
+    def __init__(self, folder: Path, arch: ArchSpec, weights_id: str, threads: int, encoder_id: str | None = None) -> None:
         import onnxruntime as ort
 
         self.arch = arch
         self.weights_id = weights_id
+        #: the image encoder's identity (embedding caches key on it): ``weights_id`` unless given (an overlay model)
+        self.encoder_id = encoder_id or weights_id
         self.folder = folder
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -191,16 +193,23 @@ class OnnxEngine:
             net = load(resolved[1])
             folder = cls._ensure(net.spec, net.weights.sha256, lambda: net)
             return cls(folder, net.spec, net.weights.sha256, threads)
-        ref = resolved[0]
+        ref = resolved[0]  # for an overlay model: sha256 of base + overlay, encoder_id the base's
         folder = cls._ensure(ref.arch, ref.sha256, lambda: load(model, checkpoint=checkpoint, arch=arch))
-        return cls(folder, ref.arch, ref.sha256, threads)
+        return cls(folder, ref.arch, ref.sha256, threads, encoder_id=ref.encoder_id)
 
     @classmethod
     def from_module(cls, model: Any, threads: int = 1) -> OnnxEngine:
-        """Engine for an in-memory ``SamModel`` (e.g. after fine-tuning), keyed by a digest of its weights."""
+        """Engine for an in-memory ``SamModel`` (e.g. after fine-tuning), keyed by a digest of its weights.
+
+        ``encoder_id`` is that digest too, except for a model loaded as a weights overlay that keeps its base's
+        encoder (its ``weights.encoder_id`` differs from ``weights.sha256``): then the base's, trusting the model's
+        ``weights`` as :class:`~.torch_engine.TorchEngine` does."""
         digest = state_dict_digest(model)
         folder = cls._ensure(model.spec, digest, lambda: model)
-        return cls(folder, model.spec, digest, threads)
+        ref = getattr(model, "weights", None)
+        enc = getattr(ref, "encoder_sha256", None)
+        shared = enc is not None and enc != getattr(ref, "sha256", None)
+        return cls(folder, model.spec, digest, threads, encoder_id=enc if shared else None)
 
     # -- inference --------------------------------------------------------------------------------------
     def encode(self, images: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ class TorchEngine:
         self.arch = model.spec
         ref = getattr(model, "weights", None)
         self.weights_id = ref.sha256 if ref is not None else "in-memory"
+        #: the image encoder's identity: the base's for an overlay model (WeightsRef.encoder_id), else weights_id
+        self.encoder_id = getattr(ref, "encoder_id", None) or self.weights_id
         if threads:
             torch.set_num_threads(threads)
         self.channels_last = channels_last
@@ -24,7 +26,10 @@ class TorchEngine:
         self.device = next(self.model.parameters()).device
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        a = np.ascontiguousarray(a)
+        if not a.flags.writeable:  # e.g. a broadcast mask_input: torch.from_numpy warns about read-only arrays
+            a = a.copy()
+        return torch.from_numpy(a).to(self.device)
 
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..predict.cache import EmbeddingCache, embedding_key
+from ..predict.cache import EmbeddingCache, embedding_key, encoder_id_of
 from ..predict.predictor import Predictor
 from ..preprocess.image2d import to_rgb_uint8
 
@@ -26,6 +26,7 @@ class LockedEngine:
         self.backend = engine.backend
         self.arch = engine.arch
         self.weights_id = engine.weights_id
+        self.encoder_id = encoder_id_of(engine)  # embeddings shared with models of the same image encoder
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -100,7 +101,7 @@ class SharedPredictor(Predictor):
 
     def embed(self, image: np.ndarray) -> tuple[np.ndarray, Any]:
         rgb = to_rgb_uint8(image)
-        key = embedding_key(self.engine.weights_id, self.transform.name, self.transform.input_size, rgb)
+        key = embedding_key(encoder_id_of(self.engine), self.transform.name, self.transform.input_size, rgb)
         with self._service.claim(key):
             out = super().embed(rgb)
         if self.on_embed is not None:

@@ -26,7 +26,7 @@ def add_parser(sub: SubParsers) -> None:
         "trained parameters; use it with `medsamkit segment --adapter RUN_DIR/adapter.pt`, or `medsamkit autoseg "
         "--autosam RUN_DIR` for AutoSAM). Under torchrun the ranks train together (DDP, gloo on CPU).",
     )
-    p.add_argument("dataset", type=Path, help="dataset folder")
+    p.add_argument("dataset", type=Path, nargs="+", help="dataset folder(s); several are trained on together")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR", help="run folder")
     p.add_argument("--mode", choices=MODES, default="decoder", help="what is trained (default decoder)")
     p.add_argument("--model", default="litemedsam", help="base model: registry name or checkpoint (default litemedsam)")
@@ -42,6 +42,24 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--max-minutes", type=_positive_float, help="wall-clock budget; no epoch starts that would pass it")
     p.add_argument("--prompt", choices=PROMPTS, default="box", help="training prompts (default box)")
     p.add_argument("--num-points", type=positive_int, default=1, help="points per point prompt (default 1)")
+    g = p.add_argument_group(
+        "interactive training (--prompt interactive, --mode decoder)",
+        "SAM's simulated interaction: a box or a click, then correction clicks from the current error with the "
+        "previous mask fed back, the loss summed over the rounds",
+    )
+    g.add_argument("--clicks", type=non_negative_int, default=8, help="correction clicks per object (default 8)")
+    g.add_argument("--mask-only", type=non_negative_int, default=2, help="rounds with no new click (default 2)")
+    g.add_argument(
+        "--click-farthest-p",
+        type=_probability,
+        default=0.5,
+        help="chance a click is the farthest error pixel, else a random one (default 0.5)",
+    )
+    g.add_argument("--box-start-p", type=_probability, default=0.5, help="chance an object starts from a box (default 0.5)")
+    g.add_argument("--iou-loss-weight", type=float, default=1.0, help="weight of the IoU head's MSE (default 1; 0 off)")
+    g.add_argument(
+        "--grad-iterations", type=positive_int, help="back-propagate through this many random rounds per batch (default all)"
+    )
     p.add_argument(
         "--bbox-shift",
         type=non_negative_int,
@@ -51,7 +69,14 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--objects", choices=OBJECTS, default="label", help="one sample per label (default) or per component")
     p.add_argument("--label", type=positive_int, help="train on this label value only (default: every label > 0)")
     p.add_argument("--min-pixels", type=positive_int, default=1, help="skip objects smaller than this (default 1)")
-    p.add_argument("--slices-per-case", type=positive_int, help="3D cases: at most this many slices (evenly spaced)")
+    p.add_argument("--slices-per-case", type=positive_int, help="3D cases: at most this many slices per axis (evenly spaced)")
+    p.add_argument("--slice-axes", choices=("z", "all"), default="z", help="3D cases: axial slices (z) or along all three axes")
+    p.add_argument(
+        "--augment-copies",
+        type=non_negative_int,
+        default=0,
+        help="with --cache-embeddings: augmented copies of each training picture, encoded once (default 0)",
+    )
     p.add_argument("--no-augment", action="store_true", help="no flips, rotations, gamma or noise")
     p.add_argument(
         "--cache-embeddings",
@@ -80,9 +105,21 @@ def add_parser(sub: SubParsers) -> None:
     p.set_defaults(func=run)
 
 
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return v
+
+
 def run(args: argparse.Namespace) -> None:
     from ..train.finetune import default_config, finetune
 
+    if args.evaluate and len(args.dataset) > 1:
+        raise CliError("--evaluate scores one dataset's test split; train on several without it and evaluate each")
     if args.cache_embeddings is not None and args.mode not in ("decoder", "autosam"):
         raise CliError(f"--cache-embeddings needs a frozen image encoder (--mode decoder or autosam), not {args.mode}")
     overrides = {
@@ -110,6 +147,14 @@ def run(args: argparse.Namespace) -> None:
         "label": args.label,
         "min_pixels": args.min_pixels,
         "slices_per_case": args.slices_per_case,
+        "slice_axes": args.slice_axes,
+        "augment_copies": args.augment_copies,
+        "clicks": args.clicks,
+        "mask_only": args.mask_only,
+        "click_farthest_p": args.click_farthest_p,
+        "box_start_p": args.box_start_p,
+        "iou_loss_weight": args.iou_loss_weight,
+        "grad_iterations": args.grad_iterations,
         "augment": not args.no_augment,
         "cache_embeddings": str(args.cache_embeddings) if args.cache_embeddings is not None else None,
         "encode_backend": args.encode_backend,

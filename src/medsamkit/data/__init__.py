@@ -7,7 +7,7 @@ case ids deterministically into train / val / test; ``run_split`` is a training 
 ``split.json``.
 """
 
-from .datasets import LAYOUTS, Case, Dataset, case_id_of, load_case, load_dataset, modality_from_name
+from .datasets import LAYOUTS, Case, Dataset, case_id_of, combine_datasets, load_case, load_dataset, modality_from_name
 from .splits import Split, read_split, run_split, split_cases, write_split
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Dataset",
     "Split",
     "case_id_of",
+    "combine_datasets",
     "load_case",
     "load_dataset",
     "modality_from_name",

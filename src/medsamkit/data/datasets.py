@@ -164,6 +164,25 @@ class Dataset:
         )
 
 
+def combine_datasets(datasets: Sequence[Dataset], name: str = "combined") -> Dataset:
+    """One dataset of the cases of several (e.g. to train on many sets at once): case ids become
+    ``<dataset name>/<case id>`` (each case keeps its own ``dataset``, labels and modality); the root is the
+    datasets' common parent folder, the layout ``combined``; dataset-level labels and modality are kept only where
+    all agree. Two datasets of one name are refused (their ids would collide)."""
+    if not datasets:
+        raise InputError("combine_datasets needs at least one dataset")
+    names = [d.name for d in datasets]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"datasets share a name ({', '.join(dup)}): their case ids would collide")
+    cases = [replace(c, id=f"{d.name}/{c.id}") for d in datasets for c in d.cases]
+    root = Path(os.path.commonpath([str(d.root) for d in datasets]))
+    labels = dict(datasets[0].labels) if all(d.labels == datasets[0].labels for d in datasets) else {}
+    modality = datasets[0].modality if all(d.modality == datasets[0].modality for d in datasets) else None
+    skipped = [(f"{d.name}/{f}", why) for d in datasets for f, why in d.skipped]
+    return Dataset(name, root, "combined", cases, labels, modality, skipped)
+
+
 # ----------------------------------------------------------------------------------------------------- loading
 
 

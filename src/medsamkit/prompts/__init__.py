@@ -13,7 +13,7 @@ from .boxes import (
     shift_box,
     shift_box_3d,
 )
-from .clicks import RULES, Click, error_regions, next_click
+from .clicks import RULES, Click, error_regions, first_click, next_click, sample_click
 from .points import Centroid, center_point, centroid_point, interior_distance, positive_negative_points, random_points, ring_mask
 from .protocol import PromptProtocol, parse_protocol
 
@@ -33,7 +33,9 @@ __all__ = [
     "jitter_box_3d",
     "mask_box",
     "mask_box_3d",
+    "first_click",
     "next_click",
+    "sample_click",
     "parse_protocol",
     "positive_negative_points",
     "random_points",

@@ -75,3 +75,30 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str, rng: np.random.Gener
         row, col = int(rows[i]), int(cols[i])
         return Click(col, row, bool(fn[row, col]))
     raise OptionError(f"unknown click rule {rule!r}; use one of {', '.join(RULES)}")
+
+
+def sample_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator, farthest_p: float = 0.5) -> Click | None:
+    """A training-time correction click for ``pred`` against ``gt`` (both ``(H, W)``), as in SAM's simulated
+    interactive training: with probability ``farthest_p`` the ``farthest-error`` click (the error pixel farthest from
+    its region's boundary), otherwise a ``random-error`` click (an error pixel drawn uniformly). A false-negative
+    pixel gives a positive click, a false-positive one a negative click. None when there is no error."""
+    if not 0.0 <= farthest_p <= 1.0:
+        raise OptionError(f"farthest_p must be in [0, 1], got {farthest_p!r}")
+    rule = "farthest-error" if rng.random() < farthest_p else "random-error"
+    return next_click(pred, gt, rule, rng)
+
+
+def first_click(gt: np.ndarray, rng: np.random.Generator, centre_p: float = 0.5) -> Click:
+    """A training-time first (positive) click inside the object ``gt`` ``(H, W)``: with probability ``centre_p``
+    its centre (the pixel farthest from its boundary, as the ``farthest-error`` rule places a first click on an
+    empty prediction), otherwise a uniformly random object pixel. PromptError for an empty object."""
+    g = as_mask(gt, ndim=2)
+    if not g.any():
+        raise PromptError("the object is empty: nothing to click")
+    if rng.random() < centre_p:
+        click = next_click(np.zeros_like(g), g, "farthest-error")
+        assert click is not None  # the object is not empty
+        return click
+    rows, cols = np.nonzero(g)
+    i = int(rng.integers(rows.size))
+    return Click(int(cols[i]), int(rows[i]), True)

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data import Case, Dataset, Split, load_case, load_dataset, read_split
+from ..data import Case, Dataset, Split, combine_datasets, load_case, load_dataset, read_split
 from ..errors import FileInputError, MissingFileError, OptionError
 from ..io.image import MedicalImage
 from ..models.unet import COLOURS, INPUT_KINDS, VIEWS, InputSpec  # noqa: F401 - also importable from here
@@ -280,10 +280,16 @@ def each_case(cases: Sequence[Case], progress: bool = False, desc: str = "evalua
         yield from bar
 
 
-def open_dataset(dataset: Dataset | str | os.PathLike[str]) -> Dataset:
-    """A :class:`~medsamkit.data.Dataset` from a folder (any layout ``load_dataset`` reads)."""
+def open_dataset(
+    dataset: Dataset | str | os.PathLike[str] | Sequence[Dataset | str | os.PathLike[str]],
+) -> Dataset:
+    """A :class:`~medsamkit.data.Dataset` from a folder (any layout ``load_dataset`` reads), or several combined
+    (:func:`~medsamkit.data.combine_datasets`: ids ``<dataset>/<case>``)."""
     if isinstance(dataset, Dataset):
         return dataset
+    if not isinstance(dataset, (str, os.PathLike)):
+        parts = [open_dataset(d) for d in dataset]
+        return parts[0] if len(parts) == 1 else combine_datasets(parts)
     ds = load_dataset(dataset)
     if not len(ds):
         detail = f" ({len(ds.skipped)} file(s) skipped, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]})" if ds.skipped else ""

@@ -71,6 +71,7 @@ from ...models.adapted import (  # the adapter file's format and loading live in
 from ...predict.autoseg import AutoSegmentation, AutoSegmenter, base_predictor, load_autosam  # AutoSAM inference
 from ..loop import FitResult, TrainConfig
 from .evaluation import RESULT_COLUMNS, evaluate_finetune, summarize_rows, write_evaluation, zero_shot_rows
+from .interactive import interactive_loss, validation_score
 from .model import FinetuneModel, build_generator, build_model, parameter_counts, prompt_tensors, save_adapter, trained_state
 from .options import (
     AUTOSAM_INPUTS,
@@ -78,13 +79,14 @@ from .options import (
     FROZEN_ENCODER_MODES,
     OBJECTS,
     PROMPTS,
+    SLICE_AXES,
     SUMMARY_FILE,
     FinetuneOptions,
     default_config,
     evaluation_config,
 )
 from .run import FinetuneResult, finetune
-from .samples import FinetuneDataset, ImageRecord, embed_images, read_images, to_model_frame
+from .samples import FinetuneDataset, ImageRecord, augmented_copies, embed_images, read_images, to_model_frame
 
 __all__ = [
     "ADAPTER_FILE",
@@ -96,6 +98,7 @@ __all__ = [
     "OBJECTS",
     "PROMPTS",
     "RESULT_COLUMNS",
+    "SLICE_AXES",
     "SUMMARY_FILE",
     "AutoSegmentation",
     "AutoSegmenter",
@@ -107,6 +110,7 @@ __all__ = [
     "ImageRecord",
     "TrainConfig",
     "arch_from_dict",
+    "augmented_copies",
     "arch_to_dict",
     "base_predictor",
     "build_base_for",
@@ -117,6 +121,7 @@ __all__ = [
     "evaluate_finetune",
     "evaluation_config",
     "finetune",
+    "interactive_loss",
     "load_adapted",
     "load_autosam",
     "load_base",
@@ -127,6 +132,7 @@ __all__ = [
     "save_adapter",
     "summarize_rows",
     "to_model_frame",
+    "validation_score",
     "trained_state",
     "weights_digest",
     "write_evaluation",

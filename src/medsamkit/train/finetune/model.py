@@ -33,7 +33,10 @@ class FinetuneModel(nn.Module):
     ``forward(batch, prompt)`` returns the single-mask low-res logits ``(N, 1, L, L)`` (L = 4 x embedding grid).
     batch: ``{"image": (N, 3, S, S) model inputs, "embedding": (N, 256, g, g), "box": (N, 4) model-input x0, y0,
     x1, y1, "points": (N, k, 2) model-input x, y}``; the embedding is computed from the image when absent.
-    prompt: "box" or "points" (ignored in autosam mode). BatchNorm layers stay in eval mode in training.
+    prompt: "box" or "points" (ignored in autosam mode). Interactive training calls it as ``forward(batch, "encode")``
+    -> embeddings and ``forward({"embedding": e}, "decode", coords=, labels=, mask_input=, outputs=)`` -> ``(logits
+    (N, K, L, L), IoU predictions (N, K))`` (a module's forward, so the engine's wrappers see every pass). BatchNorm
+    layers stay in eval mode in training.
     """
 
     sam: SamModel
@@ -52,9 +55,26 @@ class FinetuneModel(nn.Module):
                 m.eval()
         return self
 
-    def forward(self, batch: Mapping[str, torch.Tensor], prompt: str = "box") -> torch.Tensor:
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        prompt: str = "box",
+        *,
+        coords: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        outputs: torch.Tensor | None = None,
+    ) -> Any:
         emb = batch.get("embedding")
         image = batch.get("image")
+        if prompt == "encode":  # interactive training: the image embedding once per batch
+            if image is None:
+                raise OptionError("encoding needs the batch's 'image'")
+            return self.sam.encode(image)
+        if prompt == "decode":  # interactive training: explicit labelled points -> (logits, IoU predictions)
+            if emb is None or coords is None or labels is None:
+                raise OptionError("decode needs the batch's 'embedding' and coords/labels")
+            return self.sam.decode(emb, coords, labels, mask_input, outputs)
         if emb is None:
             if image is None:
                 raise OptionError("a batch needs 'image' and/or 'embedding'")
@@ -95,6 +115,14 @@ def _decoder_trainable(decoder: MaskDecoder) -> list[nn.Parameter]:
     return [p for p in decoder.parameters() if id(p) not in skip]
 
 
+def interactive_trainable(decoder: MaskDecoder) -> list[nn.Parameter]:
+    """The mask decoder's parameters that interactive training adapts: all of them (every output, the IoU head)
+    except the shared upscaling of the image features (``output_upscaling``, 74 k of 4.06 M parameters), which
+    keeps the shipped fp16 file under 8 MB."""
+    skip = {id(p) for p in decoder.output_upscaling.parameters()}
+    return [p for p in decoder.parameters() if id(p) not in skip]
+
+
 def build_model(sam: SamModel, options: FinetuneOptions) -> FinetuneModel:
     """Adapt ``sam`` in place for ``options.mode`` and set ``requires_grad`` so that exactly the mode's
     parameters train (see the module docstring)."""
@@ -103,7 +131,9 @@ def build_model(sam: SamModel, options: FinetuneOptions) -> FinetuneModel:
         p.requires_grad_(False)
     generator = None
     trainable: list[nn.Parameter] = []
-    if mode == "decoder":
+    if mode == "decoder" and options.prompt == "interactive":
+        trainable = interactive_trainable(sam.mask_decoder)
+    elif mode == "decoder":
         trainable = _decoder_trainable(sam.mask_decoder)
     elif mode == "full":
         enc = sam.image_encoder

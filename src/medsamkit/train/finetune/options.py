@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from ...models.adapters import AdapterConfig
     from ...models.lora import LoraConfig
 
-PROMPTS = ("box", "points", "mixed")
+PROMPTS = ("box", "points", "mixed", "interactive")
+SLICE_AXES = ("z", "all")
 OBJECTS = ("label", "component")
 AUTOSAM_INPUTS = ("image", "embedding", "both")
 SUMMARY_FILE = "finetune.json"
@@ -49,12 +51,23 @@ class FinetuneOptions(StoredConfig):
     mode: one of :data:`MODES`. model: registry name or checkpoint path of the base; checkpoint: another weight
     file for ``model``'s architecture. size: model input side S (default the architecture's; other sizes for
     TinyViT models only, a multiple of 16 >= 64: the embedding grid is S/4).
-    prompt: "box", "points" or "mixed"; num_points: points per prompt; bbox_shift: maximum outward move of each
-    box side, model-input pixels. objects: "label" or "component"; label: train on one label value only;
+    prompt: "box", "points", "mixed" or "interactive" (SAM's simulated interaction, decoder mode:
+    :mod:`.interactive`); num_points: points per prompt; bbox_shift: maximum outward move of each box side,
+    model-input pixels.
+    Interactive training: clicks: correction clicks per object after the first prompt; mask_only: extra iterations
+    with no new click (the previous mask only; one is the last, the others at random places); click_farthest_p: the
+    chance that a click is the error pixel farthest from its region's boundary (else a uniformly random error
+    pixel; a first click: the object's centre, else a random object pixel); box_start_p: the chance that an object
+    starts from its (jittered) box rather than one positive click; iou_loss_weight: weight of the IoU head's MSE
+    (0: off); grad_iterations: back-propagate through this many randomly chosen iterations of each batch (the others
+    run without gradient; None: all). objects: "label" or "component"; label: train on one label value only;
     min_pixels: smallest object (pixels on the original grid). slices_per_case: 3D cases give at most this many
-    slices (evenly spaced among the slices holding the target; None: all).
-    augment: train-time augmentation (see the module docstring). cache_embeddings: folder of the embedding cache
-    (decoder/autosam). encode_backend: engine that fills the cache ("auto": ONNX Runtime when installed).
+    slices per axis (evenly spaced among the slices holding the target; None: all); slice_axes: "z" (axial slices)
+    or "all" (slices along each of the three array axes).
+    augment: train-time augmentation (see the module docstring); augment_copies: with cached embeddings, this many
+    augmented copies of every training picture are made once and encoded into the cache too.
+    cache_embeddings: folder of the embedding cache (decoder/autosam). encode_backend: engine that fills the cache
+    ("auto": ONNX Runtime when installed).
     adapter_ratio, adapter_mlp_scale: :class:`~medsamkit.models.adapters.AdapterConfig`. lora_rank, lora_alpha:
     :class:`~medsamkit.models.lora.LoraConfig`. autosam_tokens: k sparse tokens; autosam_input: what the generator
     reads ("image", "embedding" or "both"); autosam_train_decoder: also train the mask decoder.
@@ -74,7 +87,9 @@ class FinetuneOptions(StoredConfig):
     label: int | None = None
     min_pixels: int = 1
     slices_per_case: int | None = None
+    slice_axes: str = "z"
     augment: bool = True
+    augment_copies: int = 0
     cache_embeddings: str | None = None
     encode_backend: str = "auto"
     adapter_ratio: float = 0.25
@@ -84,6 +99,12 @@ class FinetuneOptions(StoredConfig):
     autosam_tokens: int = 2
     autosam_input: str = "both"
     autosam_train_decoder: bool = False
+    clicks: int = 8
+    mask_only: int = 2
+    click_farthest_p: float = 0.5
+    box_start_p: float = 0.5
+    iou_loss_weight: float = 1.0
+    grad_iterations: int | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int | None = None
@@ -106,7 +127,15 @@ class FinetuneOptions(StoredConfig):
             raise OptionError(f"unknown autosam_input {self.autosam_input!r}; use one of {', '.join(AUTOSAM_INPUTS)}")
         if not isinstance(self.model, str) or not self.model:
             raise OptionError(f"model must be a registry name or a checkpoint path, got {self.model!r}")
+        if self.slice_axes not in SLICE_AXES:
+            raise OptionError(f"unknown slice_axes {self.slice_axes!r}; use one of {', '.join(SLICE_AXES)}")
+        if self.prompt == "interactive" and self.mode != "decoder":
+            raise OptionError(f"interactive training trains the mask decoder: use mode 'decoder', not {self.mode!r}")
         check_int("num_points", 1)
+        check_int("augment_copies", 0)
+        check_int("clicks", 0)
+        check_int("mask_only", 0)
+        check_int("grad_iterations", 1, optional=True)
         check_int("bbox_shift", 0)
         check_int("min_pixels", 1)
         check_int("lora_rank", 1)
@@ -117,6 +146,15 @@ class FinetuneOptions(StoredConfig):
         check_int("size", 64, optional=True)
         if self.size is not None and self.size % 16:
             raise OptionError(f"size must be a multiple of 16, got {self.size}")
+        for name in ("click_farthest_p", "box_start_p"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise OptionError(f"{name} must be in [0, 1], got {v!r}")
+        w = self.iou_loss_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise OptionError(f"iou_loss_weight must be a finite number >= 0, got {w!r}")
+        if self.augment_copies and not self.cached:
+            raise OptionError("augment_copies needs cached embeddings (cache_embeddings); without a cache every step augments")
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:

@@ -9,11 +9,12 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,9 +35,10 @@ from ...predict.autoseg import base_predictor
 from ..data import open_dataset
 from ..distributed import dist_info, init_distributed, make_loader, resolve_device, shutdown_distributed, wrap_ddp
 from ..loop import FitResult, TrainConfig, fit, seed_everything
+from .interactive import interactive_loss, validation_score
 from .model import FinetuneModel, build_model, parameter_counts, save_adapter
 from .options import FROZEN_ENCODER_MODES, RESUMABLE_CHANGES, SUMMARY_FILE, FinetuneOptions, default_config
-from .samples import FinetuneDataset, embed_images, read_images
+from .samples import FinetuneDataset, augmented_copies, embed_images, read_images
 
 # ---------------------------------------------------------------------------------------------------- results
 
@@ -71,7 +73,7 @@ def _loss() -> nn.Module:
 
 
 def finetune(
-    dataset: Dataset | str | os.PathLike[str],
+    dataset: Dataset | str | os.PathLike[str] | Sequence[Dataset | str | os.PathLike[str]],
     run_dir: str | os.PathLike[str],
     mode: str = "decoder",
     *,
@@ -82,6 +84,9 @@ def finetune(
     **options: Any,
 ) -> FinetuneResult:
     """Adapt a SAM-family model to a 2D (or sliced 3D) labelled dataset; everything goes to ``run_dir``.
+
+    dataset: a dataset folder or :class:`~medsamkit.data.Dataset`, or several of them trained on together (case ids
+    ``<dataset>/<case>``, one split over all cases).
 
     mode: one of :data:`MODES`. model: registry name, checkpoint path or a ``SamModel`` (an in-memory base is
     recorded by its weight digest; give it again as ``base=`` to :func:`load_adapted`). config: the training loop
@@ -117,7 +122,7 @@ def _module_name(model: nn.Module) -> str:
 
 
 def _finetune(
-    dataset: Dataset | str | os.PathLike[str],
+    dataset: Dataset | str | os.PathLike[str] | Sequence[Dataset | str | os.PathLike[str]],
     run: Path,
     opts: FinetuneOptions,
     model: str | os.PathLike[str] | nn.Module,
@@ -127,6 +132,8 @@ def _finetune(
 ) -> FinetuneResult:
     t_start = time.perf_counter()
     rank, world = dist_info()
+    if opts.prompt == "interactive" and world > 1:
+        raise OptionError("interactive training runs in one process (several decoder passes per step); not under torchrun")
     ds = open_dataset(dataset)
     summary_file = run / SUMMARY_FILE
     if resume and summary_file.is_file():
@@ -152,6 +159,8 @@ def _finetune(
     t0 = time.perf_counter()
     train_images = read_images(ds.subset(split.train).cases, opts)
     val_images = read_images(ds.subset(split.val).cases, opts) if split.val else []
+    if opts.augment_copies:
+        train_images = [*train_images, *augmented_copies(train_images, opts.augment_copies, config.seed)]
     if not train_images:
         raise OptionError(
             f"{ds.root}: no training image holds a usable object (label {opts.label}, min_pixels {opts.min_pixels})"
@@ -201,14 +210,21 @@ def _finetune(
             val_loader = make_loader(val_ds, config.batch_size, shuffle=False, num_workers=config.num_workers)
     loss_fn = _loss()
     val_prompt = "points" if opts.prompt == "points" else "box"
+    interactive = opts.prompt == "interactive"
+    # interactive rounds draw their clicks from one generator per run (seeded; a resumed run draws anew)
+    click_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 16]))
 
     def train_step(m: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if interactive:
+            return interactive_loss(m, batch, opts, click_rng, input_size=spec.img_size)[0]
         kind = opts.prompt
         if kind == "mixed":
             kind = "points" if float(torch.rand(())) < 0.5 else "box"
         return loss_fn(m(batch, kind), batch["target"])
 
     def val_step(m: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if interactive:
+            return validation_score(m, batch, opts, input_size=spec.img_size)
         logits = m(batch, val_prompt)
         return loss_fn(logits, batch["target"]), segmentation_dice(logits, batch["target"])
 

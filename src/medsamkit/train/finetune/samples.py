@@ -15,7 +15,7 @@ import torch
 
 from ...data import Case, load_case
 from ...errors import OptionError
-from ...preprocess.picture import model_picture, volume_pictures
+from ...preprocess.picture import VolumePictures, model_picture, volume_pictures
 from .options import FinetuneOptions, evaluation_config
 
 if TYPE_CHECKING:
@@ -95,10 +95,50 @@ def read_images(cases: Sequence[Case], options: FinetuneOptions) -> list[ImageRe
             raise OptionError(f"case {case.id}: RGB volumes are not supported")
         pictures = volume_pictures(image, modality=case.modality or image.modality)
         least = config.least_slice_pixels
-        for z in evaluated_slices(mask, labels, config):
-            rec = _record(case.id, int(z), pictures[int(z)], np.asarray(mask[z]), labels, config, least)
-            if rec is not None:
-                out.append(rec)
+        mask = np.asarray(mask)
+        for axis in (0, 1, 2) if options.slice_axes == "all" else (0,):
+            along = mask if axis == 0 else np.moveaxis(mask, axis, 0)
+            view = pictures if axis == 0 else VolumePictures(np.moveaxis(pictures.array, axis, 0), pictures.preset)
+            for z in evaluated_slices(along, labels, config):
+                rec = _record(case.id, int(z), view[int(z)], np.ascontiguousarray(along[z]), labels, config, least)
+                if rec is not None:
+                    if axis:
+                        rec.id = f"{case.id}@{'zyx'[axis]}{int(z)}"
+                    out.append(rec)
+    return out
+
+
+def augmented_copies(images: Sequence[ImageRecord], copies: int, seed: int) -> list[ImageRecord]:
+    """``copies`` augmented versions of every record (ids ``<id>#aug<k>``), made once, for training on cached
+    embeddings (each copy is encoded like any picture): the training augmentation (flips, 90-degree rotations, gamma,
+    noise; module docstring) applied to the picture and its object map together, seeded by (seed, image, copy)."""
+    aug = _augment_transform()
+    out: list[ImageRecord] = []
+    for i, rec in enumerate(images):
+        for k in range(int(copies)):
+            aug.set_random_state(seed=int(np.random.SeedSequence([seed, i, k, 3]).generate_state(1)[0]))
+            img = rec.picture[None] if rec.picture.ndim == 2 else rec.picture.transpose(2, 0, 1)
+            maps = np.stack([rec.objects, rec.union.astype(np.int32)])  # the object map and the union move together
+            res = aug({"image": img.astype(np.float32) / np.float32(255.0), "mask": maps})
+            pic = np.rint(np.clip(_plain(res["image"]), 0.0, 1.0) * 255.0).astype(np.uint8)
+            pic = pic[0] if pic.shape[0] == 1 else pic.transpose(1, 2, 0)
+            moved = np.rint(_plain(res["mask"])).astype(np.int32)
+            objects, union = moved[0], moved[1] > 0
+            kept = [j for j, oid in enumerate(rec.object_ids) if (objects == oid).any()]
+            if not kept:
+                continue
+            out.append(
+                ImageRecord(
+                    f"{rec.id}#aug{k}",
+                    rec.case,
+                    rec.slice,
+                    np.ascontiguousarray(pic),
+                    np.ascontiguousarray(objects),
+                    [rec.object_ids[j] for j in kept],
+                    [rec.object_labels[j] for j in kept],
+                    np.ascontiguousarray(union),
+                )
+            )
     return out
 
 
@@ -256,12 +296,12 @@ def embed_images(
     """Set each record's embedding-cache key (:func:`~medsamkit.predict.cache.embedding_key` of the predictor's
     weights, pipeline and the picture) and, with ``compute``, make sure ``predictor.cache`` holds its embedding
     (encoding the pictures it lacks)."""
-    from ...predict.cache import embedding_key
+    from ...predict.cache import embedding_key, encoder_id_of
     from ...preprocess.image2d import to_rgb_uint8
 
     eng, tf = predictor.engine, predictor.transform
     for rec in images:
-        rec.key = embedding_key(eng.weights_id, tf.name, tf.input_size, to_rgb_uint8(rec.picture))
+        rec.key = embedding_key(encoder_id_of(eng), tf.name, tf.input_size, to_rgb_uint8(rec.picture))
     if not compute:
         return
     bar = None

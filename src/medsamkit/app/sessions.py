@@ -41,6 +41,7 @@ from ..preprocess.intensity import IntensityPreset
 from ..preprocess.picture import fit_picture, volume_pictures
 from .detached import detached_files
 from .limits import Limits, footprint, volume_cost_limit
+from .refine import LastSegment
 
 log = logging.getLogger("medsamkit.app")
 
@@ -203,8 +204,10 @@ class Volume:
 
 
 class Session:
-    """One client's annotation state. ``lock`` guards ``meta``, ``volume`` and ``undo``; ``job`` is read
-    without it. ``last_seen``: wall-clock time of the last request (for idle expiry)."""
+    """One client's annotation state. ``lock`` guards ``meta``, ``volume``, ``undo`` and ``last_segment``; ``job``
+    is read without it. ``last_seen``: wall-clock time of the last request (for idle expiry). ``last_segment``: the
+    last segment request and its low-res logits, in memory only (see :mod:`medsamkit.app.refine`); every change
+    of the labels, an undo and a new volume drop it, and the segment route records its own after its change."""
 
     def __init__(self, sid: str, folder: Path, meta: dict[str, Any], undo_steps: int = 20) -> None:
         self.sid = sid
@@ -212,6 +215,7 @@ class Session:
         self.meta = meta
         self.volume: Volume | None = None
         self.undo: deque[Change] = deque(maxlen=undo_steps)
+        self.last_segment: LastSegment | None = None
         self.lock = threading.RLock()
         self.job = Job()
         self.last_used = time.monotonic()
@@ -326,6 +330,7 @@ class SessionStore:
             self._sessions.pop(s.sid, None)
         s.volume = None
         s.undo.clear()
+        s.last_segment = None
         shutil.rmtree(s.folder, ignore_errors=True)
 
     def expire_idle(self, now: float | None = None) -> list[str]:
@@ -458,6 +463,7 @@ class SessionStore:
         s.meta.update(volume_id=secrets.token_hex(8), source=source, options=options, exports=[], names={})
         s.volume = make_volume(image, display, np.zeros(display.shape[:3], np.uint8), preset)
         s.undo.clear()
+        s.last_segment = None
         self.save_labels(s)
         self.save_meta(s)
         self._evict(keep=s)
@@ -522,7 +528,9 @@ class SessionStore:
     # -- changes ------------------------------------------------------------------------------------------
     def commit(self, s: Session, region: tuple[slice, slice, slice], new: np.ndarray, kind: str) -> bool:
         """Write ``new`` into ``region`` of the labels (call with ``s.lock`` held), keep the changed voxels'
-        previous values for undo (only their bounding box, compressed), autosave. False when nothing changed."""
+        previous values for undo (only their bounding box, compressed), autosave. False when nothing changed.
+        Drops the session's ``last_segment`` either way (a segment request records its own afterwards)."""
+        s.last_segment = None
         vol = self.volume(s)
         old = vol.labels[region]
         diff = old != new
@@ -604,6 +612,7 @@ class SessionStore:
 
     def undo(self, s: Session) -> Change:
         vol = self.volume(s)
+        s.last_segment = None
         if not s.undo:
             raise AppError(409, "nothing to undo")
         c = s.undo.pop()

@@ -1,5 +1,6 @@
 """Segmenting: one slice from a box and/or points (``POST .../segment``, through
-:func:`medsamkit.predict.segment_2d`), a label propagated through a window of slices (``POST .../propagate``,
+:func:`medsamkit.predict.segment_2d`; a request that adds clicks to the session's previous one gets that one's
+mask fed back, see :mod:`medsamkit.app.refine`), a label propagated through a window of slices (``POST .../propagate``,
 through :func:`medsamkit.predict.segment_volume`; merged by :meth:`SessionStore.merge_propagation`) and the
 propagation's progress (``GET .../progress``).
 
@@ -17,7 +18,9 @@ from fastapi import APIRouter
 
 from ...errors import MedsamkitError, one_line
 from ...predict import ObjectPrompt, segment_2d, segment_volume
+from .. import refine
 from ..limits import MiB
+from ..refine import LastSegment, SegmentKey, feeds_back
 from ..schemas import SESSION_ERRORS, PropagateBody, SegmentBody, error_responses
 from ..sessions import AXES, AppError, Job, Session, slice_index
 from ..state import StateDep
@@ -28,6 +31,10 @@ router = APIRouter()
 
 @router.post("/api/sessions/{sid}/segment", responses=error_responses(*SESSION_ERRORS, 409))
 def segment(sid: str, body: SegmentBody, state: StateDep) -> dict[str, Any]:
+    """Segment ``label`` on one slice from ALL the prompts of the object (box and/or clicks). When the request
+    repeats the session's previous segment request (same slice, label and box) and adds clicks to its points,
+    the previous result's low-res logits are fed back as SAM's mask prompt (``"refined": true``; switched by
+    :data:`medsamkit.app.refine.FEED_BACK_MASK`)."""
     t0 = time.perf_counter()
     store = state.store
     s = store.get(sid)
@@ -36,11 +43,15 @@ def segment(sid: str, body: SegmentBody, state: StateDep) -> dict[str, Any]:
         h, w = vol.check_slice(body.axis, body.slice)
         box, points = check_prompts(body, h, w, state.limits.max_points)
         picture, volume_id = vol.picture(body.axis, body.slice), s.meta["volume_id"]
-    result = segment_2d(state.models.predictor(), picture, boxes=[box] if box else (), points=points)
+        key = SegmentKey.of(volume_id, body.axis, body.slice, body.label, box, points)
+        last = s.last_segment
+        mask_input = last.logits if refine.FEED_BACK_MASK and last is not None and feeds_back(last.key, key) else None
+    result = segment_2d(state.models.predictor(), picture, boxes=[box] if box else (), points=points, mask_input=mask_input)
     mask, score = result.masks[0], float(result.scores[0])
     with s.lock:
         same_volume(s, volume_id)
-        store.set_slice_label(s, body.axis, body.slice, body.label, mask, "segment")
+        store.set_slice_label(s, body.axis, body.slice, body.label, mask, "segment")  # drops s.last_segment
+        s.last_segment = LastSegment(key, result.logits[0]) if result.logits is not None else None
         lab = store.volume(s).labels[slice_index(body.axis, body.slice)].copy()
     return {
         "label": body.label,
@@ -51,6 +62,7 @@ def segment(sid: str, body: SegmentBody, state: StateDep) -> dict[str, Any]:
         "ms": round((time.perf_counter() - t0) * 1000, 1),
         "mask": mask_payload(lab),
         "warnings": result.warnings,
+        "refined": mask_input is not None,
     }
 
 

@@ -160,6 +160,17 @@ def main() -> None:
     r["decode_ms_per_prompt_single"] = median_ms(lambda: ort_p.predict(boxes=box), 21, 3)
     r["decode_ms_per_prompt_batch8"] = median_ms(lambda: ort_p.predict(boxes=boxes8), 7, 2) / 8
     r["decode_ms_per_prompt_torch_eager"] = median_ms(lambda: torch_p.predict(boxes=box), 7, 1)
+    # a correction click with the click-trained decoder: box + 2 clicks + the previous low-res logits as mask prompt
+    # (no decoder preparation can be reused: the mask prompt changes the image tokens), same image embedding
+    inter = Predictor("litemedsam-interactive")
+    inter.set_image(img)
+    prev = inter.predict(boxes=box).low_res_logits[0, :1]
+    pts, labs = np.array([[200.0, 220.0], [120.0, 140.0]]), np.array([1, 0])
+    click = lambda: inter.predict(point_coords=pts, point_labels=labs, boxes=box, mask_input=prev)  # noqa: E731
+    r["decode_ms_per_click_interactive"] = median_ms(click, 21, 3)
+    r["decode_ms_per_click_interactive_no_mask"] = median_ms(
+        lambda: inter.predict(point_coords=pts, point_labels=labs, boxes=box), 21, 3
+    )
 
     if (args.shared / "data" / "real").is_dir():
         cases = real_cases(args.shared, 20)
@@ -218,7 +229,9 @@ def main() -> None:
         f"decoder: {r['decoder_gflop_per_prompt']:.2f} GFLOP/prompt (standard form) -> floor {r['decoder_floor_ms']:.0f} ms; "
         f"decode + mask to full size {r['decode_ms_per_prompt_single']:.1f} ms (1 prompt/call), "
         f"{r['decode_ms_per_prompt_batch8']:.1f} ms/prompt (8 boxes/call) (target <= 35); "
-        f"eager PyTorch {r['decode_ms_per_prompt_torch_eager']:.0f} ms",
+        f"eager PyTorch {r['decode_ms_per_prompt_torch_eager']:.0f} ms; litemedsam-interactive correction click (box + 2 "
+        f"clicks + mask prompt) {r['decode_ms_per_click_interactive']:.1f} ms, without the mask "
+        f"{r['decode_ms_per_click_interactive_no_mask']:.1f} ms (target <= 35)",
     ]
     if "end_to_end_ms_per_case" in r:
         lines += [

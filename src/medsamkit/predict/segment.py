@@ -44,9 +44,9 @@ def segment_2d(
     points: ``(x, y)`` or ``(x, y, label)`` with label 1 = foreground (default), 0 = background. With no box,
     all points form one prompt (label 1); with exactly one box they refine that box; with several boxes
     points are ambiguous and rejected.
-    multimask: None = automatic (single output for box prompts and whenever ``mask_input`` is given; for
-    point-only prompts without it the best of SAM's three multimask outputs by predicted IoU, SAM's advice for
-    ambiguous clicks).
+    multimask: None = automatic (SAM's advice, as the evaluation's ``select=auto``: one click alone, with no box
+    and no ``mask_input``, is ambiguous and keeps the best of SAM's three multimask outputs by predicted IoU;
+    everything else keeps the single-mask output).
     mask_input: the previous low-res logits of the same object on the same image (SAM's mask prompt), ``(L, L)``
     or ``(1, L, L)`` float with ``L = predictor.low_res``, in the model-input frame: the ``logits[0]`` of an
     earlier :class:`Segmentation2D` (or one output of ``Prediction.low_res_logits``) of an image of this size,
@@ -91,7 +91,8 @@ def segment_2d(
         )
         warnings.warn(why, MedsamkitWarning, stacklevel=2)
         return _empty(size, 1, why)
-    use_multi = (box_arr is None and mask_in is None) if multimask is None else multimask
+    lone_click = box_arr is None and mask_in is None and pts is not None and len(pts) == 1
+    use_multi = lone_click if multimask is None else multimask
     out = predictor.predict(point_coords=pts, point_labels=labs, boxes=box_arr, mask_input=mask_in, multimask=use_multi)
     kept = out.scores.argmax(axis=1) if use_multi else np.zeros(out.scores.shape[0], dtype=np.intp)
     objs = np.arange(out.scores.shape[0])

@@ -80,7 +80,13 @@ class PropagationOptions:
     0.459 at 0.8 vs 0.484), so it is kept as a loose guard at 0.6.
 
     stop_iou: stop when the chosen output's predicted IoU falls below this.
-    mask_prompt: also give the previous slice's low-res logits as mask prompt.
+    mask_prompt: on each slice after the key slice, besides the box from the previous slice's mask, give the
+    previous slice's kept low-res logits (the chosen output's ``(256, 256)`` logits in the model-input frame,
+    which every slice of a volume shares) as the decoder's ``mask_input``, as SAM feeds back its previous
+    prediction; the key slice gets none. Meant for a decoder trained with the mask fed back
+    (``litemedsam-interactive``); off by default, and off gives exactly the results without it. Method
+    ``medsamkit`` only (the official procedure prompts by boxes alone). Measured by
+    experiments/propagation_mask.py (docs/evaluation.md).
     output_selection: ``single`` (SAM's single-mask output, as the official procedure) or ``box-fit``: keep the
     single-mask output when its bounding box matches the prompt box (box IoU >= ``fit_threshold``), otherwise
     take the one of SAM's four outputs whose bounding box matches best. A tight box says the object spans it;
@@ -286,13 +292,15 @@ def segment_volume(
     plans = _plans(prompts, axis, arr.shape)
     if method == "official" and any(p.box3d is None for p in prompts):
         raise PromptError("method 'official' needs a 3D box per object")
+    opts = options or PropagationOptions()
+    if method == "official" and opts.mask_prompt:
+        raise OptionError("mask_prompt applies to method 'medsamkit' only (the official procedure prompts by boxes alone)")
     # one intensity mapping fitted on the whole volume (preprocess.picture's volume rule); the slices along
     # ``axis`` are a view, each mapped to its uint8 picture only when it is needed
     fitted = volume_pictures(img if img is not None else arr, preset, window).preset
     pictures = VolumePictures(arr.transpose(_TRANSPOSE[axis]), fitted)
     shape = pictures.array.shape
     predictor = predictor or Predictor("litemedsam")
-    opts = options or PropagationOptions()
 
     # slice embeddings shared by all objects of this call, bounded in memory (the predictor's own cache, when
     # it has one, also keeps them across calls and on disk)

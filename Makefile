@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-evaluate bench-everything bench-batch evaluate-real lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ bench-batch: $(STAMP)
 # LiteMedSAM on every 2D set of ../shared/data/real under 12 prompt protocols (~40 min on 2 cores)
 evaluate-real: $(STAMP)
 	$(BIN)/python experiments/evaluate_real_2d.py
+
+# the shipped click-aware decoder (litemedsam-interactive): its recipe on the licence-clean sets (~45 min on 2 cores),
+# then original vs new decoder on the CVPR 2025 interactive protocol (~25 min)
+train-interactive: $(STAMP)
+	MEDSAMKIT_THREADS=2 $(BIN)/python experiments/train_interactive.py
+
+evaluate-interactive: $(STAMP)
+	$(BIN)/python experiments/interactive_eval.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments

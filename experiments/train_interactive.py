@@ -17,7 +17,8 @@ noise) of every training picture is encoded into the embedding cache beside the 
 Training: `finetune(mode="decoder", prompt="interactive")`: per object a jittered box or one click (p = 0.5 each),
 5 correction clicks (farthest error with p = 0.5, else random error) and 1 mask-only round, the previous logits fed
 back, Dice + BCE + IoU-head MSE summed over 2 randomly chosen rounds per batch (the others without gradient), AdamW
-lr 1e-4, weight decay 0.01, batch 8, 3 epochs (cosine), at most 45 minutes of training, seed 0.
+lr 2e-4, weight decay 0.01, batch 8, 1 epoch (cosine decay per step; every picture is seen as itself and as
+one augmented copy), at most 45 minutes of training, seed 0.
 
 Outputs: the run in experiments/runs/interactive/ (not committed), the fp16 decoder overlay in
 src/medsamkit/assets/models/litemedsam_interactive.safetensors and experiments/results/interactive_train/summary.json
@@ -75,12 +76,12 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=ROOT / "experiments" / "runs" / "interactive")
     ap.add_argument("--cache", type=Path, default=ROOT / "experiments" / ".embedding-cache")
     ap.add_argument("--minutes", type=float, default=45.0, help="training budget (default 45)")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
 
     datasets = [load_dataset(DATA / name).subset(limit=limit) for name, (_, limit) in SETS.items()]
-    config = default_config("decoder", epochs=args.epochs, batch_size=8, lr=1e-4, seed=SEED, max_minutes=args.minutes)
+    config = default_config("decoder", epochs=args.epochs, batch_size=8, lr=2e-4, seed=SEED, max_minutes=args.minutes)
     t0 = time.perf_counter()
     res = finetune(
         datasets,

@@ -47,7 +47,7 @@ _LITEMEDSAM_WHEEL = (
 #: The click-trained LiteMedSAM decoder shipped inside the package (issue 16), an overlay on ``litemedsam``.
 #: When the trained file lands: copy it to src/medsamkit/assets/models/ and set its sha256 here.
 LITEMEDSAM_INTERACTIVE_FILE = PackageFile("medsamkit.assets", "models/litemedsam_interactive.safetensors")
-LITEMEDSAM_INTERACTIVE_SHA256: str | None = None
+LITEMEDSAM_INTERACTIVE_SHA256: str | None = "b54a534b1d6a92e6f035c57bf5c5db9384000270802d013d2e94acbf2bc8dbb3"
 
 _REGISTRY: dict[str, ModelEntry] = {}
 

@@ -399,25 +399,21 @@ def test_overlay_from_adapter_refusals(tmp_path: Path, tiny) -> None:
 
 
 def test_shipped_interactive_entry() -> None:
-    """litemedsam-interactive: an overlay on litemedsam; missing (a clear error naming the file) until the trained
-    file is shipped, then pinned by its sha256."""
+    """litemedsam-interactive: an overlay on litemedsam shipped inside the package, pinned by its sha256, under
+    8 MB, touching the decoder only; a file whose bytes differ is refused."""
     e = get_entry("litemedsam-interactive")
     assert e.base == "litemedsam" and e.arch == ARCHS["litemedsam"] and e.license == "Apache-2.0"
     assert e.sources == (LITEMEDSAM_INTERACTIVE_FILE,) and e.sha256 == LITEMEDSAM_INTERACTIVE_SHA256
     shipped = LITEMEDSAM_INTERACTIVE_FILE.locate()
+    assert shipped is not None, f"the shipped decoder is missing: {LITEMEDSAM_INTERACTIVE_FILE.expected()}"
+    assert e.sha256 is not None and hashlib.sha256(shipped.read_bytes()).hexdigest() == e.sha256
     ok, where = availability(e)
-    if shipped is None:
-        expected = LITEMEDSAM_INTERACTIVE_FILE.expected()
-        assert expected.endswith("medsamkit/assets/models/litemedsam_interactive.safetensors")
-        assert not ok and f"missing file {expected}" in where
-        with pytest.raises(WeightsError, match=f"not available on this machine; missing file {expected}"):
-            load("litemedsam-interactive")
-    else:  # the trained file has landed: its digest is pinned and it fits the base
-        assert e.sha256 is not None and hashlib.sha256(shipped.read_bytes()).hexdigest() == e.sha256
-        assert ok and "overlay on litemedsam" in where
-        info = overlay_info(shipped)
-        assert info.base_sha256 == get_entry("litemedsam").sha256 and not info.touches_encoder
-        assert shipped.stat().st_size <= 8 << 20
+    assert ok and "overlay on litemedsam" in where
+    info = overlay_info(shipped)
+    assert info.base_sha256 == get_entry("litemedsam").sha256 and not info.touches_encoder
+    assert shipped.stat().st_size <= 8_000_000
+    model = load("litemedsam-interactive")
+    assert model.weights.name == "litemedsam-interactive" and model.weights.encoder_id == get_entry("litemedsam").sha256
 
 
 def test_registered_overlay_model(tiny) -> None:

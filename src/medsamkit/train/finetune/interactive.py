@@ -30,7 +30,7 @@ model-input frame: pixel (column c, row r) -> (x, y) = ((c + 0.5) * S / L - 0.5,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -165,7 +165,7 @@ def interactive_loss(
     click_start = torch.from_numpy(~box_start).to(target.device)
     embedding = batch.get("embedding")
     if embedding is None:
-        with torch.set_grad_enabled(train and bool(grad_rounds)):
+        with torch.no_grad():  # interactive training is decoder mode: the image encoder is frozen
             embedding = model(batch, "encode")
     total = target.new_zeros(())
     results: list[RoundResult] = []
@@ -216,8 +216,6 @@ def validation_score(
     """A deterministic interactive score for checkpoint selection: each object is run twice, from its tight box
     and from its centre click, each followed by ``clicks`` farthest-error corrections with the mask fed back. Returns
     the mean loss and per-object score ``(N,)``: the mean Dice over the two starts' first and last rounds."""
-    from dataclasses import replace
-
     scores = []
     losses = []
     for box_p in (1.0, 0.0):

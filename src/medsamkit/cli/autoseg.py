@@ -9,11 +9,17 @@ from pathlib import Path
 
 from .common import positive_int, say
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "autoseg": "segment an image without prompts with a trained AutoSAM run",
+}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "autoseg",
-        help="segment an image without prompts with a trained AutoSAM run",
+        help=COMMANDS["autoseg"],
         description="Segment IMAGE with no prompt: the AutoSAM prompt generator of RUN_DIR (from `medsamkit finetune "
         "--mode autosam`) replaces the prompts of its base model. Writes a uint8 mask (1 = foreground) on the "
         "image's grid with a JSON sidecar. Volumes are segmented slice by slice along z (the intensity preset is "

@@ -12,6 +12,13 @@ from typing import TYPE_CHECKING, TypeVar
 from .common import CliError, add_model_arguments, positive_int, say
 from .everything import add_everything_options
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "batch": "run a job over a manifest on a Dask cluster (resumable)",
+}
+
+
 if TYPE_CHECKING:
     from ..batch import BatchSummary, DaskEngine, ManifestItem, ModelSpec
 
@@ -72,7 +79,7 @@ def _model_arguments(p: argparse.ArgumentParser, adapter: bool = False) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "batch",
-        help="run a job over a manifest on a Dask cluster (resumable)",
+        help=COMMANDS["batch"],
         description="Run segment, everything-mode or SAMAug jobs over manifests on a local Dask cluster or an "
         "existing scheduler (see docs/batch.md). Finished "
         "items are recorded in OUT_DIR/ledger.sqlite: re-running the same command skips them.",

@@ -10,11 +10,17 @@ from pathlib import Path
 
 from .common import SubParsers, say
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "demo": "segment the bundled example with the bundled LiteMedSAM",
+}
+
 
 def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "demo",
-        help="segment the bundled example with the bundled LiteMedSAM",
+        help=COMMANDS["demo"],
         description="Segment the bundled breast-ultrasound example (BUSI, CC0) with the bundled LiteMedSAM "
         "from its ground-truth box; write mask.png, overlay.png and result.json (with Dice).",
     )

@@ -8,13 +8,20 @@ from pathlib import Path
 from .batch import engine_options, uses_dask
 from .common import CliError, add_model_arguments, positive_int, say
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "evaluate": "evaluate a model on labelled datasets with simulated prompts",
+}
+
+
 DEFAULT_PROTOCOLS = ("box",)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="evaluate a model on labelled datasets with simulated prompts",
+        help=COMMANDS["evaluate"],
         description="Evaluate a model on one or more labelled datasets (folders with images/ + masks/, nnU-Net raw "
         "datasets, Medical Segmentation Decathlon tasks). Every label of every case is one object; each --prompt "
         "protocol simulates prompts from its ground truth. Writes RUN_DIR/results.csv (one row per object, protocol "

@@ -10,6 +10,13 @@ from typing import TYPE_CHECKING
 
 from .common import CliError, numbers_arg, positive_int, say
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "everything": "automatic masks of everything in a 2D image (point/box grid, filtered by predicted IoU and stability)",
+}
+
+
 if TYPE_CHECKING:
     from ..predict.automatic import EverythingOptions
 
@@ -17,7 +24,7 @@ if TYPE_CHECKING:
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "everything",
-        help="automatic masks of everything in a 2D image (point/box grid, filtered by predicted IoU and stability)",
+        help=COMMANDS["everything"],
         description="Everything mode: prompt the model with a regular grid (points for SAM, a box pyramid for the "
         "box-trained LiteMedSAM), keep masks with high predicted IoU and stability score, remove duplicates by box NMS. "
         "Writes OUT_DIR/<stem>_labels.png (uint16 labels, largest mask first), <stem>_masks.json (records with COCO "

@@ -12,6 +12,12 @@ from pathlib import Path
 from .common import CliError, SubParsers, non_negative_int, positive_int, say
 from .train import _fraction, _positive_float
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "finetune": "adapt SAM/LiteMedSAM to a labelled dataset (decoder, full, adapter, LoRA, AutoSAM)",
+}
+
 
 def add_parser(sub: SubParsers) -> None:
     from ..train.finetune import AUTOSAM_INPUTS, DEFAULT_LR, MODES, OBJECTS, PROMPTS
@@ -19,7 +25,7 @@ def add_parser(sub: SubParsers) -> None:
     lrs = ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items())
     p = sub.add_parser(
         "finetune",
-        help="adapt SAM/LiteMedSAM to a labelled dataset (decoder, full, adapter, LoRA, AutoSAM)",
+        help=COMMANDS["finetune"],
         description="Fine-tune a SAM-family model on a labelled dataset (folder images/ + masks/, nnU-Net or MSD; 3D "
         "cases as axial slices) with simulated box/point prompts, or train an AutoSAM prompt generator. Writes "
         "RUN_DIR/split.json, config.json, metrics.csv, last.pt, best.pt, finetune.json and adapter.pt (only the "

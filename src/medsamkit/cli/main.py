@@ -11,10 +11,17 @@ from typing import TextIO
 
 from .common import CliError, Parser
 
+#: the command modules, in the order ``medsamkit --help`` lists their commands
+_MODULES = ("segment", "everything", "evaluate", "demo", "models", "serve", "samaug", "train", "batch", "finetune", "autoseg")
 
-def build_parser() -> Parser:
+
+def build_parser(command: str | None = None) -> Parser:
+    """The ``medsamkit`` parser. ``command=None`` builds every command's parser; ``command="segment"`` builds that
+    command's module in full and the others as one-line entries (enough for ``--help`` and for refusing an unknown
+    command), so starting a command never imports what another command's options need (PyTorch for ``finetune``)."""
+    import importlib
+
     from .._version import __version__
-    from . import autoseg, batch, demo, evaluate, everything, finetune, models, samaug, segment, serve, train
 
     parser = Parser(
         prog="medsamkit",
@@ -22,9 +29,22 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"medsamkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (segment, everything, evaluate, demo, models, serve, samaug, train, batch, finetune, autoseg):
-        module.add_parser(sub)
+    for name in _MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        if command is None or command in module.COMMANDS:
+            module.add_parser(sub)
+        else:
+            for cmd, text in module.COMMANDS.items():
+                sub.add_parser(cmd, help=text)
     return parser
+
+
+def _command_of(args: list[str]) -> str:
+    """The command ``args`` run: the first argument that names one ("" when none does)."""
+    import importlib
+
+    names = {c for name in _MODULES for c in importlib.import_module(f"{__package__}.{name}").COMMANDS}
+    return next((a for a in args if a in names), "")
 
 
 # options whose value may start with "-" (negative coordinates): "--box3d -10,2,..." is read as "--box3d=-10,2,..."
@@ -85,7 +105,7 @@ def _run(args_list: list[str]) -> int:
     from ..errors import MedsamkitError, one_line
 
     try:
-        parser = build_parser()
+        parser = build_parser(_command_of(args_list))
         args = parser.parse_args(args_list)
         if getattr(args, "func", None) is None:
             parser.print_help(sys.stderr)

@@ -6,11 +6,17 @@ import argparse
 
 from .common import SubParsers
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "models": "list models and whether their weights are available",
+}
+
 
 def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "models",
-        help="list models and whether their weights are available",
+        help=COMMANDS["models"],
         description="List registered models, their licence and weight source, and whether the weights are "
         "on this machine; --download NAME fetches and verifies one.",
     )

@@ -7,11 +7,17 @@ from pathlib import Path
 
 from .common import CliError, SubParsers, add_model_arguments, positive_int, say
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "samaug": "SAMAug: everything-mode prior maps and augmented training images",
+}
+
 
 def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "samaug",
-        help="SAMAug: everything-mode prior maps and augmented training images",
+        help=COMMANDS["samaug"],
         description="SAMAug (Zhang et al., MICCAI 2023): run everything mode on every image of a dataset and build "
         "the segmentation prior (stability scores of the masks) and boundary prior (their outer contours).",
     )

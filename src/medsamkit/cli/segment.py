@@ -9,11 +9,17 @@ from pathlib import Path
 
 from .common import adapter_predictor, add_model_arguments, box_arg, numbers_arg, say
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "segment": "segment objects in a 2D image or a 3D volume from box/point prompts",
+}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "segment",
-        help="segment objects in a 2D image or a 3D volume from box/point prompts",
+        help=COMMANDS["segment"],
         description="Segment objects from box and/or point prompts and write a label mask on the input's grid "
         "(label i for the i-th box; points only: one object, label 1). Coordinates are voxel/pixel indices: "
         "x = column (NIfTI i), y = row (j), z = slice (k); boxes are inclusive. Volumes: a 2D --box on --slice "

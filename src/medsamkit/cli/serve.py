@@ -11,6 +11,12 @@ from pathlib import Path
 
 from .common import CliError, SubParsers, adapter_predictor, add_model_arguments, bounded_number, positive_int, say
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "serve": "run the annotation web app (segment, propagate, correct and save masks in a browser)",
+}
+
 
 def _default_state() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
@@ -51,7 +57,7 @@ def check_port(host: str, port: int) -> None:
 def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "serve",
-        help="run the annotation web app (segment, propagate, correct and save masks in a browser)",
+        help=COMMANDS["serve"],
         description="Serve the annotation app: open a volume (upload, or a path under --data), click boxes or points "
         "to segment slices, propagate through the volume, correct with the brush, undo, save masks on the source grid. "
         "Sessions are kept in --state and survive a restart. There is no authentication: keep the default "

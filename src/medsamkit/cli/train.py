@@ -8,6 +8,13 @@ from pathlib import Path
 
 from .common import CliError, SubParsers, bounded_number, positive_int, say
 
+#: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
+#: building their parsers)
+COMMANDS = {
+    "train": "train a segmentation network",
+    "predict-unet": "apply a trained U-Net run to an image, or score it on a dataset split",
+}
+
 
 def _fraction(text: str) -> float:
     return bounded_number(text, float, lambda v: 0.0 <= v < 1.0, "a number", "in [0, 1)")
@@ -22,7 +29,7 @@ def add_parser(sub: SubParsers) -> None:
 
     train = sub.add_parser(
         "train",
-        help="train a segmentation network",
+        help=COMMANDS["train"],
         description="Train a segmentation network on a labelled 2D dataset.",
     )
     tsub = train.add_subparsers(dest="train_command", metavar="MODEL", parser_class=type(train))
@@ -62,7 +69,7 @@ def add_parser(sub: SubParsers) -> None:
 
     q = sub.add_parser(
         "predict-unet",
-        help="apply a trained U-Net run to an image, or score it on a dataset split",
+        help=COMMANDS["predict-unet"],
         description="With IMAGE: write the predicted mask (uint8, 1 = foreground) of a trained run (RUN_DIR/best.pt) "
         "on the image's grid. With --dataset: score the run on a split of a dataset and write one CSV row per case "
         "(Dice and IoU at the original resolution); the mean Dice is printed. Models trained on samaug/both inputs "

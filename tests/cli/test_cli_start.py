@@ -62,3 +62,22 @@ def test_a_stub_command_still_runs_through_main(capsys) -> None:
     # `models` is a stub when another command is asked for; asked for itself it runs
     assert cli_main.main(["models"]) == 0
     assert "litemedsam" in capsys.readouterr().out
+
+
+def test_a_2d_segment_on_onnx_runtime_imports_no_torch(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from importlib import resources
+
+    image = resources.files("medsamkit") / "assets" / "demo" / "busi_malignant_10.png"
+    code = (
+        "import sys\n"
+        "from medsamkit.cli.main import main\n"
+        f"rc = main(['segment', {str(image)!r}, '--box', '60,40,200,160', '-o', sys.argv[1], '--backend', 'onnxruntime'])\n"
+        "print('RC', rc, 'torch' in sys.modules, 'scipy' in sys.modules)\n"
+    )
+    # the first run may export the ONNX model (that needs PyTorch, once per machine); the second is the user's call
+    for i in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / f"m{i}.png")], capture_output=True, text=True, check=True
+        ).stdout
+    assert out.split()[-3:] == ["0", "False", "False"], out

@@ -26,11 +26,11 @@ import numpy as np
 from .._runs import json_default, model_info
 from ..errors import FileInputError, OptionError, OutputError
 from ..io.formats import split_suffix
-from .automatic import AutomaticMaskGenerator, EverythingOptions
 from .predictor import Predictor, check_prompts
 
 if TYPE_CHECKING:
     from ..io.image import MedicalImage
+    from .automatic import EverythingOptions  # PyTorch and SciPy: imported when everything mode runs
 
 AXIS_FRAME = {"z": "x,y", "y": "x,z", "x": "y,z"}
 
@@ -439,6 +439,7 @@ def everything_file(
     from ..io.raster import write_png
     from ..preprocess.picture import model_picture
     from ..viz.overlay import overlay_masks
+    from .automatic import AutomaticMaskGenerator, EverythingOptions
 
     t_start = time.perf_counter()
     path = Path(image_path)

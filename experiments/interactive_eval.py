@@ -147,7 +147,7 @@ def build_predictors(specs: Sequence[ModelSpec], backend: str, threads: int, cac
     from medsamkit.models.adapted import weights_digest
     from medsamkit.predict.cache import EmbeddingCache
 
-    cache = EmbeddingCache(max_bytes=1 << 30, disk_dir=cache_dir) if cache_dir is not None else None
+    cache = EmbeddingCache(max_bytes=1 << 30, disk_dir=cache_dir, disk_max_bytes=None) if cache_dir is not None else None
     encoders: dict[tuple[str, str, int], Predictor] = {}
     out: dict[str, Predictor] = {}
     for spec in sorted(specs, key=lambda s: s.adapter is not None):  # registry models first: they give the encoder

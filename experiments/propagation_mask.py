@@ -286,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"{DATA} not found (set MEDSAMKIT_SHARED)")
         # one cache for every model: it keys embeddings on the image encoder's identity, so models that share
         # LiteMedSAM's encoder (litemedsam-interactive is a decoder overlay on it) encode each slice once
-        cache = EmbeddingCache(max_bytes=1 << 30, disk_dir=None if args.no_embedding_cache else args.embedding_cache)
+        disk = None if args.no_embedding_cache else args.embedding_cache
+        cache = EmbeddingCache(max_bytes=1 << 30, disk_dir=disk, disk_max_bytes=None)
         try:
             predictors = {m: Predictor(m, backend=args.backend, threads=args.threads, cache=cache) for m in models}
         except MedsamkitError as e:  # e.g. litemedsam-interactive before its decoder is shipped

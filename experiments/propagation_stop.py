@@ -452,7 +452,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated case names (debugging)")
     ap.add_argument("--check", action="store_true", help="re-run the chosen rule through segment_volume (held out)")
     args = ap.parse_args()
-    predictor = Predictor("litemedsam", cache=EmbeddingCache(max_bytes=1 << 30, disk_dir=args.cache))
+    predictor = Predictor("litemedsam", cache=EmbeddingCache(max_bytes=1 << 30, disk_dir=args.cache, disk_max_bytes=None))
     if args.encode_only:
         encode_all(predictor)
         return

@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "volume_propagation.json"))
     ap.add_argument("--limit", type=int, default=0, help="at most this many cases per set (0 = all)")
     args = ap.parse_args()
-    predictor = Predictor("litemedsam", cache=EmbeddingCache(max_bytes=2 << 30, disk_dir=args.cache))
+    predictor = Predictor("litemedsam", cache=EmbeddingCache(max_bytes=2 << 30, disk_dir=args.cache, disk_max_bytes=None))
     variants = args.variants.split(",")
     rows = []
     per_set_counts: dict[str, int] = {}

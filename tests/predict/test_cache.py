@@ -143,3 +143,26 @@ def test_disk_cache_filled_by_the_base_serves_an_overlay_model(tmp_path, lite_ov
     second = CountingPredictor("litemedsam", backend="torch", cache=shared)
     second.set_image(img)
     assert first.encodes == 1 and second.encodes == 0 and shared.hits == 1
+
+
+def test_disk_folder_is_bounded_in_bytes_least_recently_used_first(tmp_path) -> None:
+    import os
+
+    emb = np.zeros(1000, np.float32)  # about 4.3 kB per .npz entry
+    probe = EmbeddingCache(disk_dir=tmp_path / "probe", disk_max_bytes=None)
+    probe.put("p", emb, GEOM)
+    entry = probe.disk_nbytes
+    c = EmbeddingCache(max_bytes=1, disk_dir=tmp_path / "c", disk_max_bytes=3 * entry)
+    for i in range(3):
+        c.put(f"k{i}", emb, GEOM)
+        os.utime(tmp_path / "c" / f"k{i}.npz", (1000 + i, 1000 + i))  # distinct ages, k0 the oldest
+    assert c.get("k0") is not None  # a disk hit (memory holds one entry): k0 becomes the most recent
+    c.put("k3", emb, GEOM)  # over budget: the least recently used (k1) goes
+    names = sorted(f.name for f in (tmp_path / "c").glob("*.npz"))
+    assert names == ["k0.npz", "k2.npz", "k3.npz"]
+    assert c.disk_nbytes <= 3 * entry
+    # no bound: nothing is deleted
+    u = EmbeddingCache(max_bytes=1, disk_dir=tmp_path / "u", disk_max_bytes=None)
+    for i in range(6):
+        u.put(f"k{i}", emb, GEOM)
+    assert len(list((tmp_path / "u").glob("*.npz"))) == 6

@@ -5,7 +5,9 @@ pixel, encoder or preprocessing gives another key, so a stale entry can never be
 engine's ``encoder_id`` (:func:`encoder_id_of`): its ``weights_id`` for an ordinary model (so keys are those of
 earlier versions), the base's for a weights overlay that keeps its base's encoder (``litemedsam-interactive`` shares
 ``litemedsam``'s embeddings). Entries live in memory (LRU, bounded in bytes) and optionally on disk (one ``.npz``
-per key, written atomically), so a second command on the same volume skips the encoder.
+per key, written atomically), so a second command on the same volume skips the encoder. The disk folder is bounded in
+bytes too (``disk_max_bytes``, default 4 GiB; ``None`` for no bound): when a write takes it past the budget, the
+least recently used entries (file modification time, refreshed on every disk hit) are deleted.
 """
 
 from __future__ import annotations
@@ -39,12 +41,23 @@ def embedding_key(encoder_id: str, pipeline: str, input_size: int, image_u8: np.
     return h.hexdigest()
 
 
+#: default byte budget of a disk cache folder
+DEFAULT_DISK_BYTES = 4 << 30
+
+
 class EmbeddingCache:
     """LRU cache of embeddings (and their image geometry) in memory, optionally backed by a folder."""
 
-    def __init__(self, max_bytes: int = 1 << 30, disk_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        max_bytes: int = 1 << 30,
+        disk_dir: str | os.PathLike[str] | None = None,
+        disk_max_bytes: int | None = DEFAULT_DISK_BYTES,
+    ) -> None:
         self.max_bytes = max_bytes
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self.disk_max_bytes = disk_max_bytes
+        self._disk_bytes: int | None = None  # this process's running total of the folder (scanned on first write)
         self._items: OrderedDict[str, tuple[np.ndarray, Geometry]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -73,6 +86,10 @@ class EmbeddingCache:
                 except (OSError, ValueError, KeyError):
                     f.unlink(missing_ok=True)  # unreadable entry: drop it, recompute
                 else:
+                    try:
+                        os.utime(f)  # recently used: evicted last
+                    except OSError:
+                        pass
                     self.disk_hits += 1
                     self._put_memory(key, emb, geom)
                     return emb, geom
@@ -88,6 +105,46 @@ class EmbeddingCache:
                 tmp = self.disk_dir / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp.npz"
                 np.savez(tmp, embedding=embedding, geometry=_geometry_array(geometry))
                 os.replace(tmp, f)
+                self._account_disk(f)
+
+    @property
+    def disk_nbytes(self) -> int:
+        """Bytes of the ``.npz`` entries in the disk folder (a scan; 0 without a folder)."""
+        return sum(size for _, _, size in self._disk_entries())
+
+    def _disk_entries(self) -> list[tuple[float, Path, int]]:
+        """(mtime, path, bytes) of every disk entry, oldest first."""
+        out = []
+        if self.disk_dir is not None and self.disk_dir.is_dir():
+            for f in self.disk_dir.glob("*.npz"):
+                try:
+                    st = f.stat()
+                except OSError:  # deleted meanwhile by another process
+                    continue
+                out.append((st.st_mtime, f, st.st_size))
+        return sorted(out)
+
+    def _account_disk(self, written: Path) -> None:
+        """Count a new disk entry; past ``disk_max_bytes`` delete the least recently used others."""
+        if self.disk_max_bytes is None:
+            return
+        with self._lock:
+            if self._disk_bytes is None:
+                self._disk_bytes = self.disk_nbytes
+            else:
+                self._disk_bytes += written.stat().st_size
+            if self._disk_bytes <= self.disk_max_bytes:
+                return
+            entries = self._disk_entries()  # a fresh scan: other processes may share the folder
+            total = sum(size for _, _, size in entries)
+            for _, f, size in entries:
+                if total <= self.disk_max_bytes:
+                    break
+                if f == written:
+                    continue
+                f.unlink(missing_ok=True)
+                total -= size
+            self._disk_bytes = total
 
     def _put_memory(self, key: str, embedding: np.ndarray, geometry: Geometry) -> None:
         with self._lock:

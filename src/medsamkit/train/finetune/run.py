@@ -171,7 +171,8 @@ def _finetune(
     from ...predict.cache import EmbeddingCache
 
     frozen_encoder = opts.mode in FROZEN_ENCODER_MODES
-    cache = EmbeddingCache(max_bytes=1 << 30, disk_dir=opts.cache_embeddings) if opts.cached else None
+    # no disk budget: every training picture stays encoded for all epochs (the folder is the user's to clear)
+    cache = EmbeddingCache(max_bytes=1 << 30, disk_dir=opts.cache_embeddings, disk_max_bytes=None) if opts.cached else None
     val_cache = cache
     t0 = time.perf_counter()
     if cache is not None:

@@ -97,7 +97,8 @@ def add_parser(sub) -> None:
         "--embedding-cache",
         type=Path,
         metavar="DIR",
-        help="keep slice embeddings in DIR so a later command on the same image skips the encoder",
+        help="keep slice embeddings in DIR so a later command on the same image skips the encoder (at most 4 GiB; "
+        "the least recently used entries are deleted first)",
     )
     p.add_argument("--overlay", type=Path, help="also write an overlay PNG here (2D inputs)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")

@@ -166,3 +166,6 @@ def test_disk_folder_is_bounded_in_bytes_least_recently_used_first(tmp_path) -> 
     for i in range(6):
         u.put(f"k{i}", emb, GEOM)
     assert len(list((tmp_path / "u").glob("*.npz"))) == 6
+    os.utime(tmp_path / "u" / "k0.npz", (1000, 1000))
+    assert u.get("k0") is not None  # a disk hit of an unbounded cache writes nothing (fine-tuning relies on this)
+    assert (tmp_path / "u" / "k0.npz").stat().st_mtime == 1000

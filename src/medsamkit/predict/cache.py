@@ -86,10 +86,11 @@ class EmbeddingCache:
                 except (OSError, ValueError, KeyError):
                     f.unlink(missing_ok=True)  # unreadable entry: drop it, recompute
                 else:
-                    try:
-                        os.utime(f)  # recently used: evicted last
-                    except OSError:
-                        pass
+                    if self.disk_max_bytes is not None:  # age matters only to a bounded cache's eviction
+                        try:
+                            os.utime(f)  # recently used: evicted last
+                        except OSError:
+                            pass
                     self.disk_hits += 1
                     self._put_memory(key, emb, geom)
                     return emb, geom

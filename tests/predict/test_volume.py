@@ -314,3 +314,24 @@ def test_mask_prompt_is_refused_with_the_official_method(counting) -> None:
             preset="soft_tissue",
             options=PropagationOptions(mask_prompt=True),
         )
+
+
+def test_mask_prompt_default_follows_the_decoder(counting) -> None:
+    """``mask_prompt=None`` (default) feeds the previous slice's logits exactly when the predictor's decoder was
+    trained with its mask fed back (the registry's ``mask_feedback``), and never with the official method."""
+    from medsamkit.models.registry import get_entry
+    from medsamkit.predict.predictor import _mask_feedback
+
+    assert get_entry("litemedsam-interactive").mask_feedback and not get_entry("litemedsam").mask_feedback
+    assert _mask_feedback("litemedsam-interactive") and not _mask_feedback("litemedsam") and not _mask_feedback("nope")
+    assert counting.mask_feedback is False
+    vol, mask = ellipsoid_volume()
+    spy = SpyPredictor(counting)
+    spy.mask_feedback = True  # as Predictor("litemedsam-interactive") sets it
+    segment_volume(vol, [_prompt_kinds()["2d box"]], spy, preset="soft_tissue")
+    assert spy.calls[0][0] is None and len(spy.calls) >= 5
+    assert all(given is not None for given, _ in spy.calls[1:])
+    box3d = [ObjectPrompt(box3d=_box3d(mask))]
+    official = segment_volume(vol, box3d, spy, method="official", preset="soft_tissue")  # no error: off there
+    plain = segment_volume(vol, box3d, counting, method="official", preset="soft_tissue")
+    np.testing.assert_array_equal(official.labels, plain.labels)

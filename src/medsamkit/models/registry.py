@@ -26,7 +26,11 @@ class ModelEntry:
 
     With ``base`` (another entry's name) the model is a weights overlay on that base: its weight file is an
     overlay file (:mod:`medsamkit.models.overlay`, a partial state dict), ``sha256`` is that file's, and
-    ``models.load`` applies it on top of the verified base. Its architecture is the base's."""
+    ``models.load`` applies it on top of the verified base. Its architecture is the base's.
+
+    ``mask_feedback``: the decoder was trained with its previous prediction fed back as the mask prompt; 3D
+    propagation then feeds the previous slice's logits by default (``PropagationOptions.mask_prompt=None``), where
+    experiments/propagation_mask.py measured it better."""
 
     name: str
     arch: ArchSpec
@@ -37,6 +41,7 @@ class ModelEntry:
     sources: tuple[PackageFile | UrlFile, ...] = field(default_factory=tuple)
     note: str = ""
     base: str | None = None
+    mask_feedback: bool = False
 
 
 _LITEMEDSAM_WHEEL = (
@@ -45,9 +50,9 @@ _LITEMEDSAM_WHEEL = (
 )
 
 #: The click-trained LiteMedSAM decoder shipped inside the package (issue 16), an overlay on ``litemedsam``.
-#: When the trained file lands: copy it to src/medsamkit/assets/models/ and set its sha256 here.
+#: A retrained file: copy it to src/medsamkit/assets/models/ and set its sha256 here.
 LITEMEDSAM_INTERACTIVE_FILE = PackageFile("medsamkit.assets", "models/litemedsam_interactive.safetensors")
-LITEMEDSAM_INTERACTIVE_SHA256: str | None = "b54a534b1d6a92e6f035c57bf5c5db9384000270802d013d2e94acbf2bc8dbb3"
+LITEMEDSAM_INTERACTIVE_SHA256: str | None = "1714acc3c38e375a62c5bea3cdffe9f5a8dd35bddb574188ba97cdf4ca675aed"
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -104,6 +109,7 @@ for _e in (
         (LITEMEDSAM_INTERACTIVE_FILE,),
         note="" if LITEMEDSAM_INTERACTIVE_SHA256 else "the interactive decoder is not trained and shipped yet (issue 16)",
         base="litemedsam",
+        mask_feedback=True,  # 3D propagation, mask prompt on - off: +0.034 [+0.014, +0.057] on 48 held-out objects
     ),
     ModelEntry(
         "sam_vit_b",

@@ -68,6 +68,9 @@ class Predictor:
         self.low_res = self.engine.arch.low_res
         self.embed_shape = (1, 256, self.engine.arch.embed_grid, self.engine.arch.embed_grid)
         self.cache = cache
+        #: the decoder was trained with its previous prediction fed back (the registry entry's ``mask_feedback``;
+        #: False for a checkpoint path or an in-memory model): 3D propagation then feeds the previous slice's logits
+        self.mask_feedback: bool = isinstance(model, str) and checkpoint is None and _mask_feedback(model)
         self.reset_image()
 
     # -- image --------------------------------------------------------------------------------------------
@@ -250,6 +253,13 @@ class Predictor:
                 f"got shape {np.shape(mask_input)}"
             )
         return np.ascontiguousarray(np.broadcast_to(m, (n, 1, r, r)))
+
+
+def _mask_feedback(name: str) -> bool:
+    from ..models.registry import _REGISTRY
+
+    entry = _REGISTRY.get(name)
+    return entry is not None and entry.mask_feedback
 
 
 def check_prompts(

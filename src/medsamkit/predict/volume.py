@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import cv2
@@ -83,10 +83,11 @@ class PropagationOptions:
     mask_prompt: on each slice after the key slice, besides the box from the previous slice's mask, give the
     previous slice's kept low-res logits (the chosen output's ``(256, 256)`` logits in the model-input frame,
     which every slice of a volume shares) as the decoder's ``mask_input``, as SAM feeds back its previous
-    prediction; the key slice gets none. Meant for a decoder trained with the mask fed back
-    (``litemedsam-interactive``); off by default, and off gives exactly the results without it. Method
-    ``medsamkit`` only (the official procedure prompts by boxes alone). Measured by
-    experiments/propagation_mask.py (docs/evaluation.md).
+    prediction; the key slice gets none. ``None`` (default): on when the predictor's decoder was trained with the
+    mask fed back (``Predictor.mask_feedback``: ``litemedsam-interactive``), off otherwise and with method
+    ``official``; off gives exactly the results without it. ``True`` applies to method ``medsamkit`` only (the
+    official procedure prompts by boxes alone). Measured by experiments/propagation_mask.py (docs/evaluation.md):
+    on - off +0.034 [+0.014, +0.057] 3D Dice with ``litemedsam-interactive``, -0.082 with ``litemedsam``.
     output_selection: ``single`` (SAM's single-mask output, as the official procedure) or ``box-fit``: keep the
     single-mask output when its bounding box matches the prompt box (box IoU >= ``fit_threshold``), otherwise
     take the one of SAM's four outputs whose bounding box matches best. A tight box says the object spans it;
@@ -100,7 +101,7 @@ class PropagationOptions:
     relative_iou: float = 0.6
     max_intensity_shift: float | None = 1.25
     stop_iou: float = 0.0
-    mask_prompt: bool = False
+    mask_prompt: bool | None = None
     output_selection: str = "box-fit"
     fit_threshold: float = 0.7
 
@@ -301,6 +302,8 @@ def segment_volume(
     pictures = VolumePictures(arr.transpose(_TRANSPOSE[axis]), fitted)
     shape = pictures.array.shape
     predictor = predictor or Predictor("litemedsam")
+    if opts.mask_prompt is None:
+        opts = replace(opts, mask_prompt=method == "medsamkit" and bool(getattr(predictor, "mask_feedback", False)))
 
     # slice embeddings shared by all objects of this call, bounded in memory (the predictor's own cache, when
     # it has one, also keeps them across calls and on disk)

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: $(STAMP)
 
 bench-volume: $(STAMP)
 	$(BIN)/python benchmarks/bench_volume.py
+
+bench-quantized: $(STAMP)
+	$(BIN)/python benchmarks/bench_quantized.py --static
 
 bench-evaluate: $(STAMP)
 	$(BIN)/python benchmarks/bench_evaluate.py

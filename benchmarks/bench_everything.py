@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 THREADS = 2
 os.environ["MEDSAMKIT_THREADS"] = str(THREADS)
@@ -63,6 +64,19 @@ def recall(full: np.ndarray, reduced: np.ndarray, thr: float = 0.8) -> float:
     return float((iou.max(1) >= thr).mean())
 
 
+def cli_everything(path: Path) -> dict[str, Any]:
+    """One ``medsamkit everything`` process with the default options on ``path`` (the first Kvasir image, 570x531):
+    wall time and peak RSS. Target (issue 17): <= 1.5 GB."""
+    import tempfile
+
+    from machine import run_measured
+
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, "-m", "medsamkit.cli.main", "everything", str(path), "-o", d, "-q"]
+        wall, peak = run_measured(cmd, env={**os.environ, "MEDSAMKIT_THREADS": str(THREADS)})
+    return {"image": f"{path.parent.parent.name}/{path.name}", "wall_s": round(wall, 1), "peak_rss_mb": round(peak)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=6, help="images in all (split over kvasir, glas, busi)")
@@ -105,6 +119,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     gflops_after = torch_matmul_gflops(THREADS)
+    cli = cli_everything(paths[0])
+    print(f"medsamkit everything {paths[0].name}, one process: {cli['wall_s']:.1f} s, peak RSS {cli['peak_rss_mb']:.0f} MB")
     summary = {}
     for n in (16, 32):
         rs = [r for r in rows if r["grid"] == n]
@@ -128,6 +144,7 @@ def main() -> None:
         "matmul_gflops_before_after": [gflops_before, gflops_after],
         "official_sam_generator_32x32_s": OFFICIAL_32_S,
         "summary": summary,
+        "cli_everything_default_options": cli,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

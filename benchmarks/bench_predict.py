@@ -39,6 +39,9 @@ from medsamkit.models import load  # noqa: E402
 from medsamkit.models.backends.torch_engine import TorchEngine  # noqa: E402
 from medsamkit.predict import Predictor  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_flags  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -129,7 +132,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_predict.json")
     args = ap.parse_args()
 
-    r = {"threads": THREADS, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+    r = {
+        "threads": THREADS,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_flags": cpu_flags(),
+        "torch": torch.__version__,
+    }
     import onnxruntime
 
     r["onnxruntime"] = onnxruntime.__version__

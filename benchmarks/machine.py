@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+#: the CPU features that decide which kernels are fast (int8 dot products, bf16), recorded with every benchmark
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Those of FLAGS that this CPU has (from /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return [f for f in FLAGS if f in have]
 
 
 def torch_matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
@@ -18,3 +33,18 @@ def torch_matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float
     for _ in range(repeats):
         a @ b
     return round(2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9, 1)
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run ``cmd`` to completion: (wall seconds, its peak RSS in MB). The command is started from a small launcher
+    process, because a child forked from a big benchmark process would count the benchmark's memory as its own."""
+    import subprocess
+    import sys
+
+    launcher = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", launcher, *cmd], check=True, capture_output=True, text=True, env=env)
+    return time.perf_counter() - t, int(out.stdout.split()[-1]) / 1024

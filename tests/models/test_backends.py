@@ -78,3 +78,57 @@ def test_engine_dir_depends_on_weights_digest() -> None:
 def test_unknown_backend() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         create_engine("litemedsam", backend="tensorrt")
+
+
+def test_int8_encoder_is_built_once_keyed_apart_and_close_to_fp32(tmp_path, monkeypatch) -> None:
+    """backend onnxruntime-int8: a quantized encoder file beside the fp32 export, built once; its embeddings carry
+    another encoder_id (caches never mix them) and stay close to fp32; the decoder stages are the fp32 files."""
+    import logging
+
+    import onnx
+    import onnxruntime as ort
+
+    monkeypatch.setenv("MEDSAMKIT_CACHE", str(tmp_path))
+    model = _random_model(SMALL["litemedsam"], seed=1)
+    handlers = list(logging.getLogger().handlers)
+    fp32 = OnnxEngine.from_module(model, threads=1)
+    int8 = OnnxEngine.from_module(model, threads=1, precision="int8")
+    assert logging.getLogger().handlers == handlers  # the quantizer's advice configured no logging
+    (qfile,) = fp32.folder.glob("encoder-int8-*.onnx")
+    assert qfile.name == f"encoder-int8-q1-ort{ort.__version__}.onnx" and int8.folder == fp32.folder
+    ops = {n.op_type for n in onnx.load(str(qfile)).graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops  # really int8 matrix products
+    assert int8.backend == "onnxruntime-int8" and fp32.backend == "onnxruntime"
+    assert int8.weights_id == fp32.weights_id and int8.encoder_id == fp32.encoder_id + "+int8"
+    stamp = qfile.stat().st_mtime_ns
+    again = OnnxEngine.from_module(model, threads=1, precision="int8")
+    assert qfile.stat().st_mtime_ns == stamp and again.encoder_id == int8.encoder_id  # not quantized again
+    assert not list(tmp_path.rglob("*.part"))
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    e32, e8 = fp32.encode(x), int8.encode(x)
+    rel = np.abs(e8 - e32).mean() / np.abs(e32).mean()
+    assert 0 < rel < 0.2
+    with pytest.raises(ValueError, match="precision"):
+        OnnxEngine(fp32.folder, fp32.arch, fp32.weights_id, 1, precision="int4")
+
+
+def test_int8_predictor_on_litemedsam_gives_nearly_the_fp32_mask() -> None:
+    img, gt = disk_image(300, 420, 250, 140, 50, rgb=True)
+    box = np.array([[200, 90, 300, 190]], float)
+    masks = {}
+    for backend in ("onnxruntime", "onnxruntime-int8"):
+        p = Predictor("litemedsam", backend=backend)
+        p.set_image(img)
+        masks[backend] = p.predict(boxes=box).masks[0, 0]
+    a, b = masks["onnxruntime"], masks["onnxruntime-int8"]
+    agreement = 2 * (a & b).sum() / (a.sum() + b.sum())
+    # the int8 encoder fails issue 17's per-box accuracy bar on real images (benchmarks/bench_quantized.py), so it is
+    # opt-in; on a plain disk it must still give the same object
+    assert agreement >= 0.95, agreement
+
+
+def test_cli_backend_choices_are_the_engines() -> None:
+    from medsamkit.cli.common import BACKEND_CHOICES
+    from medsamkit.models.backends import BACKENDS
+
+    assert BACKEND_CHOICES == BACKENDS

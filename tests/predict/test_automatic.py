@@ -203,3 +203,17 @@ def test_skip_covered_decodes_fewer_prompts(predictor):
     fast = AutomaticMaskGenerator(predictor, default_options("litemedsam", points_per_side=8, skip_covered=True)).generate(img)
     assert fast.stats["prompts_skipped"] > 0
     assert fast.stats["prompts"] + fast.stats["prompts_skipped"] == full.stats["prompts"]
+
+
+def test_decode_chunk_bounds_memory_not_results(predictor):
+    """``decode_chunk`` only splits a batch for the decoder: the same records whatever its size."""
+    from medsamkit.errors import OptionError
+
+    img, _ = disk_image(96, 96, 48, 48, 20)
+    base = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "output_mode": "rle"}
+    big = AutomaticMaskGenerator(predictor, EverythingOptions(**base, decode_chunk=64)).generate(img)
+    small = AutomaticMaskGenerator(predictor, EverythingOptions(**base, decode_chunk=3)).generate(img)
+    assert big.records and big.records == small.records
+    assert EverythingOptions().decode_chunk == 8 and EverythingOptions().points_per_batch == 64
+    with pytest.raises(OptionError, match="decode_chunk"):
+        EverythingOptions(decode_chunk=0)

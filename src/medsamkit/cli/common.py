@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     from ..predict.cache import EmbeddingCache
 
 
+#: ``--backend`` choices: models.backends.BACKENDS, repeated here so that building a parser imports no numpy (a test
+#: keeps the two equal). ``onnxruntime-int8``: the int8 image encoder (faster, less exact; README.md, Speed)
+BACKEND_CHOICES = ("auto", "onnxruntime", "onnxruntime-int8", "torch")
+BACKEND_HELP = "inference engine (default auto: ONNX Runtime fp32 when installed); onnxruntime-int8: faster, less exact encoder"
+
+
 class CliError(Exception):
     """An error to show the user as one line (exit status ``code``)."""
 
@@ -89,7 +95,7 @@ def add_model_arguments(
     p.add_argument("--checkpoint", type=Path, help="weight file to use for --model's architecture")
     if adapter_help is not None:
         p.add_argument("--adapter", type=Path, metavar="RUN_DIR/adapter.pt", help=adapter_help)
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     if threads_help is not None:
         p.add_argument("--threads", type=positive_int, help=threads_help)
 

@@ -8,7 +8,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .common import SubParsers, say
+from .common import BACKEND_CHOICES, BACKEND_HELP, SubParsers, say
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -25,7 +25,7 @@ def add_parser(sub: SubParsers) -> None:
         "from its ground-truth box; write mask.png, overlay.png and result.json (with Dice).",
     )
     p.add_argument("-o", "--output", type=Path, default=Path("medsamkit-demo"), help="output folder")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     p.set_defaults(func=run)
 
 

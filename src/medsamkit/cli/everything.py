@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import CliError, numbers_arg, positive_int, say
+from .common import BACKEND_CHOICES, BACKEND_HELP, CliError, numbers_arg, positive_int, say
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output folder")
     p.add_argument("--model", default="litemedsam", help="model name from `medsamkit models` (default litemedsam)")
     p.add_argument("--checkpoint", type=Path, help="weights file for --model (default: the registry's)")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"), help="inference backend")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     add_everything_options(p)
     p.add_argument("--preset", default="auto", help="intensity preset for non-RGB images (see `medsamkit segment`)")
     p.add_argument(

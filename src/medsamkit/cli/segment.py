@@ -148,7 +148,8 @@ def _predictor(args: argparse.Namespace):
     from ..predict import Predictor
     from ..predict.cache import EmbeddingCache
 
-    cache = EmbeddingCache(disk_dir=args.embedding_cache) if args.embedding_cache else None
+    # the folder is the store; within this process segment_volume shares slice embeddings between objects itself
+    cache = EmbeddingCache(max_bytes=64 << 20, disk_dir=args.embedding_cache) if args.embedding_cache else None
     if args.adapter is not None:
         return adapter_predictor(args, cache)[0]
     return Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads, cache=cache)

@@ -28,7 +28,8 @@ import numpy as np
 from ...errors import OptionError
 from ..configs import ArchSpec
 
-BACKENDS = ("auto", "onnxruntime", "torch")
+#: ``onnxruntime-int8``: ONNX Runtime with the image encoder's weight matrices in int8 (see :mod:`.onnx`)
+BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "torch")
 
 
 class Engine(Protocol):
@@ -83,7 +84,8 @@ def create_engine(
     """An engine for a registry name, a checkpoint path, or an in-memory ``SamModel``.
 
     ``backend="auto"`` uses ONNX Runtime when it is installed (exported once per weights and cached, see
-    :mod:`.onnx`) for models up to 200 M parameters, else eager PyTorch.
+    :mod:`.onnx`) for models up to 200 M parameters, else eager PyTorch. ``onnxruntime-int8``: ONNX Runtime with an
+    int8 image encoder (built once per weights and cached).
     """
     if backend not in BACKENDS:
         raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -111,6 +113,7 @@ def create_engine(
         return TorchEngine(model, threads=threads)
     from .onnx import OnnxEngine
 
+    precision = "int8" if backend == "onnxruntime-int8" else "fp32"
     if is_module:
-        return OnnxEngine.from_module(model, threads=threads)
-    return OnnxEngine.from_weights(model, checkpoint=checkpoint, arch=arch, threads=threads)
+        return OnnxEngine.from_module(model, threads=threads, precision=precision)
+    return OnnxEngine.from_weights(model, checkpoint=checkpoint, arch=arch, threads=threads, precision=precision)

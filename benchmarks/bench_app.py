@@ -3,7 +3,9 @@
 One in-process app (FastAPI TestClient, no network) on a synthetic 4 x 512 x 512 volume: for each of the 4
 slices, the first box click (slice not cached: encode + decode + mask write + autosave) and then 5 more clicks on
 the same slice (cached embedding: decode + write). Reports the server's own ``ms`` (from the response) and the
-client round trip, medians, plus one point click on a cached slice.
+client round trip, medians, plus one point click on a cached slice. That app does not pre-encode; a second one
+(``preencoded``) does, as ``medsamkit serve`` does by default: the time until every slice of a 72-slice volume is
+ready, then clicks on 12 slices and a propagation through all 72.
 
 Usage: python benchmarks/bench_app.py [--out benchmarks/results/bench_app.json]
 """
@@ -26,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
-from machine import torch_matmul_gflops  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_flags, torch_matmul_gflops  # noqa: E402  (benchmarks/machine.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +52,64 @@ def organ(n: int = 72, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     return v, inside
 
 
+def preencoded(predictor, nifti: bytes, mask: np.ndarray) -> dict:
+    """The organ volume opened in an app that pre-encodes (the default): seconds until every slice is ready, then
+    server ms of a box click on 12 slices spread over the volume (each slice's first), and a propagation of the
+    60-slice object through all 72 slices; a fresh embedding cache, so nothing is left from the first app."""
+    import random
+
+    from fastapi.testclient import TestClient
+
+    from medsamkit.app import create_app
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(None, state_dir=Path(tmp), predictor=predictor)
+        try:
+            client = TestClient(app, base_url="http://127.0.0.1")
+            sid = client.post("/api/sessions").json()["session"]
+            t0 = time.perf_counter()
+            r = client.post(f"/api/sessions/{sid}/volume", files={"file": ("o.nii", nifti)})
+            assert r.status_code == 200, r.text
+            while True:
+                st = client.get(f"/api/sessions/{sid}/encoding").json()
+                if not st["running"]:
+                    break
+                time.sleep(0.2)
+            ready_s = time.perf_counter() - t0
+            assert st["done"] == st["total"] == mask.shape[0], st
+            misses = app.state.models.cache.misses
+            slices = sorted(random.Random(0).sample(range(mask.shape[0]), 12))
+            clicks = []
+            for k in slices:
+                ys, xs = np.nonzero(mask[k]) if mask[k].any() else (np.array([200, 300]), np.array([200, 300]))
+                body = {"slice": k, "label": 2, "box": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]}
+                r = client.post(f"/api/sessions/{sid}/segment", json=body)
+                assert r.status_code == 200, r.text
+                clicks.append(r.json()["ms"])
+            mid = 35
+            ys, xs = np.nonzero(mask[mid])
+            box = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+            assert client.post(f"/api/sessions/{sid}/segment", json={"slice": mid, "label": 1, "box": box}).status_code == 200
+            t0 = time.perf_counter()
+            r = client.post(f"/api/sessions/{sid}/propagate", json={"label": 1, "slice": mid, "axis": "z"})
+            prop_s = time.perf_counter() - t0
+            assert r.status_code == 200, r.text
+            return {
+                "volume": list(mask.shape),
+                "seconds_until_all_slices_ready": round(ready_s, 1),
+                "slices_encoded": st["done"],
+                "click_slices": slices,
+                "click_server_ms": clicks,
+                "click_server_ms_median": round(statistics.median(clicks), 1),
+                "click_server_ms_max": round(max(clicks), 1),
+                "propagate_72_slices_seconds": round(prop_s, 2),
+                "propagated_slices": r.json()["slices"],
+                "encodes_after_ready": app.state.models.cache.misses - misses,
+            }
+        finally:
+            app.state.preencoder.close()
+
+
 def matmul_probe() -> float:
     return torch_matmul_gflops(THREADS)
 
@@ -69,7 +129,9 @@ def main() -> None:
     vol = volume()
     buf = io.BytesIO(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)), np.eye(4)).to_bytes())
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(None, state_dir=Path(tmp), predictor=Predictor("litemedsam", threads=THREADS))
+        predictor = Predictor("litemedsam", threads=THREADS)
+        # without background pre-encoding: what a click and a propagation cost when nothing is ready
+        app = create_app(None, state_dir=Path(tmp) / "a", predictor=predictor, preencode_slices=0)
         client = TestClient(app, base_url="http://127.0.0.1")  # the server answers only its own host names
         sid = client.post("/api/sessions").json()["session"]
         assert client.post(f"/api/sessions/{sid}/volume", files={"file": ("v.nii", buf.getvalue())}).status_code == 200
@@ -113,6 +175,7 @@ def main() -> None:
             f.flush()
             got = np.asarray(nib.load(f.name).dataobj).transpose(2, 1, 0) == 1
         prop_dice = 2 * float((got & omask).sum()) / float(got.sum() + omask.sum())
+        pre = preencoded(predictor, obuf, omask)
 
     def med(xs: list[tuple[float, float]], i: int) -> float:
         return round(statistics.median(x[i] for x in xs), 1)
@@ -133,7 +196,9 @@ def main() -> None:
             "slices": prop.get("slices"),
             "dice": round(prop_dice, 4),
         },
+        "preencoded": pre,
         "matmul_gflops": probe,
+        "cpu_flags": cpu_flags(),
     }
     print(json.dumps(r, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

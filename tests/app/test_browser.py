@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import urllib.request
 import warnings
@@ -93,7 +94,7 @@ def server(browser, predictor, tmp_path_factory):
         pytest.skip(f"shared data not found at {DATA}")
     # propagation is capped below the MR example's 20 slices: the page must send a window around its slice
     limits = Limits(max_propagate_slices=PROPAGATE_CAP)
-    app = create_app(DATA, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor, limits=limits)
+    app = create_app(DATA, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor, limits=limits, preencode_slices=0)
     with served(app) as port:
         yield f"http://127.0.0.1:{port}"
 
@@ -445,3 +446,68 @@ def test_vendor_route(tmp_path, monkeypatch):
     page = client.get("/")
     assert page.status_code == 200 and 'src="/static/app.js"' in page.text
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+
+
+@pytest.fixture(scope="module")
+def preencoding_server(browser, predictor, tmp_path_factory):
+    """A live server that pre-encodes opened volumes in the background (the default of ``medsamkit serve``)."""
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    app = create_app(DATA, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor)
+    try:
+        with served(app) as port:
+            yield f"http://127.0.0.1:{port}", app
+    finally:
+        app.state.preencoder.close()
+
+
+@requires_shared
+def test_volume_is_pre_encoded_with_progress_then_propagates_from_the_cache(browser, preencoding_server, tmp_path):
+    """Opening a volume shows the background encoding's progress; once every slice is ready, a box and a
+    propagation through all of them encode nothing more."""
+    url, app = preencoding_server
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(30_000)
+    pg.goto(url + "/")
+    pg.wait_for_function("() => window.medsamkit && window.medsamkit.state.ready")
+    source = nib.load(DATA / MR)
+    truth = zyx(DATA / MR.replace("images", "masks"))[0] == KIDNEY_LEFT
+    n = truth.shape[0]
+    info = open_path(pg, MR)
+    row = pg.locator("[data-testid=encoding-row]")
+    assert row.is_visible() and info["encoding"]["total"] == n
+    seen = pg.text_content("[data-testid=encoding-text]") or ""
+    assert seen.endswith(f"/{n} slices along z") or seen == f"{n}/{n} slices along z: ready", seen
+    pg.wait_for_function(
+        "() => { const r = document.querySelector('[data-testid=encoding-row]'); "
+        "return r.dataset.running === 'false' && r.dataset.done === r.dataset.total }",
+        timeout=180_000,
+    )
+    assert pg.text_content("[data-testid=encoding-text]") == f"{n}/{n} slices along z: ready"
+    assert pg.evaluate("document.querySelector('[data-testid=encoding]').value") == n
+    screenshot(pg, tmp_path, "preencoded")
+
+    cache = app.state.models.cache
+    misses = cache.misses
+    k = 3
+    x0, y0, x1, y1 = box_of(truth[k])
+    go_to(pg, (x0 + x1) // 2, (y0 + y1) // 2, k)
+    pg.keyboard.press("b")
+    drag(pg, screen_of(pg, source.affine, (x0 - 2, y0 - 2, k)), screen_of(pg, source.affine, (x1 + 2, y1 + 2, k)))
+    idle(pg)
+    pg.click("[data-testid=propagate]")
+    pg.wait_for_function("() => document.querySelector('[data-testid=progress-text]').textContent === 'done'", timeout=120_000)
+    idle(pg)
+    text, kind = status(pg)
+    assert kind == "ok" and text.startswith("propagated label 1"), text
+    sid = pg.evaluate("window.medsamkit.state.sid")
+    with urllib.request.urlopen(f"{url}/api/sessions/{sid}/progress") as r:
+        assert json.loads(r.read())["total"] == n  # the propagation covered every slice of the volume
+    propagated, _ = api_mask(server=url, sid=sid)
+    assert dice(propagated[k] == 1, truth[k]) > 0.7
+    assert cache.misses == misses  # the box and all n slices of the propagation came from the background's work
+    ctx.close()
+    assert not errors, errors

@@ -62,7 +62,7 @@ def data_dir(tmp_path) -> Path:
 
 
 def make(data_dir: Path | None, tmp_path: Path, predictor=None, **kw):
-    app = create_app(data_dir, state_dir=tmp_path / "state", predictor=predictor, **kw)
+    app = create_app(data_dir, state_dir=tmp_path / "state", predictor=predictor, preencode_slices=0, **kw)
     return app, Client(app)
 
 
@@ -358,7 +358,7 @@ def test_chunked_bodies_are_cut_at_the_routes_limit(tmp_path):
 def test_chunked_body_against_a_live_server(tmp_path):
     """Through uvicorn and a real socket: a chunked body is answered 413 after a few chunks (the old server read
     the whole body before answering 404)."""
-    app = create_app(None, state_dir=tmp_path / "state")
+    app = create_app(None, state_dir=tmp_path / "state", preencode_slices=0)
     with served(app, log_level="error") as port:
         c = socket.create_connection(("127.0.0.1", port))
         c.sendall(
@@ -555,7 +555,7 @@ def test_session_count_and_idle_expiry(tmp_path):
     old = time.time() - 7200
     for f in (tmp_path / "state" / b).iterdir():
         os.utime(f, (old, old))
-    second = Client(create_app(None, state_dir=tmp_path / "state", limits=Limits(session_ttl_s=3600)))
+    second = Client(create_app(None, state_dir=tmp_path / "state", limits=Limits(session_ttl_s=3600), preencode_slices=0))
     assert_error(second.get(f"/api/sessions/{b}"), 404)
     assert second.get(f"/api/sessions/{c}").status_code == 200
 

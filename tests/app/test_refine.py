@@ -78,7 +78,7 @@ CENTRE = [30.0, 32.0]  # (x, y) of the ellipsoid's centre on slice K
 
 @pytest.fixture(scope="module")
 def app(predictor, tmp_path_factory):
-    return create_app(None, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor)
+    return create_app(None, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor, preencode_slices=0)
 
 
 @pytest.fixture(scope="module")

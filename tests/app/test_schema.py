@@ -34,7 +34,11 @@ def api(predictor, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     write_nifti(data / "v.nii.gz", ellipsoid(0)[0])
     app = create_app(
-        data, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor, limits=Limits(max_upload_bytes=1 << 20)
+        data,
+        state_dir=tmp_path_factory.mktemp("state"),
+        predictor=predictor,
+        preencode_slices=0,
+        limits=Limits(max_upload_bytes=1 << 20),
     )
     client = Client(app)
     sid = new_session(client)

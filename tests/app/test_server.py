@@ -96,7 +96,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(predictor, data_dir, tmp_path_factory):
-    return create_app(data_dir, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor)
+    return create_app(data_dir, state_dir=tmp_path_factory.mktemp("state"), predictor=predictor, preencode_slices=0)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_paths_outside_the_data_folder_are_refused(client, data_dir, tmp_path_fa
 
 
 def test_no_data_folder_and_bad_requests(predictor, tmp_path):
-    client = Client(create_app(None, state_dir=tmp_path, predictor=predictor))
+    client = Client(create_app(None, state_dir=tmp_path, predictor=predictor, preencode_slices=0))
     sid = new_session(client)
     assert "--data" in assert_error(client.post(f"/api/sessions/{sid}/volume", json={"path": "x.nii.gz"}), 403)
     assert_error(client.post(f"/api/sessions/{sid}/volume", content=b"x", headers={"content-type": "text/plain"}), 415)
@@ -236,7 +236,7 @@ def test_no_data_folder_and_bad_requests(predictor, tmp_path):
 
 
 def test_unexpected_errors_are_json_500_without_details(predictor, tmp_path):
-    app = create_app(None, state_dir=tmp_path, predictor=predictor)
+    app = create_app(None, state_dir=tmp_path, predictor=predictor, preencode_slices=0)
 
     def boom() -> None:
         raise RuntimeError("secret detail /srv/path")
@@ -247,7 +247,7 @@ def test_unexpected_errors_are_json_500_without_details(predictor, tmp_path):
 
 
 def test_upload_size_limit(predictor, tmp_path, data_dir):
-    client = Client(create_app(data_dir, state_dir=tmp_path, predictor=predictor, max_upload_bytes=200_000))
+    client = Client(create_app(data_dir, state_dir=tmp_path, predictor=predictor, preencode_slices=0, max_upload_bytes=200_000))
     sid = new_session(client)
     assert "limit" in assert_error(upload(client, sid, b"\0" * 200_001, name="big.nii"), 413)  # stopped while streaming
     assert_error(upload(client, sid, b"\0" * (3 << 20), name="big.nii"), 413)  # refused from Content-Length
@@ -383,7 +383,7 @@ def test_empty_answers_come_with_a_warning(client, tmp_path):
 
 def test_restart_restores_sessions(predictor, tmp_path, data_dir):
     state = tmp_path / "state"
-    first = Client(create_app(data_dir, state_dir=state, predictor=predictor))
+    first = Client(create_app(data_dir, state_dir=state, predictor=predictor, preencode_slices=0))
     up, by_path = new_session(first), new_session(first)
     upload(first, up, (data_dir / "cases" / "ellipsoid.nii.gz").read_bytes())
     first.post(f"/api/sessions/{by_path}/volume", json={"path": "cases/ellipsoid.nii.gz"})
@@ -398,19 +398,19 @@ def test_restart_restores_sessions(predictor, tmp_path, data_dir):
     before = {sid: first.get(f"/api/sessions/{sid}/mask.nii.gz").content for sid in (up, by_path)}
     saved = first.post(f"/api/sessions/{up}/save", json={"format": "nii.gz"}).json()["url"]
 
-    second = Client(create_app(data_dir, state_dir=state, predictor=predictor))
+    second = Client(create_app(data_dir, state_dir=state, predictor=predictor, preencode_slices=0))
     for sid in (up, by_path):
         assert np.array_equal(nifti_zyx(second.get(f"/api/sessions/{sid}/mask.nii.gz").content)[0], nifti_zyx(before[sid])[0])
         assert second.get(f"/api/sessions/{sid}/labels").json()["labels"] == [{"value": 7, "name": "lesion", "voxels": 90}]
     assert second.get(saved).content == first.get(saved).content
     assert_error(second.post(f"/api/sessions/{up}/undo"), 409)  # the undo history is not kept across restarts
     # a session whose data file disappeared says so instead of failing
-    third = Client(create_app(None, state_dir=state, predictor=predictor))
+    third = Client(create_app(None, state_dir=state, predictor=predictor, preencode_slices=0))
     assert "not available" in assert_error(third.get(f"/api/sessions/{by_path}/labels"), 409)
 
 
 def test_idle_sessions_are_unloaded_and_reloaded(predictor, tmp_path, data_dir):
-    app = create_app(data_dir, state_dir=tmp_path, predictor=predictor, max_loaded=1)
+    app = create_app(data_dir, state_dir=tmp_path, predictor=predictor, preencode_slices=0, max_loaded=1)
     client = Client(app)
     sids = [new_session(client) for _ in range(2)]
     for i, sid in enumerate(sids):
@@ -432,7 +432,7 @@ def test_dicom_series_from_data_folder_saves_dicom_seg(predictor, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(DATA / "totalseg_examples_3d" / "images" / "ct_dicom", data / "ct")
-    client = Client(create_app(data, state_dir=tmp_path / "state", predictor=predictor))
+    client = Client(create_app(data, state_dir=tmp_path / "state", predictor=predictor, preencode_slices=0))
     sid = new_session(client)
     r = client.post(f"/api/sessions/{sid}/volume", json={"path": "ct"})
     assert r.status_code == 200, r.text

@@ -62,6 +62,8 @@ class ModelService:
         self._init_lock = threading.Lock()
         self._inflight: dict[str, list[Any]] = {}  # key -> [lock, users]
         self._inflight_lock = threading.Lock()
+        self._busy = 0  # segment/propagate requests running now (background pre-encoding waits for none)
+        self._idle = threading.Condition()
 
     def engine(self) -> LockedEngine:
         with self._init_lock:
@@ -74,6 +76,25 @@ class ModelService:
         """A new predictor on the shared engine and cache; ``on_embed`` is called after each slice embedding
         (cached or computed), which is how the app counts propagation progress."""
         return SharedPredictor(self, on_embed)
+
+    @contextmanager
+    def foreground(self) -> Iterator[None]:
+        """Mark a request that uses the model (segment, propagate) while it runs: background work
+        (:mod:`medsamkit.app.preencode`) waits until none runs."""
+        with self._idle:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.notify_all()
+
+    def wait_until_idle(self, timeout: float | None = None) -> bool:
+        """Block until no request marked :meth:`foreground` runs (or ``timeout`` seconds); True when idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     @contextmanager
     def claim(self, key: str) -> Iterator[None]:

@@ -72,6 +72,14 @@ class PropagateBody(_Body):
     slices: tuple[StrictInt, StrictInt] | None = None
 
 
+class EncodingFocus(_Body):
+    """Where the annotator is: background pre-encoding takes the slices of ``axis`` nearest to ``slice`` first
+    (another axis restarts it along that axis)."""
+
+    axis: Axis = "z"
+    slice: StrictInt
+
+
 class MaskBody(_Body):
     label: Label
     png: str

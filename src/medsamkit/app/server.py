@@ -36,6 +36,7 @@ from ..predict import Predictor
 from .guard import LOOPBACK_NAMES, Guard, HostRule
 from .limits import Limits
 from .model import ModelService
+from .preencode import Preencoder
 from .routes import ROUTERS
 from .routes.edit import png_size
 from .schemas import ErrorBody, LabelName, MaskBody, OpenOptions, OpenPath, PropagateBody, SaveBody, SegmentBody, describe_errors
@@ -72,6 +73,7 @@ def create_app(
     max_loaded: int = 8,
     allowed_hosts: Iterable[str] = (),
     port: int | None = None,
+    preencode_slices: int = 256,
 ) -> FastAPI:
     """The app. data_dir: folder clients may open volumes from by relative path (None: uploads only);
     state_dir: where sessions live (existing ones are restored); limits: the server's bounds
@@ -80,6 +82,8 @@ def create_app(
     whose volume stays in memory (others reload from disk on their next request). allowed_hosts: ``Host`` names
     answered besides the loopback names 127.0.0.1, localhost and [::1] (``name`` or ``name:port``; ``*`` = any);
     port: the port the server listens on (a name without a port must come with it; None: any port).
+    preencode_slices: slices of each opened volume encoded in the background, nearest to the viewed slice first
+    (:mod:`medsamkit.app.preencode`; 0: off).
 
     The routes reach the shared state as ``app.state.shared`` (:class:`AppState`); ``app.state.store``,
     ``.models``, ``.limits`` and ``.hosts`` are the same objects."""
@@ -91,8 +95,10 @@ def create_app(
     app = FastAPI(title="medsamkit annotation server", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     hosts = HostRule([*LOOPBACK_NAMES, *allowed_hosts], port)
     scrub = scrubber([store.state_dir, store.data_dir, data_dir, state_dir, Path(tempfile.gettempdir())])
-    app.state.shared = AppState(store=store, models=models, limits=limits, hosts=hosts, scrub=scrub)
+    preencoder = Preencoder(store, models, preencode_slices)
+    app.state.shared = AppState(store=store, models=models, limits=limits, preencoder=preencoder, hosts=hosts, scrub=scrub)
     app.state.store, app.state.models, app.state.limits, app.state.hosts = store, models, limits, hosts
+    app.state.preencoder = preencoder
     app.add_middleware(Guard, limits=limits, hosts=hosts)
     _map_errors(app, scrub)
     for router in ROUTERS:

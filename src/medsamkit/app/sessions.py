@@ -318,6 +318,11 @@ class SessionStore:
         s.last_seen = time.time()
         return s
 
+    def peek(self, sid: str) -> Session | None:
+        """The session ``sid`` if the store holds it, without counting as a use (for background work)."""
+        with self._lock:
+            return self._sessions.get(sid)
+
     def delete(self, sid: str) -> None:
         s = self.get(sid)
         with s.lock:

@@ -12,19 +12,22 @@ from fastapi import Depends, Request
 from .guard import HostRule
 from .limits import Limits
 from .model import ModelService
+from .preencode import Preencoder
 from .sessions import SessionStore
 
 
 @dataclass(frozen=True)
 class AppState:
     """The app's shared state. store: the sessions (and the data folder, ``store.data_dir``); models: the one
-    model and embedding cache of all sessions; limits: the server's bounds; hosts: the ``Host`` names answered
-    (enforced by :class:`~medsamkit.app.guard.Guard` before any route); scrub: removes server folders and upload
-    temp names from a message meant for the client."""
+    model and embedding cache of all sessions; preencoder: the background encoding of opened volumes' slices;
+    limits: the server's bounds; hosts: the ``Host`` names answered (enforced by
+    :class:`~medsamkit.app.guard.Guard` before any route); scrub: removes server folders and upload temp names
+    from a message meant for the client."""
 
     store: SessionStore
     models: ModelService
     limits: Limits
+    preencoder: Preencoder
     hosts: HostRule
     scrub: Callable[[str], str]
 

@@ -106,7 +106,25 @@ def add_parser(sub: SubParsers) -> None:
         metavar="MB",
         help="memory for cached slice embeddings, all sessions together (4 MB per slice; default 1024)",
     )
+    p.add_argument(
+        "--preencode-slices",
+        type=_non_negative,
+        default=256,
+        metavar="N",
+        help="encode up to N slices of each opened volume in the background, nearest to the viewed slice first, so "
+        "clicks and propagation find them ready (at most 3/4 of --embedding-memory-mb; 0: off; default 256)",
+    )
     p.set_defaults(func=run)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
+    return v
 
 
 def run(args: argparse.Namespace) -> None:
@@ -164,6 +182,7 @@ def run(args: argparse.Namespace) -> None:
         predictor=predictor,
         allowed_hosts=allowed,
         port=args.port,
+        preencode_slices=args.preencode_slices,
     )
     if not local:
         say(

@@ -1,7 +1,7 @@
 """The app's routes, one router per concern: ``page`` (the page and its scripts), ``sessions`` (create,
 describe, delete a session; open a volume in it), ``view`` (the volume, the mask and their slices for the
-viewer), ``segment`` (segment a slice, propagate, progress), ``edit`` (brush edits, undo, label names) and
-``export`` (save, download). Shared state reaches them as :class:`~medsamkit.app.state.AppState`."""
+viewer), ``segment`` (segment a slice, propagate, progress, background pre-encoding), ``edit`` (brush edits,
+undo, label names) and ``export`` (save, download). Shared state reaches them as :class:`~medsamkit.app.state.AppState`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Segmenting: one slice from a box and/or points (``POST .../segment``, through
 :func:`medsamkit.predict.segment_2d`; a request that adds clicks to the session's previous one gets that one's
 mask fed back, see :mod:`medsamkit.app.refine`), a label propagated through a window of slices (``POST .../propagate``,
-through :func:`medsamkit.predict.segment_volume`; merged by :meth:`SessionStore.merge_propagation`) and the
-propagation's progress (``GET .../progress``).
+through :func:`medsamkit.predict.segment_volume`; merged by :meth:`SessionStore.merge_propagation`), the
+propagation's progress (``GET .../progress``) and the background pre-encoding's (``GET``/``POST .../encoding``).
 
 The model runs without the session's lock; its result is written only if the session still holds the same
 volume (409 otherwise, nothing written)."""
@@ -21,7 +21,7 @@ from ...predict import ObjectPrompt, segment_2d, segment_volume
 from .. import refine
 from ..limits import MiB
 from ..refine import LastSegment, SegmentKey, feeds_back
-from ..schemas import SESSION_ERRORS, PropagateBody, SegmentBody, error_responses
+from ..schemas import SESSION_ERRORS, EncodingFocus, PropagateBody, SegmentBody, error_responses
 from ..sessions import AXES, AppError, Job, Session, slice_index
 from ..state import StateDep
 from .common import png_bytes
@@ -46,7 +46,9 @@ def segment(sid: str, body: SegmentBody, state: StateDep) -> dict[str, Any]:
         key = SegmentKey.of(volume_id, body.axis, body.slice, body.label, box, points)
         last = s.last_segment
         mask_input = last.logits if refine.FEED_BACK_MASK and last is not None and feeds_back(last.key, key) else None
-    result = segment_2d(state.models.predictor(), picture, boxes=[box] if box else (), points=points, mask_input=mask_input)
+        state.preencoder.focus(s, body.axis, body.slice, start=False)  # pre-encode around where the annotator works
+    with state.models.foreground():
+        result = segment_2d(state.models.predictor(), picture, boxes=[box] if box else (), points=points, mask_input=mask_input)
     mask, score = result.masks[0], float(result.scores[0])
     with s.lock:
         same_volume(s, volume_id)
@@ -107,14 +109,15 @@ def propagate(sid: str, body: PropagateBody, state: StateDep) -> dict[str, Any]:
         job.done = min(job.total, job.done + 1)
 
     try:
-        seg = segment_volume(
-            display,
-            [ObjectPrompt(label=label, box=box, slice_index=k - lo)],
-            state.models.predictor(on_embed=tick),
-            axis=axis,
-            preset="passthrough",
-            embedding_memory=8 * MiB,  # the shared cache keeps slice embeddings; this is segment_volume's own
-        )
+        with state.models.foreground():  # background pre-encoding waits while this runs
+            seg = segment_volume(
+                display,
+                [ObjectPrompt(label=label, box=box, slice_index=k - lo)],
+                state.models.predictor(on_embed=tick),
+                axis=axis,
+                preset="passthrough",
+                embedding_memory=8 * MiB,  # the shared cache keeps slice embeddings; this is segment_volume's own
+            )
     except MedsamkitError as e:
         job.error = state.scrub(one_line(e))  # shown by /progress, like every error: no server paths
         raise
@@ -142,6 +145,28 @@ def propagate(sid: str, body: PropagateBody, state: StateDep) -> dict[str, Any]:
 @router.get("/api/sessions/{sid}/progress", responses=error_responses(*SESSION_ERRORS))
 def progress(sid: str, state: StateDep) -> dict[str, Any]:
     return state.store.get(sid).job.as_dict()
+
+
+@router.get("/api/sessions/{sid}/encoding", responses=error_responses(*SESSION_ERRORS))
+def encoding(sid: str, state: StateDep) -> dict[str, Any]:
+    """Background pre-encoding of the session's volume (:mod:`medsamkit.app.preencode`): ``axis``, ``focus``
+    (the slice it works outwards from), ``done``/``total`` slices, ``running``, ``paused`` (volume unloaded),
+    ``error``, ``enabled`` (off on this server when false)."""
+    s = state.store.get(sid)
+    return state.preencoder.status(s)
+
+
+@router.post("/api/sessions/{sid}/encoding", responses=error_responses(*SESSION_ERRORS, 409))
+def encoding_focus(sid: str, body: EncodingFocus, state: StateDep) -> dict[str, Any]:
+    """Tell the pre-encoder where the annotator is: it takes the slices of ``axis`` nearest to ``slice`` first
+    (another axis restarts it there). Answers like ``GET .../encoding``."""
+    store = state.store
+    s = store.get(sid)
+    with s.lock:
+        vol = store.volume(s)
+        vol.check_slice(body.axis, body.slice)
+        state.preencoder.focus(s, body.axis, body.slice)
+    return state.preencoder.status(s)
 
 
 def same_volume(s: Session, volume_id: Any) -> None:

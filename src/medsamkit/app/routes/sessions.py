@@ -53,12 +53,14 @@ def session_info(sid: str, state: StateDep) -> dict[str, Any]:
         if not s.meta.get("source"):
             return {"session": sid, "volume": None, "limits": limits.describe()}
         vol = store.volume(s)
+        state.preencoder.ensure(s)  # a session restored after a restart: pre-encode its volume again
         return {"session": sid, "volume": volume_info(state, s, vol), "undo_steps": len(s.undo), "limits": limits.describe()}
 
 
 @router.delete("/api/sessions/{sid}", responses=error_responses(*SESSION_ERRORS, 409))
 def delete_session(sid: str, state: StateDep) -> dict[str, Any]:
     state.store.delete(sid)
+    state.preencoder.cancel(sid)
     return {"deleted": sid}
 
 
@@ -72,6 +74,7 @@ async def open_volume(sid: str, request: Request, state: StateDep) -> dict[str, 
     the data folder (JSON ``{"path", "preset"?, "window"?, "modality"?, "resample"?}``)."""
     store, limits = state.store, state.limits
     s = store.get(sid)
+    state.preencoder.cancel(sid)  # opening another volume stops the old one's pre-encoding (even if this one fails)
     ctype = content_type(request)
     if ctype == "multipart/form-data":
         room = await run_in_threadpool(store.upload_room, s)
@@ -94,6 +97,7 @@ def _open_upload(state: AppState, s: Session, path: Path, name: str, opts: OpenO
     loaded = state.store.load(path, options, name)
     with s.lock:
         vol = state.store.install(s, loaded, {"kind": "upload", "file": path.name, "name": name}, options)
+        state.preencoder.start(s)
         return volume_info(state, s, vol)
 
 
@@ -105,6 +109,7 @@ def _open_data(state: AppState, s: Session, body: OpenPath) -> dict[str, Any]:
     loaded = store.load(path, options, rel)
     with s.lock:
         vol = store.install(s, loaded, {"kind": "data", "path": rel, "name": rel}, options)
+        state.preencoder.start(s)
         return volume_info(state, s, vol)
 
 
@@ -113,4 +118,11 @@ def volume_info(state: AppState, s: Session, vol: Volume) -> dict[str, Any]:
     ``z,y,x``, spacing ``x,y,z`` in mm, slice frames, intensity preset...), its labels and the server's limits
     (call with ``s.lock`` held)."""
     src, limits = s.meta["source"], state.limits.describe()
-    return {"session": s.sid, "source": src.get("name"), **vol.info(), "labels": label_summary(s, vol), "limits": limits}
+    return {
+        "session": s.sid,
+        "source": src.get("name"),
+        **vol.info(),
+        "labels": label_summary(s, vol),
+        "limits": limits,
+        "encoding": state.preencoder.status(s),
+    }

@@ -34,6 +34,7 @@ const state = {
   lastSave: null,
   hover: null,
   progress: null, // the last propagation progress seen {done, total}
+  encoding: null, // the server's background pre-encoding status (GET .../encoding)
   ready: false, // the viewer module loaded
 };
 
@@ -99,6 +100,72 @@ async function api(method, path, body, { raw = false, contentType = null } = {})
 }
 
 const base = () => `/api/sessions/${state.sid}`;
+
+// -- background pre-encoding ---------------------------------------------------------------------------------
+// The server encodes the open volume's slices in the background, nearest to the viewed slice first. The page shows
+// how many are ready and tells the server where the annotator is (the crosshair's z slice) while it works. These
+// polls are not user operations: they bypass api()'s busy count and never show an error.
+let encodingTimer = null;
+
+async function quiet(method, path, body) {
+  const opts = { method, headers: {} };
+  if (body !== undefined) {
+    opts.body = JSON.stringify(body);
+    opts.headers["content-type"] = "application/json";
+  }
+  const r = await fetch(path, opts);
+  if (!r.ok) throw new Error(`${r.status}`);
+  return r.json();
+}
+
+function renderEncoding() {
+  const st = state.encoding;
+  const row = $("#encoding-row");
+  if (!st || !st.enabled || !st.total) {
+    row.hidden = true;
+    return;
+  }
+  row.hidden = false;
+  const bar = $("#encoding");
+  bar.max = st.total;
+  bar.value = st.done;
+  const along = state.info && !state.info.is_2d ? ` along ${st.axis}` : "";
+  let text = `${st.done}/${st.total} slices${along}`;
+  if (st.error) text += ` (stopped: ${st.error})`;
+  else if (st.paused) text += " (paused)";
+  else if (!st.running) text += ": ready";
+  $("#encoding-text").textContent = text;
+  row.dataset.done = String(st.done);
+  row.dataset.total = String(st.total);
+  row.dataset.running = String(Boolean(st.running));
+}
+
+function watchEncoding(status) {
+  clearTimeout(encodingTimer);
+  state.encoding = status || null;
+  renderEncoding();
+  const sid = state.sid;
+  const tick = async () => {
+    if (state.sid !== sid || !state.info) return;
+    const st = state.encoding;
+    try {
+      const z = nv && !state.info.is_2d ? crosshairNative()[2] : 0;
+      if (st && st.axis === "z" && z !== st.focus && st.total < st.slices) {
+        state.encoding = await quiet("POST", `${base()}/encoding`, { axis: "z", slice: z });
+      } else {
+        state.encoding = await quiet("GET", `${base()}/encoding`);
+      }
+      renderEncoding();
+    } catch {
+      /* a request that needs the model encodes on demand and reports its own errors */
+    }
+    const now = state.encoding;
+    if (!now || !now.enabled || now.error) return;
+    if (now.running || now.paused) encodingTimer = setTimeout(tick, 400);
+    else if (now.total < now.slices) encodingTimer = setTimeout(tick, 1500); // more slices than it keeps: follow the view
+  };
+  encodingTimer = setTimeout(tick, 400);
+}
 
 // Run fn after every earlier queued operation; errors go to the status line.
 function enqueue(fn) {
@@ -414,6 +481,7 @@ async function showVolume(info) {
   $("#propagate").title = info.is_2d ? "a 2D picture has nothing to propagate to" : "Segment the selected label through the volume from its last segmented slice (g)";
   setStatus(`opened ${info.source}: ${x}×${y}×${z} voxels; drag a box around an object`, "ok");
   drawUi();
+  watchEncoding(info.encoding);
 }
 
 // -- labels --------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-volume: $(STAMP)
 
 bench-quantized: $(STAMP)
 	$(BIN)/python benchmarks/bench_quantized.py --static
+
+bench-gpu: $(STAMP)  # on a machine with a CUDA GPU; DEVICE=cpu for a dry run
+	$(BIN)/python benchmarks/bench_gpu.py --device $(or $(DEVICE),cuda)
 
 bench-evaluate: $(STAMP)
 	$(BIN)/python benchmarks/bench_evaluate.py

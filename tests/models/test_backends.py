@@ -128,7 +128,7 @@ def test_int8_predictor_on_litemedsam_gives_nearly_the_fp32_mask() -> None:
 
 
 def test_cli_backend_choices_are_the_engines() -> None:
-    from medsamkit.cli.common import BACKEND_CHOICES
-    from medsamkit.models.backends import BACKENDS
+    from medsamkit.cli.common import BACKEND_CHOICES, PRECISION_CHOICES
+    from medsamkit.models.backends import BACKENDS, PRECISIONS
 
-    assert BACKEND_CHOICES == BACKENDS
+    assert BACKEND_CHOICES == BACKENDS and PRECISION_CHOICES == PRECISIONS

@@ -35,19 +35,24 @@ class ModelSpec:
     """The model a job loads on each worker. threads: CPU threads of one predictor; None = the worker's
     cores divided by its Dask threads. adapter: a ``medsamkit finetune`` result (``adapter.pt`` or its run
     folder, a prompted mode) loaded on top of the base it names (``checkpoint``: that base's weights; ``name`` is
-    then unused), run on PyTorch unless ``backend`` names another engine."""
+    then unused), run on PyTorch unless ``backend`` names another engine. device / precision: where each worker runs
+    the model and the encoder's arithmetic (:class:`~medsamkit.predict.Predictor`; a GPU is each worker's own)."""
 
     name: str = "litemedsam"
     checkpoint: str | None = None
     backend: str = "auto"
     threads: int | None = None
     adapter: str | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
 
     def settings(self) -> dict[str, Any]:
-        """What decides the results (recorded in the ledger; threads do not)."""
-        out = {"model": self.name, "checkpoint": self.checkpoint, "backend": self.backend}
+        """What decides the results (recorded in the ledger; threads and the device do not)."""
+        out: dict[str, Any] = {"model": self.name, "checkpoint": self.checkpoint, "backend": self.backend}
         if self.adapter is not None:
             out["adapter"] = self.adapter
+        if self.precision != "fp32":
+            out["precision"] = self.precision
         return out
 
     @property
@@ -65,8 +70,15 @@ class ModelSpec:
 
             model = load_adapted(self.adapter, self.checkpoint, prompted=True)
             backend = "torch" if self.backend == "auto" else self.backend
-            return Predictor(model, backend=backend, threads=threads)
-        return Predictor(self.name, checkpoint=self.checkpoint, backend=self.backend, threads=threads)
+            return Predictor(model, backend=backend, threads=threads, device=self.device, precision=self.precision)
+        return Predictor(
+            self.name,
+            checkpoint=self.checkpoint,
+            backend=self.backend,
+            threads=threads,
+            device=self.device,
+            precision=self.precision,
+        )
 
 
 @dataclass

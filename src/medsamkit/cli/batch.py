@@ -157,6 +157,8 @@ def _start(args: argparse.Namespace, make_job: Callable[[str, ModelSpec], _Job])
         backend=args.backend,
         threads=engine.model_threads(),
         adapter=str(adapter.resolve()) if adapter is not None else None,
+        device=args.device,
+        precision=args.precision,
     )
     return engine, make_job(str(args.output.resolve()), spec)
 

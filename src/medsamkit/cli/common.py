@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 #: keeps the two equal). ``onnxruntime-int8``: the int8 image encoder (faster, less exact; README.md, Speed)
 BACKEND_CHOICES = ("auto", "onnxruntime", "onnxruntime-int8", "torch")
 BACKEND_HELP = "inference engine (default auto: ONNX Runtime fp32 when installed); onnxruntime-int8: faster, less exact encoder"
+#: ``--precision`` choices: models.backends.PRECISIONS, repeated for the same reason (the same test)
+PRECISION_CHOICES = ("fp32", "fp16", "bf16")
 
 
 class CliError(Exception):
@@ -96,8 +98,32 @@ def add_model_arguments(
     if adapter_help is not None:
         p.add_argument("--adapter", type=Path, metavar="RUN_DIR/adapter.pt", help=adapter_help)
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+    add_device_arguments(p)
     if threads_help is not None:
         p.add_argument("--threads", type=positive_int, help=threads_help)
+
+
+DEVICE_HELP = (
+    "where the model runs: cpu (default), cuda, cuda:N, or auto (the first CUDA GPU when PyTorch sees one, else the "
+    "CPU); a GPU runs the torch backend"
+)
+PRECISION_HELP = (
+    "the image encoder's arithmetic on the torch backend: fp32 (default), bf16 or fp16 (autocast; fp16 on a GPU "
+    "only); masks may differ slightly from fp32"
+)
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision`` (see :class:`~medsamkit.predict.Predictor`)."""
+    p.add_argument("--device", default="cpu", type=_device, metavar="{cpu,auto,cuda,cuda:N}", help=DEVICE_HELP)
+    p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+
+
+def _device(text: str) -> str:
+    t = text.strip().lower()
+    if t in ("cpu", "auto", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise argparse.ArgumentTypeError(f"expected cpu, auto, cuda or cuda:N, got {text!r}")
 
 
 def adapter_predictor(args: argparse.Namespace, cache: EmbeddingCache | None = None) -> tuple[Predictor, str]:
@@ -109,7 +135,8 @@ def adapter_predictor(args: argparse.Namespace, cache: EmbeddingCache | None = N
 
     model = load_adapted(args.adapter, args.checkpoint, prompted=True)
     backend = "torch" if args.backend == "auto" else args.backend
-    return Predictor(model, backend=backend, threads=args.threads, cache=cache), model.weights.name
+    predictor = Predictor(model, backend=backend, threads=args.threads, cache=cache, device=args.device, precision=args.precision)
+    return predictor, model.weights.name
 
 
 def say(msg: str) -> None:

@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint,
         backend=args.backend,
         threads=args.threads,
+        device=args.device,
+        precision=args.precision,
         config=config,
         limit=args.limit,
         progress=not args.quiet,
@@ -121,6 +123,8 @@ def run(args: argparse.Namespace) -> None:
             checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
             backend=args.backend,
             threads=engine.model_threads(),
+            device=args.device,
+            precision=args.precision,
         )
         with engine:  # the cluster starts only when a case is left to compute
             run_ = run_evaluation(datasets, args.output, protocols, map_cases=evaluate_mapper(engine, spec), **kwargs)

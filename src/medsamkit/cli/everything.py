@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import BACKEND_CHOICES, BACKEND_HELP, CliError, numbers_arg, positive_int, say
+from .common import BACKEND_CHOICES, BACKEND_HELP, CliError, add_device_arguments, numbers_arg, positive_int, say
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -35,6 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="litemedsam", help="model name from `medsamkit models` (default litemedsam)")
     p.add_argument("--checkpoint", type=Path, help="weights file for --model (default: the registry's)")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+    add_device_arguments(p)
     add_everything_options(p)
     p.add_argument("--preset", default="auto", help="intensity preset for non-RGB images (see `medsamkit segment`)")
     p.add_argument(
@@ -91,7 +92,9 @@ def run(args: argparse.Namespace) -> None:
         raise CliError(f"{args.image}: no such file or folder")
     opts = options_from_args(args)
     summary = everything_file(
-        lambda: Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend),
+        lambda: Predictor(
+            args.model, checkpoint=args.checkpoint, backend=args.backend, device=args.device, precision=args.precision
+        ),
         args.image,
         args.output,
         opts,

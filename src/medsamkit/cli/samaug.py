@@ -66,7 +66,14 @@ def run_prepare(args: argparse.Namespace) -> None:
         raise CliError(f"{ds.root}: no (image, mask) cases found")
     overrides = {} if args.points_per_side is None else {"points_per_side": args.points_per_side}
     options = default_options(args.model, **overrides)
-    predictor = Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads)
+    predictor = Predictor(
+        args.model,
+        checkpoint=args.checkpoint,
+        backend=args.backend,
+        threads=args.threads,
+        device=args.device,
+        precision=args.precision,
+    )
     generator = AutomaticMaskGenerator(predictor, options)
     s = prepare_dataset(
         ds,

@@ -152,4 +152,12 @@ def _predictor(args: argparse.Namespace):
     cache = EmbeddingCache(max_bytes=64 << 20, disk_dir=args.embedding_cache) if args.embedding_cache else None
     if args.adapter is not None:
         return adapter_predictor(args, cache)[0]
-    return Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads, cache=cache)
+    return Predictor(
+        args.model,
+        checkpoint=args.checkpoint,
+        backend=args.backend,
+        threads=args.threads,
+        cache=cache,
+        device=args.device,
+        precision=args.precision,
+    )

@@ -154,7 +154,14 @@ def run(args: argparse.Namespace) -> None:
         predictor, model = adapter_predictor(args)  # model: <base>+<mode>, what saved masks record
     else:
         try:
-            predictor = Predictor(args.model, checkpoint=args.checkpoint, backend=args.backend, threads=args.threads)
+            predictor = Predictor(
+                args.model,
+                checkpoint=args.checkpoint,
+                backend=args.backend,
+                threads=args.threads,
+                device=args.device,
+                precision=args.precision,
+            )
         except (WeightsError, ValueError) as e:
             raise CliError(str(e).strip().splitlines()[0], code=1) from e
     limits = Limits(

@@ -644,7 +644,12 @@ def _run_settings(cfg: EvalConfig, predictor: Predictor | Segmenter, model_name:
     config = {
         k: v for k, v in asdict(cfg).items() if k != "save_masks" and not (k in _OPTIONAL_SETTINGS and v == getattr(defaults, k))
     }
-    return {"model": info["name"], "weights_id": info["weights_id"], "pipeline": info["pipeline"], **config}
+    out = {"model": info["name"], "weights_id": info["weights_id"], "pipeline": info["pipeline"], **config}
+    engine = getattr(predictor, "engine", None)
+    precision = getattr(engine, "precision", "fp32")
+    if precision != "fp32":  # int8 or autocast embeddings give other masks: a run never mixes them
+        out["encoder_precision"] = precision
+    return out
 
 
 def run_evaluation(
@@ -656,6 +661,8 @@ def run_evaluation(
     checkpoint: str | os.PathLike[str] | None = None,
     backend: str = "auto",
     threads: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
     predictor: Predictor | Segmenter | None = None,
     config: EvalConfig | None = None,
     limit: int | None = None,
@@ -668,6 +675,7 @@ def run_evaluation(
     N cases per dataset (``load_dataset(path, modality=...)`` sets a modality the files do not state). Returns
     the rows and the summary; the per-case work is :func:`evaluate_case`.
 
+    device / precision: where and in which arithmetic ``model`` runs (:class:`~medsamkit.predict.Predictor`).
     predictor: the model to evaluate instead of ``model``: a :class:`~medsamkit.predict.Predictor`, or a
     :class:`Segmenter` under the protocols ``["auto"]`` (recorded as ``model``, or its ``model_name``).
 
@@ -697,7 +705,9 @@ def run_evaluation(
         sets = [d.subset(limit=limit) for d in sets]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    predictor = predictor or Predictor(model, checkpoint=checkpoint, backend=backend, threads=threads)
+    predictor = predictor or Predictor(
+        model, checkpoint=checkpoint, backend=backend, threads=threads, device=device, precision=precision
+    )
     settings = _run_settings(cfg, predictor, model if checkpoint is None else f"{model} ({checkpoint})")
     run_file = out / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.exists() else None

@@ -50,6 +50,11 @@ class Predictor:
 
     Coordinates are pixel indices of the image given to :meth:`set_image`: **x = column, y = row**; a box
     ``(x0, y0, x1, y1)`` has inclusive corners (the object spans columns x0..x1 and rows y0..y1).
+
+    device: ``cpu`` (default), ``cuda``/``cuda:N`` or ``auto`` (a GPU when PyTorch sees one); on a GPU the model runs
+    on PyTorch. precision: the image encoder's arithmetic on PyTorch (``fp32``, or autocast ``bf16``/``fp16``; see
+    :func:`~medsamkit.models.backends.create_engine`). encode_batch: slices a volume propagation encodes per
+    encoder call (default 8 on a GPU, 1 on the CPU, where batching gains nothing).
     """
 
     def __init__(
@@ -62,8 +67,18 @@ class Predictor:
         threads: int | None = None,
         engine: Engine | None = None,
         cache: EmbeddingCache | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        encode_batch: int | None = None,
     ) -> None:
-        self.engine: Engine = engine or create_engine(model, checkpoint=checkpoint, arch=arch, backend=backend, threads=threads)
+        self.engine: Engine = engine or create_engine(
+            model, checkpoint=checkpoint, arch=arch, backend=backend, threads=threads, device=device, precision=precision
+        )
+        on_gpu = str(getattr(self.engine, "device", "cpu")).startswith("cuda")
+        if encode_batch is not None and encode_batch < 1:
+            raise ValueError(f"encode_batch must be >= 1, got {encode_batch}")
+        #: slices a volume propagation encodes per call (only engines with ``batch_encode`` take more than one)
+        self.encode_batch: int = (encode_batch or (8 if on_gpu else 1)) if getattr(self.engine, "batch_encode", False) else 1
         self.transform: Transform = transform_for(self.engine.arch.pipeline, self.engine.arch.img_size)
         self.low_res = self.engine.arch.low_res
         self.embed_shape = (1, 256, self.engine.arch.embed_grid, self.engine.arch.embed_grid)
@@ -114,6 +129,34 @@ class Predictor:
         if key is not None and self.cache is not None:
             self.cache.put(key, emb, geom)
         return emb, geom
+
+    def embed_many(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, Geometry]]:
+        """:meth:`embed` for several images: the ones not in the cache are encoded together, in calls of at most
+        :attr:`encode_batch` images (one by one for an engine without ``batch_encode``). Images may differ in size."""
+        out: list[tuple[np.ndarray, Geometry] | None] = [None] * len(images)
+        todo: list[tuple[int, np.ndarray, Geometry, str | None]] = []
+        for i, image in enumerate(images):
+            key = None
+            if self.cache is not None:
+                rgb = to_rgb_uint8(image)
+                key = embedding_key(encoder_id_of(self.engine), self.transform.name, self.transform.input_size, rgb)
+                hit = self.cache.get(key)
+                if hit is not None:
+                    out[i] = hit
+                    continue
+                image = rgb
+            x, geom = self.preprocess(image)
+            todo.append((i, x, geom, key))
+        step = max(1, self.encode_batch)
+        for j in range(0, len(todo), step):
+            part = todo[j : j + step]
+            embs = self.engine.encode(np.concatenate([x for _, x, _, _ in part]))
+            for (i, _, geom, key), emb in zip(part, embs):
+                e = np.ascontiguousarray(emb[None])
+                if key is not None and self.cache is not None:
+                    self.cache.put(key, e, geom)
+                out[i] = (e, geom)
+        return [cast(tuple[np.ndarray, Geometry], o) for o in out]
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode ``image`` (``(H, W)``, ``(H, W, 1|3|4)``; uint8, or any real dtype min-max scaled to 0..255)

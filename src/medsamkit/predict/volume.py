@@ -310,11 +310,23 @@ def segment_volume(
     # it has one, also keeps them across calls and on disk)
     # (one object visits no slice twice, so then only the current slice is kept: 240 MB less for a 61-slice walk)
     embeddings = EmbeddingCache(max_bytes=embedding_memory if len(prompts) > 1 else 0)
+    # an engine that encodes batches (PyTorch, 8 slices per call on a GPU): a miss encodes the next slices of the
+    # walk with it; they wait here (at most encode_batch - 1, dropped when the walk turns) until it reaches them
+    batch = max(1, int(getattr(predictor, "encode_batch", 1)))
+    ahead: dict[int, tuple[np.ndarray, Any]] = {}
 
-    def set_slice(s: int) -> None:
-        hit = embeddings.get(str(s))
+    def set_slice(s: int, step: int = 0, last: int | None = None) -> None:
+        """Make slice ``s`` the predictor's image; ``step`` (+1/-1) and ``last``: where the walk goes next and the
+        last slice it may reach (for batch encoding)."""
+        hit = embeddings.get(str(s)) or ahead.pop(s, None)
         if hit is None:
-            hit = predictor.embed(pictures[s])
+            ks = [s]
+            if batch > 1 and step and last is not None:
+                ks += [k for k in range(s + step, last + step, step)][: batch - 1]
+            ahead.clear()
+            hits = predictor.embed_many([pictures[k] for k in ks]) if len(ks) > 1 else [predictor.embed(pictures[s])]
+            hit = hits[0]
+            ahead.update(zip(ks[1:], hits[1:]))
             embeddings.put(str(s), *hit)
         predictor.set_embedding(*hit)
 
@@ -392,7 +404,7 @@ def _intensity_shift(picture: np.ndarray, mask: np.ndarray, reference: tuple[flo
 
 def _propagate(
     predictor: Predictor,
-    set_slice: Callable[[int], None],
+    set_slice: Callable[..., None],
     shape: tuple[int, ...],
     pl: _Plan,
     opts: PropagationOptions,
@@ -439,7 +451,7 @@ def _propagate(
                 break
             m = opts.box_margin / predictor.transform.input_size * max(h, w)  # model-input px -> slice px
             wide = np.clip(box + np.array([-m, -m, m, m]), 0, [w - 1, h - 1, w - 1, h - 1])
-            set_slice(s)
+            set_slice(s, step, pl.hi if step > 0 else pl.lo)
             mask, low, iou, conf = _box_predict(
                 predictor,
                 wide,

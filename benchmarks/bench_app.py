@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
-from machine import cpu_flags, torch_matmul_gflops  # noqa: E402  (benchmarks/machine.py)
+from machine import cpu_flags, cpu_model, torch_matmul_gflops  # noqa: E402  (benchmarks/machine.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,6 +198,7 @@ def main() -> None:
         },
         "preencoded": pre,
         "matmul_gflops": probe,
+        "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
     }
     print(json.dumps(r, indent=2))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from bench_volume import box3d, dice, phantom  # noqa: E402  (benchmarks/)
-from machine import cpu_flags  # noqa: E402
+from machine import cpu_flags, cpu_model  # noqa: E402
 
 from medsamkit.io import read_image_2d  # noqa: E402
 from medsamkit.predict import ObjectPrompt, Predictor, segment_volume  # noqa: E402
@@ -112,9 +111,10 @@ def main() -> None:
     on_gpu = dev.startswith("cuda")
     result: dict = {
         "device": dev,
-        "device_name": torch.cuda.get_device_name(dev) if on_gpu else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(dev) if on_gpu else cpu_model(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
         "precisions": {},
     }

@@ -9,6 +9,15 @@ from pathlib import Path
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo; "unknown" where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
+
+
 def cpu_flags() -> list[str]:
     """Those of FLAGS that this CPU has (from /proc/cpuinfo; empty where it cannot be read)."""
     try:

@@ -139,5 +139,21 @@ def adapter_predictor(args: argparse.Namespace, cache: EmbeddingCache | None = N
     return predictor, model.weights.name
 
 
+def model_predictor(args: argparse.Namespace, cache: EmbeddingCache | None = None) -> Predictor:
+    """The :class:`Predictor` of ``--model``/``--checkpoint``/``--backend``/``--threads``/``--device``/``--precision``
+    (the options of :func:`add_model_arguments`; ``--threads`` may be absent)."""
+    from ..predict import Predictor
+
+    return Predictor(
+        args.model,
+        checkpoint=args.checkpoint,
+        backend=args.backend,
+        threads=getattr(args, "threads", None),
+        cache=cache,
+        device=args.device,
+        precision=args.precision,
+    )
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr)

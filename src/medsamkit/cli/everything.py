@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import BACKEND_CHOICES, BACKEND_HELP, CliError, add_device_arguments, numbers_arg, positive_int, say
+from .common import BACKEND_CHOICES, BACKEND_HELP, CliError, add_device_arguments, model_predictor, numbers_arg, positive_int, say
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -86,15 +86,12 @@ def options_from_args(args: argparse.Namespace) -> EverythingOptions:
 
 def run(args: argparse.Namespace) -> None:
     from ..predict.jobs import everything_file
-    from ..predict.predictor import Predictor
 
     if not args.image.exists():
         raise CliError(f"{args.image}: no such file or folder")
     opts = options_from_args(args)
     summary = everything_file(
-        lambda: Predictor(
-            args.model, checkpoint=args.checkpoint, backend=args.backend, device=args.device, precision=args.precision
-        ),
+        lambda: model_predictor(args),
         args.image,
         args.output,
         opts,

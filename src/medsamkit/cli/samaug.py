@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, SubParsers, add_model_arguments, positive_int, say
+from .common import CliError, SubParsers, add_model_arguments, model_predictor, positive_int, say
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -51,7 +51,6 @@ def _usage(p: argparse.ArgumentParser) -> None:
 
 def run_prepare(args: argparse.Namespace) -> None:
     from ..data import load_dataset
-    from ..predict import Predictor
     from ..predict.automatic import AutomaticMaskGenerator, default_options
     from ..predict.unet import DEFAULT_ALPHA
     from ..samaug.prepare import prepare_dataset
@@ -66,14 +65,7 @@ def run_prepare(args: argparse.Namespace) -> None:
         raise CliError(f"{ds.root}: no (image, mask) cases found")
     overrides = {} if args.points_per_side is None else {"points_per_side": args.points_per_side}
     options = default_options(args.model, **overrides)
-    predictor = Predictor(
-        args.model,
-        checkpoint=args.checkpoint,
-        backend=args.backend,
-        threads=args.threads,
-        device=args.device,
-        precision=args.precision,
-    )
+    predictor = model_predictor(args)
     generator = AutomaticMaskGenerator(predictor, options)
     s = prepare_dataset(
         ds,

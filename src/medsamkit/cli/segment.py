@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import adapter_predictor, add_model_arguments, box_arg, numbers_arg, say
+from .common import adapter_predictor, add_model_arguments, box_arg, model_predictor, numbers_arg, say
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -145,19 +145,10 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _predictor(args: argparse.Namespace):
-    from ..predict import Predictor
     from ..predict.cache import EmbeddingCache
 
     # the folder is the store; within this process segment_volume shares slice embeddings between objects itself
     cache = EmbeddingCache(max_bytes=64 << 20, disk_dir=args.embedding_cache) if args.embedding_cache else None
     if args.adapter is not None:
         return adapter_predictor(args, cache)[0]
-    return Predictor(
-        args.model,
-        checkpoint=args.checkpoint,
-        backend=args.backend,
-        threads=args.threads,
-        cache=cache,
-        device=args.device,
-        precision=args.precision,
-    )
+    return model_predictor(args, cache)

@@ -9,7 +9,16 @@ import os
 import socket
 from pathlib import Path
 
-from .common import CliError, SubParsers, adapter_predictor, add_model_arguments, bounded_number, positive_int, say
+from .common import (
+    CliError,
+    SubParsers,
+    adapter_predictor,
+    add_model_arguments,
+    bounded_number,
+    model_predictor,
+    positive_int,
+    say,
+)
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -139,7 +148,6 @@ def run(args: argparse.Namespace) -> None:
         ) from e
     from ..app.limits import Limits
     from ..models import WeightsError
-    from ..predict import Predictor
 
     if args.data is not None and not args.data.is_dir():
         raise CliError(f"serve: --data {args.data} is not a folder")
@@ -154,14 +162,7 @@ def run(args: argparse.Namespace) -> None:
         predictor, model = adapter_predictor(args)  # model: <base>+<mode>, what saved masks record
     else:
         try:
-            predictor = Predictor(
-                args.model,
-                checkpoint=args.checkpoint,
-                backend=args.backend,
-                threads=args.threads,
-                device=args.device,
-                precision=args.precision,
-            )
+            predictor = model_predictor(args)
         except (WeightsError, ValueError) as e:
             raise CliError(str(e).strip().splitlines()[0], code=1) from e
     limits = Limits(

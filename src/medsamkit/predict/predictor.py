@@ -113,17 +113,20 @@ class Predictor:
         """The model input ``(1, 3, S, S)`` float32 for ``image`` and where the image lies in it."""
         return self.transform.prepare(image)
 
+    def _lookup(self, image: np.ndarray) -> tuple[str | None, np.ndarray, tuple[np.ndarray, Geometry] | None]:
+        """(cache key, the image to encode, the cached embedding and geometry or None); key None without a cache."""
+        if self.cache is None:
+            return None, image, None
+        rgb = to_rgb_uint8(image)
+        # keyed on the encoder's identity: a weights overlay on the same encoder shares its base's embeddings
+        key = embedding_key(encoder_id_of(self.engine), self.transform.name, self.transform.input_size, rgb)
+        return key, rgb, self.cache.get(key)
+
     def embed(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """Embedding ``(1, 256, 64, 64)`` and geometry of ``image``, from the cache when it holds them."""
-        key = None
-        if self.cache is not None:
-            rgb = to_rgb_uint8(image)
-            # keyed on the encoder's identity: a weights overlay on the same encoder shares its base's embeddings
-            key = embedding_key(encoder_id_of(self.engine), self.transform.name, self.transform.input_size, rgb)
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit
-            image = rgb
+        key, image, hit = self._lookup(image)
+        if hit is not None:
+            return hit
         x, geom = self.preprocess(image)
         emb = self.engine.encode(x)
         if key is not None and self.cache is not None:
@@ -136,15 +139,10 @@ class Predictor:
         out: list[tuple[np.ndarray, Geometry] | None] = [None] * len(images)
         todo: list[tuple[int, np.ndarray, Geometry, str | None]] = []
         for i, image in enumerate(images):
-            key = None
-            if self.cache is not None:
-                rgb = to_rgb_uint8(image)
-                key = embedding_key(encoder_id_of(self.engine), self.transform.name, self.transform.input_size, rgb)
-                hit = self.cache.get(key)
-                if hit is not None:
-                    out[i] = hit
-                    continue
-                image = rgb
+            key, image, hit = self._lookup(image)
+            if hit is not None:
+                out[i] = hit
+                continue
             x, geom = self.preprocess(image)
             todo.append((i, x, geom, key))
         step = max(1, self.encode_batch)

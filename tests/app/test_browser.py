@@ -213,8 +213,8 @@ def api_mask(server: str, sid: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def viewer_mask(pg, shape) -> np.ndarray:
-    """The page's overlay voxels (NIfTI order, i fastest) as a (Z, Y, X) array."""
-    return np.array(pg.evaluate("Array.from(window.medsamkit.nv.volumes[1].img)"), np.uint8).reshape(shape)
+    """The page's label layer (NIfTI order, i fastest) as a (Z, Y, X) array."""
+    return np.array(pg.evaluate("Array.from(window.medsamkit.labelVolume())"), np.uint8).reshape(shape)
 
 
 def prompt(pg) -> dict:

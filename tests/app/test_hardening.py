@@ -562,12 +562,21 @@ def test_session_count_and_idle_expiry(tmp_path):
 
 def test_disk_quotas(data_dir, tmp_path):
     nii = (data_dir / "cases" / "ellipsoid.nii.gz").read_bytes()
-    app, client = make(data_dir, tmp_path, limits=Limits(max_session_disk=len(nii) + 2500, max_disk=3 * len(nii)))
-    a = new_session(client)
-    assert upload(client, a, nii).status_code == 200
-    paint(client, a, "z/1", 2, b"\1" * 4096)
-    assert client.post(f"/api/sessions/{a}/save", json={"format": "nii.gz"}).status_code == 200
-    msg = assert_error(client.post(f"/api/sessions/{a}/save", json={"format": "mha"}), 507)  # ~0.9 KB more
+
+    def upload_paint_save(client) -> str:
+        a = new_session(client)
+        assert upload(client, a, nii).status_code == 200
+        paint(client, a, "z/1", 2, b"\1" * 4096)
+        assert client.post(f"/api/sessions/{a}/save", json={"format": "nii.gz"}).status_code == 200
+        return a
+
+    # what a session takes after that (measured on a server without quotas), plus less than an MHA mask (~0.9 KB)
+    probe, probe_client = make(data_dir, tmp_path / "probe")
+    folder = tmp_path / "probe" / "state" / upload_paint_save(probe_client)
+    used = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    app, client = make(data_dir, tmp_path, limits=Limits(max_session_disk=used + 300, max_disk=3 * len(nii)))
+    a = upload_paint_save(client)
+    msg = assert_error(client.post(f"/api/sessions/{a}/save", json={"format": "mha"}), 507)
     assert "quota" in msg and not (tmp_path / "state" / a / "exports" / "segmentation.mha").exists()
     b = new_session(client)
     assert upload(client, b, nii).status_code == 200

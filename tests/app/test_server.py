@@ -172,7 +172,13 @@ def test_segment_propagate_edit_undo_save(client, data_dir, tmp_path):
     # label names and saving
     assert client.put(f"/api/sessions/{sid}/labels/1", json={"name": "tumour"}).status_code == 200
     labels = client.get(f"/api/sessions/{sid}/labels").json()["labels"]
-    assert labels == [{"value": 1, "name": "tumour", "voxels": int((mask3d == 1).sum())}]
+    assert [{k: seg[k] for k in ("value", "name", "voxels")} for seg in labels] == [
+        {"value": 1, "name": "tumour", "voxels": int((mask3d == 1).sum())}
+    ]
+    # the counts kept up to date by every change are those of the volume: voxels, slices holding it, millilitres
+    assert labels[0]["slices"] == [int(k) for k in np.flatnonzero((mask3d == 1).any(axis=(1, 2)))]
+    spacing = np.linalg.norm(AFFINE[:3, :3], axis=0)
+    assert labels[0]["ml"] == pytest.approx(int((mask3d == 1).sum()) * float(np.prod(spacing)) / 1000, abs=1e-4)
     r = client.post(f"/api/sessions/{sid}/save", json={"format": "nii.gz"})
     assert r.status_code == 200, r.text
     saved = tmp_path / "saved.nii.gz"
@@ -401,9 +407,18 @@ def test_restart_restores_sessions(predictor, tmp_path, data_dir):
     second = Client(create_app(data_dir, state_dir=state, predictor=predictor, preencode_slices=0))
     for sid in (up, by_path):
         assert np.array_equal(nifti_zyx(second.get(f"/api/sessions/{sid}/mask.nii.gz").content)[0], nifti_zyx(before[sid])[0])
-        assert second.get(f"/api/sessions/{sid}/labels").json()["labels"] == [{"value": 7, "name": "lesion", "voxels": 90}]
+        (seg,) = second.get(f"/api/sessions/{sid}/labels").json()["labels"]
+        assert (seg["value"], seg["name"], seg["voxels"], seg["slices"]) == (7, "lesion", 90, [1, 2, 3])
     assert second.get(saved).content == first.get(saved).content
-    assert_error(second.post(f"/api/sessions/{up}/undo"), 409)  # the undo history is not kept across restarts
+    # undo and redo survive the restart: the edit is taken back, made again, and the history then ends
+    un = second.post(f"/api/sessions/{up}/undo").json()
+    assert un["undone"] == "edit" and un["remaining"] == 0 and un["redo_steps"] == 1
+    assert nifti_zyx(second.get(f"/api/sessions/{up}/mask.nii.gz").content)[0].max() == 0
+    third_app = Client(create_app(data_dir, state_dir=state, predictor=predictor, preencode_slices=0))
+    re = third_app.post(f"/api/sessions/{up}/redo").json()
+    assert re["redone"] == "edit" and re["remaining"] == 1 and re["redo_steps"] == 0
+    assert np.array_equal(nifti_zyx(third_app.get(f"/api/sessions/{up}/mask.nii.gz").content)[0], nifti_zyx(before[up])[0])
+    assert "nothing to redo" in assert_error(third_app.post(f"/api/sessions/{up}/redo"), 409)
     # a session whose data file disappeared says so instead of failing
     third = Client(create_app(None, state_dir=state, predictor=predictor, preencode_slices=0))
     assert "not available" in assert_error(third.get(f"/api/sessions/{by_path}/labels"), 409)

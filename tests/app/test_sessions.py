@@ -49,7 +49,7 @@ def test_merge_re_derives_the_label_inside_the_window_only(opened):
         obj[:, 5:8, 5:8] = True
         obj[1, 0, 0] = True  # on slice 2 (window index 1): ignored, slice 2 is kept
         obj[3] = False  # slice 4: nothing propagated there
-        covered, voxels = store.merge_propagation(s, "z", 2, 1, 4, 1, obj)
+        covered, voxels, _ = store.merge_propagation(s, "z", 2, 1, 4, 1, obj)
         after = _labels(store, s).copy()
         undo_kinds = [c.kind for c in s.undo]
     assert np.array_equal(after[[0, 5]], before[[0, 5]])  # outside the window
@@ -75,7 +75,7 @@ def test_merge_along_x_and_an_empty_result(opened):
         lab[2:4, 3:5, 4:8] = 3
         before = lab.copy()
         obj = np.zeros((6, 8, 3), bool)  # columns 4..6
-        covered, voxels = store.merge_propagation(s, "x", 5, 4, 6, 3, obj)
+        covered, voxels, _ = store.merge_propagation(s, "x", 5, 4, 6, 3, obj)
         after = _labels(store, s).copy()
     assert covered == [5, 5] and voxels == int((after[:, :, 5] == 3).sum()) == 4
     assert np.array_equal(after[:, :, 5], before[:, :, 5])  # the prompt column kept
@@ -88,7 +88,7 @@ def test_merge_without_a_change_adds_no_undo_step(opened):
     with s.lock:
         _labels(store, s)[1:4, 2:5, 2:5] = 1
         obj = _labels(store, s)[0:6] == 1  # what the labels already hold
-        covered, voxels = store.merge_propagation(s, "z", 2, 0, 5, 1, obj)
+        covered, voxels, _ = store.merge_propagation(s, "z", 2, 0, 5, 1, obj)
         assert covered == [1, 3] and voxels == 27 and not s.undo
 
 

@@ -1,11 +1,12 @@
 """Annotation sessions: one volume, its label mask, label names, an undo history and saved files per session.
 
 A session lives in ``state_dir/<id>/`` (mode 0700, its files 0600): ``session.json`` (source, intensity options,
-label names, exports), ``labels.npz`` (the label volume, cropped to its non-zero box), a copy of an uploaded
-source file and an ``exports/`` folder. Both state files are rewritten atomically (temp file + ``os.replace``)
-after every change, so a new store on the same folder finds every session as it was (its undo history
-excepted). Volumes are loaded lazily and unloaded when more than ``max_loaded`` sessions hold one (or their
-arrays together pass ``Limits.max_volume_bytes``); the undo history is kept apart from the volume (compressed),
+segment names and settings, exports), ``labels/`` (the label volume in chunks of z slices, each cropped to its
+non-zero box), ``history/`` (undo and redo steps, see :mod:`medsamkit.app.history`), a copy of an uploaded source
+file and an ``exports/`` folder. Every file is written atomically (temp file + ``os.replace``) after every change,
+and a change rewrites only the label chunks it touched, so a new store on the same folder finds every session as
+it was, undo and redo included. Volumes are loaded lazily and unloaded when more than ``max_loaded`` sessions
+hold one (or their arrays together pass ``Limits.max_volume_bytes``); the history is kept apart from the volume,
 so unloading a volume never loses it. Sessions idle for longer than ``Limits.session_ttl_s`` are removed, and
 their number and disk use are capped (see :class:`~medsamkit.app.limits.Limits`).
 
@@ -33,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from .._files import atomic_write, atomic_write_bytes
+from .._files import atomic_write_bytes
 from ..errors import FileInputError, GeometryError, InputError, MedsamkitError
 from ..io import MedicalImage, read_image
 from ..io.geometry import grid_problem, resample_uniform
 from ..preprocess.intensity import IntensityPreset
 from ..preprocess.picture import fit_picture, volume_pictures
 from .detached import detached_files
+from .history import Change, History, Region
 from .limits import Limits, footprint, volume_cost_limit
 from .refine import LastSegment
 
@@ -51,6 +53,7 @@ AXES = ("z", "y", "x")
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".npz")
 SAVE_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dcm": ".dcm", "png": ".png"}
 _AXIS_POS = {"z": 0, "y": 1, "x": 2}
+LABEL_CHUNK = 16  # z slices per saved label file
 
 
 class AppError(MedsamkitError):
@@ -85,28 +88,6 @@ def private(path: Path) -> None:
 
 
 @dataclass
-class Change:
-    """One undo step: the label voxels of ``region`` before the change, zlib-compressed (``shape``, uint8)."""
-
-    kind: str
-    region: tuple[slice, slice, slice]
-    data: bytes
-    shape: tuple[int, ...]
-
-    @classmethod
-    def of(cls, kind: str, region: tuple[slice, slice, slice], before: np.ndarray) -> Change:
-        return cls(kind, region, zlib.compress(np.ascontiguousarray(before, np.uint8).tobytes(), 1), before.shape)
-
-    @property
-    def before(self) -> np.ndarray:
-        return np.frombuffer(zlib.decompress(self.data), np.uint8).reshape(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.data)
-
-
-@dataclass
 class Job:
     """Progress of a session's long job (propagation); ``done``/``total`` counts slices."""
 
@@ -138,6 +119,36 @@ class Volume:
     display: np.ndarray
     labels: np.ndarray
     preset: IntensityPreset
+    _zcounts: np.ndarray | None = None
+
+    @property
+    def slice_counts(self) -> np.ndarray:
+        """Voxels of each label value on each z slice: ``(Z, 256)`` int64, counted once (one pass over the
+        volume) and then kept up to date by :meth:`write`, so label statistics never need another pass."""
+        if self._zcounts is None:
+            z = self.labels.shape[0]
+            self._zcounts = np.stack([np.bincount(self.labels[k].ravel(), minlength=256) for k in range(z)]).astype(np.int64)
+        return self._zcounts
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Voxels of each label value 0..255 (int64, 256)."""
+        return self.slice_counts.sum(axis=0)
+
+    def write(self, region: Region, values: np.ndarray) -> None:
+        """Write ``values`` (the region's shape, uint8) into ``region`` of the labels, keeping the counts exact."""
+        values = np.asarray(values, np.uint8)
+        if self._zcounts is not None:
+            z0 = region[0].start
+            for k in range(values.shape[0]):
+                self._zcounts[z0 + k] -= np.bincount(self.labels[(z0 + k, *region[1:])].ravel(), minlength=256)
+                self._zcounts[z0 + k] += np.bincount(values[k].ravel(), minlength=256)
+        self.labels[region] = values
+
+    @property
+    def voxel_mm3(self) -> float:
+        """Volume of one voxel in mm³ (a 2D image: the pixel's area in mm², its slice taken as 1 mm)."""
+        return float(np.prod(self.geom3d.spacing))
 
     @property
     def is_2d(self) -> bool:
@@ -209,12 +220,12 @@ class Session:
     last segment request and its low-res logits, in memory only (see :mod:`medsamkit.app.refine`); every change
     of the labels, an undo and a new volume drop it, and the segment route records its own after its change."""
 
-    def __init__(self, sid: str, folder: Path, meta: dict[str, Any], undo_steps: int = 20) -> None:
+    def __init__(self, sid: str, folder: Path, meta: dict[str, Any], undo_steps: int = 20, undo_bytes: int = 32 * 2**20) -> None:
         self.sid = sid
         self.folder = folder
         self.meta = meta
         self.volume: Volume | None = None
-        self.undo: deque[Change] = deque(maxlen=undo_steps)
+        self.history = History(folder / "history", undo_steps, undo_bytes, meta.get("volume_id"))
         self.last_segment: LastSegment | None = None
         self.lock = threading.RLock()
         self.job = Job()
@@ -226,12 +237,28 @@ class Session:
         return {int(k): v for k, v in self.meta.get("names", {}).items()}
 
     @property
+    def segments(self) -> dict[int, dict[str, Any]]:
+        """Per label value, its settings besides the name: ``color``, ``visible``, ``locked``, ``reviewed``,
+        ``category``, ``type`` (those set)."""
+        return {int(k): dict(v) for k, v in self.meta.get("segments", {}).items()}
+
+    @property
     def exports_dir(self) -> Path:
         return self.folder / "exports"
 
     @property
+    def undo(self) -> deque[Change]:
+        """The undo steps, oldest first (see :class:`~medsamkit.app.history.History`)."""
+        return self.history.undo
+
+    @property
     def undo_nbytes(self) -> int:
-        return sum(c.nbytes for c in self.undo)
+        return sum(c.nbytes for c in self.history.undo)
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether the labels changed since the session last saved them (or were never saved while not empty)."""
+        return int(self.meta.get("generation", 0)) != int(self.meta.get("saved_generation", 0))
 
     def disk_used(self) -> int:
         """Bytes of the session's files."""
@@ -246,7 +273,16 @@ class Session:
 
 
 def _new_meta() -> dict[str, Any]:
-    return {"version": 1, "created": time.time(), "volume_id": None, "source": None, "options": {}, "names": {}, "exports": []}
+    return {
+        "version": 1,
+        "created": time.time(),
+        "volume_id": None,
+        "source": None,
+        "options": {},
+        "names": {},
+        "segments": {},
+        "exports": [],
+    }
 
 
 class SessionStore:
@@ -285,7 +321,7 @@ class SessionStore:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             private(folder)
-            s = Session(folder.name, folder, {**_new_meta(), **meta}, self.limits.undo_steps)
+            s = Session(folder.name, folder, {**_new_meta(), **meta}, self.limits.undo_steps, self.limits.undo_bytes)
             s.last_seen = seen
             self._sessions[folder.name] = s
 
@@ -304,7 +340,7 @@ class SessionStore:
             folder = self.state_dir / sid
             folder.mkdir(mode=0o700)
             private(folder)
-            s = Session(sid, folder, _new_meta(), self.limits.undo_steps)
+            s = Session(sid, folder, _new_meta(), self.limits.undo_steps, self.limits.undo_bytes)
             self._sessions[sid] = s
         self.save_meta(s)
         return s
@@ -334,7 +370,7 @@ class SessionStore:
         with self._lock:
             self._sessions.pop(s.sid, None)
         s.volume = None
-        s.undo.clear()
+        s.history.clear()
         s.last_segment = None
         shutil.rmtree(s.folder, ignore_errors=True)
 
@@ -390,38 +426,53 @@ class SessionStore:
         atomic_write_bytes(s.folder / "session.json", (json.dumps(s.meta, indent=1) + "\n").encode())
         private(s.folder / "session.json")
 
-    def save_labels(self, s: Session) -> None:
-        """Write the label volume (cropped to its non-zero box, compressed) atomically."""
+    def save_labels(self, s: Session, zs: tuple[int, int] | None = None) -> None:
+        """Write the label volume, or only its chunks holding z slices ``zs`` = [first, last) (what a change
+        touched): ``labels/z<first>.bin`` per :data:`LABEL_CHUNK` z slices, each cropped to its non-zero box and
+        compressed, written atomically; an empty chunk has no file. A change's save costs what it touched, not
+        the volume."""
         if s.volume is None:
             return
         lab = s.volume.labels
-        nz = [np.flatnonzero(lab.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
-        if nz[0].size:
-            offset = np.array([ix[0] for ix in nz])
-            block = lab[tuple(slice(ix[0], ix[-1] + 1) for ix in nz)]
-        else:
-            offset, block = np.zeros(3, np.int64), np.zeros((0, 0, 0), np.uint8)
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:  # a file handle: np.savez would add ".npz" to a bare name
-                np.savez_compressed(f, shape=np.array(lab.shape), offset=offset, block=block, volume_id=str(s.meta["volume_id"]))
-
-        atomic_write(s.folder / "labels.npz", write)
-        private(s.folder / "labels.npz")
+        folder = s.folder / "labels"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        first, last = (0, lab.shape[0]) if zs is None else zs
+        for z0 in range(first // LABEL_CHUNK * LABEL_CHUNK, last, LABEL_CHUNK):
+            chunk = lab[z0 : z0 + LABEL_CHUNK]
+            f = folder / f"z{z0:05d}.bin"
+            nz = [np.flatnonzero(chunk.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
+            if not nz[0].size:
+                f.unlink(missing_ok=True)
+                continue
+            offset = [z0 + int(nz[0][0]), int(nz[1][0]), int(nz[2][0])]
+            block = np.ascontiguousarray(chunk[tuple(slice(ix[0], ix[-1] + 1) for ix in nz)])
+            head = {"volume_id": str(s.meta["volume_id"]), "shape": list(lab.shape), "offset": offset, "block": list(block.shape)}
+            atomic_write_bytes(f, json.dumps(head).encode() + b"\n" + zlib.compress(block.tobytes(), 1))
+            private(f)
+        (s.folder / "labels.npz").unlink(missing_ok=True)  # an older version's single file
 
     def _load_labels(self, s: Session, shape: tuple[int, int, int]) -> np.ndarray:
         lab = np.zeros(shape, np.uint8)
-        f = s.folder / "labels.npz"
-        if not f.is_file():
-            return lab
-        with np.load(f, allow_pickle=False) as z:
-            if tuple(int(v) for v in z["shape"]) != shape or str(z["volume_id"]) != str(s.meta["volume_id"]):
-                # only after a crash between the two writes of opening a new volume: these are the old volume's
-                log.warning("session %s: saved labels belong to a previous volume; starting empty", s.sid)
-                return lab
-            block, off = z["block"], [int(v) for v in z["offset"]]
-        if block.size:
-            lab[tuple(slice(o, o + n) for o, n in zip(off, block.shape))] = block
+        vid = str(s.meta["volume_id"])
+        old = s.folder / "labels.npz"  # written by an older version: one file, cropped to the non-zero box
+        if old.is_file():
+            with np.load(old, allow_pickle=False) as z:
+                if tuple(int(v) for v in z["shape"]) == shape and str(z["volume_id"]) == vid:
+                    block, off = z["block"], [int(v) for v in z["offset"]]
+                    if block.size:
+                        lab[tuple(slice(o, o + n) for o, n in zip(off, block.shape))] = block
+        for f in sorted((s.folder / "labels").glob("z*.bin")):
+            try:
+                head_raw, data = f.read_bytes().split(b"\n", 1)
+                head = json.loads(head_raw)
+                if tuple(head["shape"]) != shape or head["volume_id"] != vid:
+                    # only after a crash between the writes of opening a new volume: these are the old volume's
+                    log.warning("session %s: saved labels %s belong to a previous volume; skipped", s.sid, f.name)
+                    continue
+                block = np.frombuffer(zlib.decompress(data), np.uint8).reshape(head["block"])
+                lab[tuple(slice(o, o + n) for o, n in zip(head["offset"], block.shape))] = block
+            except (OSError, ValueError, KeyError, TypeError, zlib.error) as e:
+                log.warning("session %s: unreadable saved labels %s (%s); skipped", s.sid, f.name, e)
         return lab
 
     # -- volumes ------------------------------------------------------------------------------------------
@@ -465,9 +516,18 @@ class SessionStore:
             (s.folder / old["file"]).unlink(missing_ok=True)
         shutil.rmtree(s.exports_dir, ignore_errors=True)
         (s.folder / "display.nii.gz").unlink(missing_ok=True)
-        s.meta.update(volume_id=secrets.token_hex(8), source=source, options=options, exports=[], names={})
+        s.meta.update(
+            volume_id=secrets.token_hex(8),
+            source=source,
+            options=options,
+            exports=[],
+            names={},
+            segments={},
+            generation=0,
+            saved_generation=0,
+        )
         s.volume = make_volume(image, display, np.zeros(display.shape[:3], np.uint8), preset)
-        s.undo.clear()
+        s.history.clear(s.meta["volume_id"])
         s.last_segment = None
         self.save_labels(s)
         self.save_meta(s)
@@ -531,30 +591,33 @@ class SessionStore:
         return target
 
     # -- changes ------------------------------------------------------------------------------------------
-    def commit(self, s: Session, region: tuple[slice, slice, slice], new: np.ndarray, kind: str) -> bool:
+    def commit(self, s: Session, region: Region, new: np.ndarray, kind: str) -> Region | None:
         """Write ``new`` into ``region`` of the labels (call with ``s.lock`` held), keep the changed voxels'
-        previous values for undo (only their bounding box, compressed), autosave. False when nothing changed.
-        Drops the session's ``last_segment`` either way (a segment request records its own afterwards)."""
+        previous values for undo (only their bounding box, compressed, on disk), drop the redo steps, autosave.
+        Returns the box of the voxels that changed (None: nothing changed). Drops the session's ``last_segment``
+        either way (a segment request records its own afterwards)."""
         s.last_segment = None
         vol = self.volume(s)
         old = vol.labels[region]
         diff = old != new
         if not diff.any():
-            return False
+            return None
         idx = [np.flatnonzero(diff.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
         del diff
-        sub = tuple(slice(int(r.start + ix[0]), int(r.start + ix[-1] + 1)) for r, ix in zip(region, idx))
-        change = Change.of(kind, sub, vol.labels[sub])  # type: ignore[arg-type]  # sub: one slice per axis of region, three
-        vol.labels[region] = new
-        if change.nbytes <= self.limits.undo_bytes:
-            s.undo.append(change)
-            while s.undo_nbytes > self.limits.undo_bytes:
-                s.undo.popleft()
-        else:
+        sub: Region = tuple(slice(int(r.start + ix[0]), int(r.start + ix[-1] + 1)) for r, ix in zip(region, idx))  # type: ignore[assignment]
+        change = Change.of(kind, sub, vol.labels[sub])
+        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(sub, region))
+        vol.write(sub, np.asarray(new)[inner])
+        if not s.history.record(change):
             log.info("session %s: a %s change too large to undo (%d compressed bytes)", s.sid, kind, change.nbytes)
         self._trim_undo(keep=s)
-        self.save_labels(s)
-        return True
+        self._changed(s, sub)
+        return sub
+
+    def _changed(self, s: Session, region: Region) -> None:
+        s.meta["generation"] = int(s.meta.get("generation", 0)) + 1
+        self.save_labels(s, (region[0].start, region[0].stop))
+        self.save_meta(s)
 
     def _trim_undo(self, keep: Session) -> None:
         """Drop the oldest undo steps of the least recently used sessions while all sessions' undo history
@@ -569,28 +632,41 @@ class SessionStore:
             total = sum(x.undo_nbytes for x in mine)
             for x in mine:
                 while total > self.limits.undo_total_bytes and len(x.undo) > (1 if x is keep else 0):
-                    total -= x.undo.popleft().nbytes
+                    total -= x.history.drop_oldest()
                 if total <= self.limits.undo_total_bytes:
                     break
         finally:
             for x in held:
                 x.lock.release()
 
-    def set_slice_label(self, s: Session, axis: str, k: int, label: int, mask: np.ndarray, kind: str) -> bool:
+    def set_slice_label(self, s: Session, axis: str, k: int, label: int, mask: np.ndarray, kind: str) -> Region | None:
         """Replace label ``label`` on slice ``k`` by ``mask`` (2D bool in the slice frame); the mask paints
-        over other labels, pixels of ``label`` outside it become background."""
+        over other labels, pixels of ``label`` outside it become background. Returns the box that changed (None:
+        nothing)."""
         vol = self.volume(s)
         cur = vol.labels[slice_index(axis, k)]
         if mask.shape != cur.shape:
             raise AppError(422, f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, the slice is {cur.shape[1]}x{cur.shape[0]}")
+        self.check_unlocked(s, label)
         new = cur.copy()
         new[new == label] = 0
-        new[mask] = label
+        new[mask & ~self.locked_pixels(s, cur, label)] = label
         return self.commit(s, slice_region(axis, k, vol.shape), np.expand_dims(new, _AXIS_POS[axis]), kind)
+
+    def check_unlocked(self, s: Session, label: int) -> None:
+        """409 when segment ``label`` is locked (nothing may change it until it is unlocked)."""
+        if s.segments.get(label, {}).get("locked"):
+            raise AppError(409, f"segment {label} is locked: unlock it to change it")
+
+    def locked_pixels(self, s: Session, values: np.ndarray, label: int) -> np.ndarray:
+        """Where ``values`` hold a locked segment other than ``label`` (bool, ``values``' shape): a new
+        prediction or brush stroke of ``label`` leaves those pixels as they are."""
+        locked = [v for v, seg in s.segments.items() if seg.get("locked") and v != label]
+        return np.isin(values, locked) if locked else np.zeros(values.shape, bool)
 
     def merge_propagation(
         self, s: Session, axis: str, k: int, first: int, last: int, label: int, obj: np.ndarray
-    ) -> tuple[list[int], int]:
+    ) -> tuple[list[int], int, Region | None]:
         """Merge a propagated object into the labels (call with ``s.lock`` held) as one undo step "propagate".
 
         ``obj``: the object as propagated from slice ``k`` through slices ``first..last`` (inclusive) of
@@ -598,7 +674,8 @@ class SessionStore:
         used after the merge). Inside the window ``label`` is re-derived: its old pixels become background,
         ``obj`` paints over other labels, and slice ``k`` keeps its pixels exactly as they were; outside the
         window nothing changes. Returns the first and last slice of the window holding ``label`` after the merge
-        (``[]`` when none) and its voxel count inside the window."""
+        (``[]`` when none), its voxel count inside the window and the box of the voxels that changed (None: none)."""
+        self.check_unlocked(s, label)
         vol = self.volume(s)
         a = _AXIS_POS[axis]
         region = tuple(slice(first, last + 1) if i == a else slice(0, m) for i, m in enumerate(vol.shape))
@@ -606,23 +683,37 @@ class SessionStore:
         new = cur.copy()
         keep = slice_index(axis, k - first)
         new[new == label] = 0  # the object is re-derived from slice k, which keeps its pixels as they are
-        new[obj] = label
+        new[obj & ~self.locked_pixels(s, cur, label)] = label
         new[keep] = cur[keep]
         del obj
-        self.commit(s, region, new, "propagate")  # type: ignore[arg-type]  # region: one slice per axis of vol.shape, three
+        changed = self.commit(s, region, new, "propagate")  # type: ignore[arg-type]  # region: one slice per axis of vol.shape, three
         del new
         inside = vol.labels[region] == label
         covered = np.flatnonzero(inside.any(axis=tuple(i for i in range(3) if i != a))) + first
-        return ([int(covered[0]), int(covered[-1])] if covered.size else []), int(inside.sum())
+        return ([int(covered[0]), int(covered[-1])] if covered.size else []), int(inside.sum()), changed
 
     def undo(self, s: Session) -> Change:
+        """Take back the last change (call with ``s.lock`` held); what it replaces becomes a redo step. Returns the
+        step taken back (its ``region`` is what changed now). 409 when there is nothing to undo."""
+        return self._step(s, redo=False)
+
+    def redo(self, s: Session) -> Change:
+        """Make the last undone change again (call with ``s.lock`` held). 409 when there is nothing to redo."""
+        return self._step(s, redo=True)
+
+    def _step(self, s: Session, redo: bool) -> Change:
         vol = self.volume(s)
         s.last_segment = None
-        if not s.undo:
-            raise AppError(409, "nothing to undo")
-        c = s.undo.pop()
-        vol.labels[c.region] = c.before
-        self.save_labels(s)
+        c = s.history.pop_redo() if redo else s.history.pop_undo()
+        if c is None:
+            raise AppError(409, "nothing to redo" if redo else "nothing to undo")
+        back = Change.of(c.kind, c.region, vol.labels[c.region])
+        vol.write(c.region, c.values)
+        if redo:
+            s.history.push_undo(back)
+        else:
+            s.history.push_redo(back)
+        self._changed(s, c.region)
         return c
 
 

@@ -1,6 +1,8 @@
 """Editing the labels by hand: a brush or eraser edit replaces one label on one slice
-(``PUT .../mask/{axis}/{index}``), ``undo`` takes back the last change (segment, propagate or edit), and labels
-are listed and named (``GET .../labels``, ``PUT .../labels/{value}``).
+(``PUT .../mask/{axis}/{index}``), ``undo`` takes back the last change (segment, propagate or edit) and ``redo``
+makes it again, and labels are listed and named (``GET .../labels``, ``PUT .../labels/{value}``). Every change
+answers the changed region's new values (``patch``, see :func:`.common.patch_payload`) and the label list, so the
+page patches its copy in place.
 
 A brush edit's mask is ``(rows, columns)`` of the slice in its (column, row) frame: a PNG (grey, RGB or RGBA;
 any non-zero channel is foreground, its size checked from its header before decoding) or raw bytes in row order
@@ -22,7 +24,7 @@ from ..schemas import SESSION_ERRORS, Axis, LabelName, MaskBody, error_responses
 from ..sessions import AppError, Session
 from ..state import AppState, StateDep
 from ..upload import content_type, read_body, read_json
-from .common import label_summary
+from .common import change_summary, label_summary
 
 router = APIRouter()
 
@@ -70,17 +72,43 @@ def _edit(state: AppState, s: Session, axis: str, index: int, label: int, raw: b
         vol = store.volume(s)
         h, w = vol.check_slice(axis, index)
         mask = decode_mask(raw, kind, h, w)
-        changed = store.set_slice_label(s, axis, index, label, mask, "edit")
-        return {"label": label, "axis": axis, "slice": index, "pixels": int(mask.sum()), "changed": changed}
+        region = store.set_slice_label(s, axis, index, label, mask, "edit")
+        return {
+            "label": label,
+            "axis": axis,
+            "slice": index,
+            "pixels": int(mask.sum()),
+            "changed": region is not None,
+            **change_summary(s, vol, region),
+        }
 
 
 @router.post("/api/sessions/{sid}/undo", responses=error_responses(*SESSION_ERRORS, 409))
 def undo(sid: str, state: StateDep) -> dict[str, Any]:
+    """Take back the last change; answers the kind undone, the changed region's new values (``patch``), the
+    labels and how many undo and redo steps remain."""
+    return _history_step(sid, state, redo=False)
+
+
+@router.post("/api/sessions/{sid}/redo", responses=error_responses(*SESSION_ERRORS, 409))
+def redo(sid: str, state: StateDep) -> dict[str, Any]:
+    """Make the last undone change again; answers like ``undo`` (``redone`` instead of ``undone``)."""
+    return _history_step(sid, state, redo=True)
+
+
+def _history_step(sid: str, state: AppState, redo: bool) -> dict[str, Any]:
     store = state.store
     s = store.get(sid)
     with s.lock:
-        c = store.undo(s)
-        return {"undone": c.kind, "region_zyx": [[r.start, r.stop - 1] for r in c.region], "remaining": len(s.undo)}
+        c = store.redo(s) if redo else store.undo(s)
+        vol = store.volume(s)
+        return {
+            ("redone" if redo else "undone"): c.kind,
+            "region_zyx": c.region_zyx(),
+            "remaining": len(s.history.undo),
+            "redo_steps": len(s.history.redo),
+            **change_summary(s, vol, c.region),
+        }
 
 
 @router.get("/api/sessions/{sid}/labels", responses=error_responses(*SESSION_ERRORS, 409))

@@ -44,6 +44,7 @@ def save(sid: str, state: StateDep, body: SaveBody | None = None) -> dict[str, A
         private(s.exports_dir)
         store.check_disk(s, [out, s.exports_dir / side])
         s.meta["exports"] = sorted({*s.meta.get("exports", []), out.name, side})
+        s.meta["saved_generation"] = s.meta.get("generation", 0)
         store.save_meta(s)
     base = f"/api/sessions/{sid}/download/"
     return {"format": fmt, "file": out.name, "url": base + out.name, "sidecar_url": base + side}

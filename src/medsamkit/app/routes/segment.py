@@ -24,7 +24,7 @@ from ..refine import LastSegment, SegmentKey, feeds_back
 from ..schemas import SESSION_ERRORS, EncodingFocus, PropagateBody, SegmentBody, error_responses
 from ..sessions import AXES, AppError, Job, Session, slice_index
 from ..state import StateDep
-from .common import png_bytes
+from .common import change_summary, png_bytes
 
 router = APIRouter()
 
@@ -42,6 +42,7 @@ def segment(sid: str, body: SegmentBody, state: StateDep) -> dict[str, Any]:
         vol = store.volume(s)
         h, w = vol.check_slice(body.axis, body.slice)
         box, points = check_prompts(body, h, w, state.limits.max_points)
+        store.check_unlocked(s, body.label)
         picture, volume_id = vol.picture(body.axis, body.slice), s.meta["volume_id"]
         key = SegmentKey.of(volume_id, body.axis, body.slice, body.label, box, points)
         last = s.last_segment
@@ -52,9 +53,11 @@ def segment(sid: str, body: SegmentBody, state: StateDep) -> dict[str, Any]:
     mask, score = result.masks[0], float(result.scores[0])
     with s.lock:
         same_volume(s, volume_id)
-        store.set_slice_label(s, body.axis, body.slice, body.label, mask, "segment")  # drops s.last_segment
+        region = store.set_slice_label(s, body.axis, body.slice, body.label, mask, "segment")  # drops s.last_segment
         s.last_segment = LastSegment(key, result.logits[0]) if result.logits is not None else None
-        lab = store.volume(s).labels[slice_index(body.axis, body.slice)].copy()
+        vol = store.volume(s)
+        lab = vol.labels[slice_index(body.axis, body.slice)].copy()
+        change = change_summary(s, vol, region)
     return {
         "label": body.label,
         "axis": body.axis,
@@ -63,6 +66,7 @@ def segment(sid: str, body: SegmentBody, state: StateDep) -> dict[str, Any]:
         "score": round(score, 4),
         "ms": round((time.perf_counter() - t0) * 1000, 1),
         "mask": mask_payload(lab),
+        **change,
         "warnings": result.warnings,
         "refined": mask_input is not None,
     }
@@ -80,6 +84,7 @@ def propagate(sid: str, body: PropagateBody, state: StateDep) -> dict[str, Any]:
     with s.lock:
         vol = store.volume(s)
         vol.check_slice(axis, k)
+        store.check_unlocked(s, label)
         n = vol.shape[a]
         if vol.is_2d or n < 2:
             raise AppError(422, f"nothing to propagate: the volume has one slice along {axis}")
@@ -130,7 +135,9 @@ def propagate(sid: str, body: PropagateBody, state: StateDep) -> dict[str, Any]:
     del seg
     with s.lock:
         same_volume(s, volume_id)
-        covered, voxels = store.merge_propagation(s, axis, k, lo, hi, label, handed.pop())
+        covered, voxels, region = store.merge_propagation(s, axis, k, lo, hi, label, handed.pop())
+        vol = store.volume(s)
+        change = change_summary(s, vol, region)
     job.done = job.total
     return {
         "label": label,
@@ -139,6 +146,7 @@ def propagate(sid: str, body: PropagateBody, state: StateDep) -> dict[str, Any]:
         "slices": covered,
         "voxels": voxels,
         "ms": round((time.perf_counter() - t0) * 1000, 1),
+        **change,
     }
 
 

@@ -123,6 +123,9 @@ def volume_info(state: AppState, s: Session, vol: Volume) -> dict[str, Any]:
         "source": src.get("name"),
         **vol.info(),
         "labels": label_summary(s, vol),
+        "undo_steps": len(s.history.undo),
+        "redo_steps": len(s.history.redo),
+        "unsaved": s.unsaved,
         "limits": limits,
         "encoding": state.preencoder.status(s),
     }

@@ -36,6 +36,9 @@ const state = {
   progress: null, // the last propagation progress seen {done, total}
   encoding: null, // the server's background pre-encoding status (GET .../encoding)
   ready: false, // the viewer module loaded
+  history: { undo: 0, redo: 0, unsaved: false }, // the server's undo/redo steps, and labels changed since saving
+  mouseUpAt: 0, // performance.now() of the last mouse-up on the viewer, and of the frame after the last redraw
+  drawnAt: 0,
 };
 
 let NV = null; // the NiiVue module
@@ -184,24 +187,26 @@ const guard = (fn) => (...args) => Promise.resolve().then(() => fn(...args)).cat
 // -- label colours -------------------------------------------------------------------------------------------
 const colorOf = (v) => PALETTE[(v - 1) % PALETTE.length];
 
-// NiiVue's label lookup table for values 0..255. Two transparent entries below 0: NiiVue's shader moves every
-// value above the table's minimum to at least 2/256 of the table, which would show 0 in label 1's colour.
-function labelColormap() {
-  const cm = { R: [], G: [], B: [], A: [], I: [] };
-  for (let v = -2; v < 256; v++) {
-    const [r, g, b] = v <= 0 ? [0, 0, 0] : colorOf(v);
-    cm.R.push(r);
-    cm.G.push(g);
-    cm.B.push(b);
-    cm.A.push(v <= 0 ? 0 : 255);
-    cm.I.push(v);
+// NiiVue's drawing colour table: value v in its segment's colour, 0 and hidden segments transparent. Set directly
+// (refreshColormaps uploads it) rather than through setDrawColormap, which would re-render every volume layer.
+function applyColors() {
+  if (!nv || !back()) return;
+  const lut = new Uint8ClampedArray(256 * 4);
+  const names = [];
+  for (let v = 0; v < 256; v++) {
+    const seg = state.labels.get(v);
+    names.push(seg?.name || String(v));
+    if (v === 0) continue;
+    const [r, g, b] = colorOf(v);
+    lut.set([r, g, b, seg && seg.visible === false ? 0 : 255], 4 * v);
   }
-  return cm;
+  nv.drawLut = { lut, labels: names };
+  nv.refreshColormaps();
+  redraw();
 }
 
 // -- geometry: NiiVue's RAS grid <-> native voxels <-> API slices ------------------------------------------------
 const back = () => (nv && nv.volumes.length ? nv.volumes[0] : null);
-const overlay = () => (nv && nv.volumes.length > 1 ? nv.volumes[1] : null);
 const nativeDims = () => back().hdr.dims.slice(1, 4).map(Number); // [nx, ny, nz]
 
 // for each RAS axis a: the native axis n it runs along, and whether it runs backwards (index last - i)
@@ -254,13 +259,6 @@ function sliceShape(axis) {
 function sliceCoords(axis, nat) {
   const [i, j, k] = nat;
   return { z: [i, j, k], y: [i, k, j], x: [j, k, i] }[axis];
-}
-
-// index into the NIfTI voxel array (i fastest) of pixel (col, row) of slice s along axis
-function voxelIndex(axis, s, col, row) {
-  const [nx, ny] = nativeDims();
-  const [i, j, k] = { z: [col, row, s], y: [col, s, row], x: [s, col, row] }[axis];
-  return i + j * nx + k * nx * ny;
 }
 
 function crosshairNative() {
@@ -334,31 +332,130 @@ function goTo(axis, slice) {
   drawUi();
 }
 
-// -- the mask overlay ----------------------------------------------------------------------------------------
+// -- the label layer --------------------------------------------------------------------------------------------
+// Labels are NiiVue's "drawing": a uint8 bitmap in NiiVue's RAS voxel order (dimsRAS) and one R8 GPU texture. An
+// edit writes the voxels it changed into the bitmap and uploads only their box (texSubImage3D), so its cost follows
+// what changed, not the size of the volume; the whole label volume is fetched once, when a volume is opened.
+let rasIndex = null; // per native axis n: Int32Array of each native index's offset in the RAS bitmap
+
+function buildRasIndex() {
+  const d = back().dimsRAS;
+  const stride = [1, d[1], d[1] * d[2]];
+  const dims = nativeDims();
+  const tables = [null, null, null];
+  for (const { a, n, flip, last } of rasAxes()) {
+    const t = new Int32Array(dims[n]);
+    for (let i = 0; i < dims[n]; i++) t[i] = (flip ? last - i : i) * stride[a];
+    tables[n] = t;
+  }
+  rasIndex = tables;
+}
+
+const bitmapIndex = (i, j, k) => rasIndex[0][i] + rasIndex[1][j] + rasIndex[2][k];
+const labelAt = (i, j, k) => (nv && nv.drawBitmap ? nv.drawBitmap[bitmapIndex(i, j, k)] : 0);
+
+// native voxel (i, j, k) of pixel (col, row) of slice s along axis
+const nativeOf = (axis, s, col, row) => ({ z: [col, row, s], y: [col, s, row], x: [s, col, row] })[axis];
+
+// Upload the native box lo..hi (inclusive [i, j, k]) of the bitmap to the GPU and redraw.
+function uploadBox(lo, hi) {
+  const d = back().dimsRAS;
+  const r0 = [0, 0, 0];
+  const r1 = [0, 0, 0];
+  for (const { a, n, flip, last } of rasAxes()) {
+    r0[a] = flip ? last - hi[n] : lo[n];
+    r1[a] = flip ? last - lo[n] : hi[n];
+  }
+  const [w, h, depth] = [r1[0] - r0[0] + 1, r1[1] - r0[1] + 1, r1[2] - r0[2] + 1];
+  const bm = nv.drawBitmap;
+  const plane = d[1] * d[2];
+  let sub;
+  if (w === d[1] && h === d[2]) {
+    sub = bm.subarray(r0[2] * plane, (r1[2] + 1) * plane);
+  } else {
+    sub = new Uint8Array(w * h * depth);
+    let o = 0;
+    for (let z = r0[2]; z <= r1[2]; z++) {
+      for (let y = r0[1]; y <= r1[1]; y++) {
+        const at = r0[0] + y * d[1] + z * plane;
+        sub.set(bm.subarray(at, at + w), o);
+        o += w;
+      }
+    }
+  }
+  const gl = nv.gl;
+  gl.activeTexture(gl.TEXTURE7); // NiiVue's unit for the drawing texture
+  gl.bindTexture(gl.TEXTURE_3D, nv.drawTexture);
+  gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+  gl.texSubImage3D(gl.TEXTURE_3D, 0, r0[0], r0[1], r0[2], w, h, depth, gl.RED, gl.UNSIGNED_BYTE, sub);
+  redraw();
+}
+
+// Draw on the next frame; state.drawnAt is when the frame after it began (the overlay is on screen then).
+let redrawPending = false;
+function redraw() {
+  if (redrawPending) return;
+  redrawPending = true;
+  requestAnimationFrame(() => {
+    redrawPending = false;
+    nv.drawScene();
+    drawUi();
+    requestAnimationFrame(() => {
+      state.drawnAt = performance.now();
+    });
+  });
+}
+
+// bitmap offsets of slice s along axis: pixel (col, row) is at cols[col] + rows[row] + at
+function sliceTables(axis, s) {
+  const [ti, tj, tk] = rasIndex;
+  return { z: [ti, tj, tk[s]], y: [ti, tk, tj[s]], x: [tj, tk, ti[s]] }[axis];
+}
+
 function readSlice(axis, s) {
   const [h, w] = sliceShape(axis);
-  const img = overlay().img;
+  const [cols, rows, at] = sliceTables(axis, s);
+  const bm = nv.drawBitmap;
   const out = new Uint8Array(h * w);
-  for (let row = 0; row < h; row++) for (let col = 0; col < w; col++) out[row * w + col] = img[voxelIndex(axis, s, col, row)];
+  for (let row = 0; row < h; row++) {
+    const r = rows[row] + at;
+    for (let col = 0; col < w; col++) out[row * w + col] = bm[r + cols[col]];
+  }
   return out;
 }
 
 function writeSlice(axis, s, values) {
   const [h, w] = sliceShape(axis);
-  const img = overlay().img;
-  for (let row = 0; row < h; row++) for (let col = 0; col < w; col++) img[voxelIndex(axis, s, col, row)] = values[row * w + col];
-  refreshOverlay();
+  const [cols, rows, at] = sliceTables(axis, s);
+  const bm = nv.drawBitmap;
+  for (let row = 0; row < h; row++) {
+    const r = rows[row] + at;
+    for (let col = 0; col < w; col++) bm[r + cols[col]] = values[row * w + col];
+  }
+  uploadBox(nativeOf(axis, s, 0, 0), nativeOf(axis, s, w - 1, h - 1));
 }
 
-let refreshPending = false;
-function refreshOverlay() {
-  if (refreshPending) return;
-  refreshPending = true;
-  requestAnimationFrame(() => {
-    refreshPending = false;
-    nv.updateGLVolume();
-    drawUi();
-  });
+async function inflate(b64) {
+  const stream = b64ToBlob(b64, "application/octet-stream").stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+// A server answer's patch (the changed box's label values, z slowest) into the bitmap and onto the GPU.
+async function applyPatch(p) {
+  if (!p) return;
+  const values = await inflate(p.data);
+  const [[z0, z1], [y0, y1], [x0, x1]] = p.region_zyx;
+  if (values.length !== (z1 - z0 + 1) * (y1 - y0 + 1) * (x1 - x0 + 1)) throw new Error("a label patch has the wrong size");
+  const bm = nv.drawBitmap;
+  const [ti, tj, tk] = rasIndex;
+  let o = 0;
+  for (let k = z0; k <= z1; k++) {
+    for (let j = y0; j <= y1; j++) {
+      const at = tk[k] + tj[j];
+      for (let i = x0; i <= x1; i++) bm[at + ti[i]] = values[o++];
+    }
+  }
+  uploadBox([x0, y0, z0], [x1, y1, z1]);
 }
 
 // A label PNG (grey values = label values) -> Uint8Array of its pixels, row by row.
@@ -380,30 +477,48 @@ function b64ToBlob(b64, type = "image/png") {
   return new Blob([bytes], { type });
 }
 
-async function patchSliceFromPng(axis, s, blob) {
-  const { width, height, data } = await decodeLabelPng(blob);
+// One slice as the server holds it (after a failed edit: the page shows the server's state).
+async function refetchSlice(axis, s) {
+  const r = await api("GET", `${base()}/mask/${axis}/${s}.png`, undefined, { raw: true });
+  const { width, height, data } = await decodeLabelPng(await r.blob());
   const [h, w] = sliceShape(axis);
   if (width !== w || height !== h) throw new Error(`slice mask is ${width}x${height}, expected ${w}x${h}`);
   writeSlice(axis, s, data);
 }
 
-async function refetchSlice(axis, s) {
-  const r = await api("GET", `${base()}/mask/${axis}/${s}.png`, undefined, { raw: true });
-  await patchSliceFromPng(axis, s, await r.blob());
-}
-
-// The whole label volume from mask.nii.gz (uint8 NIfTI-1) into the overlay.
-async function reloadMask() {
+// The whole label volume from mask.nii.gz (uint8 NIfTI-1, the native grid) into a new drawing: once per volume.
+async function loadLabels() {
   const r = await api("GET", `${base()}/mask.nii.gz`, undefined, { raw: true });
   const gz = await r.arrayBuffer();
   const buf = await new Response(new Blob([gz]).stream().pipeThrough(new DecompressionStream("gzip"))).arrayBuffer();
   const dv = new DataView(buf);
   const little = dv.getInt32(0, true) === 348;
   const voxOffset = Math.round(dv.getFloat32(108, little));
-  const img = overlay().img;
-  if (buf.byteLength - voxOffset < img.length) throw new Error("mask.nii.gz is smaller than the volume");
-  img.set(new Uint8Array(buf, voxOffset, img.length));
-  refreshOverlay();
+  const [nx, ny, nz] = nativeDims();
+  if (buf.byteLength - voxOffset < nx * ny * nz) throw new Error("mask.nii.gz is smaller than the volume");
+  const src = new Uint8Array(buf, voxOffset, nx * ny * nz);
+  nv.createEmptyDrawing();
+  buildRasIndex();
+  const bm = nv.drawBitmap;
+  const [ti, tj, tk] = rasIndex;
+  let o = 0;
+  for (let k = 0; k < nz; k++) {
+    for (let j = 0; j < ny; j++) {
+      const at = tk[k] + tj[j];
+      for (let i = 0; i < nx; i++) bm[at + ti[i]] = src[o++];
+    }
+  }
+  nv.refreshDrawing(false);
+  applyColors();
+}
+
+// The label volume in native order (NIfTI voxel order, i fastest), for scripts and tests.
+function labelVolume() {
+  const [nx, ny, nz] = nativeDims();
+  const out = new Uint8Array(nx * ny * nz);
+  let o = 0;
+  for (let k = 0; k < nz; k++) for (let j = 0; j < ny; j++) for (let i = 0; i < nx; i++) out[o++] = labelAt(i, j, k);
+  return out;
 }
 
 // -- opening a volume ----------------------------------------------------------------------------------------
@@ -464,13 +579,10 @@ async function showVolume(info) {
   state.label = Math.min(...state.labels.keys());
   renderLabels();
   setStatus(`loading ${info.source} into the viewer…`);
-  await nv.loadVolumes([
-    { url: `${base()}/volume.nii.gz`, name: "volume.nii.gz", colormap: "gray" },
-    { url: `${base()}/mask.nii.gz`, name: "mask.nii.gz", opacity: Number($("#opacity").value) / 100 },
-  ]);
-  const ov = overlay();
-  if (!(ov.img instanceof Uint8Array)) throw new Error(`unexpected mask voxel type ${ov.img.constructor.name}`);
-  ov.setColormapLabel(labelColormap());
+  await nv.loadVolumes([{ url: `${base()}/volume.nii.gz`, name: "volume.nii.gz", colormap: "gray" }]);
+  nv.setDrawOpacity(Number($("#opacity").value) / 100);
+  await loadLabels();
+  renderHistory({ undo: info.undo_steps ?? 0, redo: info.redo_steps ?? 0, unsaved: Boolean(info.unsaved) });
   applyContrast();
   applyConvention();
   setView(info.is_2d ? "axial" : $("#view").value);
@@ -485,15 +597,37 @@ async function showVolume(info) {
 }
 
 // -- labels --------------------------------------------------------------------------------------------------
+// the server's segment list (GET .../labels, and every change's answer); a label added in the page and still
+// empty stays listed
 function setLabels(list) {
-  for (const l of list) state.labels.set(l.value, { name: l.name, voxels: l.voxels });
-  for (const [v, l] of state.labels) if (!list.some((x) => x.value === v)) l.voxels = 0;
+  for (const l of list) state.labels.set(l.value, { ...l });
+  for (const [v, l] of state.labels) {
+    if (!list.some((x) => x.value === v)) Object.assign(l, { voxels: 0, ml: 0, slices: [] });
+  }
 }
 
 async function refreshLabels() {
   const r = await api("GET", `${base()}/labels`);
   setLabels(r.labels);
   renderLabels();
+  applyColors();
+}
+
+// what every change answers besides its patch: the segments and the undo/redo history
+function afterChange(r) {
+  if (r.labels) {
+    setLabels(r.labels);
+    renderLabels();
+  }
+  if (r.history) renderHistory(r.history);
+}
+
+function renderHistory(h) {
+  state.history = h;
+  $("#undo").disabled = !h.undo;
+  $("#redo").disabled = !h.redo;
+  $("#undo").title = `Undo the last change (ctrl+z): ${h.undo} step${h.undo === 1 ? "" : "s"}`;
+  $("#redo").title = `Redo (ctrl+shift+z or ctrl+y): ${h.redo} step${h.redo === 1 ? "" : "s"}`;
 }
 
 function renderLabels() {
@@ -575,11 +709,11 @@ function segment(prompt) {
     if (prompt.box) body.box = prompt.box;
     if (prompt.points.length) body.points = prompt.points;
     const r = await api("POST", `${base()}/segment`, body);
-    await patchSliceFromPng(r.axis, r.slice, b64ToBlob(r.mask.data));
+    await applyPatch(r.patch);
+    afterChange(r);
     state.lastSlice.set(r.label, { axis: r.axis, slice: r.slice });
     if (r.warnings && r.warnings.length) setStatus(`label ${r.label} on ${r.axis} slice ${r.slice}: ${r.warnings.join("; ")}`, "error");
     else setStatus(`label ${r.label} on ${r.axis} slice ${r.slice}: ${r.pixels} px, score ${r.score} (${r.ms} ms)`, "ok");
-    await refreshLabels();
   });
 }
 
@@ -621,16 +755,29 @@ function paintAt(d, col, row) {
   const [h, w] = [d.h, d.w];
   const c0 = Math.round(col);
   const r0 = Math.round(row);
-  const img = overlay().img;
-  for (let y = Math.max(0, r0 - r); y <= Math.min(h - 1, r0 + r); y++) {
-    for (let x = Math.max(0, c0 - r); x <= Math.min(w - 1, c0 + r); x++) {
+  const bm = nv.drawBitmap;
+  const [cols, rows, at] = sliceTables(d.axis, d.slice);
+  const [ylo, yhi, xlo, xhi] = [Math.max(0, r0 - r), Math.min(h - 1, r0 + r), Math.max(0, c0 - r), Math.min(w - 1, c0 + r)];
+  for (let y = ylo; y <= yhi; y++) {
+    for (let x = xlo; x <= xhi; x++) {
       if ((x - c0) ** 2 + (y - r0) ** 2 > r * r) continue;
       d.touched[y * w + x] = 1;
-      const v = voxelIndex(d.axis, d.slice, x, y);
-      if (!d.erase) img[v] = d.label;
-      else if (img[v] === d.label) img[v] = 0;
+      const v = cols[x] + rows[y] + at;
+      if (locked(bm[v], d.label)) continue; // a locked segment keeps its pixels (the server checks again)
+      if (!d.erase) bm[v] = d.label;
+      else if (bm[v] === d.label) bm[v] = 0;
     }
   }
+  const box = d.dirty;
+  d.dirty = box ? [Math.min(box[0], xlo), Math.min(box[1], ylo), Math.max(box[2], xhi), Math.max(box[3], yhi)] : [xlo, ylo, xhi, yhi];
+}
+
+// upload what the stroke painted since the last upload
+function flushStroke(d) {
+  if (!d.dirty || d.dirty[0] > d.dirty[2] || d.dirty[1] > d.dirty[3]) return;
+  const [c0, r0, c1, r1] = d.dirty;
+  d.dirty = null;
+  uploadBox(nativeOf(d.axis, d.slice, c0, r0), nativeOf(d.axis, d.slice, c1, r1));
 }
 
 function strokeTo(d, col, row) {
@@ -638,8 +785,11 @@ function strokeTo(d, col, row) {
   const steps = Math.max(1, Math.ceil(Math.hypot(col - pc, row - pr) / Math.max(0.5, state.brush / 2)));
   for (let s = 1; s <= steps; s++) paintAt(d, pc + ((col - pc) * s) / steps, pr + ((row - pr) * s) / steps);
   d.last = [col, row];
-  refreshOverlay();
+  flushStroke(d);
 }
+
+// a value the brush of `label` must not change: another segment that is locked
+const locked = (value, label) => value !== 0 && value !== label && Boolean(state.labels.get(value)?.locked);
 
 function finishStroke(d) {
   enqueue(async () => {
@@ -649,14 +799,18 @@ function finishStroke(d) {
       const painted = d.touched[p] === 1;
       mask[p] = (painted ? !d.erase : cur[p] === d.label) ? 1 : 0;
     }
+    let r;
     try {
-      const r = await api("PUT", `${base()}/mask/${d.axis}/${d.slice}?label=${d.label}`, mask);
-      state.lastSlice.set(d.label, { axis: d.axis, slice: d.slice });
-      setStatus(`${d.erase ? "erased" : "painted"}: label ${d.label} has ${r.pixels} px on ${d.axis} slice ${d.slice}${r.changed ? "" : " (unchanged)"}`, "ok");
-    } finally {
-      await refetchSlice(d.axis, d.slice); // the server's state, also after an error
+      r = await api("PUT", `${base()}/mask/${d.axis}/${d.slice}?label=${d.label}`, mask);
+    } catch (e) {
+      await refetchSlice(d.axis, d.slice); // the server's state after an error
+      throw e;
     }
-    await refreshLabels();
+    if (r.patch) await applyPatch(r.patch);
+    else await refetchSlice(d.axis, d.slice); // unchanged there: take back what the stroke showed
+    afterChange(r);
+    state.lastSlice.set(d.label, { axis: d.axis, slice: d.slice });
+    setStatus(`${d.erase ? "erased" : "painted"}: label ${d.label} has ${r.pixels} px on ${d.axis} slice ${d.slice}${r.changed ? "" : " (unchanged)"}`, "ok");
   });
 }
 
@@ -677,7 +831,7 @@ function onMouseDown(e) {
     const d = { kind: "brush", erase: state.tool === "eraser", tile: loc.tile, axis: loc.axis, slice: loc.slice, label: state.label, h, w, touched: new Uint8Array(h * w), last: [loc.col, loc.row] };
     state.drag = d;
     paintAt(d, loc.col, loc.row);
-    refreshOverlay();
+    flushStroke(d);
   }
   drawUi();
 }
@@ -699,7 +853,7 @@ function onMouseMove(e) {
   const loc = locate(x, y);
   state.hover = loc ? { ...loc, px: [x, y] } : null;
   $("#cursor").textContent = loc
-    ? `${loc.axis} slice ${loc.slice} · x ${Math.round(loc.col)} · y ${Math.round(loc.row)} · label ${overlay() ? overlay().img[voxelIndex(loc.axis, loc.slice, Math.round(loc.col), Math.round(loc.row))] : 0}`
+    ? `${loc.axis} slice ${loc.slice} · x ${Math.round(loc.col)} · y ${Math.round(loc.row)} · label ${labelAt(...nativeOf(loc.axis, loc.slice, Math.round(loc.col), Math.round(loc.row)))}`
     : "";
   drawUi();
 }
@@ -707,6 +861,7 @@ function onMouseMove(e) {
 function onMouseUp(e) {
   const d = state.drag;
   if (!d) return;
+  state.mouseUpAt = performance.now();
   e.stopPropagation();
   state.drag = null;
   if (d.kind === "box") finishBox(d);
@@ -778,14 +933,19 @@ function drawUi() {
 // Where to propagate a label from when this page has not segmented it (a restored session): the crosshair's
 // axial slice if the label is there, else the axial slice where the label has the most voxels.
 function fullestSlice(label) {
-  const img = overlay().img;
-  const [nx, ny, nz] = nativeDims();
-  const counts = new Array(nz).fill(0);
-  for (let v = 0; v < img.length; v++) if (img[v] === label) counts[Math.floor(v / (nx * ny))]++;
+  const slices = state.labels.get(label)?.slices || [];
+  if (!slices.length) return null;
   const here = crosshairNative()[2];
-  if (counts[here] > 0) return { axis: "z", slice: here };
-  const best = counts.indexOf(Math.max(...counts));
-  return counts[best] > 0 ? { axis: "z", slice: best } : null;
+  if (slices.includes(here)) return { axis: "z", slice: here };
+  const [nx, ny] = nativeDims();
+  let best = slices[0];
+  let most = -1;
+  for (const k of slices) {
+    let n = 0;
+    for (let j = 0; j < ny; j++) for (let i = 0; i < nx; i++) if (labelAt(i, j, k) === label) n++;
+    if (n > most) [best, most] = [k, n];
+  }
+  return { axis: "z", slice: best };
 }
 
 function propagate() {
@@ -837,8 +997,8 @@ function propagate() {
       bar.max = 1;
       bar.value = 1;
       $("#progress-text").textContent = "done";
-      await reloadMask();
-      await refreshLabels();
+      await applyPatch(r.patch);
+      afterChange(r);
       const span = r.slices.length ? `slices ${r.slices[0]}–${r.slices[1]}` : "no slices";
       setStatus(`propagated label ${label} along ${r.axis}: ${span}, ${r.voxels} voxels (${((performance.now() - t0) / 1000).toFixed(1)} s)`, "ok");
     } catch (e) {
@@ -852,17 +1012,20 @@ function propagate() {
   });
 }
 
-function undo() {
+function undo(redo = false) {
   if (!state.info) return;
   return enqueue(async () => {
-    const r = await api("POST", `${base()}/undo`);
-    await reloadMask();
-    await refreshLabels();
+    const r = await api("POST", `${base()}/${redo ? "redo" : "undo"}`);
+    await applyPatch(r.patch);
+    afterChange(r);
     state.prompt = null;
     $("#prompt-info").textContent = describePrompt(null);
-    setStatus(`undid ${r.undone} (${r.remaining} more undo steps)`, "ok");
+    if (redo) setStatus(`redid ${r.redone} (${r.redo_steps} more redo steps)`, "ok");
+    else setStatus(`undid ${r.undone} (${r.remaining} more undo steps)`, "ok");
   });
 }
+
+const redo = () => undo(true);
 
 function save() {
   if (!state.info) return showError(new Error("open a volume first"));
@@ -931,7 +1094,10 @@ function onKey(e) {
   const typing = e.target instanceof HTMLElement && e.target.closest("input, select, textarea");
   if (typing && e.key !== "Escape") return;
   const k = e.key.toLowerCase();
-  if ((e.ctrlKey || e.metaKey) && k === "z") {
+  if ((e.ctrlKey || e.metaKey) && ((k === "z" && e.shiftKey) || k === "y")) {
+    e.preventDefault();
+    redo();
+  } else if ((e.ctrlKey || e.metaKey) && k === "z") {
     e.preventDefault();
     undo();
   } else if ((e.ctrlKey || e.metaKey) && k === "s") {
@@ -978,6 +1144,7 @@ function wire() {
   $("#add-label").addEventListener("click", guard(addLabel));
   $("#propagate").addEventListener("click", () => propagate());
   $("#undo").addEventListener("click", () => undo());
+  $("#redo").addEventListener("click", () => redo());
   $("#save").addEventListener("click", () => save());
   $("#view").addEventListener("change", (e) => nv && setView(e.target.value));
   $("#radiological").addEventListener("change", () => applyConvention());
@@ -995,9 +1162,7 @@ function wire() {
     });
   }
   $("#opacity").addEventListener("input", (e) => {
-    if (overlay()) {
-      nv.setOpacity(1, Number(e.target.value) / 100);
-    }
+    if (back()) nv.setDrawOpacity(Number(e.target.value) / 100);
   });
   document.addEventListener("keydown", onKey);
   const viewer = $("#viewer");
@@ -1091,6 +1256,7 @@ window.medsamkit = {
   goTo,
   screenOf,
   locate,
+  labelVolume,
   // resolves when no request is queued or in flight and the viewer has drawn the result
   idle: async () => {
     do {

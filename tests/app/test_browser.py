@@ -251,6 +251,8 @@ def test_box_propagate_brush_undo_save(page, server, tmp_path):
     info = open_path(pg, MR)
     assert info["shape"] == list(shape) and pg.text_content("[data-testid=volume-name]").startswith(MR)
     sid = pg.evaluate("window.medsamkit.state.sid")
+    fetched: list[str] = []  # every request after opening: edits must come back as patches, not as the whole mask
+    pg.on("request", lambda r: fetched.append(r.url))
     go_to(pg, (x0 + x1) // 2, (y0 + y1) // 2, k)
     axial = slice_rect(pg, source.affine, shape, k)
     assert overlay_pixels(pg, axial) == 0
@@ -269,7 +271,7 @@ def test_box_propagate_brush_undo_save(page, server, tmp_path):
     assert xs.min() >= x0 - pad and xs.max() <= x1 + pad and ys.min() >= y0 - pad and ys.max() <= y1 + pad
     assert np.array_equal(viewer_mask(pg, shape), mask)
     assert overlay_pixels(pg, axial) > 0.5 * seg.sum() * (axial["width"] / shape[2]) ** 2  # drawn where it is
-    assert pg.text_content("[data-testid=label-count-1]") == f"{seg.sum()} vx"
+    assert pg.text_content("[data-testid=label-count-1]").startswith(f"{seg.sum()} vx · ")
     screenshot(pg, tmp_path, "box")
 
     # name the label; the server keeps it
@@ -316,11 +318,20 @@ def test_box_propagate_brush_undo_save(page, server, tmp_path):
     assert ys.min() >= row - 1 and ys.max() <= row + 1 and xs.min() >= col - 1 and xs.max() <= col + 9
     assert np.array_equal(viewer_mask(pg, shape), brushed)
 
-    # ctrl+z takes the stroke back
+    # ctrl+z takes the stroke back, ctrl+shift+z makes it again, ctrl+y after another ctrl+z too
+    for key, expected in (
+        ("Control+z", propagated),
+        ("Control+Shift+z", brushed),
+        ("Control+z", propagated),
+        ("Control+y", brushed),
+    ):
+        pg.keyboard.press(key)
+        idle(pg)
+        assert np.array_equal(api_mask(server, sid)[0], expected), key
+        assert np.array_equal(viewer_mask(pg, shape), expected), key
+    assert pg.evaluate("window.medsamkit.state.history") == {"undo": 3, "redo": 0, "unsaved": True}
     pg.keyboard.press("Control+z")
     idle(pg)
-    assert np.array_equal(api_mask(server, sid)[0], propagated)
-    assert np.array_equal(viewer_mask(pg, shape), propagated)
 
     # eraser across the kidney's middle row
     mid = (y0 + y1) // 2
@@ -344,6 +355,50 @@ def test_box_propagate_brush_undo_save(page, server, tmp_path):
     assert np.array_equal(voxels, erased) and np.allclose(affine, source.affine, atol=1e-5)
     assert nib.aff2axcodes(affine) == ("L", "P", "S")
     assert pg.get_attribute("[data-testid=download-link]", "href").endswith("/download/segmentation.nii.gz")
+    assert pg.evaluate("window.medsamkit.state.history.unsaved") is False
+
+    # segments: hidden, label 1 draws nothing; shown again, it does
+    pg.click("[data-testid=label-visible-1]")
+    idle(pg)
+    assert overlay_pixels(pg, axial) == 0
+    pg.click("[data-testid=label-visible-1]")
+    idle(pg)
+    assert overlay_pixels(pg, axial) > 0
+    # locked, label 1 keeps its pixels under a stroke of a new label 2 drawn across it
+    pg.click("[data-testid=label-locked-1]")
+    pg.click("[data-testid=add-label]")
+    idle(pg)
+    assert pg.evaluate("window.medsamkit.state.label") == 2
+    row2 = mid + 2
+    cols2 = np.flatnonzero(erased[k, row2] == 1)
+    pg.keyboard.press("r")
+    drag(
+        pg,
+        screen_of(pg, source.affine, (int(cols2[0]) - 3, row2, k)),
+        screen_of(pg, source.affine, (int(cols2[-1]) + 3, row2, k)),
+    )
+    idle(pg)
+    locked, _ = api_mask(server, sid)
+    assert np.array_equal(locked == 1, erased == 1) and (locked[k] == 2).sum() >= 6
+    assert np.array_equal(viewer_mask(pg, shape), locked)
+    screenshot(pg, tmp_path, "segments")
+
+    # window/level live: a window re-maps the picture the viewer and the model see; labels and undo stay
+    before = pg.evaluate("Array.from(window.medsamkit.nv.volumes[0].img.slice(0, 4096))")
+    pg.fill("[data-testid=window]", "300,300")
+    pg.press("[data-testid=window]", "Enter")
+    idle(pg)
+    text, kind = status(pg)
+    assert kind == "ok" and "labels and undo kept" in text, text
+    assert pg.evaluate("window.medsamkit.state.info.preset.window_level_width") == [300, 300]
+    assert pg.evaluate("Array.from(window.medsamkit.nv.volumes[0].img.slice(0, 4096))") != before
+    assert np.array_equal(viewer_mask(pg, shape), locked)
+    pg.locator("[data-testid=window]").blur()  # keys typed into a field are the field's
+    pg.keyboard.press("Control+z")
+    idle(pg)
+    assert np.array_equal(api_mask(server, sid)[0], erased) and np.array_equal(viewer_mask(pg, shape), erased)
+    screenshot(pg, tmp_path, "window")
+    assert not [u for u in fetched if "mask.nii.gz" in u and "/download/" not in u], fetched
 
 
 @requires_shared
@@ -385,8 +440,18 @@ def test_clicks_name_the_voxel_under_the_mouse(page, server, tmp_path):
     ys, xs = np.nonzero(api_mask(server, sid)[0][kz] == 1)
     assert ys.size and xs.min() >= box[0] and xs.max() <= box[2] and ys.min() >= box[1] and ys.max() <= box[3]
 
+    # opening another volume over unsaved labels asks first: declined, the volume stays
+    asked: list[str] = []
+    pg.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    pg.fill("[data-testid=path-input]", US2D)
+    pg.click("[data-testid=open-path]")
+    pg.wait_for_function("() => document.querySelector('[data-testid=status]').textContent === 'kept the open volume'")
+    assert "not saved" in asked[0] and pg.evaluate("window.medsamkit.state.info.source") == Path(HIPPO).name
+    pg.once("dialog", lambda d: (asked.append(d.message), d.accept()))
+
     # a 2D picture is shown as stored (column 0 on the left, row 0 at the top) and its pixels map the same way
     info = open_path(pg, US2D)
+    assert len(asked) == 2
     assert info["is_2d"]
     h, w = info["shape"][1:]
     with urllib.request.urlopen(f"{server}/api/sessions/{sid}/volume.nii.gz") as r:

@@ -48,6 +48,15 @@ class OpenOptions(_Body):
         return v
 
 
+class WindowBody(_Body):
+    """A new intensity mapping for the open volume: ``preset`` and/or ``window`` [level, width] (width > 0)."""
+
+    preset: str = "auto"
+    window: tuple[Num, Num] | None = None
+
+    _positive_width = field_validator("window")(OpenOptions._positive_width.__func__)  # type: ignore[attr-defined]
+
+
 class OpenPath(OpenOptions):
     path: str
 
@@ -87,6 +96,21 @@ class MaskBody(_Body):
 
 class LabelName(_Body):
     name: Annotated[str, Field(max_length=64)]
+
+
+class SegmentSettings(_Body):
+    """A segment's settings; only the fields given change. ``color``: [r, g, b] 0..255 (null: the default
+    palette's); ``reviewed``: the annotator checked it (saved with the session)."""
+
+    name: Annotated[str, Field(max_length=64)] | None = None
+    color: Annotated[list[Annotated[int, Strict(), Field(ge=0, le=255)]], Field(min_length=3, max_length=3)] | None = None
+    visible: StrictBool | None = None
+    locked: StrictBool | None = None
+    reviewed: StrictBool | None = None
+
+
+class MergeBody(_Body):
+    into: Annotated[int, Strict(), Field(ge=1, le=255)]
 
 
 class SaveBody(_Body):

@@ -238,8 +238,8 @@ class Session:
 
     @property
     def segments(self) -> dict[int, dict[str, Any]]:
-        """Per label value, its settings besides the name: ``color``, ``visible``, ``locked``, ``reviewed``,
-        ``category``, ``type`` (those set)."""
+        """Per label value, its settings besides the name: ``color``, ``visible``, ``locked``, ``reviewed``
+        (those set)."""
         return {int(k): dict(v) for k, v in self.meta.get("segments", {}).items()}
 
     @property
@@ -422,6 +422,29 @@ class SessionStore:
         raise AppError(507, f"the sessions' files would take more than the server's quota of {self.limits.max_disk} bytes")
 
     # -- persistence --------------------------------------------------------------------------------------
+    def log_prompt(self, s: Session, prompt: dict[str, Any]) -> None:
+        """Append a segment request's prompts to ``prompts.jsonl`` with the time and the intensity mapping the
+        model saw (:meth:`IntensityPreset.describe`): the record of how the labels were made."""
+        vol = self.volume(s)
+        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **prompt, "intensity": vol.preset.describe()}
+        f = s.folder / "prompts.jsonl"
+        with open(f, "a") as out:
+            out.write(json.dumps(line) + "\n")
+        private(f)
+
+    def prompts(self, s: Session, last: int = 1000) -> list[dict[str, Any]]:
+        """The last ``last`` logged prompts of the session's volume (oldest first)."""
+        f = s.folder / "prompts.jsonl"
+        if not f.is_file():
+            return []
+        out = []
+        for line in f.read_text().splitlines()[-last:]:
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # a line cut short by a crash
+                continue
+        return out
+
     def save_meta(self, s: Session) -> None:
         atomic_write_bytes(s.folder / "session.json", (json.dumps(s.meta, indent=1) + "\n").encode())
         private(s.folder / "session.json")
@@ -485,6 +508,35 @@ class SessionStore:
         """The session's volume, loaded if needed (call with ``s.lock`` held)."""
         if s.volume is not None:
             return s.volume
+        path, src = self._source(s)
+        image, display, preset = self.load(path, s.meta.get("options", {}), src.get("name"))
+        labels = self._load_labels(s, display.shape[:3])
+        s.volume = make_volume(image, display, labels, preset)
+        self._evict(keep=s)
+        return s.volume
+
+    def remap(self, s: Session, preset: str, window: tuple[float, float] | None) -> Volume:
+        """Map the session's volume with another intensity ``preset`` / ``window`` (call with ``s.lock`` held): the
+        picture the viewer and the model see changes; labels, undo/redo and saved files are kept. The choice is
+        kept in the session's options (a reload maps the volume the same way)."""
+        vol = self.volume(s)
+        if s.job.running:
+            raise AppError(409, "a propagation is running in this session")
+        path, src = self._source(s)
+        options = {**s.meta.get("options", {}), "preset": preset, "window": list(window) if window else None}
+        image, display, new_preset = self.load(path, options, src.get("name"))
+        if display.shape[:3] != vol.shape:
+            raise AppError(409, "the volume's file changed on disk since it was opened; open it again")
+        vol.image, vol.display, vol.preset = image, display, new_preset
+        vol.geom3d = make_volume(image, display, vol.labels, new_preset).geom3d
+        s.meta["options"] = options
+        s.last_segment = None
+        (s.folder / "display.nii.gz").unlink(missing_ok=True)
+        self.save_meta(s)
+        return vol
+
+    def _source(self, s: Session) -> tuple[Path, dict[str, Any]]:
+        """The file of the session's volume and its source record; 409 when there is none or it is gone."""
         src = s.meta.get("source")
         if not src:
             raise AppError(409, "no volume is open in this session: POST one to /volume first")
@@ -497,11 +549,7 @@ class SessionStore:
                 path = self.resolve_data_path(src["path"])
             except AppError as e:
                 raise AppError(409, f"this session's volume {src['path']!r} is not available: {e.message}") from None
-        image, display, preset = self.load(path, s.meta.get("options", {}), src.get("name"))
-        labels = self._load_labels(s, display.shape[:3])
-        s.volume = make_volume(image, display, labels, preset)
-        self._evict(keep=s)
-        return s.volume
+        return path, src
 
     def install(
         self, s: Session, loaded: tuple[MedicalImage, np.ndarray, IntensityPreset], source: dict, options: dict
@@ -516,6 +564,7 @@ class SessionStore:
             (s.folder / old["file"]).unlink(missing_ok=True)
         shutil.rmtree(s.exports_dir, ignore_errors=True)
         (s.folder / "display.nii.gz").unlink(missing_ok=True)
+        (s.folder / "prompts.jsonl").unlink(missing_ok=True)
         s.meta.update(
             volume_id=secrets.token_hex(8),
             source=source,
@@ -652,6 +701,21 @@ class SessionStore:
         new[new == label] = 0
         new[mask & ~self.locked_pixels(s, cur, label)] = label
         return self.commit(s, slice_region(axis, k, vol.shape), np.expand_dims(new, _AXIS_POS[axis]), kind)
+
+    def recolor(self, s: Session, label: int, into: int, kind: str) -> Region | None:
+        """Turn every voxel of ``label`` into ``into`` (0: erase it) as one undo step ``kind`` (call with
+        ``s.lock`` held); only the z slices holding ``label`` are looked at. Returns the box that changed."""
+        self.check_unlocked(s, label)
+        if into:
+            self.check_unlocked(s, into)
+        vol = self.volume(s)
+        zs = np.flatnonzero(vol.slice_counts[:, label])
+        if not zs.size:
+            return None
+        region: Region = (slice(int(zs[0]), int(zs[-1]) + 1), slice(0, vol.shape[1]), slice(0, vol.shape[2]))
+        new = vol.labels[region].copy()
+        new[new == label] = into
+        return self.commit(s, region, new, kind)
 
     def check_unlocked(self, s: Session, label: int) -> None:
         """409 when segment ``label`` is locked (nothing may change it until it is unlocked)."""

@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ..schemas import SESSION_ERRORS, Axis, LabelName, MaskBody, error_responses, parse_body
+from ..schemas import SESSION_ERRORS, Axis, LabelName, MaskBody, MergeBody, SegmentSettings, error_responses, parse_body
 from ..sessions import AppError, Session
 from ..state import AppState, StateDep
 from ..upload import content_type, read_body, read_json
@@ -123,20 +123,78 @@ def labels(sid: str, state: StateDep) -> dict[str, Any]:
 def name_label(sid: str, value: int, body: LabelName, state: StateDep) -> dict[str, Any]:
     store = state.store
     s = store.get(sid)
+    _check_value(value)
+    with s.lock:
+        _set_name(s, value, body.name)
+        store.save_meta(s)
+        return {"value": value, "name": s.names.get(value)}
+
+
+@router.put("/api/sessions/{sid}/segments/{value}", responses=error_responses(*SESSION_ERRORS, 409))
+def segment_settings(sid: str, value: int, body: SegmentSettings, state: StateDep) -> dict[str, Any]:
+    """Change a segment's name, colour, visibility, lock or reviewed status (only the fields given); answers the
+    segment list. Settings travel with the session (``session.json``)."""
+    store = state.store
+    s = store.get(sid)
+    _check_value(value)
+    given = body.model_dump(exclude_unset=True)
+    with s.lock:
+        if "name" in given:
+            _set_name(s, value, given.pop("name") or "")
+        segments = dict(s.meta.get("segments", {}))
+        seg = {**segments.get(str(value), {}), **given}
+        segments[str(value)] = {k: v for k, v in seg.items() if v is not None}
+        s.meta["segments"] = segments
+        store.save_meta(s)
+        return {"value": value, "labels": label_summary(s, store.volume(s))}
+
+
+@router.delete("/api/sessions/{sid}/segments/{value}", responses=error_responses(*SESSION_ERRORS, 409))
+def delete_segment(sid: str, value: int, state: StateDep) -> dict[str, Any]:
+    """Erase a segment's voxels (one undo step ``delete``) and forget its name and settings."""
+    store = state.store
+    s = store.get(sid)
+    _check_value(value)
+    with s.lock:
+        region = store.recolor(s, value, 0, "delete")
+        s.meta["names"] = {k: v for k, v in s.meta.get("names", {}).items() if k != str(value)}
+        s.meta["segments"] = {k: v for k, v in s.meta.get("segments", {}).items() if k != str(value)}
+        store.save_meta(s)
+        return {"deleted": value, **change_summary(s, store.volume(s), region)}
+
+
+@router.post("/api/sessions/{sid}/segments/{value}/merge", responses=error_responses(*SESSION_ERRORS, 409))
+def merge_segment(sid: str, value: int, body: MergeBody, state: StateDep) -> dict[str, Any]:
+    """Merge segment ``value`` into segment ``into`` (its voxels take that value; one undo step ``merge``); the
+    merged segment's name and settings are dropped."""
+    store = state.store
+    s = store.get(sid)
+    _check_value(value)
+    if body.into == value:
+        raise AppError(422, "a segment cannot be merged into itself")
+    with s.lock:
+        region = store.recolor(s, value, body.into, "merge")
+        s.meta["names"] = {k: v for k, v in s.meta.get("names", {}).items() if k != str(value)}
+        s.meta["segments"] = {k: v for k, v in s.meta.get("segments", {}).items() if k != str(value)}
+        store.save_meta(s)
+        return {"merged": value, "into": body.into, **change_summary(s, store.volume(s), region)}
+
+
+def _check_value(value: int) -> None:
     if not 1 <= value <= 255:
         raise AppError(422, "label values are 1..255")
-    name = body.name.strip()
+
+
+def _set_name(s: Session, value: int, name: str) -> None:
+    name = name.strip()
     if not name.isprintable():
         raise AppError(422, "the name contains control characters")
-    with s.lock:
-        names = dict(s.meta.get("names", {}))
-        if name:
-            names[str(value)] = name
-        else:
-            names.pop(str(value), None)
-        s.meta["names"] = names
-        store.save_meta(s)
-    return {"value": value, "name": name or None}
+    names = dict(s.meta.get("names", {}))
+    if name:
+        names[str(value)] = name
+    else:
+        names.pop(str(value), None)
+    s.meta["names"] = names
 
 
 def _query_label(request: Request) -> int:

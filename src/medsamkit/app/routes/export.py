@@ -36,7 +36,13 @@ def save(sid: str, state: StateDep, body: SaveBody | None = None) -> dict[str, A
             like, labels = vol.image, vol.labels[0]
         else:  # a 2D image as a one-slice volume
             like, labels = vol.geom3d, vol.labels
-        meta = {"intensity": vol.preset.describe(), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": state.models.model}
+        meta = {
+            "intensity": vol.preset.describe(),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "model": state.models.model,
+            "prompts": store.prompts(s),  # each with the intensity mapping the model saw then
+            "segments": {str(k): v for k, v in sorted(s.segments.items())},
+        }
         names = s.names
         s.exports_dir.mkdir(mode=0o700, exist_ok=True)
         out = write_mask(s.exports_dir / name, labels, like, names=names, metadata=meta)

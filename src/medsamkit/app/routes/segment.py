@@ -56,6 +56,7 @@ def segment(sid: str, body: SegmentBody, state: StateDep) -> dict[str, Any]:
         region = store.set_slice_label(s, body.axis, body.slice, body.label, mask, "segment")  # drops s.last_segment
         s.last_segment = LastSegment(key, result.logits[0]) if result.logits is not None else None
         vol = store.volume(s)
+        store.log_prompt(s, {"axis": body.axis, "slice": body.slice, "label": body.label, "box": box, "points": points})
         lab = vol.labels[slice_index(body.axis, body.slice)].copy()
         change = change_summary(s, vol, region)
     return {

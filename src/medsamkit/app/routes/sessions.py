@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ..schemas import SESSION_ERRORS, OpenOptions, OpenPath, error_responses, parse_body
+from ..schemas import SESSION_ERRORS, OpenOptions, OpenPath, WindowBody, error_responses, parse_body
 from ..sessions import UPLOAD_SUFFIXES, AppError, Session, Volume, check_upload
 from ..state import AppState, StateDep
 from ..upload import content_type, read_json, receive_upload
@@ -89,6 +89,20 @@ async def open_volume(sid: str, request: Request, state: StateDep) -> dict[str, 
         body = parse_body(OpenPath, await read_json(request, limits.max_json_bytes))
         return await run_in_threadpool(_open_data, state, s, body)
     raise AppError(415, "send the volume as multipart/form-data (field 'file') or JSON {\"path\": ...}")
+
+
+@router.post("/api/sessions/{sid}/window", responses=error_responses(*SESSION_ERRORS, 409))
+def set_window(sid: str, body: WindowBody, state: StateDep) -> dict[str, Any]:
+    """Map the open volume with another intensity ``preset`` or ``window`` [level, width] without reopening it:
+    the viewer and the model see the new picture, labels and undo/redo stay. Answers like opening a volume; the
+    page then reloads ``volume.nii.gz``. Background pre-encoding starts again for the new picture."""
+    store = state.store
+    s = store.get(sid)
+    state.preencoder.cancel(sid)
+    with s.lock:
+        vol = store.remap(s, body.preset, (body.window[0], body.window[1]) if body.window else None)
+        state.preencoder.start(s)
+        return volume_info(state, s, vol)
 
 
 def _open_upload(state: AppState, s: Session, path: Path, name: str, opts: OpenOptions) -> dict[str, Any]:

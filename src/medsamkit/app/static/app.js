@@ -185,7 +185,7 @@ function showError(e) {
 const guard = (fn) => (...args) => Promise.resolve().then(() => fn(...args)).catch(showError);
 
 // -- label colours -------------------------------------------------------------------------------------------
-const colorOf = (v) => PALETTE[(v - 1) % PALETTE.length];
+const colorOf = (v) => state.labels.get(v)?.color || PALETTE[(v - 1) % PALETTE.length];
 
 // NiiVue's drawing colour table: value v in its segment's colour, 0 and hidden segments transparent. Set directly
 // (refreshColormaps uploads it) rather than through setDrawColormap, which would re-render every volume layer.
@@ -542,9 +542,63 @@ function openOptions() {
   return opts;
 }
 
+// Opening another volume replaces this one's labels in the session: ask first when they hold unsaved changes.
+function confirmReplace() {
+  const labelled = [...state.labels.values()].some((l) => l.voxels > 0);
+  if (!state.info || !state.history.unsaved || !labelled) return true;
+  return window.confirm(`The labels of ${state.info.source} have changes that were not saved. Open another volume and discard them?`);
+}
+
+// Map the open volume with another intensity preset / window: the server re-maps what the viewer and the model
+// see, labels and undo stay; the page reloads the picture and keeps its label layer.
+function setWindow() {
+  if (!state.info) return;
+  let opts;
+  try {
+    opts = openOptions();
+  } catch (e) {
+    return showError(e);
+  }
+  return enqueue(async () => {
+    setStatus("applying the intensity mapping…");
+    const body = { preset: opts.preset };
+    if (opts.window) body.window = opts.window;
+    const info = await api("POST", `${base()}/window`, body);
+    state.info = info;
+    await reloadPicture();
+    $("#volume-name").textContent = volumeTitle(info);
+    const p = info.preset || {};
+    const lw = p.window_level_width ? ` (level ${p.window_level_width[0]}, width ${p.window_level_width[1]})` : "";
+    setStatus(`intensity mapping: ${p.preset}${lw}; labels and undo kept`, "ok");
+    watchEncoding(info.encoding);
+  });
+}
+
+// reload volume.nii.gz into the viewer, keeping the label layer, crosshair and view
+async function reloadPicture() {
+  const labels = nv.drawBitmap.slice();
+  const at = nv.scene.crosshairPos.slice();
+  await nv.loadVolumes([{ url: `${base()}/volume.nii.gz?v=${Date.now()}`, name: "volume.nii.gz", colormap: "gray" }]);
+  nv.createEmptyDrawing();
+  buildRasIndex();
+  nv.drawBitmap.set(labels);
+  nv.refreshDrawing(false);
+  applyColors();
+  applyContrast();
+  applyConvention();
+  nv.scene.crosshairPos = at;
+  redraw();
+}
+
+const volumeTitle = (info) => {
+  const [z, y, x] = info.shape;
+  return `${info.source} · ${x}×${y}×${z} · ${info.modality || "?"} · ${info.preset?.preset ?? ""}`;
+};
+
 async function openUpload(file) {
   if (!file) return;
   await queue;
+  if (!confirmReplace()) return setStatus("kept the open volume");
   const opts = openOptions();
   await ensureSession();
   const form = new FormData();
@@ -560,6 +614,7 @@ async function openUpload(file) {
 async function openPath(path) {
   if (!path) throw new Error("type a path relative to the server's data folder");
   await queue;
+  if (!confirmReplace()) return setStatus("kept the open volume");
   const opts = openOptions();
   await ensureSession();
   setStatus(`opening ${path}…`);
@@ -587,13 +642,22 @@ async function showVolume(info) {
   applyConvention();
   setView(info.is_2d ? "axial" : $("#view").value);
   const [z, y, x] = info.shape;
-  $("#volume-name").textContent = `${info.source} · ${x}×${y}×${z} · ${info.modality || "?"} · ${info.preset?.preset ?? ""}`;
+  $("#volume-name").textContent = volumeTitle(info);
+  syncWindowFields(info);
   $("#download-link").hidden = true;
   $("#propagate").disabled = Boolean(info.is_2d);
   $("#propagate").title = info.is_2d ? "a 2D picture has nothing to propagate to" : "Segment the selected label through the volume from its last segmented slice (g)";
   setStatus(`opened ${info.source}: ${x}×${y}×${z} voxels; drag a box around an object`, "ok");
   drawUi();
   watchEncoding(info.encoding);
+}
+
+// show the mapping in force (a restored session's, or the server's choice for "auto") in the header's fields
+function syncWindowFields(info) {
+  const p = info.preset || {};
+  const sel = $("#preset");
+  if ([...sel.options].some((o) => o.value === p.preset)) sel.value = p.preset;
+  $("#window").value = p.preset === "window" && p.window_level_width ? p.window_level_width.map((v) => Math.round(v)).join(",") : "";
 }
 
 // -- labels --------------------------------------------------------------------------------------------------
@@ -633,35 +697,109 @@ function renderHistory(h) {
 function renderLabels() {
   const ul = $("#labels");
   ul.replaceChildren();
+  const el = (tag, props = {}) => Object.assign(document.createElement(tag), props);
   for (const v of [...state.labels.keys()].sort((a, b) => a - b)) {
     const l = state.labels.get(v);
-    const li = document.createElement("li");
+    const li = el("li");
     li.dataset.value = String(v);
     li.dataset.testid = `label-${v}`;
     if (v === state.label) li.classList.add("selected");
-    const sw = document.createElement("span");
-    sw.className = "swatch";
-    sw.style.background = `rgb(${colorOf(v).join(",")})`;
-    const val = document.createElement("span");
-    val.className = "value";
-    val.textContent = String(v);
-    const name = document.createElement("input");
-    name.type = "text";
-    name.value = l.name || "";
-    name.placeholder = `label ${v}`;
-    name.title = "name (saved with the mask)";
+    if (l.locked) li.classList.add("locked");
+    const hex = `#${colorOf(v).map((c) => c.toString(16).padStart(2, "0")).join("")}`;
+    const sw = el("input", { type: "color", className: "swatch", value: hex, title: "colour (saved with the session)" });
+    sw.dataset.testid = `label-color-${v}`;
+    sw.addEventListener("change", guard(() => setSegment(v, { color: [1, 3, 5].map((i) => parseInt(sw.value.slice(i, i + 2), 16)) })));
+    const val = el("span", { className: "value", textContent: String(v) });
+    const name = el("input", { type: "text", value: l.name || "", placeholder: `label ${v}`, title: "name (saved with the mask)" });
     name.dataset.testid = `label-name-${v}`;
     name.addEventListener("change", guard(() => renameLabel(v, name.value)));
-    const count = document.createElement("span");
-    count.className = "count";
+    const toggle = (key, on, off, title) => {
+      const b = el("button", { className: `toggle ${key}`, textContent: l[key] === false || !l[key] ? off : on, title });
+      b.dataset.testid = `label-${key}-${v}`;
+      b.setAttribute("aria-pressed", String(Boolean(l[key] ?? key === "visible")));
+      b.addEventListener("click", guard(() => setSegment(v, { [key]: !(l[key] ?? key === "visible") })));
+      return b;
+    };
+    const visible = toggle("visible", "◉", "○", "show or hide this segment");
+    visible.textContent = l.visible === false ? "○" : "◉";
+    const lock = toggle("locked", "⊠", "⊡", "locked: new predictions and brush strokes leave it as it is");
+    const reviewed = toggle("reviewed", "✓", "·", "reviewed: the annotator checked this segment (saved with the session)");
+    const prev = el("button", { className: "toggle", textContent: "‹", title: "previous axial slice holding this segment" });
+    const next = el("button", { className: "toggle", textContent: "›", title: "next axial slice holding this segment" });
+    prev.dataset.testid = `label-prev-${v}`;
+    next.dataset.testid = `label-next-${v}`;
+    prev.addEventListener("click", () => jumpSlice(v, -1));
+    next.addEventListener("click", () => jumpSlice(v, 1));
+    const more = el("button", { className: "toggle", textContent: "⋯", title: "merge into the selected segment, or delete" });
+    more.dataset.testid = `label-more-${v}`;
+    more.addEventListener("click", guard(() => segmentMenu(v)));
+    const row1 = el("div", { className: "seg-row" });
+    row1.append(sw, val, name, visible, lock, reviewed);
+    const count = el("div", { className: "count" });
     count.dataset.testid = `label-count-${v}`;
-    count.textContent = l.voxels ? `${l.voxels} vx` : "empty";
-    li.append(sw, val, name, count);
+    const n = l.slices ? l.slices.length : 0;
+    count.textContent = l.voxels
+      ? `${l.voxels} vx${l.ml != null ? ` · ${l.ml.toFixed(2)} mL` : ""} · ${n} slice${n === 1 ? "" : "s"}`
+      : "empty";
+    const row2 = el("div", { className: "seg-row" });
+    row2.append(count, prev, next, more);
+    li.append(row1, row2);
     li.addEventListener("click", (e) => {
-      if (e.target !== name) selectLabel(v);
+      if (e.target === li || e.target === val || e.target === count || e.target.classList.contains("seg-row")) selectLabel(v);
     });
     ul.append(li);
   }
+}
+
+// change a segment's settings on the server (name, colour, visible, locked, reviewed) and show the answer
+async function setSegment(v, settings) {
+  if (!state.info) throw new Error("open a volume first");
+  const r = await api("PUT", `${base()}/segments/${v}`, settings);
+  setLabels(r.labels);
+  renderLabels();
+  applyColors();
+}
+
+// move the crosshair to the next (dir 1) or previous (-1) axial slice holding segment v
+function jumpSlice(v, dir) {
+  const slices = state.labels.get(v)?.slices || [];
+  if (!state.info || !slices.length) return setStatus(`segment ${v} has no voxels`, "error");
+  const here = crosshairNative()[2];
+  const target = dir > 0 ? slices.find((k) => k > here) ?? slices[0] : [...slices].reverse().find((k) => k < here) ?? slices[slices.length - 1];
+  goTo("z", target);
+  setStatus(`segment ${v}: axial slice ${target} (${slices.indexOf(target) + 1} of ${slices.length})`, "ok");
+}
+
+function segmentMenu(v) {
+  const into = state.label !== v ? state.label : null;
+  const choice = window.prompt(
+    `Segment ${v}: type "delete" to erase it${into ? `, or "merge" to merge it into the selected segment ${into}` : ""}.`,
+    "",
+  );
+  if (choice === "delete") return deleteSegment(v);
+  if (choice === "merge" && into) return mergeSegment(v, into);
+}
+
+function deleteSegment(v) {
+  return enqueue(async () => {
+    const r = await api("DELETE", `${base()}/segments/${v}`);
+    await applyPatch(r.patch);
+    state.labels.delete(v);
+    afterChange(r);
+    if (!state.labels.size) state.labels.set(1, { value: 1, name: null, voxels: 0 });
+    if (!state.labels.has(state.label)) selectLabel(Math.min(...state.labels.keys()));
+    setStatus(`deleted segment ${v} (undo brings it back)`, "ok");
+  });
+}
+
+function mergeSegment(v, into) {
+  return enqueue(async () => {
+    const r = await api("POST", `${base()}/segments/${v}/merge`, { into });
+    await applyPatch(r.patch);
+    state.labels.delete(v);
+    afterChange(r);
+    setStatus(`merged segment ${v} into ${into}`, "ok");
+  });
 }
 
 function selectLabel(v) {
@@ -1040,6 +1178,7 @@ function save() {
     a.textContent = `download ${r.file}`;
     a.hidden = false;
     a.click();
+    renderHistory({ ...state.history, unsaved: false });
     setStatus(`saved ${r.file}`, "ok");
   });
 }
@@ -1148,6 +1287,11 @@ function wire() {
   $("#save").addEventListener("click", () => save());
   $("#view").addEventListener("change", (e) => nv && setView(e.target.value));
   $("#radiological").addEventListener("change", () => applyConvention());
+  $("#preset").addEventListener("change", () => {
+    $("#window").value = ""; // a preset replaces a typed window
+    setWindow();
+  });
+  $("#window").addEventListener("change", () => setWindow());
   $("#contrast").addEventListener("change", (e) => {
     if (e.target.value === "custom") return;
     const [lo, hi] = e.target.value.split(",");
@@ -1267,6 +1411,11 @@ window.medsamkit = {
   },
   setTool,
   selectLabel,
+  setSegment,
+  deleteSegment,
+  mergeSegment,
+  jumpSlice,
+  setWindow,
 };
 
 main().catch(showError);

@@ -1,0 +1,208 @@
+"""Incremental changes and their history: every change answers a patch of the box it changed (which, applied to
+the client's copy, gives the server's labels), segment counts kept up to date without a pass over the volume,
+undo/redo on disk (kept across a restart, dropped by a new change or volume), and segment settings (lock, delete,
+merge) through the API."""
+
+from __future__ import annotations
+
+import base64
+import zlib
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+nib = pytest.importorskip("nibabel")
+
+from medsamkit.app import create_app  # noqa: E402
+from medsamkit.app.history import Change, History  # noqa: E402
+from tests.app.test_server import Client, assert_error, new_session, nifti_zyx, upload, write_nifti  # noqa: E402
+
+SHAPE = (6, 40, 50)  # (Z, Y, X)
+
+
+@pytest.fixture
+def served_volume(tmp_path):
+    """A server (no model needed: brush edits only) with a session holding a 6 x 40 x 50 volume."""
+    vol = np.random.default_rng(0).normal(100, 20, SHAPE).astype(np.float32)
+    src = write_nifti(tmp_path / "v.nii.gz", vol)
+    app = create_app(None, state_dir=tmp_path / "state", preencode_slices=0)
+    client = Client(app)
+    sid = new_session(client)
+    assert upload(client, sid, src.read_bytes()).status_code == 200
+    return tmp_path, client, sid
+
+
+def paint(client, sid, axis: str, k: int, label: int, mask: np.ndarray):
+    r = client.put(
+        f"/api/sessions/{sid}/mask/{axis}/{k}?label={label}",
+        content=np.ascontiguousarray(mask, np.uint8).tobytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def apply(copy: np.ndarray, patch: dict | None) -> None:
+    """What the page does with a patch: write the box's values into its copy of the labels."""
+    if patch is None:
+        return
+    assert patch["encoding"] == "zlib-base64"
+    block = np.frombuffer(zlib.decompress(base64.b64decode(patch["data"])), np.uint8).reshape(patch["shape"])
+    copy[tuple(slice(a, b + 1) for a, b in patch["region_zyx"])] = block
+
+
+def server_labels(client, sid) -> np.ndarray:
+    return nifti_zyx(client.get(f"/api/sessions/{sid}/mask.nii.gz").content)[0]
+
+
+def test_patches_and_counts_follow_every_change(served_volume):
+    """Random brush edits on all three axes, undos and redos: the client's copy patched from the answers equals the
+    server's labels after each step, the patch covers only what changed, and voxel counts, slices and the history
+    counters agree with the labels."""
+    _, client, sid = served_volume
+    rng = np.random.default_rng(1)
+    copy = np.zeros(SHAPE, np.uint8)
+    shapes = {"z": SHAPE[1:], "y": (SHAPE[0], SHAPE[2]), "x": SHAPE[:2]}
+    for step in range(14):
+        before = copy.copy()
+        if step % 5 == 4:
+            r = client.post(f"/api/sessions/{sid}/undo").json()
+        elif step % 5 == 0 and step > 0:
+            r = client.post(f"/api/sessions/{sid}/redo").json()
+        else:
+            axis = "zyx"[step % 3]
+            h, w = shapes[axis]
+            m = np.zeros((h, w), np.uint8)
+            r0, c0 = rng.integers(0, h - 3), rng.integers(0, w - 5)
+            m[r0 : r0 + 4, c0 : c0 + 6] = 1
+            r = paint(client, sid, axis, int(rng.integers(0, SHAPE["zyx".index(axis)])), int(rng.integers(1, 4)), m)
+        apply(copy, r["patch"])
+        truth = server_labels(client, sid)
+        assert np.array_equal(copy, truth), step
+        if r["patch"] is not None:  # the patch's box holds every voxel that changed
+            changed = np.argwhere(before != truth)
+            box = np.array(r["patch"]["region_zyx"])
+            assert changed.size and (changed.min(0) >= box[:, 0]).all() and (changed.max(0) <= box[:, 1]).all()
+        for seg in r["labels"]:
+            v = seg["value"]
+            assert seg["voxels"] == int((truth == v).sum())
+            assert seg["slices"] == [int(k) for k in np.flatnonzero((truth == v).any(axis=(1, 2)))]
+    listed = client.get(f"/api/sessions/{sid}/labels").json()["labels"]
+    expected = {v: int((copy == v).sum()) for v in range(1, 4) if (copy == v).any()}
+    assert {seg["value"]: seg["voxels"] for seg in listed} == expected
+
+
+def test_history_survives_a_restart_and_a_new_change_drops_redo(served_volume):
+    tmp_path, client, sid = served_volume
+    m = np.zeros(SHAPE[1:], np.uint8)
+    m[5:10, 5:10] = 1
+    paint(client, sid, "z", 2, 1, m)
+    m[20:25, 20:30] = 1
+    paint(client, sid, "z", 2, 1, m)
+    after_two = server_labels(client, sid)
+    assert client.post(f"/api/sessions/{sid}/undo").json()["history"] == {"undo": 1, "redo": 1, "unsaved": True}
+
+    again = Client(create_app(None, state_dir=tmp_path / "state", preencode_slices=0))  # a restarted server
+    info = again.get(f"/api/sessions/{sid}").json()["volume"]
+    assert (info["undo_steps"], info["redo_steps"], info["unsaved"]) == (1, 1, True)
+    r = again.post(f"/api/sessions/{sid}/redo").json()
+    assert r["redone"] == "edit" and np.array_equal(server_labels(again, sid), after_two)
+    again.post(f"/api/sessions/{sid}/undo")
+    paint(again, sid, "y", 7, 2, np.ones((SHAPE[0], SHAPE[2]), np.uint8))  # a new change: nothing left to redo
+    assert "nothing to redo" in assert_error(again.post(f"/api/sessions/{sid}/redo"), 409)
+    assert again.post(f"/api/sessions/{sid}/save", json={"format": "nii.gz"}).status_code == 200
+    assert again.get(f"/api/sessions/{sid}").json()["volume"]["unsaved"] is False
+    # a new volume starts a new history
+    src = write_nifti(tmp_path / "w.nii.gz", np.zeros(SHAPE, np.float32))
+    assert upload(again, sid, src.read_bytes()).status_code == 200
+    assert "nothing to undo" in assert_error(again.post(f"/api/sessions/{sid}/undo"), 409)
+    assert not list((tmp_path / "state" / sid / "history").glob("*.bin"))
+
+
+def test_history_files_of_another_volume_are_ignored(tmp_path):
+    folder = tmp_path / "history"
+    h = History(folder, steps=3, max_bytes=1 << 20, volume_id="a")
+    region = (slice(0, 1), slice(0, 2), slice(0, 2))
+    for k in range(5):  # at most 3 steps are kept, on disk as in memory
+        h.record(Change.of("edit", region, np.full((1, 2, 2), k, np.uint8)))
+    assert [int(c.values[0, 0, 0]) for c in h.undo] == [2, 3, 4] and len(list(folder.glob("u-*.bin"))) == 3
+    h.push_redo(h.pop_undo())  # type: ignore[arg-type]
+    same = History(folder, steps=3, max_bytes=1 << 20, volume_id="a")
+    assert [int(c.values[0, 0, 0]) for c in same.undo] == [2, 3] and [int(c.values[0, 0, 0]) for c in same.redo] == [4]
+    other = History(folder, steps=3, max_bytes=1 << 20, volume_id="b")
+    assert not other.undo and not other.redo and not list(folder.glob("*.bin"))
+
+
+def test_segment_settings_lock_delete_merge(served_volume):
+    _, client, sid = served_volume
+    a = np.zeros(SHAPE[1:], np.uint8)
+    a[5:15, 5:15] = 1
+    paint(client, sid, "z", 1, 1, a)
+    paint(client, sid, "z", 3, 1, a)
+    r = client.put(f"/api/sessions/{sid}/segments/1", json={"name": "liver", "color": [10, 200, 30], "locked": True}).json()
+    (seg,) = r["labels"]
+    got = (seg["name"], seg["color"], seg["locked"], seg["visible"], seg["reviewed"])
+    assert got == ("liver", [10, 200, 30], True, True, False)
+    # a locked segment keeps its pixels under another segment's brush, and cannot be changed itself
+    b = np.zeros(SHAPE[1:], np.uint8)
+    b[10:20, 10:20] = 1
+    paint(client, sid, "z", 1, 2, b)
+    lab = server_labels(client, sid)[1]
+    assert (lab == 1).sum() == 100 and (lab == 2).sum() == 100 - 25
+    assert "locked" in assert_error(client.delete(f"/api/sessions/{sid}/segments/1"), 409)
+    empty = bytes(SHAPE[1] * SHAPE[2])
+    raw = {"content-type": "application/octet-stream"}
+    assert "locked" in assert_error(client.put(f"/api/sessions/{sid}/mask/z/1?label=1", content=empty, headers=raw), 409)
+    client.put(f"/api/sessions/{sid}/segments/1", json={"locked": False, "reviewed": True})
+    # merge 2 into 1 (one undo step), then delete 1 (one more), and undo both
+    m = client.post(f"/api/sessions/{sid}/segments/2/merge", json={"into": 1}).json()
+    assert [s["value"] for s in m["labels"]] == [1] and m["labels"][0]["voxels"] == 2 * 100 + 75
+    assert "itself" in assert_error(client.post(f"/api/sessions/{sid}/segments/1/merge", json={"into": 1}), 422)
+    d = client.delete(f"/api/sessions/{sid}/segments/1").json()
+    assert d["labels"] == [] and not server_labels(client, sid).any()
+    assert client.post(f"/api/sessions/{sid}/undo").json()["undone"] == "delete"
+    assert client.post(f"/api/sessions/{sid}/undo").json()["undone"] == "merge"
+    lab = server_labels(client, sid)
+    assert (lab == 1).sum() == 200 and (lab == 2).sum() == 75
+    assert assert_error(client.put(f"/api/sessions/{sid}/segments/1", json={"color": [1, 2]}), 422)
+    assert assert_error(client.put(f"/api/sessions/{sid}/segments/300", json={"visible": False}), 422)
+
+
+def test_window_changes_the_picture_and_keeps_labels_and_history(tmp_path, predictor):
+    """A live window/level change: the display (what the viewer and the model see) follows the window, labels and
+    undo stay, the choice survives a reload, and a segment request logs its prompts with the mapping in force."""
+    ramp = np.broadcast_to(np.linspace(0, 1000, SHAPE[2], dtype=np.float32), SHAPE).copy()
+    src = write_nifti(tmp_path / "ramp.nii.gz", ramp)
+    app = create_app(None, state_dir=tmp_path / "state", predictor=predictor, preencode_slices=0)
+    client = Client(app)
+    sid = new_session(client)
+    assert upload(client, sid, src.read_bytes(), preset="percentile").status_code == 200
+    m = np.zeros(SHAPE[1:], np.uint8)
+    m[5:10, 5:10] = 1
+    paint(client, sid, "z", 2, 1, m)
+    box = {"axis": "z", "slice": 3, "label": 2, "box": [10, 10, 30, 30]}
+    assert client.post(f"/api/sessions/{sid}/segment", json=box).status_code == 200
+
+    def picture() -> np.ndarray:
+        return nifti_zyx(client.get(f"/api/sessions/{sid}/volume.nii.gz").content)[0]
+
+    r = client.post(f"/api/sessions/{sid}/window", json={"preset": "auto", "window": [500, 200]})
+    assert r.status_code == 200, r.text
+    assert r.json()["preset"]["window_level_width"] == [500, 200] and r.json()["undo_steps"] == 2
+    row = picture()[0, 0]
+    x = np.linspace(0, 1000, SHAPE[2])
+    assert (row[x < 400] == 0).all() and (row[x > 600] == 255).all() and 0 < row[np.argmin(abs(x - 500))] < 255
+    labels = server_labels(client, sid)
+    assert (labels[2] == 1).sum() == 25 and (labels[3] == 2).any()  # labels kept
+    assert client.post(f"/api/sessions/{sid}/segment", json={**box, "label": 3}).status_code == 200
+    assert client.post(f"/api/sessions/{sid}/undo").json()["undone"] == "segment"
+    # a restarted server maps the volume with the chosen window
+    again = Client(create_app(None, state_dir=tmp_path / "state", predictor=predictor, preencode_slices=0))
+    assert again.get(f"/api/sessions/{sid}").json()["volume"]["preset"]["window_level_width"] == [500, 200]
+    saved = again.post(f"/api/sessions/{sid}/save", json={"format": "nii.gz"}).json()
+    side = again.get(saved["sidecar_url"]).json()
+    prompts = side["metadata"]["prompts"] if "metadata" in side else side["prompts"]
+    assert [p["intensity"]["preset"] for p in prompts] == ["percentile", "window"]
+    assert prompts[1]["intensity"]["window_level_width"] == [500, 200] and prompts[1]["box"] == [10, 10, 30, 30]
+    assert "width must be positive" in assert_error(again.post(f"/api/sessions/{sid}/window", json={"window": [1, 0]}), 422)

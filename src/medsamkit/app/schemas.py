@@ -58,6 +58,14 @@ class WindowBody(_Body):
 
 
 class OpenPath(OpenOptions):
+    """Open ``path`` under the data folder; ``mask``: a label mask under the data folder on the same grid, to
+    review and correct (NIfTI, NRRD, MHA, PNG, or a DICOM-SEG of the series)."""
+
+    path: str
+    mask: str | None = None
+
+
+class MaskPath(_Body):
     path: str
 
 
@@ -100,13 +108,27 @@ class LabelName(_Body):
 
 class SegmentSettings(_Body):
     """A segment's settings; only the fields given change. ``color``: [r, g, b] 0..255 (null: the default
-    palette's); ``reviewed``: the annotator checked it (saved with the session)."""
+    palette's); ``reviewed``: the annotator checked it (saved with the session); ``category`` and ``type``: a
+    pair of :data:`medsamkit.io.CATEGORIES` / ``TYPES`` (SNOMED CT codes in a DICOM-SEG and Slicer NRRD)."""
 
     name: Annotated[str, Field(max_length=64)] | None = None
     color: Annotated[list[Annotated[int, Strict(), Field(ge=0, le=255)]], Field(min_length=3, max_length=3)] | None = None
     visible: StrictBool | None = None
     locked: StrictBool | None = None
     reviewed: StrictBool | None = None
+    category: str | None = None
+    type: str | None = None
+
+
+class ToolBody(_Body):
+    """A slice tool applied to one segment (:mod:`medsamkit.masks`): ``fill_between`` (the empty z slices between
+    annotated ones), ``fill_holes``, ``keep_largest``, ``remove_small`` (islands under ``min_voxels``), ``smooth``
+    (median, ``radius`` pixels). ``slice``: only that z slice (``fill_holes`` and ``smooth``); none: every slice."""
+
+    tool: Literal["fill_between", "fill_holes", "keep_largest", "remove_small", "smooth"]
+    slice: Annotated[int, Strict(), Field(ge=0)] | None = None
+    min_voxels: Annotated[int, Strict(), Field(ge=1)] = 100
+    radius: Annotated[int, Strict(), Field(ge=1, le=10)] = 1
 
 
 class MergeBody(_Body):

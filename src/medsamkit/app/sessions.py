@@ -36,7 +36,8 @@ import numpy as np
 
 from .._files import atomic_write_bytes
 from ..errors import FileInputError, GeometryError, InputError, MedsamkitError
-from ..io import MedicalImage, read_image
+from ..io import MedicalImage, read_image, read_mask
+from ..io.formats import split_suffix
 from ..io.geometry import grid_problem, resample_uniform
 from ..preprocess.intensity import IntensityPreset
 from ..preprocess.picture import fit_picture, volume_pictures
@@ -51,6 +52,7 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 AXES = ("z", "y", "x")
 # what the app accepts and saves, among the endings of medsamkit.io.formats (split_suffix tells a name's)
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".npz")
+MASK_UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".dcm")  # a mask to review: these, on the volume's grid
 SAVE_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dcm": ".dcm", "png": ".png"}
 _AXIS_POS = {"z": 0, "y": 1, "x": 2}
 LABEL_CHUNK = 16  # z slices per saved label file
@@ -716,6 +718,67 @@ class SessionStore:
         new = vol.labels[region].copy()
         new[new == label] = into
         return self.commit(s, region, new, kind)
+
+    def reshape_segment(self, s: Session, label: int, fn: Any, kind: str, only_slice: int | None = None) -> Region | None:
+        """Replace segment ``label`` by ``fn(mask)`` as one undo step ``kind`` (call with ``s.lock`` held): ``fn``
+        takes and returns a bool ``(Z, Y, X)`` mask of the segment's bounding box (or of z slice ``only_slice``,
+        as one slice) and may not grow it past that box. Voxels it adds take ``label`` only where the labels are
+        background (other segments are never overwritten); voxels it drops become background. Returns the box
+        that changed (None: nothing; 422 when the segment is empty)."""
+        self.check_unlocked(s, label)
+        vol = self.volume(s)
+        zs = np.flatnonzero(vol.slice_counts[:, label])
+        if only_slice is not None:
+            vol.check_slice("z", only_slice)
+            zs = zs[zs == only_slice]
+        if not zs.size:
+            where = f" on slice {only_slice}" if only_slice is not None else ""
+            raise AppError(422, f"segment {label} has no voxels{where}")
+        zr = slice(int(zs[0]), int(zs[-1]) + 1)
+        inside = vol.labels[zr] == label
+        ys, xs = np.flatnonzero(inside.any(axis=(0, 2))), np.flatnonzero(inside.any(axis=(0, 1)))
+        region: Region = (zr, slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
+        cur = vol.labels[region]
+        old = cur == label
+        new_mask = np.asarray(fn(old), bool)
+        if new_mask.shape != old.shape:  # pragma: no cover - a tool keeps the shape
+            raise AssertionError("a mask tool changed the mask's shape")
+        new = cur.copy()
+        new[old & ~new_mask] = 0
+        new[new_mask & ~old & (cur == 0)] = label
+        return self.commit(s, region, new, kind)
+
+    def load_mask(self, s: Session, path: Path, name: str) -> Region | None:
+        """Replace the session's labels by the mask file ``path`` (call with ``s.lock`` held), which must lie on
+        the volume's grid (:func:`medsamkit.io.read_mask`: NIfTI, NRRD, MHA, PNG for a 2D image, DICOM-SEG of
+        the series; 422 naming what differs otherwise). One undo step ``load mask``; the file's segment names,
+        colours and codes become the session's (a segment's lock and review status start unset). Returns the box
+        that changed."""
+        vol = self.volume(s)
+        if s.job.running:
+            raise AppError(409, "a propagation is running in this session")
+        locked = sorted(v for v, seg in s.segments.items() if seg.get("locked"))
+        if locked:
+            raise AppError(409, f"segment {locked[0]} is locked: unlock every segment before loading a mask over them")
+        if "resampled" in vol.image.meta and split_suffix(path)[1] == ".dcm":
+            raise AppError(422, "this volume was resampled onto a uniform grid: a DICOM-SEG of the series does not lie on it")
+        try:
+            labels, segments = read_mask(path, vol.image, max_bytes=self.limits.max_volume_bytes)
+        except InputError as e:
+            raise type(e)(f"{name}: {e}" if name not in str(e) else str(e)) from None
+        new = labels.reshape(vol.shape)
+        region: Region = (slice(0, vol.shape[0]), slice(0, vol.shape[1]), slice(0, vol.shape[2]))
+        changed = self.commit(s, region, new, "load mask")
+        names = dict(s.meta.get("names", {}))
+        settings = dict(s.meta.get("segments", {}))
+        for v, seg in segments.items():
+            if seg.name:
+                names[str(v)] = seg.name
+            kept = {k: x for k, x in settings.get(str(v), {}).items() if k in ("visible", "locked", "reviewed")}
+            settings[str(v)] = {**kept, **{k: x for k, x in seg.as_json().items() if k != "name"}}
+        s.meta.update(names=names, segments=settings, mask_source=name)
+        self.save_meta(s)
+        return changed
 
     def check_unlocked(self, s: Session, label: int) -> None:
         """409 when segment ``label`` is locked (nothing may change it until it is unlocked)."""

@@ -53,12 +53,20 @@ async def read_json(request: Request, limit: int) -> Any:
         raise AppError(400, "the body is not valid JSON") from None
 
 
-async def receive_upload(request: Request, folder: Path, room: int, max_upload: int) -> tuple[Path, str, dict[str, Any]]:
+async def receive_upload(
+    request: Request,
+    folder: Path,
+    room: int,
+    max_upload: int,
+    suffixes: tuple[str, ...] = UPLOAD_SUFFIXES,
+    prefix: str = "source",
+) -> tuple[Path, str, dict[str, Any]]:
     """Stream a multipart upload's ``file`` part into ``folder`` (mode 0600) under a name the server chooses
-    (only the client's extension is kept), refusing it as soon as it exceeds ``room`` bytes (413 over the upload
-    limit ``max_upload``, 507 over the disk quota). Returns the file, the client's base name (for display only)
-    and the other form fields (``window`` "LEVEL,WIDTH" as two floats, ``resample`` as a bool, others as text;
-    empty ones left out). A refused or broken upload leaves no file behind."""
+    (``<prefix>-<random><suffix>``; only the client's extension is kept, one of ``suffixes``), refusing it as soon
+    as it exceeds ``room`` bytes (413 over the upload limit ``max_upload``, 507 over the disk quota). Returns the
+    file, the client's base name (for display only) and the other form fields (``window`` "LEVEL,WIDTH" as two
+    floats, ``resample`` as a bool, others as text; empty ones left out). A refused or broken upload leaves no
+    file behind."""
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -102,9 +110,9 @@ async def receive_upload(request: Request, folder: Path, room: int, max_upload: 
                 raise AppError(400, "send exactly one file, in the form field 'file'")
             client = opts[b"filename"].decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
             suffix = split_suffix(client)[1]
-            if suffix not in UPLOAD_SUFFIXES:
-                raise AppError(415, f"unsupported file type {suffix or '(none)'}; upload one of {', '.join(UPLOAD_SUFFIXES)}")
-            found["path"] = folder / f"source-{secrets.token_hex(8)}{suffix}"
+            if suffix not in suffixes:
+                raise AppError(415, f"unsupported file type {suffix or '(none)'}; upload one of {', '.join(suffixes)}")
+            found["path"] = folder / f"{prefix}-{secrets.token_hex(8)}{suffix}"
             found["name"] = "".join(c for c in client if c.isprintable())[:200] or f"upload{suffix}"
             st["file"] = os.fdopen(os.open(found["path"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         else:

@@ -9,13 +9,19 @@ array between grids that differ by axis flips/permutations only (:mod:`medsamkit
 from .dicom import DicomSegError, read_dicom_seg, read_dicom_series, write_dicom_seg
 from .formats import FORMATS, MASK_SUFFIXES, RASTER_SUFFIXES, Format, format_for, split_suffix
 from .image import MedicalImage, guess_modality
+from .masks import read_mask
 from .orient import reorient_exact
 from .raster import ImageReadError, read_image_2d, write_png
 from .readers import MODALITIES, format_of, read_image
+from .segments import CATEGORIES, TYPES, Segment
 from .writers import resample_like, sidecar_path, to_sitk, write_mask
 
 __all__ = [
+    "CATEGORIES",
     "FORMATS",
+    "TYPES",
+    "Segment",
+    "read_mask",
     "MASK_SUFFIXES",
     "MODALITIES",
     "RASTER_SUFFIXES",

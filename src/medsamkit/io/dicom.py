@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .formats import DICOM_SUFFIXES, split_suffix
 from .image import MedicalImage
 from .limits import check_size
 from .raster import ImageReadError
+from .segments import Segment, codes_of, dicom_lab_to_rgb, rgb_to_lab, term_of
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -339,11 +341,15 @@ def write_dicom_seg(
     names: dict[int, str] | None = None,
     description: str = "medsamkit segmentation",
     algorithm: str = "medsamkit",
+    segments: Mapping[int, Segment] | None = None,
 ) -> Path:
     """Write ``labels`` (``(Z, Y, X)`` ints on ``like``'s grid, 0 = background) as a DICOM-SEG (binary, one
-    segment per label) referencing the source DICOM series of ``like``. Returns the path."""
+    segment per label) referencing the source DICOM series of ``like``. ``segments`` (or ``names`` alone): per
+    label value its name (SegmentLabel), colour (RecommendedDisplayCIELabValue) and SNOMED CT category and type
+    (:mod:`medsamkit.io.segments`; default tissue/tissue). Returns the path."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
 
     from .._version import __version__
 
@@ -369,20 +375,23 @@ def write_dicom_seg(
     descriptions = []
     for number, v in enumerate(values, start=1):
         seg_array[lab == v] = number
-        name = segment_label((names or {}).get(v, ""), v)
+        seg = (segments or {}).get(v, Segment())
+        name = segment_label(seg.name or (names or {}).get(v, ""), v)
+        (cat_code, cat_meaning), (type_code, type_meaning) = codes_of(seg)
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
                 segment_label=name,
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Tissue,
+                segmented_property_category=Code(cat_code, "SCT", cat_meaning),
+                segmented_property_type=Code(type_code, "SCT", type_meaning),
+                display_color=hd.color.CIELabColor(*rgb_to_lab(seg.color)) if seg.color else None,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
                 algorithm_identification=hd.AlgorithmIdentificationSequence(
                     name=algorithm[:64], version=__version__, family=codes.cid7162.ArtificialIntelligence
                 ),
             )
         )
-    seg = hd.seg.Segmentation(
+    out = hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=seg_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -397,15 +406,24 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=segment_label(description, 0) if description.strip() else "medsamkit segmentation",
     )
-    texts = [str(d.SegmentLabel) for d in descriptions] + [str(seg.SeriesDescription)]
+    texts = [str(d.SegmentLabel) for d in descriptions] + [str(out.SeriesDescription)]
     if any(ord(c) > 127 for t in texts for c in t):
         # UTF-8 names: declare the repertoire so readers (and dciodvfy) decode the LO values correctly
-        seg.SpecificCharacterSet = "ISO_IR 192"
-    return atomic_write(path, seg.save_as)
+        out.SpecificCharacterSet = "ISO_IR 192"
+    return atomic_write(path, out.save_as)
 
 
 def read_dicom_seg(path: str | Path, like: MedicalImage) -> tuple[np.ndarray, dict[int, str]]:
-    """Read a DICOM-SEG back onto ``like``'s series grid: labels ``(Z, Y, X)`` uint8 and segment names."""
+    """Read a DICOM-SEG back onto ``like``'s series grid: labels ``(Z, Y, X)`` uint8 (the segment numbers) and
+    segment names (see :func:`read_dicom_seg_segments` for colours and codes too)."""
+    labels, segments = read_dicom_seg_segments(path, like)
+    return labels, {v: seg.name or "" for v, seg in segments.items()}
+
+
+def read_dicom_seg_segments(path: str | Path, like: MedicalImage) -> tuple[np.ndarray, dict[int, Segment]]:
+    """Read a DICOM-SEG back onto ``like``'s series grid: labels ``(Z, Y, X)`` uint8 (value = segment number) and
+    per segment its :class:`~medsamkit.io.segments.Segment` (name, colour, category and type when on the list).
+    :class:`DicomSegError` when the SEG references none of the series' slices."""
     import highdicom as hd
 
     seg = hd.seg.segread(str(path))
@@ -417,6 +435,20 @@ def read_dicom_seg(path: str | Path, like: MedicalImage) -> tuple[np.ndarray, di
         h = pydicom.dcmread(p, stop_before_pixels=True)
         uid = str(getattr(h, "SOPInstanceUID", "") or getattr(h.file_meta, "MediaStorageSOPInstanceUID", ""))
         sop_uids.append(uid)
+    referenced = {
+        str(r.ReferencedSOPInstanceUID)
+        for item in getattr(seg, "ReferencedSeriesSequence", [])
+        for r in item.ReferencedInstanceSequence
+    }
+    if referenced and not referenced & set(sop_uids):
+        raise DicomSegError(f"{Path(path).name}: this DICOM-SEG belongs to another series (none of its slices is in this one)")
     arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, combine_segments=True, skip_overlap_checks=True)
-    names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
-    return np.asarray(arr, dtype=np.uint8), names
+    segments = {}
+    for d in seg.SegmentSequence:
+        cat = d.SegmentedPropertyCategoryCodeSequence[0].CodeValue
+        typ = d.SegmentedPropertyTypeCodeSequence[0].CodeValue
+        category, type_ = term_of(str(cat), str(typ))
+        lab_value = getattr(d, "RecommendedDisplayCIELabValue", None)
+        color = dicom_lab_to_rgb(list(lab_value)) if lab_value is not None else None
+        segments[int(d.SegmentNumber)] = Segment(str(d.SegmentLabel), color, category, type_)
+    return np.asarray(arr, dtype=np.uint8), segments

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,7 +36,7 @@ class Format:
     masks are not written in it). ``one_grid``: one spacing/origin/direction per file (a series whose slices are
     not on one grid cannot be written in it). ``reader``, ``writer``, ``to_bytes``: ``"module:function"`` in
     :mod:`medsamkit.io`, called as ``reader(path, format name, series_uid, max_bytes) -> MedicalImage``,
-    ``writer(path, labels, like, names) -> None`` and ``to_bytes(array, like, suffix) -> bytes``."""
+    ``writer(path, labels, like, segments) -> None`` and ``to_bytes(array, like, suffix) -> bytes``."""
 
     name: str
     suffixes: tuple[str, ...]
@@ -55,11 +56,12 @@ class Format:
         """Read ``path`` (known to be of this format) as a :class:`MedicalImage`."""
         return _function(self.reader)(Path(path), self.name, series_uid, max_bytes)
 
-    def write(self, path: Path, labels: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
-        """Write the uint8 label mask ``labels`` on ``like``'s grid at ``path`` (atomically)."""
+    def write(self, path: Path, labels: np.ndarray, like: MedicalImage, segments: Mapping[int, Any] | None = None) -> None:
+        """Write the uint8 label mask ``labels`` on ``like``'s grid at ``path`` (atomically); ``segments``: per
+        label value its :class:`~medsamkit.io.segments.Segment`, kept where the format can hold it."""
         if self.writer is None:
             raise ValueError(f"no mask writer for {self.name}")
-        _function(self.writer)(path, labels, like, names)
+        _function(self.writer)(path, labels, like, segments)
 
     def as_bytes(self, array: np.ndarray, like: MedicalImage, suffix: str | None = None) -> bytes:
         """The file ``array`` on ``like``'s grid would be, as bytes (``suffix``: which of the format's endings,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from .geometry import check_grid_output
 from .image import MedicalImage
 from .raster import write_png
 from .readers import load_nifti
+from .segments import Segment, slicer_keys
+
+Segments = Mapping[int, Segment]
 
 
 def mask_suffix(path: str | os.PathLike[str]) -> str:
@@ -81,10 +85,18 @@ def write_mask(
     like: MedicalImage,
     names: dict[int, str] | None = None,
     metadata: dict[str, Any] | None = None,
+    segments: Segments | None = None,
 ) -> Path:
     """Write the label mask ``labels`` (uint8, ``like.spatial_shape``) in the format of ``path``'s suffix
     (.nii.gz/.nii, .nrrd, .mha, .png for 2D, .dcm = DICOM-SEG for a DICOM series) and a JSON sidecar.
-    Every file is written to a temporary name and renamed (atomic)."""
+    ``segments``: per label value its :class:`~medsamkit.io.segments.Segment` (name, colour, coded category and
+    type), written where the format can hold them (DICOM-SEG, Slicer's NRRD keys) and always in the sidecar;
+    ``names`` alone is the same with names only. Every file is written to a temporary name and renamed (atomic)."""
+    segs: dict[int, Segment] = dict(segments or {})
+    for v, name in (names or {}).items():
+        if name and not segs.get(v, Segment()).name:
+            segs[v] = replace(segs.get(v, Segment()), name=name)
+    names = {v: seg.name for v, seg in segs.items() if seg.name}
     p = Path(path)
     lab = np.asarray(labels)
     if lab.shape != like.spatial_shape:
@@ -98,10 +110,11 @@ def write_mask(
     fmt = mask_format(p)
     if fmt is None:
         raise OutputError(f"{p.name}: unsupported mask format {s or '(no suffix)'}; use one of {', '.join(MASK_SUFFIXES)}")
-    fmt.write(p, lab, like, names)
+    fmt.write(p, lab, like, segs)
     info = {
         "mask": p.name,
         "labels": {str(k): v for k, v in sorted((names or {}).items())},
+        "segments": {str(k): seg.as_json() for k, seg in sorted(segs.items())},
         "label_values_present": [int(v) for v in np.unique(lab) if v != 0],
         "source": str(like.source) if like.source else None,
         "source_format": like.format,
@@ -124,7 +137,7 @@ def _tmp_like(p: Path) -> Path:
 # The mask writers of the format table (io.formats): (path, uint8 labels, like, label names) -> None.
 
 
-def _write_nifti(p: Path, lab: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
+def _write_nifti(p: Path, lab: np.ndarray, like: MedicalImage, segments: Segments | None = None) -> None:
     import nibabel as nib
 
     img = _nifti_image(lab, like, p.name)
@@ -185,27 +198,32 @@ def to_sitk(image: MedicalImage, array: np.ndarray | None = None):
     return im
 
 
-def _write_itk(p: Path, lab: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
+def _write_itk(p: Path, lab: np.ndarray, like: MedicalImage, segments: Segments | None = None) -> None:
+    """MetaImage, or NRRD with 3D Slicer's segmentation keys (:func:`medsamkit.io.segments.slicer_keys`)."""
     import SimpleITK as sitk
 
     tmp = _tmp_like(p)
+    im = to_sitk(like, lab)
+    if mask_suffix(p) == ".nrrd":
+        for key, value in slicer_keys(segments or {}, lab if lab.ndim == 3 else lab[None]).items():
+            im.SetMetaData(key, value)
     try:
-        sitk.WriteImage(to_sitk(like, lab), str(tmp), useCompression=True)
+        sitk.WriteImage(im, str(tmp), useCompression=True)
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _write_png(p: Path, lab: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
+def _write_png(p: Path, lab: np.ndarray, like: MedicalImage, segments: Segments | None = None) -> None:
     if like.is_volume:
         raise OutputError(f"{p.name}: a volume mask cannot be a PNG; use .nii.gz, .nrrd or .mha")
     write_png(p, lab)
 
 
-def _write_seg(p: Path, lab: np.ndarray, like: MedicalImage, names: dict[int, str] | None = None) -> None:
+def _write_seg(p: Path, lab: np.ndarray, like: MedicalImage, segments: Segments | None = None) -> None:
     from .dicom import write_dicom_seg
 
-    write_dicom_seg(p, lab, like, names=names)
+    write_dicom_seg(p, lab, like, segments=segments)
 
 
 def resample_like(image: MedicalImage, reference: MedicalImage, nearest: bool = True) -> np.ndarray:

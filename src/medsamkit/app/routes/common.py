@@ -40,7 +40,8 @@ def label_summary(s: Session, vol: Volume) -> list[dict[str, Any]]:
     """The session's segments, ascending by label value: every value present in ``vol.labels`` and every one
     with a name or settings, each as ``{"value", "name" (None if unnamed), "voxels", "ml" (voxels times the voxel
     volume, mL; None for a 2D image), "slices" (the z slices holding it, ascending), "color" ([r, g, b] or None
-    for the default), "visible", "locked", "reviewed"}`` (call with ``s.lock`` held). Counts
+    for the default), "visible", "locked", "reviewed", "category", "type" (None: tissue)}`` (call with ``s.lock``
+    held). Counts
     are kept up to date by every change (:attr:`Volume.slice_counts`): no pass over the volume."""
     zc = vol.slice_counts
     counts = zc.sum(axis=0)
@@ -60,6 +61,8 @@ def label_summary(s: Session, vol: Volume) -> list[dict[str, Any]]:
                 "visible": bool(seg.get("visible", True)),
                 "locked": bool(seg.get("locked", False)),
                 "reviewed": bool(seg.get("reviewed", False)),
+                "category": seg.get("category"),
+                "type": seg.get("type"),
             }
         )
     return out

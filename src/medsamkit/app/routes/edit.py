@@ -20,7 +20,9 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ..schemas import SESSION_ERRORS, Axis, LabelName, MaskBody, MergeBody, SegmentSettings, error_responses, parse_body
+from ... import masks
+from ...io.segments import check_term
+from ..schemas import SESSION_ERRORS, Axis, LabelName, MaskBody, MergeBody, SegmentSettings, ToolBody, error_responses, parse_body
 from ..sessions import AppError, Session
 from ..state import AppState, StateDep
 from ..upload import content_type, read_body, read_json
@@ -139,6 +141,10 @@ def segment_settings(sid: str, value: int, body: SegmentSettings, state: StateDe
     _check_value(value)
     given = body.model_dump(exclude_unset=True)
     with s.lock:
+        if "category" in given or "type" in given:
+            current = s.segments.get(value, {})
+            category, type_ = given.get("category", current.get("category")), given.get("type", current.get("type"))
+            check_term(category, type_)  # both or neither; InputError: 422
         if "name" in given:
             _set_name(s, value, given.pop("name") or "")
         segments = dict(s.meta.get("segments", {}))
@@ -178,6 +184,31 @@ def merge_segment(sid: str, value: int, body: MergeBody, state: StateDep) -> dic
         s.meta["segments"] = {k: v for k, v in s.meta.get("segments", {}).items() if k != str(value)}
         store.save_meta(s)
         return {"merged": value, "into": body.into, **change_summary(s, store.volume(s), region)}
+
+
+@router.post("/api/sessions/{sid}/segments/{value}/tool", responses=error_responses(*SESSION_ERRORS, 409))
+def segment_tool(sid: str, value: int, body: ToolBody, state: StateDep) -> dict[str, Any]:
+    """Apply a slice tool of :mod:`medsamkit.masks` to segment ``value`` (one undo step named after the tool);
+    answers the changed box (``patch``), the segments and the history like every change."""
+    store = state.store
+    s = store.get(sid)
+    _check_value(value)
+    with s.lock:
+        vol = store.volume(s)
+        if body.slice is not None and body.tool not in ("fill_holes", "smooth"):
+            raise AppError(422, f"{body.tool} works on the whole segment: leave out slice")
+        if body.tool == "fill_between" and vol.is_2d:
+            raise AppError(422, "a 2D image has no slices to fill between")
+        spacing = tuple(float(v) for v in vol.geom3d.spacing[::-1])  # (x, y, z) mm -> the array's (z, y, x)
+        tools = {
+            "fill_between": lambda m: masks.fill_between_slices(m, spacing),  # type: ignore[arg-type]
+            "fill_holes": masks.fill_holes,
+            "keep_largest": masks.keep_largest,
+            "remove_small": lambda m: masks.remove_small(m, body.min_voxels),
+            "smooth": lambda m: masks.smooth(m, body.radius),
+        }
+        region = store.reshape_segment(s, value, tools[body.tool], body.tool, body.slice)
+        return {"tool": body.tool, "changed": region is not None, **change_summary(s, vol, region)}
 
 
 def _check_value(value: int) -> None:

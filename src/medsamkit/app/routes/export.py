@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from ...io import write_mask
+from ...io import Segment, write_mask
 from ..schemas import SESSION_ERRORS, SaveBody, error_responses
 from ..sessions import SAVE_FORMATS, AppError, private
 from ..state import StateDep
@@ -20,8 +20,8 @@ router = APIRouter()
 
 @router.post("/api/sessions/{sid}/save", responses=error_responses(*SESSION_ERRORS, 409, 507))
 def save(sid: str, state: StateDep, body: SaveBody | None = None) -> dict[str, Any]:
-    """Write the mask on the source's grid (``format``); for ``dcm`` the label names become DICOM SegmentLabels
-    (``io.dicom.segment_label``)."""
+    """Write the mask on the source's grid (``format``) with each segment's name, colour and SNOMED CT category
+    and type where the format holds them (DICOM-SEG; NRRD as 3D Slicer's segment keys) and in the JSON sidecar."""
     store = state.store
     fmt = (body or SaveBody()).format
     s = store.get(sid)
@@ -41,11 +41,15 @@ def save(sid: str, state: StateDep, body: SaveBody | None = None) -> dict[str, A
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "model": state.models.model,
             "prompts": store.prompts(s),  # each with the intensity mapping the model saw then
-            "segments": {str(k): v for k, v in sorted(s.segments.items())},
+            # the session's own settings (visible, locked, reviewed...); names, colours and codes are "segments"
+            "segment_settings": {str(k): v for k, v in sorted(s.segments.items())},
         }
-        names = s.names
+        segments = {
+            v: Segment(s.names.get(v), tuple(seg["color"]) if seg.get("color") else None, seg.get("category"), seg.get("type"))
+            for v, seg in {**{v: {} for v in s.names}, **s.segments}.items()
+        }
         s.exports_dir.mkdir(mode=0o700, exist_ok=True)
-        out = write_mask(s.exports_dir / name, labels, like, names=names, metadata=meta)
+        out = write_mask(s.exports_dir / name, labels, like, metadata=meta, segments=segments)
         side = out.name + ".json"
         private(s.exports_dir)
         store.check_disk(s, [out, s.exports_dir / side])

@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ..schemas import SESSION_ERRORS, OpenOptions, OpenPath, WindowBody, error_responses, parse_body
-from ..sessions import UPLOAD_SUFFIXES, AppError, Session, Volume, check_upload
+from ..schemas import SESSION_ERRORS, MaskPath, OpenOptions, OpenPath, WindowBody, error_responses, parse_body
+from ..sessions import MASK_UPLOAD_SUFFIXES, UPLOAD_SUFFIXES, AppError, Session, Volume, check_upload
 from ..state import AppState, StateDep
 from ..upload import content_type, read_json, receive_upload
 from .common import label_summary
@@ -38,6 +38,9 @@ _UPLOAD_BODY = {
         },
     }
 }
+
+
+_FILE_FIELD = {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}
 
 
 @router.post("/api/sessions", responses=error_responses(503))
@@ -118,13 +121,64 @@ def _open_upload(state: AppState, s: Session, path: Path, name: str, opts: OpenO
 def _open_data(state: AppState, s: Session, body: OpenPath) -> dict[str, Any]:
     store = state.store
     path = store.resolve_data_path(body.path)
-    options = body.model_dump(exclude={"path"})
+    mask = store.resolve_data_path(body.mask) if body.mask else None
+    options = body.model_dump(exclude={"path", "mask"})
     rel = path.relative_to(store.data_dir).as_posix()  # type: ignore[arg-type]
     loaded = store.load(path, options, rel)
     with s.lock:
         vol = store.install(s, loaded, {"kind": "data", "path": rel, "name": rel}, options)
+        if mask is not None:
+            store.load_mask(s, mask, body.mask)  # type: ignore[arg-type]  # a mask that does not fit: 422, the volume stays open
         state.preencoder.start(s)
         return volume_info(state, s, vol)
+
+
+@router.post(
+    "/api/sessions/{sid}/mask",
+    responses=error_responses(*SESSION_ERRORS, 403, 409, 415, 507),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                },
+                "application/json": {"schema": MaskPath.model_json_schema()},
+            },
+        }
+    },
+)
+async def load_mask(sid: str, request: Request, state: StateDep) -> dict[str, Any]:
+    """Load an existing label mask over the open volume to review and correct it: an upload (field ``file``) or
+    ``{"path"}`` under the data folder; NIfTI, NRRD, MHA, PNG (2D) or a DICOM-SEG of the series, on exactly the
+    volume's grid (422 naming what differs). Its segments' names, colours and codes come with it. One undo step;
+    answers the volume info."""
+    store, limits = state.store, state.limits
+    s = store.get(sid)
+    ctype = content_type(request)
+    if ctype == "multipart/form-data":
+        room = await run_in_threadpool(store.upload_room, s)
+        path, name, _ = await receive_upload(request, s.folder, room, limits.max_upload_bytes, MASK_UPLOAD_SUFFIXES, "mask")
+        try:
+            check_upload(path)
+            return await run_in_threadpool(_load_mask, state, s, path, name)
+        finally:
+            path.unlink(missing_ok=True)  # its labels are the session's now (or it was refused)
+    if ctype == "application/json":
+        body = parse_body(MaskPath, await read_json(request, limits.max_json_bytes))
+        path = await run_in_threadpool(store.resolve_data_path, body.path)
+        return await run_in_threadpool(_load_mask, state, s, path, body.path)
+    raise AppError(415, "send the mask as multipart/form-data (field 'file') or JSON {\"path\": ...}")
+
+
+def _load_mask(state: AppState, s: Session, path: Path, name: str) -> dict[str, Any]:
+    with s.lock:
+        state.store.load_mask(s, path, name)
+        return volume_info(state, s, state.store.volume(s))
 
 
 def volume_info(state: AppState, s: Session, vol: Volume) -> dict[str, Any]:
@@ -139,6 +193,7 @@ def volume_info(state: AppState, s: Session, vol: Volume) -> dict[str, Any]:
         "labels": label_summary(s, vol),
         "undo_steps": len(s.history.undo),
         "redo_steps": len(s.history.redo),
+        "mask_source": s.meta.get("mask_source"),
         "unsaved": s.unsaved,
         "limits": limits,
         "encoding": state.preencoder.status(s),

@@ -780,6 +780,23 @@ function segmentMenu(v) {
   if (choice === "merge" && into) return mergeSegment(v, into);
 }
 
+// a slice tool (medsamkit.masks) on the selected segment; fill_holes on the current axial slice unless `all`
+function segmentTool(tool, all = false) {
+  if (!state.info) return showError(new Error("open a volume first"));
+  const v = state.label;
+  const body = { tool };
+  if (tool === "fill_holes" && !all && !state.info.is_2d) body.slice = crosshairNative()[2];
+  if (tool === "remove_small") body.min_voxels = Math.max(1, Math.round(Number($("#min-voxels").value) || 1));
+  if (tool === "smooth") body.radius = Math.min(10, Math.max(1, Math.round(Number($("#smooth-radius").value) || 1)));
+  return enqueue(async () => {
+    const r = await api("POST", `${base()}/segments/${v}/tool`, body);
+    await applyPatch(r.patch);
+    afterChange(r);
+    const where = body.slice !== undefined ? ` on axial slice ${body.slice}` : "";
+    setStatus(`${tool.replace("_", " ")} on segment ${v}${where}: ${r.changed ? "done" : "nothing to change"}`, "ok");
+  });
+}
+
 function deleteSegment(v) {
   return enqueue(async () => {
     const r = await api("DELETE", `${base()}/segments/${v}`);
@@ -1250,6 +1267,10 @@ function onKey(e) {
     save();
   } else if (k === "g") {
     propagate();
+  } else if (k === "i") {
+    segmentTool("fill_between");
+  } else if (k === "h") {
+    segmentTool("fill_holes", e.shiftKey);
   } else if (k === "[" || k === "]") {
     setBrush(state.brush + (k === "]" ? 1 : -1));
   } else if (/^[1-9]$/.test(k)) {
@@ -1281,6 +1302,7 @@ function wire() {
   for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("#brush-size").addEventListener("input", (e) => setBrush(Number(e.target.value)));
   $("#add-label").addEventListener("click", guard(addLabel));
+  for (const b of document.querySelectorAll("[data-seg-tool]")) b.addEventListener("click", (e) => segmentTool(b.dataset.segTool, e.shiftKey));
   $("#propagate").addEventListener("click", () => propagate());
   $("#undo").addEventListener("click", () => undo());
   $("#redo").addEventListener("click", () => redo());
@@ -1416,6 +1438,7 @@ window.medsamkit = {
   mergeSegment,
   jumpSlice,
   setWindow,
+  segmentTool,
 };
 
 main().catch(showError);

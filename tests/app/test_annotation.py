@@ -1,4 +1,4 @@
-"""Incremental changes and their history: every change answers a patch of the box it changed (which, applied to
+"""The annotation loop on the server: incremental changes and their history: every change answers a patch of the box it changed (which, applied to
 the client's copy, gives the server's labels), segment counts kept up to date without a pass over the volume,
 undo/redo on disk (kept across a restart, dropped by a new change or volume), and segment settings (lock, delete,
 merge) through the API."""
@@ -16,6 +16,7 @@ nib = pytest.importorskip("nibabel")
 
 from medsamkit.app import create_app  # noqa: E402
 from medsamkit.app.history import Change, History  # noqa: E402
+from medsamkit.io import read_image  # noqa: E402
 from tests.app.test_server import Client, assert_error, new_session, nifti_zyx, upload, write_nifti  # noqa: E402
 
 SHAPE = (6, 40, 50)  # (Z, Y, X)
@@ -206,3 +207,108 @@ def test_window_changes_the_picture_and_keeps_labels_and_history(tmp_path, predi
     assert [p["intensity"]["preset"] for p in prompts] == ["percentile", "window"]
     assert prompts[1]["intensity"]["window_level_width"] == [500, 200] and prompts[1]["box"] == [10, 10, 30, 30]
     assert "width must be positive" in assert_error(again.post(f"/api/sessions/{sid}/window", json={"window": [1, 0]}), 422)
+
+
+def test_slice_tools_change_one_segment_and_undo(served_volume):
+    """Fill between annotated slices, fill holes on one slice, remove small islands: each one undo step named after
+    the tool; the tool's new voxels never overwrite another segment."""
+    _, client, sid = served_volume
+    ring = np.zeros(SHAPE[1:], np.uint8)
+    ring[10:30, 10:30] = 1
+    ring[16:24, 16:24] = 0  # a hole
+    paint(client, sid, "z", 1, 1, ring)
+    paint(client, sid, "z", 4, 1, ring)
+    other = np.zeros(SHAPE[1:], np.uint8)
+    other[12:14, 12:40] = 1
+    paint(client, sid, "z", 2, 2, other)  # segment 2 crosses where segment 1 will be filled in
+    tool = f"/api/sessions/{sid}/segments/1/tool"
+
+    r = client.post(tool, json={"tool": "fill_between"}).json()
+    lab = server_labels(client, sid)
+    assert r["tool"] == "fill_between" and [seg["slices"] for seg in r["labels"] if seg["value"] == 1] == [[1, 2, 3, 4]]
+    assert np.array_equal(lab[3] == 1, ring == 1) and np.array_equal(lab[2] == 2, other == 1)  # segment 2 kept
+    assert np.array_equal(lab[2] == 1, (ring == 1) & (other == 0))
+
+    r = client.post(tool, json={"tool": "fill_holes", "slice": 4}).json()
+    lab = server_labels(client, sid)
+    assert lab[4, 16:24, 16:24].all() and not lab[3, 16:24, 16:24].any()
+    islands = np.zeros(SHAPE[1:], np.uint8)
+    islands[35:37, 40:42] = 1  # 4 voxels, apart from the rest
+    paint(client, sid, "z", 0, 1, islands)
+    client.post(tool, json={"tool": "remove_small", "min_voxels": 10})
+    assert not (server_labels(client, sid)[0] == 1).any()
+    kinds = [client.post(f"/api/sessions/{sid}/undo").json()["undone"] for _ in range(4)]
+    assert kinds == ["remove_small", "edit", "fill_holes", "fill_between"]
+    assert not (server_labels(client, sid)[2:4] == 1).any()
+    assert "whole segment" in assert_error(client.post(tool, json={"tool": "keep_largest", "slice": 1}), 422)
+    assert "no voxels" in assert_error(client.post(f"/api/sessions/{sid}/segments/9/tool", json={"tool": "smooth"}), 422)
+    assert assert_error(client.post(tool, json={"tool": "sharpen"}), 422)
+
+
+def test_segments_travel_through_saved_files_and_come_back_for_review(tmp_path):
+    """Name, colour and SNOMED CT type set in the app are saved in NRRD (3D Slicer's keys), NIfTI (sidecar) and
+    MHA; each file opened again as the mask of the same volume, in a new session, restores labels and segments.
+    A mask on another grid is refused, naming what differs."""
+    from medsamkit.io import read_mask
+
+    data = tmp_path / "data"
+    data.mkdir()
+    vol = np.random.default_rng(2).normal(100, 20, SHAPE).astype(np.float32)
+    write_nifti(data / "v.nii.gz", vol)
+    client = Client(create_app(data, state_dir=tmp_path / "state", preencode_slices=0))
+    sid = new_session(client)
+    assert client.post(f"/api/sessions/{sid}/volume", json={"path": "v.nii.gz"}).status_code == 200
+    m = np.zeros(SHAPE[1:], np.uint8)
+    m[5:15, 5:20] = 1
+    paint(client, sid, "z", 2, 3, m)
+    paint(client, sid, "z", 3, 5, m)
+    settings = {"name": "liver", "color": [200, 100, 50], "category": "anatomical structure", "type": "liver"}
+    assert client.put(f"/api/sessions/{sid}/segments/3", json=settings).status_code == 200
+    client.put(
+        f"/api/sessions/{sid}/segments/5",
+        json={"name": "lesion", "category": "morphologically altered structure", "type": "lesion"},
+    )
+    bad = {"category": "anatomical structure", "type": "lesion"}
+    assert "not a type of" in assert_error(client.put(f"/api/sessions/{sid}/segments/3", json=bad), 422)
+    truth = server_labels(client, sid)
+    for fmt, suffix in (("nrrd", ".nrrd"), ("nii.gz", ".nii.gz"), ("mha", ".mha")):
+        saved = client.post(f"/api/sessions/{sid}/save", json={"format": fmt}).json()
+        (data / f"seg{suffix}").write_bytes(client.get(saved["url"]).content)
+        (data / f"seg{suffix}.json").write_bytes(client.get(saved["sidecar_url"]).content)
+        if fmt == "nrrd":  # Slicer's keys alone carry them
+            (data / "seg.nrrd.json").unlink()
+            like = read_image(data / "v.nii.gz")
+            _, segs = read_mask(data / "seg.nrrd", like)
+            assert (segs[3].name, segs[3].color, segs[3].type, segs[5].category) == (
+                "liver",
+                (200, 100, 50),
+                "liver",
+                "morphologically altered structure",
+            )
+        other = new_session(client)
+        r = client.post(f"/api/sessions/{other}/volume", json={"path": "v.nii.gz", "mask": f"seg{suffix}"})
+        assert r.status_code == 200, r.text
+        assert r.json()["mask_source"] == f"seg{suffix}" and np.array_equal(server_labels(client, other), truth)
+        got = {seg["value"]: (seg["name"], seg["color"], seg["category"], seg["type"]) for seg in r.json()["labels"]}
+        assert got == {
+            3: ("liver", [200, 100, 50], "anatomical structure", "liver"),
+            5: ("lesion", None, "morphologically altered structure", "lesion"),
+        }, fmt
+        # review: mark reviewed, correct, undo back to the loaded mask, undo the load itself
+        client.put(f"/api/sessions/{other}/segments/3", json={"reviewed": True})
+        paint(client, other, "z", 2, 3, np.zeros(SHAPE[1:], np.uint8))
+        assert client.post(f"/api/sessions/{other}/undo").json()["undone"] == "edit"
+        assert client.post(f"/api/sessions/{other}/undo").json()["undone"] == "load mask"
+        assert not server_labels(client, other).any()
+        client.delete(f"/api/sessions/{other}")
+    # an uploaded mask works the same; one on another grid, or of another type, is refused
+    up = new_session(client)
+    client.post(f"/api/sessions/{up}/volume", json={"path": "v.nii.gz"})
+    r = client.post(f"/api/sessions/{up}/mask", files={"file": ("seg.nrrd", (data / "seg.nrrd").read_bytes())})
+    assert r.status_code == 200 and np.array_equal(server_labels(client, up), truth)
+    assert not list((tmp_path / "state" / up).glob("mask-*"))  # the upload is not kept
+    img = nib.load(data / "seg.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([1, 1, 1.5, 1])), data / "thick.nii.gz")
+    assert "spacing" in assert_error(client.post(f"/api/sessions/{up}/mask", json={"path": "thick.nii.gz"}), 422)
+    assert "unsupported file type" in assert_error(client.post(f"/api/sessions/{up}/mask", files={"file": ("m.jpg", b"x")}), 415)
+    assert np.array_equal(server_labels(client, up), truth)  # refused loads changed nothing

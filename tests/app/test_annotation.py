@@ -1,7 +1,7 @@
-"""The annotation loop on the server: incremental changes and their history: every change answers a patch of the box it changed (which, applied to
-the client's copy, gives the server's labels), segment counts kept up to date without a pass over the volume,
-undo/redo on disk (kept across a restart, dropped by a new change or volume), and segment settings (lock, delete,
-merge) through the API."""
+"""The annotation loop on the server: every change answers a patch of the box it changed (which, applied to the
+client's copy, gives the server's labels), segment counts kept up to date without a pass over the volume, undo/redo
+on disk (kept across a restart, dropped by a new change or volume), segment settings (lock, delete, merge), live
+window/level, slice tools, and segments that travel through saved files and come back for review."""
 
 from __future__ import annotations
 

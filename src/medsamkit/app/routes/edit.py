@@ -20,8 +20,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ... import masks
 from ...io.segments import check_term
+from ...masks import fill_between_slices, fill_holes, keep_largest, remove_small, smooth
 from ..schemas import SESSION_ERRORS, Axis, LabelName, MaskBody, MergeBody, SegmentSettings, ToolBody, error_responses, parse_body
 from ..sessions import AppError, Session
 from ..state import AppState, StateDep
@@ -201,11 +201,11 @@ def segment_tool(sid: str, value: int, body: ToolBody, state: StateDep) -> dict[
             raise AppError(422, "a 2D image has no slices to fill between")
         spacing = tuple(float(v) for v in vol.geom3d.spacing[::-1])  # (x, y, z) mm -> the array's (z, y, x)
         tools = {
-            "fill_between": lambda m: masks.fill_between_slices(m, spacing),  # type: ignore[arg-type]
-            "fill_holes": masks.fill_holes,
-            "keep_largest": masks.keep_largest,
-            "remove_small": lambda m: masks.remove_small(m, body.min_voxels),
-            "smooth": lambda m: masks.smooth(m, body.radius),
+            "fill_between": lambda m: fill_between_slices(m, spacing),  # type: ignore[arg-type]
+            "fill_holes": fill_holes,
+            "keep_largest": keep_largest,
+            "remove_small": lambda m: remove_small(m, body.min_voxels),
+            "smooth": lambda m: smooth(m, body.radius),
         }
         region = store.reshape_segment(s, value, tools[body.tool], body.tool, body.slice)
         return {"tool": body.tool, "changed": region is not None, **change_summary(s, vol, region)}

@@ -402,6 +402,85 @@ def test_box_propagate_brush_undo_save(page, server, tmp_path):
 
 
 @requires_shared
+def test_review_an_existing_mask_with_slice_tools(page, server, tmp_path):
+    """Open the MR example with its ground-truth mask, review the left kidney (jump between its slices, mark it
+    reviewed, name and type it), take two of its slices out and fill them back between the others, fill a hole,
+    and save it as NRRD that carries 3D Slicer's segment keys."""
+    pg = page
+    truth = zyx(DATA / MR.replace("images", "masks"))[0]
+    kidney = truth == KIDNEY_LEFT
+    slices = [int(k) for k in np.flatnonzero(kidney.any(axis=(1, 2)))]
+    pg.fill("[data-testid=path-input]", MR)
+    pg.fill("[data-testid=mask-path]", MR.replace("images", "masks"))
+    pg.click("[data-testid=open-path]")
+    pg.wait_for_function("() => document.querySelector('[data-testid=status]').textContent.includes('with the mask')")
+    idle(pg)
+    sid = pg.evaluate("window.medsamkit.state.sid")
+    assert np.array_equal(viewer_mask(pg, truth.shape), truth) and np.array_equal(api_mask(server, sid)[0], truth)
+    listed = pg.evaluate("[...window.medsamkit.state.labels.values()].filter((l) => l.voxels > 0).map((l) => l.value)")
+    assert listed == [int(v) for v in np.unique(truth) if v]
+    # jump through the kidney's slices from below it: first, second, ..., and back
+    go_to(pg, 50, 50, 0)
+    for _ in range(3):
+        pg.click(f"[data-testid=label-next-{KIDNEY_LEFT}]")
+        idle(pg)
+    text, kind = status(pg)
+    third = [k for k in slices if k > 0][2]  # the third slice after slice 0 that holds the kidney
+    i = slices.index(third)
+    assert kind == "ok" and text.startswith(f"segment {KIDNEY_LEFT}: axial slice {third} ({i + 1} of {len(slices)})"), text
+    pg.click(f"[data-testid=label-prev-{KIDNEY_LEFT}]")
+    assert status(pg)[0].startswith(f"segment {KIDNEY_LEFT}: axial slice {slices[i - 1]} ({i} of")
+    # review: name, type, reviewed
+    pg.fill(f"[data-testid=label-name-{KIDNEY_LEFT}]", "kidney_left")
+    pg.press(f"[data-testid=label-name-{KIDNEY_LEFT}]", "Enter")
+    pg.select_option(f"[data-testid=label-type-{KIDNEY_LEFT}]", "anatomical structure|kidney")
+    pg.click(f"[data-testid=label-reviewed-{KIDNEY_LEFT}]")
+    idle(pg)
+    with urllib.request.urlopen(f"{server}/api/sessions/{sid}/labels") as r:
+        seg = next(x for x in json.load(r)["labels"] if x["value"] == KIDNEY_LEFT)
+    assert (seg["name"], seg["type"], seg["reviewed"], seg["slices"]) == ("kidney_left", "kidney", True, slices)
+
+    # take two inner slices out (as a reviewer erasing them would), then fill between the others
+    gap = slices[len(slices) // 2 - 1 : len(slices) // 2 + 1]
+    pg.locator(f"[data-testid=label-{KIDNEY_LEFT}]").click(position={"x": 2, "y": 2})
+    assert pg.evaluate("window.medsamkit.state.label") == KIDNEY_LEFT
+    for k in gap:  # an empty mask of the kidney on slice k
+        req = urllib.request.Request(
+            f"{server}/api/sessions/{sid}/mask/z/{k}?label={KIDNEY_LEFT}",
+            data=bytes(truth.shape[1] * truth.shape[2]),
+            method="PUT",
+            headers={"content-type": "application/octet-stream"},
+        )
+        urllib.request.urlopen(req).close()
+    pg.reload()  # the page restores the session from its address, labels and all
+    pg.wait_for_function("() => window.medsamkit && window.medsamkit.state.info")
+    idle(pg)
+    pg.locator(f"[data-testid=label-{KIDNEY_LEFT}]").click(position={"x": 2, "y": 2})
+    assert not (viewer_mask(pg, truth.shape)[gap] == KIDNEY_LEFT).any()
+    pg.click("[data-testid=tool-fill-between]")
+    idle(pg)
+    filled, _ = api_mask(server, sid)
+    assert all(dice(filled[k] == KIDNEY_LEFT, kidney[k]) > 0.8 for k in gap), [
+        dice(filled[k] == KIDNEY_LEFT, kidney[k]) for k in gap
+    ]
+    assert np.array_equal(viewer_mask(pg, truth.shape), filled)
+    assert np.array_equal(np.delete(filled, gap, axis=0), np.delete(truth, gap, axis=0))  # nothing else changed
+    k = slices[len(slices) // 2 - 1]
+    go_to(pg, 50, 50, k)
+    screenshot(pg, tmp_path, "review")
+
+    # save as NRRD: 3D Slicer's keys name and type the kidney
+    pg.select_option("[data-testid=save-format]", "nrrd")
+    with pg.expect_download() as dl:
+        pg.click("[data-testid=save]")
+    saved = tmp_path / dl.value.suggested_filename
+    dl.value.save_as(saved)
+    header = saved.read_bytes().split(b"\n\n", 1)[0].decode()
+    n = next(line.split("_")[0][len("Segment") :] for line in header.splitlines() if line.endswith(f"_LabelValue:={KIDNEY_LEFT}"))
+    assert f"Segment{n}_Name:=kidney_left" in header and "SCT^64033007^Kidney" in header
+
+
+@requires_shared
 def test_clicks_name_the_voxel_under_the_mouse(page, server, tmp_path):
     """Each tile maps the mouse to (axis, slice, x, y) of the API, for a RAS volume and for a 2D picture."""
     pg = page

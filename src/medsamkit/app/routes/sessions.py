@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from ...io.segments import TYPES
 from ..schemas import SESSION_ERRORS, MaskPath, OpenOptions, OpenPath, WindowBody, error_responses, parse_body
 from ..sessions import MASK_UPLOAD_SUFFIXES, UPLOAD_SUFFIXES, AppError, Session, Volume, check_upload
 from ..state import AppState, StateDep
@@ -194,6 +195,7 @@ def volume_info(state: AppState, s: Session, vol: Volume) -> dict[str, Any]:
         "undo_steps": len(s.history.undo),
         "redo_steps": len(s.history.redo),
         "mask_source": s.meta.get("mask_source"),
+        "segment_terms": {category: list(types) for category, types in TYPES.items()},  # what a segment may be
         "unsaved": s.unsaved,
         "limits": limits,
         "encoding": state.preencoder.status(s),

@@ -611,16 +611,43 @@ async function openUpload(file) {
   await showVolume(info);
 }
 
-async function openPath(path) {
+async function openPath(path, mask = "") {
   if (!path) throw new Error("type a path relative to the server's data folder");
   await queue;
   if (!confirmReplace()) return setStatus("kept the open volume");
   const opts = openOptions();
   await ensureSession();
-  setStatus(`opening ${path}…`);
-  const info = await api("POST", `${base()}/volume`, { path, ...opts });
+  setStatus(`opening ${path}${mask ? ` with ${mask}` : ""}…`);
+  const info = await api("POST", `${base()}/volume`, mask ? { path, mask, ...opts } : { path, ...opts });
   await showVolume(info);
+  if (mask) setStatus(`opened ${info.source} with the mask ${mask}: ${describeSegments()}`, "ok");
 }
+
+// load a mask file over the open volume (to review it); the labels come back as one patch-free reload
+async function uploadMask(file) {
+  if (!file) return;
+  if (!state.info) throw new Error("open a volume first, then load its mask");
+  await queue;
+  if (!confirmReplace()) return setStatus("kept the current labels");
+  const form = new FormData();
+  form.append("file", file, file.name);
+  setStatus(`loading the mask ${file.name}…`);
+  const info = await api("POST", `${base()}/mask`, form);
+  state.info = info;
+  state.labels.clear();
+  setLabels(info.labels || []);
+  if (!state.labels.size) state.labels.set(1, { value: 1, name: null, voxels: 0 });
+  state.label = Math.min(...state.labels.keys());
+  renderLabels();
+  await loadLabels();
+  renderHistory({ undo: info.undo_steps, redo: info.redo_steps, unsaved: info.unsaved });
+  setStatus(`loaded the mask ${file.name}: ${describeSegments()}`, "ok");
+}
+
+const describeSegments = () => {
+  const segs = [...state.labels.values()].filter((l) => l.voxels > 0);
+  return segs.length ? segs.map((l) => `${l.name || `label ${l.value}`} (${l.slices.length} slices)`).join(", ") : "no labels";
+};
 
 async function showVolume(info) {
   if (!nv) throw new Error("the viewer is not available (see the message above)");
@@ -741,8 +768,20 @@ function renderLabels() {
     count.textContent = l.voxels
       ? `${l.voxels} vx${l.ml != null ? ` · ${l.ml.toFixed(2)} mL` : ""} · ${n} slice${n === 1 ? "" : "s"}`
       : "empty";
+    const term = el("select", { className: "term", title: "what the segment is (SNOMED CT category and type, saved in DICOM-SEG and Slicer NRRD)" });
+    term.dataset.testid = `label-type-${v}`;
+    for (const [category, types] of Object.entries(state.info?.segment_terms || { tissue: ["tissue"] })) {
+      const group = el("optgroup", { label: category });
+      for (const t of types) group.append(el("option", { value: `${category}|${t}`, textContent: t }));
+      term.append(group);
+    }
+    term.value = `${l.category || "tissue"}|${l.type || "tissue"}`;
+    term.addEventListener("change", guard(() => {
+      const [category, type] = term.value.split("|");
+      return setSegment(v, { category, type });
+    }));
     const row2 = el("div", { className: "seg-row" });
-    row2.append(count, prev, next, more);
+    row2.append(count, term, prev, next, more);
     li.append(row1, row2);
     li.addEventListener("click", (e) => {
       if (e.target === li || e.target === val || e.target === count || e.target.classList.contains("seg-row")) selectLabel(v);
@@ -1297,8 +1336,13 @@ function wire() {
   }));
   $("#path-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    guard(openPath)($("#path-input").value.trim());
+    guard(openPath)($("#path-input").value.trim(), $("#mask-path").value.trim());
   });
+  $("#mask-input").addEventListener("change", guard(async (e) => {
+    const f = e.target.files[0];
+    e.target.value = "";
+    await uploadMask(f);
+  }));
   for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("#brush-size").addEventListener("input", (e) => setBrush(Number(e.target.value)));
   $("#add-label").addEventListener("click", guard(addLabel));
@@ -1439,6 +1483,7 @@ window.medsamkit = {
   jumpSlice,
   setWindow,
   segmentTool,
+  uploadMask,
 };
 
 main().catch(showError);

@@ -6,6 +6,8 @@ window/level, slice tools, and segments that travel through saved files and come
 from __future__ import annotations
 
 import base64
+import shutil
+import warnings
 import zlib
 
 import numpy as np
@@ -18,6 +20,7 @@ from medsamkit.app import create_app  # noqa: E402
 from medsamkit.app.history import Change, History  # noqa: E402
 from medsamkit.io import read_image  # noqa: E402
 from tests.app.test_server import Client, assert_error, new_session, nifti_zyx, upload, write_nifti  # noqa: E402
+from tests.conftest import DATA, requires_shared  # noqa: E402
 
 SHAPE = (6, 40, 50)  # (Z, Y, X)
 
@@ -312,3 +315,36 @@ def test_segments_travel_through_saved_files_and_come_back_for_review(tmp_path):
     assert "spacing" in assert_error(client.post(f"/api/sessions/{up}/mask", json={"path": "thick.nii.gz"}), 422)
     assert "unsupported file type" in assert_error(client.post(f"/api/sessions/{up}/mask", files={"file": ("m.jpg", b"x")}), 415)
     assert np.array_equal(server_labels(client, up), truth)  # refused loads changed nothing
+
+
+@requires_shared
+def test_a_dicom_series_reopens_with_its_saved_seg(tmp_path):
+    """Segments saved as DICOM-SEG of a DICOM series (name, colour, SNOMED CT type) come back when the series is
+    opened again with that SEG as its mask."""
+    data = tmp_path / "data"
+    shutil.copytree(DATA / "totalseg_examples_3d" / "images" / "ct_dicom", data / "ct_dicom")
+    client = Client(create_app(data, state_dir=tmp_path / "state", preencode_slices=0))
+    sid = new_session(client)
+    info = client.post(f"/api/sessions/{sid}/volume", json={"path": "ct_dicom"}).json()
+    z, y, x = info["shape"]
+    m = np.zeros((y, x), np.uint8)
+    m[y // 3 : y // 2, x // 3 : x // 2] = 1
+    paint(client, sid, "z", z // 2, 2, m)
+    settings = {"name": "lesion", "color": [240, 30, 30], "category": "morphologically altered structure", "type": "lesion"}
+    client.put(f"/api/sessions/{sid}/segments/2", json=settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the example series' header repairs (tested in tests/io)
+        saved = client.post(f"/api/sessions/{sid}/save", json={"format": "dcm"}).json()
+    (data / "seg.dcm").write_bytes(client.get(saved["url"]).content)
+    other = new_session(client)
+    r = client.post(f"/api/sessions/{other}/volume", json={"path": "ct_dicom", "mask": "seg.dcm"})
+    assert r.status_code == 200, r.text
+    (seg,) = r.json()["labels"]  # a DICOM-SEG numbers its segments 1..n
+    assert (seg["value"], seg["name"], seg["category"], seg["type"]) == (
+        1,
+        "lesion",
+        "morphologically altered structure",
+        "lesion",
+    )
+    assert np.abs(np.subtract(seg["color"], [240, 30, 30])).max() <= 1
+    assert np.array_equal(server_labels(client, other) == 1, server_labels(client, sid) == 2)

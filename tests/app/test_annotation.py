@@ -6,6 +6,7 @@ window/level, slice tools, and segments that travel through saved files and come
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import warnings
 import zlib
@@ -348,3 +349,65 @@ def test_a_dicom_series_reopens_with_its_saved_seg(tmp_path):
     )
     assert np.abs(np.subtract(seg["color"], [240, 30, 30])).max() <= 1
     assert np.array_equal(server_labels(client, other) == 1, server_labels(client, sid) == 2)
+
+
+def test_review_fixes(tmp_path):
+    """Labels saved by the previous version (one labels.npz) survive a partial save; a mask that does not fit
+    leaves the session as it was; undoing a delete brings the segment's name and settings back; a 2D image reloads
+    its own NIfTI mask; a sidecar naming segment 300 is refused."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_nifti(data / "v.nii.gz", np.random.default_rng(3).normal(100, 20, SHAPE).astype(np.float32))
+    state = tmp_path / "state"
+    client = Client(create_app(data, state_dir=state, preencode_slices=0))
+    sid = new_session(client)
+    client.post(f"/api/sessions/{sid}/volume", json={"path": "v.nii.gz"})
+    m = np.zeros(SHAPE[1:], np.uint8)
+    m[5:15, 5:20] = 1
+    for k in range(SHAPE[0]):
+        paint(client, sid, "z", k, 1, m)
+    truth = server_labels(client, sid)
+    # as the previous version left it: one labels.npz, no chunks
+    meta = json.loads((state / sid / "session.json").read_text())
+    with open(state / sid / "labels.npz", "wb") as f:
+        np.savez_compressed(f, shape=np.array(SHAPE), offset=np.zeros(3, np.int64), block=truth, volume_id=str(meta["volume_id"]))
+    shutil.rmtree(state / sid / "labels")
+    again = Client(create_app(data, state_dir=state, preencode_slices=0))
+    paint(again, sid, "z", 0, 2, m)  # a change touching one chunk
+    third = Client(create_app(data, state_dir=state, preencode_slices=0))
+    after = server_labels(third, sid)
+    assert np.array_equal(after[1:], truth[1:]) and (after[0] == 2).sum() == m.sum()
+    assert not (state / sid / "labels.npz").exists()
+
+    # a mask on another grid: 422, and the session still holds its volume and labels
+    img = nib.load(data / "v.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine @ np.diag([2, 1, 1, 1])), data / "wide.nii.gz")
+    write_nifti(data / "w.nii.gz", np.zeros(SHAPE, np.float32))
+    r = third.post(f"/api/sessions/{sid}/volume", json={"path": "w.nii.gz", "mask": "wide.nii.gz"})
+    assert "spacing" in assert_error(r, 422)
+    info = third.get(f"/api/sessions/{sid}").json()["volume"]
+    assert info["source"] == "v.nii.gz" and np.array_equal(server_labels(third, sid), after)
+
+    # delete, undo (name and colour back), redo (forgotten again)
+    third.put(f"/api/sessions/{sid}/segments/1", json={"name": "organ", "color": [1, 2, 3], "reviewed": True})
+    assert third.delete(f"/api/sessions/{sid}/segments/1").json()["labels"][0]["value"] == 2
+    (seg,) = [x for x in third.post(f"/api/sessions/{sid}/undo").json()["labels"] if x["value"] == 1]
+    assert (seg["name"], seg["color"], seg["reviewed"], seg["voxels"]) == ("organ", [1, 2, 3], True, int((after == 1).sum()))
+    assert [x["value"] for x in third.post(f"/api/sessions/{sid}/redo").json()["labels"]] == [2]
+    fourth = Client(create_app(data, state_dir=state, preencode_slices=0))  # the settings travel with the history
+    (seg,) = [x for x in fourth.post(f"/api/sessions/{sid}/undo").json()["labels"] if x["value"] == 1]
+    assert seg["name"] == "organ"
+
+    # a 2D image reloads the NIfTI mask the app saved for it; a sidecar naming segment 300 is refused
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(4).random((30, 40)) * 255).astype(np.uint8)).save(data / "p.png")
+    two = new_session(fourth)
+    fourth.post(f"/api/sessions/{two}/volume", json={"path": "p.png"})
+    paint(fourth, two, "z", 0, 4, np.pad(np.ones((10, 10), np.uint8), ((5, 15), (5, 25))))
+    saved = fourth.post(f"/api/sessions/{two}/save", json={"format": "nii.gz"}).json()
+    (data / "p_mask.nii.gz").write_bytes(fourth.get(saved["url"]).content)
+    r = fourth.post(f"/api/sessions/{two}/mask", json={"path": "p_mask.nii.gz"})
+    assert r.status_code == 200, r.text
+    (data / "p_mask.nii.gz.json").write_text('{"segments": {"300": {"name": "x"}}}')
+    assert "outside 1..255" in assert_error(fourth.post(f"/api/sessions/{two}/mask", json={"path": "p_mask.nii.gz"}), 422)

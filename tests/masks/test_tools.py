@@ -33,6 +33,19 @@ def test_fill_between_slices_interpolates_the_shape():
         fill_between_slices(m[:3])
 
 
+def test_fill_between_slices_does_not_depend_on_the_crop():
+    """Shapes touching the array's edge (a D cut flat, a square filling its box): filling inside their bounding box
+    gives what filling the whole slice gives (the edge is background, as outside the crop)."""
+    m = np.zeros((5, 64, 64), bool)
+    m[0] = disc(14) & (np.arange(64)[None, :] <= 32)  # a D: flat on its right side
+    m[4, 20:44, 20:44] = True  # a square
+    whole = fill_between_slices(m)
+    ys, xs = np.nonzero(m.any(axis=0))
+    box = (slice(None), slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    assert whole[1:4].any(axis=(1, 2)).all() and np.array_equal(fill_between_slices(m[box]), whole[box])
+    assert whole[2].sum() < max(m[0].sum(), m[4].sum())
+
+
 def test_fill_holes_per_slice_and_in_3d():
     ring = disc(12) & ~disc(5)
     m = np.stack([ring, np.zeros_like(ring)])

@@ -17,6 +17,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,10 +39,12 @@ class Change:
     data: bytes
     shape: tuple[int, ...]
     seq: int = field(default=0, compare=False)
+    extra: dict[str, Any] | None = None  # what else the change did (JSON), e.g. a deleted segment's settings
 
     @classmethod
-    def of(cls, kind: str, region: Region, values: np.ndarray) -> Change:
-        return cls(kind, region, zlib.compress(np.ascontiguousarray(values, np.uint8).tobytes(), 1), values.shape)
+    def of(cls, kind: str, region: Region, values: np.ndarray, extra: dict[str, Any] | None = None) -> Change:
+        data = zlib.compress(np.ascontiguousarray(values, np.uint8).tobytes(), 1)
+        return cls(kind, region, data, values.shape, extra=extra)
 
     @property
     def values(self) -> np.ndarray:
@@ -140,7 +143,13 @@ class History:
         if self.folder is None:
             return
         self.folder.mkdir(mode=0o700, exist_ok=True)
-        head = {"kind": change.kind, "region": change.region_zyx(), "shape": list(change.shape), "volume_id": self.volume_id}
+        head = {
+            "kind": change.kind,
+            "region": change.region_zyx(),
+            "shape": list(change.shape),
+            "volume_id": self.volume_id,
+            "extra": change.extra,
+        }
         f = self._file(change, tag)
         atomic_write_bytes(f, json.dumps(head).encode() + b"\n" + change.data)
         os.chmod(f, 0o600)  # the session's files are the owner's only
@@ -169,7 +178,7 @@ class History:
                 shape = tuple(int(n) for n in head["shape"])
                 if len(region) != 3 or tuple(r.stop - r.start for r in region) != shape:
                     raise ValueError("region and shape disagree")
-                found.append((seq, f.name[0], Change(str(head["kind"]), region, data, shape, seq)))
+                found.append((seq, f.name[0], Change(str(head["kind"]), region, data, shape, seq, head.get("extra"))))
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("skipping history step %s: %s", f.name, e)
         for seq, tag, c in sorted(found, key=lambda t: t[0]):

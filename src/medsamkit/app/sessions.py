@@ -36,7 +36,7 @@ import numpy as np
 
 from .._files import atomic_write_bytes
 from ..errors import FileInputError, GeometryError, InputError, MedsamkitError
-from ..io import MedicalImage, read_image, read_mask
+from ..io import MedicalImage, Segment, read_image, read_mask
 from ..io.formats import split_suffix
 from ..io.geometry import grid_problem, resample_uniform
 from ..preprocess.intensity import IntensityPreset
@@ -474,7 +474,8 @@ class SessionStore:
             head = {"volume_id": str(s.meta["volume_id"]), "shape": list(lab.shape), "offset": offset, "block": list(block.shape)}
             atomic_write_bytes(f, json.dumps(head).encode() + b"\n" + zlib.compress(block.tobytes(), 1))
             private(f)
-        (s.folder / "labels.npz").unlink(missing_ok=True)  # an older version's single file
+        if zs is None:  # every chunk is written: an older version's single file is no longer needed
+            (s.folder / "labels.npz").unlink(missing_ok=True)
 
     def _load_labels(self, s: Session, shape: tuple[int, int, int]) -> np.ndarray:
         lab = np.zeros(shape, np.uint8)
@@ -514,6 +515,8 @@ class SessionStore:
         image, display, preset = self.load(path, s.meta.get("options", {}), src.get("name"))
         labels = self._load_labels(s, display.shape[:3])
         s.volume = make_volume(image, display, labels, preset)
+        if (s.folder / "labels.npz").is_file():  # saved by an older version: rewrite it as chunks once
+            self.save_labels(s)
         self._evict(keep=s)
         return s.volume
 
@@ -642,7 +645,9 @@ class SessionStore:
         return target
 
     # -- changes ------------------------------------------------------------------------------------------
-    def commit(self, s: Session, region: Region, new: np.ndarray, kind: str) -> Region | None:
+    def commit(
+        self, s: Session, region: Region, new: np.ndarray, kind: str, extra: dict[str, Any] | None = None
+    ) -> Region | None:
         """Write ``new`` into ``region`` of the labels (call with ``s.lock`` held), keep the changed voxels'
         previous values for undo (only their bounding box, compressed, on disk), drop the redo steps, autosave.
         Returns the box of the voxels that changed (None: nothing changed). Drops the session's ``last_segment``
@@ -656,7 +661,7 @@ class SessionStore:
         idx = [np.flatnonzero(diff.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
         del diff
         sub: Region = tuple(slice(int(r.start + ix[0]), int(r.start + ix[-1] + 1)) for r, ix in zip(region, idx))  # type: ignore[assignment]
-        change = Change.of(kind, sub, vol.labels[sub])
+        change = Change.of(kind, sub, vol.labels[sub], extra)
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(sub, region))
         vol.write(sub, np.asarray(new)[inner])
         if not s.history.record(change):
@@ -705,19 +710,40 @@ class SessionStore:
         return self.commit(s, slice_region(axis, k, vol.shape), np.expand_dims(new, _AXIS_POS[axis]), kind)
 
     def recolor(self, s: Session, label: int, into: int, kind: str) -> Region | None:
-        """Turn every voxel of ``label`` into ``into`` (0: erase it) as one undo step ``kind`` (call with
-        ``s.lock`` held); only the z slices holding ``label`` are looked at. Returns the box that changed."""
+        """Turn every voxel of ``label`` into ``into`` (0: erase it) and forget ``label``'s name and settings, as
+        one undo step ``kind`` (call with ``s.lock`` held; undo brings both back); only the z slices holding
+        ``label`` are looked at. Returns the box that changed."""
         self.check_unlocked(s, label)
         if into:
             self.check_unlocked(s, into)
         vol = self.volume(s)
         zs = np.flatnonzero(vol.slice_counts[:, label])
-        if not zs.size:
-            return None
-        region: Region = (slice(int(zs[0]), int(zs[-1]) + 1), slice(0, vol.shape[1]), slice(0, vol.shape[2]))
-        new = vol.labels[region].copy()
-        new[new == label] = into
-        return self.commit(s, region, new, kind)
+        forgotten = {
+            "forget": label,
+            "name": s.meta.get("names", {}).get(str(label)),
+            "settings": s.meta.get("segments", {}).get(str(label)),
+        }
+        region = None
+        if zs.size:
+            where: Region = (slice(int(zs[0]), int(zs[-1]) + 1), slice(0, vol.shape[1]), slice(0, vol.shape[2]))
+            new = vol.labels[where].copy()
+            new[new == label] = into
+            region = self.commit(s, where, new, kind, forgotten)
+        self._forget(s, label)
+        return region
+
+    def _forget(self, s: Session, label: int) -> None:
+        s.meta["names"] = {k: v for k, v in s.meta.get("names", {}).items() if k != str(label)}
+        s.meta["segments"] = {k: v for k, v in s.meta.get("segments", {}).items() if k != str(label)}
+        self.save_meta(s)
+
+    def _remember(self, s: Session, extra: dict[str, Any]) -> None:
+        """Give a segment back the name and settings a delete or merge forgot (its undo)."""
+        key = str(extra["forget"])
+        if extra.get("name"):
+            s.meta["names"] = {**s.meta.get("names", {}), key: extra["name"]}
+        if extra.get("settings"):
+            s.meta["segments"] = {**s.meta.get("segments", {}), key: extra["settings"]}
 
     def reshape_segment(self, s: Session, label: int, fn: Any, kind: str, only_slice: int | None = None) -> Region | None:
         """Replace segment ``label`` by ``fn(mask)`` as one undo step ``kind`` (call with ``s.lock`` held): ``fn``
@@ -748,27 +774,42 @@ class SessionStore:
         new[new_mask & ~old & (cur == 0)] = label
         return self.commit(s, region, new, kind)
 
+    def read_mask(
+        self, image: MedicalImage, geom3d: MedicalImage, path: Path, name: str
+    ) -> tuple[np.ndarray, dict[int, Segment]]:
+        """Read the mask file ``path`` for a volume whose source geometry is ``image`` (``geom3d``: the same as a
+        3D grid, for a 2D image saved as a one-slice NIfTI/NRRD/MHA): labels ``(Z, Y, X)`` uint8 and segments.
+        Nothing of the session changes; 422 naming what differs when it is not on the volume's grid
+        (:func:`medsamkit.io.read_mask`), or for a DICOM-SEG of a resampled series."""
+        suffix = split_suffix(path)[1]
+        if "resampled" in image.meta and suffix == ".dcm":
+            raise AppError(422, "this volume was resampled onto a uniform grid: a DICOM-SEG of the series does not lie on it")
+        like = geom3d if not image.is_volume and suffix not in (".png", ".dcm") else image
+        try:
+            labels, segments = read_mask(path, like, max_bytes=self.limits.max_volume_bytes)
+        except InputError as e:
+            raise type(e)(f"{name}: {e}" if name not in str(e) else str(e)) from None
+        return labels.reshape(geom3d.spatial_shape), segments
+
     def load_mask(self, s: Session, path: Path, name: str) -> Region | None:
         """Replace the session's labels by the mask file ``path`` (call with ``s.lock`` held), which must lie on
-        the volume's grid (:func:`medsamkit.io.read_mask`: NIfTI, NRRD, MHA, PNG for a 2D image, DICOM-SEG of
-        the series; 422 naming what differs otherwise). One undo step ``load mask``; the file's segment names,
-        colours and codes become the session's (a segment's lock and review status start unset). Returns the box
-        that changed."""
+        the volume's grid (:meth:`read_mask`: NIfTI, NRRD, MHA, PNG for a 2D image, DICOM-SEG of the series; 422
+        naming what differs otherwise). One undo step ``load mask``; the file's segment names, colours and codes
+        become the session's (a segment's lock and review status start unset). Returns the box that changed."""
+        vol = self.volume(s)
+        return self.apply_mask(s, *self.read_mask(vol.image, vol.geom3d, path, name), name)
+
+    def apply_mask(self, s: Session, labels: np.ndarray, segments: dict[int, Segment], name: str) -> Region | None:
+        """Make ``labels`` (``(Z, Y, X)``, read by :meth:`read_mask`) and their ``segments`` the session's, as one
+        undo step ``load mask`` (call with ``s.lock`` held). 409 while a propagation runs or a segment is locked."""
         vol = self.volume(s)
         if s.job.running:
             raise AppError(409, "a propagation is running in this session")
         locked = sorted(v for v, seg in s.segments.items() if seg.get("locked"))
         if locked:
             raise AppError(409, f"segment {locked[0]} is locked: unlock every segment before loading a mask over them")
-        if "resampled" in vol.image.meta and split_suffix(path)[1] == ".dcm":
-            raise AppError(422, "this volume was resampled onto a uniform grid: a DICOM-SEG of the series does not lie on it")
-        try:
-            labels, segments = read_mask(path, vol.image, max_bytes=self.limits.max_volume_bytes)
-        except InputError as e:
-            raise type(e)(f"{name}: {e}" if name not in str(e) else str(e)) from None
-        new = labels.reshape(vol.shape)
         region: Region = (slice(0, vol.shape[0]), slice(0, vol.shape[1]), slice(0, vol.shape[2]))
-        changed = self.commit(s, region, new, "load mask")
+        changed = self.commit(s, region, labels, "load mask")
         names = dict(s.meta.get("names", {}))
         settings = dict(s.meta.get("segments", {}))
         for v, seg in segments.items():
@@ -834,8 +875,13 @@ class SessionStore:
         c = s.history.pop_redo() if redo else s.history.pop_undo()
         if c is None:
             raise AppError(409, "nothing to redo" if redo else "nothing to undo")
-        back = Change.of(c.kind, c.region, vol.labels[c.region])
+        back = Change.of(c.kind, c.region, vol.labels[c.region], c.extra)
         vol.write(c.region, c.values)
+        if c.extra and "forget" in c.extra:  # a delete or merge: its segment's name and settings go with it
+            if redo:
+                self._forget(s, int(c.extra["forget"]))
+            else:
+                self._remember(s, c.extra)
         if redo:
             s.history.push_undo(back)
         else:
@@ -844,17 +890,20 @@ class SessionStore:
         return c
 
 
-def make_volume(image: MedicalImage, display: np.ndarray, labels: np.ndarray, preset: IntensityPreset) -> Volume:
+def grid3d(image: MedicalImage, display: np.ndarray) -> MedicalImage:
+    """``image``'s grid as 3D: a volume as it is, a 2D image as one slice of 1 mm (for NIfTI/NRRD/MHA)."""
     if image.is_volume:
-        geom3d = image
-    else:
-        d = np.eye(3)
-        d[:2, :2] = np.asarray(image.direction, float)
-        grey = display[..., 0] if display.ndim == 4 else display
-        geom3d = MedicalImage(
-            grey, (*image.spacing, 1.0), (*image.origin, 0.0), d, image.modality, image.modality_source, image.source, "array"
-        )
-    return Volume(image, geom3d, display, labels, preset)
+        return image
+    d = np.eye(3)
+    d[:2, :2] = np.asarray(image.direction, float)
+    grey = display[..., 0] if display.ndim == 4 else display
+    return MedicalImage(
+        grey, (*image.spacing, 1.0), (*image.origin, 0.0), d, image.modality, image.modality_source, image.source, "array"
+    )
+
+
+def make_volume(image: MedicalImage, display: np.ndarray, labels: np.ndarray, preset: IntensityPreset) -> Volume:
+    return Volume(image, grid3d(image, display), display, labels, preset)
 
 
 def check_upload(path: Path) -> None:

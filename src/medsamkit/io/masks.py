@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileInputError, GeometryError
+from ..errors import FileInputError, GeometryError, InputError
 from .formats import split_suffix
 from .image import MedicalImage
 from .readers import read_image
-from .segments import Segment, from_slicer_keys
+from .segments import Segment, check_term, from_slicer_keys
 
 # how far a mask's grid may differ from the image's (float rounding in headers)
 SPACING_RTOL = 1e-4
@@ -108,7 +108,10 @@ def _header_segments(p: Path) -> dict[int, Segment]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     reader.ReadImageInformation()
-    return from_slicer_keys({k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()})
+    try:
+        return from_slicer_keys({k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()})
+    except (InputError, ValueError, IndexError) as e:
+        raise FileInputError(f"{p.name}: its 3D Slicer segment keys are not readable ({e})") from None
 
 
 def _sidecar_segments(p: Path) -> dict[int, Segment]:
@@ -119,10 +122,26 @@ def _sidecar_segments(p: Path) -> dict[int, Segment]:
         info = json.loads(side.read_text())
     except (OSError, ValueError) as e:
         raise FileInputError(f"{side.name}: the mask's sidecar is not readable JSON ({e})") from None
-    out = {int(k): Segment.from_json(v) for k, v in (info.get("segments") or {}).items()}
-    for k, name in (info.get("labels") or {}).items():
-        out.setdefault(int(k), Segment(name=name))
+    out: dict[int, Segment] = {}
+    try:
+        for k, v in (info.get("segments") or {}).items():
+            seg = Segment.from_json(v)
+            check_term(seg.category, seg.type)
+            if seg.color is not None and (len(seg.color) != 3 or not all(0 <= c <= 255 for c in seg.color)):
+                raise InputError(f"colour {list(seg.color)} is not [r, g, b] in 0..255")
+            out[_value(k)] = seg
+        for k, name in (info.get("labels") or {}).items():
+            out.setdefault(_value(k), Segment(name=str(name)))
+    except (InputError, ValueError, TypeError, AttributeError) as e:
+        raise FileInputError(f"{side.name}: the mask's sidecar does not describe its segments ({e})") from None
     return out
+
+
+def _value(key: str) -> int:
+    v = int(key)
+    if not 1 <= v <= 255:
+        raise InputError(f"segment value {v} is outside 1..255")
+    return v
 
 
 def _xyz(shape: tuple[int, ...]) -> str:

@@ -35,12 +35,14 @@ def annotated_slices(mask: np.ndarray) -> list[int]:
 
 
 def _signed_distance(plane: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
-    """Signed distance (mm) to the boundary of a 2D mask: negative inside, positive outside."""
+    """Signed distance (mm) to the boundary of a 2D mask: negative inside, positive outside. Beyond the array's
+    edge is background (a mask cut off by the edge, or by a crop around it, ends there)."""
     if not plane.any():
         return np.full(plane.shape, np.inf)
-    outside = ndimage.distance_transform_edt(~plane, sampling=sampling)
-    inside = ndimage.distance_transform_edt(plane, sampling=sampling)
-    return np.asarray(outside - inside, np.float64)
+    padded = np.pad(plane, 1)
+    outside = ndimage.distance_transform_edt(~padded, sampling=sampling)
+    inside = ndimage.distance_transform_edt(padded, sampling=sampling)
+    return np.asarray(outside - inside, np.float64)[1:-1, 1:-1]
 
 
 def fill_between_slices(mask: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:

@@ -157,15 +157,12 @@ def segment_settings(sid: str, value: int, body: SegmentSettings, state: StateDe
 
 @router.delete("/api/sessions/{sid}/segments/{value}", responses=error_responses(*SESSION_ERRORS, 409))
 def delete_segment(sid: str, value: int, state: StateDep) -> dict[str, Any]:
-    """Erase a segment's voxels (one undo step ``delete``) and forget its name and settings."""
+    """Erase a segment's voxels and forget its name and settings (one undo step ``delete``: undo brings both back)."""
     store = state.store
     s = store.get(sid)
     _check_value(value)
     with s.lock:
         region = store.recolor(s, value, 0, "delete")
-        s.meta["names"] = {k: v for k, v in s.meta.get("names", {}).items() if k != str(value)}
-        s.meta["segments"] = {k: v for k, v in s.meta.get("segments", {}).items() if k != str(value)}
-        store.save_meta(s)
         return {"deleted": value, **change_summary(s, store.volume(s), region)}
 
 
@@ -180,9 +177,6 @@ def merge_segment(sid: str, value: int, body: MergeBody, state: StateDep) -> dic
         raise AppError(422, "a segment cannot be merged into itself")
     with s.lock:
         region = store.recolor(s, value, body.into, "merge")
-        s.meta["names"] = {k: v for k, v in s.meta.get("names", {}).items() if k != str(value)}
-        s.meta["segments"] = {k: v for k, v in s.meta.get("segments", {}).items() if k != str(value)}
-        store.save_meta(s)
         return {"merged": value, "into": body.into, **change_summary(s, store.volume(s), region)}
 
 

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ...io.segments import TYPES
 from ..schemas import SESSION_ERRORS, MaskPath, OpenOptions, OpenPath, WindowBody, error_responses, parse_body
-from ..sessions import MASK_UPLOAD_SUFFIXES, UPLOAD_SUFFIXES, AppError, Session, Volume, check_upload
+from ..sessions import MASK_UPLOAD_SUFFIXES, UPLOAD_SUFFIXES, AppError, Session, Volume, check_upload, grid3d
 from ..state import AppState, StateDep
 from ..upload import content_type, read_json, receive_upload
 from .common import label_summary
@@ -126,10 +126,13 @@ def _open_data(state: AppState, s: Session, body: OpenPath) -> dict[str, Any]:
     options = body.model_dump(exclude={"path", "mask"})
     rel = path.relative_to(store.data_dir).as_posix()  # type: ignore[arg-type]
     loaded = store.load(path, options, rel)
+    review = None
+    if mask is not None:  # checked against the new volume before anything of the session changes
+        review = store.read_mask(loaded[0], grid3d(loaded[0], loaded[1]), mask, body.mask or "")
     with s.lock:
         vol = store.install(s, loaded, {"kind": "data", "path": rel, "name": rel}, options)
-        if mask is not None:
-            store.load_mask(s, mask, body.mask)  # type: ignore[arg-type]  # a mask that does not fit: 422, the volume stays open
+        if review is not None:
+            store.apply_mask(s, *review, body.mask or "")
         state.preencoder.start(s)
         return volume_info(state, s, vol)
 

@@ -709,6 +709,7 @@ function afterChange(r) {
   if (r.labels) {
     setLabels(r.labels);
     renderLabels();
+    applyColors(); // an undone delete brings a segment's colour and visibility back
   }
   if (r.history) renderHistory(r.history);
 }

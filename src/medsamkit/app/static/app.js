@@ -741,15 +741,16 @@ function renderLabels() {
     const name = el("input", { type: "text", value: l.name || "", placeholder: `label ${v}`, title: "name (saved with the mask)" });
     name.dataset.testid = `label-name-${v}`;
     name.addEventListener("change", guard(() => renameLabel(v, name.value)));
+    // a setting shown as a button (visible defaults to on, locked and reviewed to off); a click flips it
     const toggle = (key, on, off, title) => {
-      const b = el("button", { className: `toggle ${key}`, textContent: l[key] === false || !l[key] ? off : on, title });
+      const pressed = key === "visible" ? l.visible !== false : Boolean(l[key]);
+      const b = el("button", { className: `toggle ${key}`, textContent: pressed ? on : off, title });
       b.dataset.testid = `label-${key}-${v}`;
-      b.setAttribute("aria-pressed", String(Boolean(l[key] ?? key === "visible")));
-      b.addEventListener("click", guard(() => setSegment(v, { [key]: !(l[key] ?? key === "visible") })));
+      b.setAttribute("aria-pressed", String(pressed));
+      b.addEventListener("click", guard(() => setSegment(v, { [key]: !pressed })));
       return b;
     };
     const visible = toggle("visible", "◉", "○", "show or hide this segment");
-    visible.textContent = l.visible === false ? "○" : "◉";
     const lock = toggle("locked", "⊠", "⊡", "locked: new predictions and brush strokes leave it as it is");
     const reviewed = toggle("reviewed", "✓", "·", "reviewed: the annotator checked this segment (saved with the session)");
     const prev = el("button", { className: "toggle", textContent: "‹", title: "previous axial slice holding this segment" });

@@ -411,3 +411,20 @@ def test_review_fixes(tmp_path):
     assert r.status_code == 200, r.text
     (data / "p_mask.nii.gz.json").write_text('{"segments": {"300": {"name": "x"}}}')
     assert "outside 1..255" in assert_error(fourth.post(f"/api/sessions/{two}/mask", json={"path": "p_mask.nii.gz"}), 422)
+
+
+def test_the_prompt_log_stays_bounded(served_volume, monkeypatch):
+    """The prompt log drops its older half past its size bound and keeps the newest prompts."""
+    from medsamkit.app import sessions
+
+    tmp_path, client, sid = served_volume
+    monkeypatch.setattr(sessions, "PROMPT_LOG_BYTES", 3000)
+    store = client.app.state.store
+    s = store.get(sid)
+    for k in range(60):
+        with s.lock:
+            store.log_prompt(s, {"axis": "z", "slice": k % SHAPE[0], "label": 1, "box": [k, 0, k + 5, 5], "points": []})
+    log = tmp_path / "state" / sid / "prompts.jsonl"
+    kept = store.prompts(s)
+    assert log.stat().st_size <= 3000 + 400 and 5 < len(kept) < 60
+    assert kept[-1]["box"] == [59, 0, 64, 5] and [p["box"][0] for p in kept] == list(range(60 - len(kept), 60))

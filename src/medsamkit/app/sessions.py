@@ -56,6 +56,7 @@ MASK_UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".dcm")  # a
 SAVE_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dcm": ".dcm", "png": ".png"}
 _AXIS_POS = {"z": 0, "y": 1, "x": 2}
 LABEL_CHUNK = 16  # z slices per saved label file
+PROMPT_LOG_BYTES = 2 * 2**20  # a session's prompt log keeps its newest lines within this size
 
 
 class AppError(MedsamkitError):
@@ -426,13 +427,18 @@ class SessionStore:
     # -- persistence --------------------------------------------------------------------------------------
     def log_prompt(self, s: Session, prompt: dict[str, Any]) -> None:
         """Append a segment request's prompts to ``prompts.jsonl`` with the time and the intensity mapping the
-        model saw (:meth:`IntensityPreset.describe`): the record of how the labels were made."""
+        model saw (:meth:`IntensityPreset.describe`): the record of how the labels were made. The file is kept
+        under :data:`PROMPT_LOG_BYTES` (past it, the older half of the lines is dropped)."""
         vol = self.volume(s)
         line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **prompt, "intensity": vol.preset.describe()}
         f = s.folder / "prompts.jsonl"
         with open(f, "a") as out:
             out.write(json.dumps(line) + "\n")
         private(f)
+        if f.stat().st_size > PROMPT_LOG_BYTES:
+            lines = f.read_text().splitlines(keepends=True)
+            atomic_write_bytes(f, "".join(lines[len(lines) // 2 :]).encode())
+            private(f)
 
     def prompts(self, s: Session, last: int = 1000) -> list[dict[str, Any]]:
         """The last ``last`` logged prompts of the session's volume (oldest first)."""

@@ -469,6 +469,20 @@ def test_review_an_existing_mask_with_slice_tools(page, server, tmp_path):
     go_to(pg, 50, 50, k)
     screenshot(pg, tmp_path, "review")
 
+    # the ⋯ menu: merge the right kidney into the selected left one, then undo it
+    right = 2  # kidney_right in totalseg_examples_3d/labels.json
+    pg.once("dialog", lambda d: d.accept("merge"))
+    pg.click(f"[data-testid=label-more-{right}]")
+    idle(pg)
+    merged, _ = api_mask(server, sid)
+    assert (
+        not (merged == right).any() and (merged == KIDNEY_LEFT).sum() == (filled == KIDNEY_LEFT).sum() + (filled == right).sum()
+    )
+    assert np.array_equal(viewer_mask(pg, truth.shape), merged)
+    pg.keyboard.press("Control+z")
+    idle(pg)
+    assert np.array_equal(api_mask(server, sid)[0], filled) and np.array_equal(viewer_mask(pg, truth.shape), filled)
+
     # save as NRRD: 3D Slicer's keys name and type the kidney
     pg.select_option("[data-testid=save-format]", "nrrd")
     with pg.expect_download() as dl:

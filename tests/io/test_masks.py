@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from medsamkit.errors import FileInputError, GeometryError, InputError
 from medsamkit.io import Segment, read_image, read_mask, resample_like, write_mask
-from medsamkit.io.segments import check_term, dicom_lab_to_rgb, from_slicer_keys, lab_to_rgb, rgb_to_lab
+from medsamkit.io.segments import check_term, from_slicer_keys
 from tests.conftest import DATA, assert_valid_dicom, requires_shared
 
 AFFINE = np.array([[-0.8, 0, 0, 40.0], [0, -0.8, 0, 60.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1]])
@@ -97,15 +97,12 @@ def test_read_mask_refuses_other_grids_and_non_labels(tmp_path, image_and_labels
         read_mask(tmp_path / "big.nii.gz", like)
 
 
-def test_terms_and_colours():
+def test_terms():
     with pytest.raises(InputError, match="not one of"):
         check_term("furniture", "chair")
     with pytest.raises(InputError, match="not a type of"):
         check_term("tissue", "liver")
     check_term(None, None)
-    for rgb in [(220, 120, 40), (0, 0, 0), (255, 255, 255), (30, 200, 90), (12, 34, 250)]:
-        assert lab_to_rgb(rgb_to_lab(rgb)) == rgb
-    assert dicom_lab_to_rgb([65535, 32896, 32896]) == (255, 255, 255)  # L 100, a 0, b 0 in DICOM's scaling
 
 
 @requires_shared

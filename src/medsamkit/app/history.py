@@ -96,17 +96,18 @@ class History:
         return True
 
     def pop_undo(self) -> Change | None:
-        if not self.undo:
-            return None
-        c = self.undo.pop()
-        self._remove(c, "u")
-        return c
+        """The last undo step, taken off the stack (None: there is none)."""
+        return self._pop(self.undo, "u")
 
     def pop_redo(self) -> Change | None:
-        if not self.redo:
+        """The last redo step, taken off the stack (None: there is none)."""
+        return self._pop(self.redo, "r")
+
+    def _pop(self, stack: deque[Change] | list[Change], tag: str) -> Change | None:
+        if not stack:
             return None
-        c = self.redo.pop()
-        self._remove(c, "r")
+        c = stack.pop()
+        self._remove(c, tag)
         return c
 
     def push_undo(self, change: Change) -> None:

@@ -22,7 +22,7 @@ from .formats import DICOM_SUFFIXES, split_suffix
 from .image import MedicalImage
 from .limits import check_size
 from .raster import ImageReadError
-from .segments import Segment, codes_of, dicom_lab_to_rgb, rgb_to_lab, term_of
+from .segments import Segment, codes_of, term_of
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -384,7 +384,7 @@ def write_dicom_seg(
                 segment_label=name,
                 segmented_property_category=Code(cat_code, "SCT", cat_meaning),
                 segmented_property_type=Code(type_code, "SCT", type_meaning),
-                display_color=hd.color.CIELabColor(*rgb_to_lab(seg.color)) if seg.color else None,
+                display_color=hd.color.CIELabColor.from_rgb(*seg.color) if seg.color else None,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
                 algorithm_identification=hd.AlgorithmIdentificationSequence(
                     name=algorithm[:64], version=__version__, family=codes.cid7162.ArtificialIntelligence
@@ -449,6 +449,6 @@ def read_dicom_seg_segments(path: str | Path, like: MedicalImage) -> tuple[np.nd
         typ = d.SegmentedPropertyTypeCodeSequence[0].CodeValue
         category, type_ = term_of(str(cat), str(typ))
         lab_value = getattr(d, "RecommendedDisplayCIELabValue", None)
-        color = dicom_lab_to_rgb(list(lab_value)) if lab_value is not None else None
+        color = hd.color.CIELabColor.from_dicom_value(list(lab_value)).to_rgb() if lab_value is not None else None
         segments[int(d.SegmentNumber)] = Segment(str(d.SegmentLabel), color, category, type_)
     return np.asarray(arr, dtype=np.uint8), segments

@@ -2,7 +2,7 @@
 category and type from a small SNOMED CT list (DICOM CID 7150/7151 concepts), written as
 
 - DICOM-SEG: ``SegmentLabel``, ``SegmentedPropertyCategoryCodeSequence`` / ``...TypeCodeSequence`` and
-  ``RecommendedDisplayCIELabValue`` (the colour converted from sRGB, D65);
+  ``RecommendedDisplayCIELabValue`` (the colour converted by highdicom's ``CIELabColor``);
 - NRRD: 3D Slicer's segmentation keys (``Segment<N>_Name``, ``_Color`` as r g b in 0..1, ``_LabelValue``,
   ``_Layer``, ``_Extent``, ``_Tags`` with a terminology entry), so Slicer opens the file as a segmentation;
 - the JSON sidecar of every mask (``segments``), which also carries them for NIfTI and MetaImage.
@@ -120,41 +120,11 @@ def term_of(category_code: str, type_code: str) -> tuple[str | None, str | None]
     return None, None
 
 
-# -- colours: sRGB (0..255) <-> CIELab (D65), and DICOM's scaled CIELab ------------------------------------------
-_WHITE = np.array([0.95047, 1.0, 1.08883])
-_M = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]])
-
-
-def rgb_to_lab(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
-    c = np.asarray(rgb, float) / 255.0
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = _M @ lin / _WHITE
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return float(116 * f[1] - 16), float(500 * (f[0] - f[1])), float(200 * (f[1] - f[2]))
-
-
-def lab_to_rgb(lab: tuple[float, float, float]) -> tuple[int, int, int]:
-    l_, a, b = lab
-    fy = (l_ + 16) / 116
-    f = np.array([fy + a / 500, fy, fy - b / 200])
-    xyz = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * _WHITE
-    lin = np.clip(np.linalg.solve(_M, xyz), 0, 1)
-    c = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
-    r, g, b2 = (int(round(v)) for v in np.clip(c * 255, 0, 255))
-    return r, g, b2
-
-
-def dicom_lab_to_rgb(value: list[int]) -> tuple[int, int, int]:
-    """RecommendedDisplayCIELabValue (L in 0..65535 for 0..100, a and b in 0..65535 for -128..127) -> sRGB."""
-    l_, a, b = (float(v) for v in value)
-    return lab_to_rgb((l_ * 100 / 65535, a * 255 / 65535 - 128, b * 255 / 65535 - 128))
-
-
 # -- 3D Slicer's segmentation NRRD keys ------------------------------------------------------------------------
 def slicer_keys(segments: Mapping[int, Segment], labels: np.ndarray) -> dict[str, str]:
     """The NRRD header keys of a 3D Slicer segmentation for each label value present in ``labels`` (``(Z, Y, X)``):
-    one segment per value, all in layer 0, with name, colour (r g b in 0..1), extent (voxel bounds i j k) and a
-    terminology entry."""
+    one segment per value, all in layer 0, with name, colour (r g b in 0..1), extent (inclusive voxel index bounds
+    ``i0 i1 j0 j1 k0 k1``, i = x = the array's last axis) and a terminology entry."""
     out = {
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",

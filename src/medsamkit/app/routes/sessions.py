@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from ...io.segments import TYPES
 from ..schemas import SESSION_ERRORS, MaskPath, OpenOptions, OpenPath, WindowBody, error_responses, parse_body
@@ -18,30 +19,25 @@ from .common import label_summary
 
 router = APIRouter()
 
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": f"one of {', '.join(UPLOAD_SUFFIXES)}"},
-                        "preset": {"type": "string"},
-                        "window": {"type": "string", "description": "LEVEL,WIDTH"},
-                        "modality": {"type": "string"},
-                        "resample": {"type": "string", "enum": ["true", "false"]},
-                    },
-                }
-            },
-            "application/json": {"schema": OpenPath.model_json_schema()},
-        },
-    }
-}
+
+def _file_or_json(suffixes: tuple[str, ...], json_model: type[BaseModel], **fields: Any) -> dict[str, Any]:
+    """OpenAPI request body of a route taking a multipart upload (field ``file``, one of ``suffixes``, plus form
+    ``fields``) or a JSON ``json_model``."""
+    file = {"type": "string", "format": "binary", "description": f"one of {', '.join(suffixes)}"}
+    multipart = {"type": "object", "required": ["file"], "properties": {"file": file, **fields}}
+    content = {"multipart/form-data": {"schema": multipart}, "application/json": {"schema": json_model.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
-_FILE_FIELD = {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}
+_UPLOAD_BODY = _file_or_json(
+    UPLOAD_SUFFIXES,
+    OpenPath,
+    preset={"type": "string"},
+    window={"type": "string", "description": "LEVEL,WIDTH"},
+    modality={"type": "string"},
+    resample={"type": "string", "enum": ["true", "false"]},
+)
+_MASK_BODY = _file_or_json(MASK_UPLOAD_SUFFIXES, MaskPath)
 
 
 @router.post("/api/sessions", responses=error_responses(503))
@@ -140,21 +136,7 @@ def _open_data(state: AppState, s: Session, body: OpenPath) -> dict[str, Any]:
 @router.post(
     "/api/sessions/{sid}/mask",
     responses=error_responses(*SESSION_ERRORS, 403, 409, 415, 507),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                    }
-                },
-                "application/json": {"schema": MaskPath.model_json_schema()},
-            },
-        }
-    },
+    openapi_extra=_MASK_BODY,
 )
 async def load_mask(sid: str, request: Request, state: StateDep) -> dict[str, Any]:
     """Load an existing label mask over the open volume to review and correct it: an upload (field ``file``) or

@@ -5,6 +5,7 @@ import pytest
 
 from medsamkit.errors import InputError
 from medsamkit.evaluate import auroc, bootstrap_mean, paired_bootstrap, spearman, summarize
+from medsamkit.evaluate.analysis import format_interval, seed_image_bootstrap, verdict
 
 
 def test_auroc_by_hand():
@@ -115,3 +116,42 @@ def test_paired_bootstrap_of_differences():
     assert paired_bootstrap(a, a + 0.1).mean == pytest.approx(0.1)
     with pytest.raises(InputError, match="pairs need one of each"):
         paired_bootstrap(a, a[:-1])
+
+
+def test_seed_image_bootstrap_draws_seeds_and_images():
+    rng = np.random.default_rng(7)
+    x = rng.random(60)
+    one = seed_image_bootstrap(x[None])  # one seed: the bootstrap over images
+    plain = bootstrap_mean(x)
+    assert one.mean == pytest.approx(x.mean()) and (one.n, one.units) == (60, 60)
+    assert one.low == pytest.approx(plain.low, abs=0.01) and one.high == pytest.approx(plain.high, abs=0.01)
+    # three seeds that differ by a constant offset: drawing seeds widens the interval beyond the images' spread
+    seeds = np.stack([x, x + 0.1, x + 0.2])
+    ci = seed_image_bootstrap(seeds)
+    assert ci.mean == pytest.approx(x.mean() + 0.1) and (ci.n, ci.units) == (180, 60)
+    assert ci.high - ci.low > (plain.high - plain.low) + 0.05
+    # every seed equal to x: the seeds add nothing (the same draws of images give the same means as one seed)
+    assert seed_image_bootstrap(np.stack([x, x, x])).high - seed_image_bootstrap(np.stack([x, x, x])).low == (
+        pytest.approx(one.high - one.low, abs=0.01)
+    )
+    assert seed_image_bootstrap(np.full((2, 5), 0.4)).low == pytest.approx(0.4)
+
+
+def test_seed_image_bootstrap_pairs_images_across_arms():
+    x = np.random.default_rng(8).random((1, 40))
+    d = seed_image_bootstrap(x, x + 0.05)  # the same images, shifted: a paired interval has no width
+    assert d.mean == pytest.approx(0.05) and d.low == pytest.approx(0.05) and d.high == pytest.approx(0.05)
+    assert verdict(d) == "better" and verdict(d, higher_is_better=False) == "worse"
+    assert verdict(seed_image_bootstrap(x + 0.05, x)) == "worse"
+    noisy = seed_image_bootstrap(x, x[:, ::-1])  # the same values on other images: no difference on average
+    assert noisy.low < 0 < noisy.high and verdict(noisy) == "no difference shown"
+    assert format_interval(d, signed=True) == "+0.050 [+0.050, +0.050]"
+    assert format_interval(seed_image_bootstrap(np.full((1, 3), 0.25)), digits=2) == "0.25 [0.25, 0.25]"
+    with pytest.raises(InputError, match=r"arms on \[40, 39\] images"):
+        seed_image_bootstrap(x, x[:, :39])
+    with pytest.raises(InputError, match="finite"):
+        seed_image_bootstrap([[0.1, float("nan")]])
+    with pytest.raises(InputError, match=r"\(seeds, images\)"):
+        seed_image_bootstrap(np.zeros((2, 2, 2)))
+    with pytest.raises(InputError, match="resamples"):
+        seed_image_bootstrap(x, resamples=0)

@@ -10,11 +10,24 @@ protocol ``auto``; the training side's evaluations (``medsamkit.train``) go thro
 
 Iterative protocols are scored per object as the CVPR 2025 interactive challenge does (``interactive_records``:
 DSC-AUC, NSD-AUC, final DSC/NSD; ``interactive_auc``); ``bootstrap_mean`` / ``paired_bootstrap`` give percentile
-bootstrap intervals of means and paired differences, resampled by unit (e.g. image) and optionally by stratum.
+bootstrap intervals of means and paired differences, resampled by unit (e.g. image) and optionally by stratum;
+``seed_image_bootstrap`` resamples training seeds and test images together, and ``verdict`` words what an interval
+of a difference supports ("better", "no difference shown", "worse").
 """
 
 from ..data import LAYOUTS, Case, Dataset, case_id_of, load_case, load_dataset, modality_from_name
-from .analysis import Interval, auroc, bootstrap_mean, interactive_table, paired_bootstrap, spearman, summarize
+from .analysis import (
+    Interval,
+    auroc,
+    bootstrap_mean,
+    format_interval,
+    interactive_table,
+    paired_bootstrap,
+    seed_image_bootstrap,
+    spearman,
+    summarize,
+    verdict,
+)
 from .interactive import (
     NSD_MIN_DICE,
     InteractiveRecord,
@@ -54,6 +67,7 @@ __all__ = [
     "case_id_of",
     "challenge_nsd",
     "evaluate_case",
+    "format_interval",
     "interactive_auc",
     "interactive_record",
     "interactive_records",
@@ -65,7 +79,9 @@ __all__ = [
     "paired_bootstrap",
     "read_rows",
     "run_evaluation",
+    "seed_image_bootstrap",
     "spearman",
     "summarize",
+    "verdict",
     "write_csv",
 ]

@@ -1,7 +1,8 @@
 """Summaries of evaluation rows: Dice/NSD/HD95 per dataset x protocol x step, per modality, attribute
 correlations (Spearman), how well prompt-perturbation uncertainty ranks failures (AUROC), the CVPR 2025 interactive
 challenge's scores of iterative protocols (:func:`interactive_table`), and percentile-bootstrap intervals of means and
-paired differences (:func:`bootstrap_mean`, :func:`paired_bootstrap`).
+paired differences (:func:`bootstrap_mean`, :func:`paired_bootstrap`; over training seeds and test images:
+:func:`seed_image_bootstrap`) with the wording an interval supports (:func:`verdict`).
 
 Conventions (also written into ``summary.json``): metrics follow :mod:`medsamkit.metrics` - no NaN: an empty
 prediction scores Dice 0, NSD 0 and HD95/ASSD equal to the image diagonal in mm (counted as ``empty_pred``).
@@ -210,6 +211,77 @@ def paired_bootstrap(
     if xa.shape != xb.shape:
         raise InputError(f"paired_bootstrap: {xa.size} values against {xb.size}; pairs need one of each")
     return bootstrap_mean(xb - xa, units, strata, resamples=resamples, seed=seed, level=level)
+
+
+def seed_image_bootstrap(
+    a: Sequence[Sequence[float]] | np.ndarray,
+    b: Sequence[Sequence[float]] | np.ndarray | None = None,
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """A two-level percentile bootstrap over training seeds and test images.
+
+    a: float ``(S, N)``, the score of training seed s on test image n (every seed on the same N images, in the same
+    order). Without ``b``: the mean of ``a`` (over seeds and images); each resample draws S seeds and N images
+    with replacement and averages ``a[seeds][:, images]``. With ``b`` (``(S_b, N)``, another arm on the same
+    images): the difference ``mean(b) - mean(a)``; the images are drawn once per resample for both arms (paired
+    over images) and each arm's seeds independently (the arms' seeds are separate trainings). One seed (S = 1)
+    reduces to the bootstrap over images. ``units`` of the result is N; ``n`` the number of values of ``a``.
+    InputError for empty or non-finite values, or arms on different numbers of images."""
+    arms = [np.atleast_2d(np.asarray(x, dtype=np.float64)) for x in ((a,) if b is None else (a, b))]
+    for x in arms:
+        if x.ndim != 2 or x.size == 0:
+            raise InputError(f"seed_image_bootstrap: values must be (seeds, images), got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise InputError("seed_image_bootstrap: values must be finite")
+    n = arms[0].shape[1]
+    if any(x.shape[1] != n for x in arms):
+        raise InputError(f"seed_image_bootstrap: arms on {[x.shape[1] for x in arms]} images; pairs need the same images")
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise InputError(f"seed_image_bootstrap: resamples must be an integer >= 1, got {resamples!r}")
+    if not 0 < level < 1:
+        raise InputError(f"seed_image_bootstrap: level must lie in (0, 1), got {level!r}")
+    rng = np.random.default_rng(seed)
+    sign = [1.0] if b is None else [-1.0, 1.0]
+    estimate = sum(g * float(x.mean()) for g, x in zip(sign, arms))
+    stats = np.zeros(resamples, dtype=np.float64)
+    step = max(1, _CHUNK // (n * max(x.shape[0] for x in arms)))
+    for start in range(0, resamples, step):
+        r = min(step, resamples - start)
+        images = rng.integers(0, n, size=(r, n))
+        for g, x in zip(sign, arms):
+            seeds = rng.integers(0, x.shape[0], size=(r, x.shape[0]))
+            # per image, the mean over the drawn seeds; then the mean over the drawn images
+            per_image = x[seeds].mean(axis=1)  # (r, N)
+            stats[start : start + r] += g * np.take_along_axis(per_image, images, axis=1).mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high), int(arms[0].size), n, level, int(resamples))
+
+
+#: the words of :func:`verdict`
+VERDICTS = ("better", "no difference shown", "worse")
+
+
+def verdict(difference: Interval, higher_is_better: bool = True) -> str:
+    """The wording a paired interval of ``b - a`` supports: "better" (b over a) when the whole interval lies above
+    0, "worse" when it lies below 0, else "no difference shown" (an interval touching 0 shows no difference at its
+    level; it does not show equality). higher_is_better: False for errors such as HD95."""
+    if difference.low > 0:
+        word = 0
+    elif difference.high < 0:
+        word = 2
+    else:
+        return VERDICTS[1]
+    return VERDICTS[word if higher_is_better else 2 - word]
+
+
+def format_interval(ci: Interval, digits: int = 3, signed: bool = False) -> str:
+    """``"0.812 [0.774, 0.846]"`` (``signed``: ``"+0.012 [-0.010, +0.035]"`` for differences)."""
+    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    return f"{f.format(ci.mean)} [{f.format(ci.low)}, {f.format(ci.high)}]"
 
 
 def _object_key(r: dict[str, Any]) -> tuple:

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from medsamkit.cli.main import build_parser
 from medsamkit.io import read_image
 from medsamkit.models.unet import load_unet
 from medsamkit.predict.unet import predict_unet
 from medsamkit.train import TrainConfig, read_metrics, read_split
-from medsamkit.train.unet import evaluate_unet, mean_dice, train_unet
+from medsamkit.train.unet import LOSSES, evaluate_unet, mean_dice, train_unet, unet_loss
 from tests.conftest import dice, disk_image
 from tests.train.synth import make_dataset
 
@@ -113,6 +114,33 @@ def test_errors(tmp_path) -> None:
         train_unet(data, tmp_path / "r", size=32, network={"width": 3})
     with pytest.raises(FileNotFoundError, match="best.pt"):
         load_unet(tmp_path)
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        train_unet(data, tmp_path / "r", size=32, loss="focal")
+
+
+def test_batch_dice_loss_has_no_flat_all_background_solution() -> None:
+    """A batch of 4 images, 3 % foreground in one of them. Predicting background everywhere costs the per-image
+    two-class Dice only half a point per image (background Dice ~1), while the batch foreground Dice calls it a
+    total miss; a perfect prediction costs ~0 under both."""
+    label = torch.zeros(4, 1, 32, 32, dtype=torch.long)
+    label[0, 0, 10:16, 10:15] = 1  # 30 px of 4096
+    # logits of +-20: the softmax leaves ~1e-17 of the wrong class, far below MONAI's smoothing terms (1e-5)
+    all_bg = torch.stack([torch.full((4, 32, 32), 20.0), torch.full((4, 32, 32), -20.0)], dim=1)
+    perfect = torch.where(label.bool(), -20.0, 20.0).repeat(1, 2, 1, 1)
+    perfect[:, 1] = -perfect[:, 1]
+    per_image, batch = unet_loss("dice_ce"), unet_loss("dice_ce_batch")
+    ce = torch.nn.functional.cross_entropy(all_bg, label[:, 0]).item()
+    # dice_ce averages the two classes' Dice per image: images 1-3 (no foreground) are near-perfect for both
+    assert per_image(all_bg, label).item() == pytest.approx(ce + 0.5 * (1 - 0) / 4 + 0.0, abs=0.02)
+    assert batch(all_bg, label).item() == pytest.approx(ce + 1.0, abs=0.01)
+    assert per_image(perfect, label).item() < 0.01 and batch(perfect, label).item() < 0.01
+    with pytest.raises(ValueError, match="dice_ce, dice_ce_batch"):
+        unet_loss("dice")
+    # the CLI (which must not import torch to build its parser) offers exactly these losses
+    train_unet_parser = build_parser("train")._subparsers._group_actions[0].choices["train"]
+    unet_parser = train_unet_parser._subparsers._group_actions[0].choices["unet"]
+    (loss_option,) = [a for a in unet_parser._actions if "--loss" in a.option_strings]
+    assert tuple(loss_option.choices) == LOSSES and loss_option.default == "dice_ce"
 
 
 def test_split_seed_fixes_the_split_across_training_seeds(tmp_path) -> None:

@@ -60,6 +60,13 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation Dice")
     p.add_argument("--max-minutes", type=_positive_float, help="wall-clock budget; no epoch starts that would pass it")
     p.add_argument("--no-augment", action="store_true", help="no train-time flips, rotations or intensity changes")
+    p.add_argument(
+        "--loss",
+        choices=("dice_ce", "dice_ce_batch"),
+        default="dice_ce",
+        help="dice_ce: Dice per image over both classes + CE (default); dice_ce_batch: foreground Dice over the batch "
+        "+ CE (nnU-Net's, for small foregrounds)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
@@ -130,6 +137,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
         augment=not args.no_augment,
         resume=args.resume,
         progress=not args.quiet,
+        loss=args.loss,
     )
     best = f"best val Dice {res.best_metric:.4f} at epoch {res.best_epoch}" if res.best_epoch else "no validation"
     print(f"{best}; {res.epochs} epoch(s), {res.stop_reason}")

@@ -49,11 +49,24 @@ from .loop import FitResult, TrainConfig, ValStep, fit, seed_everything
 # -------------------------------------------------------------------------------------------------- networks
 
 
-def unet_loss() -> nn.Module:
-    """MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``: logits ``(N, 2, S, S)``, labels ``(N, 1, S, S)``."""
+#: the losses of :func:`unet_loss`
+LOSSES = ("dice_ce", "dice_ce_batch")
+
+
+def unet_loss(kind: str = "dice_ce") -> nn.Module:
+    """MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` on logits ``(N, 2, S, S)`` and labels ``(N, 1, S, S)``.
+
+    kind "dice_ce": soft Dice per image over both classes (background included) + cross-entropy. "dice_ce_batch":
+    nnU-Net's choice for small foregrounds: soft Dice of the foreground class alone, pooled over the whole batch
+    (``include_background=False, batch=True``) + cross-entropy; an image without foreground then adds no Dice term
+    of its own, and the trivial all-background solution is no longer a flat region of the loss."""
     from monai.losses import DiceCELoss
 
-    return DiceCELoss(to_onehot_y=True, softmax=True)
+    if kind == "dice_ce":
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    if kind == "dice_ce_batch":
+        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    raise OptionError(f"unknown loss {kind!r}; use one of {', '.join(LOSSES)}")
 
 
 def _ensemble_val_step(loss_fn: nn.Module) -> ValStep:
@@ -91,6 +104,7 @@ def train_unet(
     resume: bool = False,
     progress: bool = True,
     split_seed: int | None = None,
+    loss: str = "dice_ce",
 ) -> FitResult:
     """Train a MONAI segmentation network on a 2D dataset; everything goes to ``run_dir``.
 
@@ -99,7 +113,8 @@ def train_unet(
     on one label value (default: every label > 0). The split (``split_cases`` with ``split_seed``, default
     ``config.seed``; fix it to compare training seeds on one test set) is written to ``run_dir/split.json``; a
     resumed run reuses it. network: extra :func:`build_network` arguments
-    (channels, strides, num_res_units, dropout). augment: MONAI train-time augmentation.
+    (channels, strides, num_res_units, dropout). augment: MONAI train-time augmentation. loss: :func:`unet_loss`'s
+    kind (validation Dice is the same for every loss).
     Returns :func:`~medsamkit.train.loop.fit`'s result; the model is ``run_dir/best.pt`` (:func:`load_unet`).
     """
     config = config or TrainConfig()
@@ -112,6 +127,8 @@ def train_unet(
     multiple = size_multiple(arch, extra.get("strides"))
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < multiple or size % multiple:
         raise OptionError(f"size must be a positive multiple of {multiple} for {arch}, got {size!r}")
+    if loss not in LOSSES:
+        raise OptionError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
     if input != "raw" and samaug_dir is None:
         raise OptionError(f"input {input!r} needs samaug_dir (the output folder of `medsamkit samaug prepare`)")
     ds = open_dataset(dataset)
@@ -129,7 +146,7 @@ def train_unet(
     if parts["val"]:
         val_ds = SegmentationDataset(parts["val"], spec, ensemble=True)
         val_loader = make_loader(val_ds, config.batch_size, shuffle=False, num_workers=config.num_workers)
-    loss = unet_loss()
+    loss_fn = unet_loss(loss)
     meta = {
         "task": "unet",
         "network": _jsonable(net_spec),
@@ -137,6 +154,7 @@ def train_unet(
         "dataset": str(ds.root),
         "samaug_dir": str(Path(samaug_dir).resolve()) if samaug_dir is not None else None,
         "augment": augment,
+        "loss": loss,
         "cases": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
         "train_items": len(train_ds),
     }
@@ -144,10 +162,10 @@ def train_unet(
         net,
         train_loader,
         val_loader,
-        loss_fn=loss,
+        loss_fn=loss_fn,
         config=config,
         run_dir=run,
-        val_step=_ensemble_val_step(loss),
+        val_step=_ensemble_val_step(loss_fn),
         resume=resume,
         progress=progress,
         meta=meta,

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-intervals lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,21 @@ train-interactive: $(STAMP)
 
 evaluate-interactive: $(STAMP)
 	$(BIN)/python experiments/interactive_eval.py
+
+# the studies of docs/finetune.md and docs/samaug.md, rerun with the comparison rule and intervals (2 CPU threads):
+# a raw-input U-Net on Kvasir-SEG at 256 px trained until its validation Dice stops improving (~40 min)
+study-unet: $(STAMP)
+	MEDSAMKIT_THREADS=2 $(BIN)/python experiments/samaug_unet.py --sets kvasir_seg --seeds 0 --size 256 \
+		--rule converge --patience 60 --max-epochs 400 --inputs raw --loss dice_ce_batch --lr 2e-3 \
+		--out experiments/results/samaug256
+
+# DRIVE: whole-tree box vs one box / point per tile, zero-shot and decoder fine-tuned on tile boxes (~35 min)
+study-drive-prompts: $(STAMP)
+	MEDSAMKIT_THREADS=2 $(BIN)/python experiments/drive_prompts.py
+
+# 95 % bootstrap intervals and verdicts for every table of the studies above and experiments/finetune_real.py
+study-intervals: $(STAMP)
+	$(BIN)/python experiments/study_intervals.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments

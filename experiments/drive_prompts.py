@@ -1,0 +1,231 @@
+"""Prompts that can describe a vessel tree: LiteMedSAM on DRIVE with one box per tile of the vessel tree, next to
+the one box around the whole tree, zero-shot and after decoder fine-tuning.
+
+A DRIVE vessel tree is one connected component (8-neighbourhood) in almost every image, so "one box per component"
+is the whole-tree box again: a box around the whole fundus, which cannot tell SAM where the vessels are. Here the
+tree is cut by a ``--tiles`` x ``--tiles`` grid (default 4 x 4) into local objects: the vessel pixels of each tile
+are one object (label = tile number), prompted by their tight box. This is a derived dataset written to ``--work``
+(same images and case ids as ``../shared/data/real/drive``, so ``split_cases`` with the same seed and fractions
+gives the same test images as ``experiments/finetune_real.py``).
+
+For the test images (8 of 30; split seed 0, val/test 0.15/0.25):
+
+1. zero-shot LiteMedSAM: the whole-tree box (``objects=union``), one box per tile and one point per tile (the
+   ``point:centre`` protocol: the tile object's pixel farthest from its boundary);
+2. the mask decoder fine-tuned on the tile boxes of the training images (``finetune`` mode ``decoder``, cached
+   embeddings, ``--minutes`` wall-clock budget and ``--epochs`` planned, per ``--seeds``); scored on the same tile
+   boxes.
+
+Scores: Dice per object (tile) and the **image Dice** of the union of an image's predictions against its whole vessel
+tree (the pixel-level Dice vessel papers report). Intervals: 95 % bootstrap over the test images (and seeds);
+differences paired over images (``seed_image_bootstrap``).
+
+Writes ``experiments/results/drive_prompts/results.json`` and ``table.md``. Usage:
+``python experiments/drive_prompts.py [--tiles 4] [--seeds 0 1 2] [--minutes 8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDSAMKIT_SHARED", ROOT.parent / "shared"))
+DRIVE = SHARED / "data" / "real" / "drive"
+OUT = ROOT / "experiments" / "results" / "drive_prompts"
+
+
+def tile_dataset(work: Path, tiles: int) -> Path:
+    """The derived dataset: DRIVE's images (linked) and masks whose vessel pixels carry their tile's number
+    (1..tiles**2, row-major; tile edges at ``round(i * H / tiles)``)."""
+    from PIL import Image
+
+    out = work / f"drive_tiles{tiles}"
+    if (out / "done").is_file():
+        return out
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for img in sorted((DRIVE / "images").iterdir()):
+        link = out / "images" / img.name
+        if not link.exists():
+            link.symlink_to(img.resolve())
+    for f in sorted((DRIVE / "masks").iterdir()):
+        vessels = np.asarray(Image.open(f)) > 0
+        h, w = vessels.shape
+        ys = np.round(np.linspace(0, h, tiles + 1)).astype(int)
+        xs = np.round(np.linspace(0, w, tiles + 1)).astype(int)
+        label = np.zeros((h, w), np.uint8)
+        for i in range(tiles):
+            for j in range(tiles):
+                label[ys[i] : ys[i + 1], xs[j] : xs[j + 1]] = i * tiles + j + 1
+        Image.fromarray(np.where(vessels, label, 0).astype(np.uint8)).save(out / "masks" / f.name)
+    (out / "done").write_text("")
+    return out
+
+
+def test_ids(args: argparse.Namespace) -> list[str]:
+    from medsamkit.data import load_dataset, split_cases
+
+    ds = load_dataset(DRIVE)
+    return list(split_cases([c.id for c in ds.cases], args.val_fraction, args.test_fraction, args.split_seed).test)
+
+
+def score(predictor: Any, dataset: Path, ids: list[str], objects: str, protocol: str) -> dict[str, Any]:
+    """Per-object Dice and the image Dice of the union of each image's predictions (vessels = mask > 0)."""
+    from medsamkit.data import load_dataset
+    from medsamkit.data.datasets import load_case
+    from medsamkit.evaluate.runner import EvalConfig, evaluate_case
+    from medsamkit.metrics import dice
+
+    cfg = EvalConfig(objects=objects, save_masks=True)
+    per_object: dict[str, float] = {}
+    per_image: dict[str, float] = {}
+    for case in load_dataset(dataset).subset(ids).cases:
+        res = evaluate_case(case, [protocol], predictor, cfg, errors="raise")
+        for r in res.rows:
+            per_object[f"{case.id}#{r['label']}"] = round(float(r["dice"]), 4)
+        vessels = np.squeeze(load_case(case)[1]) > 0
+        union = np.zeros(vessels.shape, bool)
+        for k, m in res.masks.items():
+            if k.endswith(f"/{protocol}/0"):
+                union |= np.squeeze(np.asarray(m, bool))
+        per_image[case.id] = round(float(dice(union, vessels)), 4)
+    return {"per_object": per_object, "per_image": per_image}
+
+
+def finetune_tiles(dataset: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from medsamkit.train.finetune import default_config, finetune
+
+    run = args.work / f"decoder-tiles{args.tiles}-s{seed}"
+    if not (run / "finetune.json").is_file():
+        cfg = default_config("decoder", epochs=args.epochs, seed=seed, max_minutes=args.minutes)
+        finetune(
+            dataset,
+            run,
+            "decoder",
+            config=cfg,
+            cache_embeddings=str(args.work / "embeddings"),
+            split_seed=args.split_seed,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            progress=True,
+        )
+    return {"run": run, **json.loads((run / "finetune.json").read_text())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiles", type=int, default=4)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=40, help="planned epochs (the budget may end a run first)")
+    ap.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget per training run")
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--val-fraction", type=float, default=0.15)
+    ap.add_argument("--test-fraction", type=float, default=0.25)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--work", type=Path, help="derived dataset, runs, embedding cache (default OUT/work)")
+    args = ap.parse_args()
+    args.work = args.work or args.out / "work"
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("MEDSAMKIT_THREADS", str(args.threads))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from machine import cpu_model
+
+    from medsamkit.evaluate.analysis import bootstrap_mean, format_interval, seed_image_bootstrap, verdict
+    from medsamkit.models.adapted import load_adapted
+    from medsamkit.predict import Predictor
+
+    tiles = tile_dataset(args.work, args.tiles)
+    ids = test_ids(args)
+    results_file = args.out / "results.json"
+    doc: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    doc.update({"machine": f"{cpu_model()}, {args.threads} threads", "test_images": ids, "tiles": args.tiles})
+    arms: dict[str, Any] = doc.setdefault("arms", {})
+
+    def save() -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(json.dumps(doc, indent=1) + "\n")
+
+    base = Predictor("litemedsam", backend="torch", threads=args.threads)
+    zero_shot = {
+        "zero-shot, whole-tree box": (DRIVE, "union", "box"),
+        f"zero-shot, one box per tile ({args.tiles}x{args.tiles})": (tiles, "label", "box"),
+        f"zero-shot, one point per tile ({args.tiles}x{args.tiles})": (tiles, "label", "point:centre"),
+    }
+    for name, (data, objects, protocol) in zero_shot.items():
+        if name not in arms:
+            t0 = time.perf_counter()
+            arms[name] = {"seeds": {"0": score(base, data, ids, objects, protocol)}, "seconds": time.perf_counter() - t0}
+            save()
+        print(name, "done", flush=True)
+    tuned = f"decoder fine-tuned on tile boxes, one box per tile ({args.tiles}x{args.tiles})"
+    arm = arms.setdefault(tuned, {"seeds": {}, "runs": {}})
+    for seed in args.seeds:
+        if str(seed) in arm["seeds"]:
+            continue
+        info = finetune_tiles(tiles, seed, args)
+        pred = Predictor(load_adapted(info["run"]), backend="torch", threads=args.threads)
+        arm["seeds"][str(seed)] = score(pred, tiles, ids, "label", "box")
+        arm["runs"][str(seed)] = {
+            "epochs": info["epochs"],
+            "planned_epochs": info["config"]["epochs"],
+            "best_epoch": info["best_epoch"],
+            "stop_reason": info["stop_reason"],
+            "train_minutes": round(info["seconds"]["fit"] / 60, 2),
+            "budget_minutes": info["config"]["max_minutes"],
+        }
+        save()
+        print(tuned, seed, arm["runs"][str(seed)], flush=True)
+
+    def matrix(name: str, what: str) -> np.ndarray:
+        seeds = arms[name]["seeds"]
+        keys = sorted(next(iter(seeds.values()))[what])
+        return np.array([[seeds[s][what][k] for k in keys] for s in sorted(seeds)])
+
+    lines = [
+        f"DRIVE test images: {len(ids)} (split seed {args.split_seed}); {doc['machine']}. Image Dice: the union of an "
+        "image's predictions against its whole vessel tree. 95 % bootstrap intervals over test images (and seeds).",
+        "",
+        "| prompt / model | seeds | image Dice, 95 % CI | per-object Dice, 95 % CI (objects) | training |",
+        "|---|---|---|---|---|",
+    ]
+    for name, a in arms.items():
+        img = seed_image_bootstrap(matrix(name, "per_image"))
+        objs = [v for s in a["seeds"].values() for v in s["per_object"].values()]
+        units = [k.split("#")[0] for s in a["seeds"].values() for k in s["per_object"]]
+        obj = bootstrap_mean(objs, units)
+        runs = a.get("runs", {})
+        train = (
+            "; ".join(
+                f"{r['epochs']}/{r['planned_epochs']} ep (best {r['best_epoch']}), {r['train_minutes']} of "
+                f"{r['budget_minutes']} min, {r['stop_reason']}"
+                for r in runs.values()
+            )
+            if runs
+            else "-"
+        )
+        lines.append(f"| {name} | {len(a['seeds'])} | {format_interval(img)} | {format_interval(obj)} ({len(objs)}) | {train} |")
+    names = list(arms)
+    lines += ["", "| B vs A | image Dice B - A, 95 % paired CI | verdict |", "|---|---|---|"]
+    for x, y in ((names[0], names[1]), (names[0], names[2]), (names[1], names[3]), (names[0], names[3])):
+        if y not in arms or not arms[y]["seeds"]:
+            continue
+        d = seed_image_bootstrap(matrix(x, "per_image"), matrix(y, "per_image"))
+        lines.append(f"| {y} vs {x} | {format_interval(d, signed=True)} | **{verdict(d)}** |")
+    text = "\n".join(lines) + "\n"
+    (args.out / "table.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -135,6 +135,63 @@ def static_int8(fp32: Predictor, data: Path, x: np.ndarray) -> dict[str, float]:
     }
 
 
+def accuracy(fp32: Predictor, other: Predictor, data: Path, limit: int | None = None) -> dict:
+    """Masks of ``other`` against ``fp32`` (the same decoder; one tight ground-truth box per label) on every 2D set of
+    ``data``: per set the agreement (Dice of other vs fp32 per box), boxes of >= 100 px below 0.98, and both
+    encoders' mean Dice against the ground truth with their paired difference (95 % bootstrap over images); overall
+    ``sets``, ``boxes``, ``agreement_mean``, ``agreement_min_100px``, ``boxes_100px_below_0.98``."""
+    per_set: dict[str, dict] = {}
+    all_agree, all_px = [], []
+    for d in sets_2d(data):
+        images = sorted(p for p in (d / "images").iterdir() if p.suffix in (".png", ".jpg"))[:limit]
+        agree, px, gt32, gt8, units = [], [], [], [], []
+        for f in tqdm(images, desc=d.name, leave=False):
+            img = read_image_2d(f)
+            gt = read_image_2d(next((d / "masks").glob(f.stem + ".*")))
+            objs = boxes_of(gt)
+            if not objs:
+                continue
+            boxes = np.array([b for _, _, b in objs], float)
+            fp32.set_image(img)
+            m32 = fp32.predict(boxes=boxes).masks[:, 0]
+            other.set_image(img)
+            m8 = other.predict(boxes=boxes).masks[:, 0]
+            for (_, m, _), a, b in zip(objs, m32, m8):
+                agree.append(dice(b, a))
+                px.append(int(a.sum()))
+                gt32.append(dice(a, m))
+                gt8.append(dice(b, m))
+                units.append(f.stem)
+        if not agree:
+            continue
+        agree_a, px_a = np.array(agree), np.array(px)
+        big = agree_a[px_a >= 100]
+        diff = paired_bootstrap(gt32, gt8, units)
+        per_set[d.name] = {
+            "images": len(set(units)),
+            "boxes": len(agree),
+            "agreement_mean": round(float(agree_a.mean()), 4),
+            "agreement_min_100px": round(float(big.min()), 4) if big.size else None,
+            "boxes_100px_below_0.98": int((big < 0.98).sum()),
+            "dice_gt_fp32": bootstrap_mean(gt32, units).to_dict(),
+            "dice_gt_int8": bootstrap_mean(gt8, units).to_dict(),
+            "dice_gt_int8_minus_fp32": diff.to_dict(),
+            "within_0.005": abs(diff.mean) <= 0.005,
+        }
+        all_agree += agree
+        all_px += px
+        print(d.name, json.dumps({k: per_set[d.name][k] for k in ("boxes", "agreement_mean", "agreement_min_100px")}), flush=True)
+    agree_a, px_a = np.array(all_agree), np.array(all_px)
+    big = agree_a[px_a >= 100]
+    return {
+        "sets": per_set,
+        "boxes": int(agree_a.size),
+        "agreement_mean": round(float(agree_a.mean()), 4),
+        "agreement_min_100px": round(float(big.min()), 4),
+        "boxes_100px_below_0.98": int((big < 0.98).sum()),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
@@ -189,59 +246,12 @@ def main() -> None:
         print(json.dumps(result["static_qdq"]), flush=True)
 
     # -- accuracy
-    per_set: dict[str, dict] = {}
-    all_agree, all_px = [], []
-    for d in sets_2d(data):
-        images = sorted(p for p in (d / "images").iterdir() if p.suffix in (".png", ".jpg"))[: args.limit]
-        agree, px, gt32, gt8, units = [], [], [], [], []
-        for f in tqdm(images, desc=d.name, leave=False):
-            img = read_image_2d(f)
-            gt = read_image_2d(next((d / "masks").glob(f.stem + ".*")))
-            objs = boxes_of(gt)
-            if not objs:
-                continue
-            boxes = np.array([b for _, _, b in objs], float)
-            fp32.set_image(img)
-            m32 = fp32.predict(boxes=boxes).masks[:, 0]
-            int8.set_image(img)
-            m8 = int8.predict(boxes=boxes).masks[:, 0]
-            for (_, m, _), a, b in zip(objs, m32, m8):
-                agree.append(dice(b, a))
-                px.append(int(a.sum()))
-                gt32.append(dice(a, m))
-                gt8.append(dice(b, m))
-                units.append(f.stem)
-        if not agree:
-            continue
-        agree_a, px_a = np.array(agree), np.array(px)
-        big = agree_a[px_a >= 100]
-        diff = paired_bootstrap(gt32, gt8, units)
-        per_set[d.name] = {
-            "images": len(set(units)),
-            "boxes": len(agree),
-            "agreement_mean": round(float(agree_a.mean()), 4),
-            "agreement_min_100px": round(float(big.min()), 4) if big.size else None,
-            "boxes_100px_below_0.98": int((big < 0.98).sum()),
-            "dice_gt_fp32": bootstrap_mean(gt32, units).to_dict(),
-            "dice_gt_int8": bootstrap_mean(gt8, units).to_dict(),
-            "dice_gt_int8_minus_fp32": diff.to_dict(),
-            "within_0.005": abs(diff.mean) <= 0.005,
-        }
-        all_agree += agree
-        all_px += px
-        print(d.name, json.dumps({k: per_set[d.name][k] for k in ("boxes", "agreement_mean", "agreement_min_100px")}), flush=True)
-    agree_a, px_a = np.array(all_agree), np.array(all_px)
-    big = agree_a[px_a >= 100]
-    result["sets"] = per_set
-    result["boxes"] = int(agree_a.size)
-    result["agreement_mean"] = round(float(agree_a.mean()), 4)
-    result["agreement_min_100px"] = round(float(big.min()), 4)
-    result["boxes_100px_below_0.98"] = int((big < 0.98).sum())
+    result.update(accuracy(fp32, int8, data, args.limit))
     result["targets"] = {
         "encoder <= 1.0x the fp32 floor": result["ratio_to_floor_int8"] <= 1.0,
         "every box with >= 100 px: int8-vs-fp32 Dice >= 0.98": result["boxes_100px_below_0.98"] == 0,
         "mean int8-vs-fp32 Dice >= 0.995": result["agreement_mean"] >= 0.995,
-        "every set: mean Dice vs ground truth within 0.005 of fp32": all(s["within_0.005"] for s in per_set.values()),
+        "every set: mean Dice vs ground truth within 0.005 of fp32": all(s["within_0.005"] for s in result["sets"].values()),
     }
     result["all_targets_met"] = all(result["targets"].values())
     if args.limit is None:

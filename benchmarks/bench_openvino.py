@@ -1,0 +1,152 @@
+"""OpenVINO for the image encoder, tried against ONNX Runtime fp32 (issue 17, item 1: "add OpenVINO as a dependency
+only if it wins"). Not part of the package: run it where ``pip install openvino`` has been done.
+
+In one run, on 2 threads, after recording the CPU's model and flags: an fp32 matmul probe and the encoder floor it
+implies (as ``bench_quantized.py``); the encoder ms (median of 10, interleaved with ONNX Runtime fp32) of OpenVINO
+reading the same ``encoder.onnx`` with its CPU plugin at inference precision f32 and, where the CPU supports it,
+bf16 (OpenVINO's own choice on AMX/AVX512-BF16 CPUs); the embedding's mean relative error against ONNX Runtime fp32;
+then for each OpenVINO precision whose embeddings differ from fp32 by more than 1e-4 the accuracy check of
+``bench_quantized.py`` (every 2D set of ../shared/data/real, one ground-truth box per label, masks from the same
+decoder): agreement with the fp32 masks and Dice against the ground truth, against the issue's targets.
+
+Usage: python benchmarks/bench_openvino.py [--shared PATH] [--limit N] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+THREADS = 2
+os.environ["MEDSAMKIT_THREADS"] = str(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import count_flops, matmul_probe  # noqa: E402
+from bench_quantized import accuracy  # noqa: E402
+from machine import cpu_flags, cpu_model  # noqa: E402
+
+from medsamkit.io import read_image_2d  # noqa: E402
+from medsamkit.models import load  # noqa: E402
+from medsamkit.predict import Predictor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class OpenVINOEncoder:
+    """The ONNX Runtime engine of ``base`` with its ``encode`` replaced by OpenVINO's compiled ``encoder.onnx``
+    (everything else, the decoder included, is the fp32 ONNX Runtime path). Its ``encoder_id`` differs from the
+    base's, so no embedding cache can hand it fp32 embeddings."""
+
+    def __init__(self, base: Any, precision: str) -> None:
+        import openvino as ov
+
+        self._base = base
+        core = ov.Core()
+        model = core.read_model(str(base.folder / "encoder.onnx"))
+        config = {
+            "INFERENCE_NUM_THREADS": THREADS,
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        t0 = time.perf_counter()
+        self._compiled = core.compile_model(model, "CPU", config)
+        self.compile_s = time.perf_counter() - t0
+        hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        self.encoder_id = f"{base.encoder_id}|openvino-{ov.__version__}-{self.precision}"
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._compiled(np.ascontiguousarray(images, np.float32))[0])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--limit", type=int, help="first N images per set (quick runs)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_openvino.json")
+    args = ap.parse_args()
+    data = args.shared / "data" / "real"
+    if not data.is_dir():
+        sys.exit(f"no data at {data}: pass --shared")
+    try:
+        import openvino as ov
+    except ImportError:
+        sys.exit("openvino is not installed: pip install openvino (it is not a dependency of medsamkit)")
+    import onnxruntime as ort
+
+    fp32 = Predictor("litemedsam", backend="onnxruntime", threads=THREADS)
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    precisions = ["f32"] + (["bf16"] if "BF16" in caps else [])
+    engines = {p: OpenVINOEncoder(fp32.engine, p) for p in precisions}
+    result: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "openvino_cpu_capabilities": list(caps),
+        "openvino": ov.__version__,
+        "onnxruntime": ort.__version__,
+        "threads": THREADS,
+    }
+    probe = matmul_probe()
+    enc_gflop, _ = count_flops(load("litemedsam"))
+    floor_ms = enc_gflop / probe["best"] * 1000
+    first = sorted((data / "hc18_fetal_head_us" / "images").glob("*.png"))[0]
+    x = fp32.preprocess(read_image_2d(first))[0]
+    ref = fp32.engine.encode(x)
+    runs: dict[str, list[float]] = {"onnxruntime_fp32": []} | {f"openvino_{p}": [] for p in engines}
+    encoders = {"onnxruntime_fp32": fp32.engine.encode} | {f"openvino_{p}": e.encode for p, e in engines.items()}
+    for enc in encoders.values():
+        enc(x)
+    for _ in range(10):
+        for name, enc in encoders.items():
+            t = time.perf_counter()
+            enc(x)
+            runs[name].append(time.perf_counter() - t)
+    result.update(matmul_gflops=round(probe["best"], 1), encoder_gflop=round(enc_gflop, 3), encoder_floor_ms=round(floor_ms, 1))
+    result["encoders"] = {}
+    for name, ts in runs.items():
+        ms = 1000 * float(np.median(ts))
+        entry: dict[str, Any] = {"encoder_ms": round(ms, 1), "ratio_to_floor": round(ms / floor_ms, 3)}
+        if name != "onnxruntime_fp32":
+            e = engines[name.split("_", 1)[1]]
+            emb = e.encode(x)
+            entry.update(
+                compile_s=round(e.compile_s, 1),
+                inference_precision=e.precision,
+                embedding_relative_error=round(float(np.abs(emb - ref).mean() / np.abs(ref).mean()), 5),
+            )
+        result["encoders"][name] = entry
+    print(json.dumps(result["encoders"], indent=1), flush=True)
+
+    for p, e in engines.items():
+        if result["encoders"][f"openvino_{p}"]["embedding_relative_error"] < 1e-4:
+            # the same embeddings (to 1e-4) go through the same decoder: the masks are fp32's, no need to score them
+            result["encoders"][f"openvino_{p}"]["accuracy"] = "embeddings equal to fp32 within 1e-4; masks not re-scored"
+            continue
+        acc = accuracy(fp32, Predictor(engine=e), data, args.limit)  # type: ignore[arg-type]
+        acc["targets"] = {
+            "encoder <= 1.0x the fp32 floor": result["encoders"][f"openvino_{p}"]["ratio_to_floor"] <= 1.0,
+            "every box with >= 100 px: Dice vs fp32 >= 0.98": acc["boxes_100px_below_0.98"] == 0,
+            "mean Dice vs fp32 >= 0.995": acc["agreement_mean"] >= 0.995,
+            "every set: mean Dice vs ground truth within 0.005 of fp32": all(s["within_0.005"] for s in acc["sets"].values()),
+        }
+        acc["all_targets_met"] = all(acc["targets"].values())
+        result["encoders"][f"openvino_{p}"]["accuracy"] = acc
+        print(p, json.dumps({k: acc[k] for k in ("agreement_mean", "agreement_min_100px", "targets")}), flush=True)
+    if args.limit is None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,11 @@ LiteMedSAM (box prompts) and a MONAI U-Net (no prompts), on 2 CPU cores with a t
    tight box, against zero-shot LiteMedSAM on the same boxes; AutoSAM and the U-Net with no prompt, on the union of
    the labels (``evaluate_unet``).
 
+``--rule converge`` replaces the budget rule by early stopping: every run (each mode and the U-Net) stops when its
+validation Dice has not improved for ``--patience`` epochs (at most ``--max-epochs``; ``--minutes`` stays a cap), and
+the results go to ``experiments/results/finetune_converge/``. Every run records its rule, epochs, best epoch, stop
+reason and minutes; ``experiments/study_intervals.py`` turns the results into intervals, verdicts and budget flags.
+
 Writes ``experiments/results/finetune/``: ``zero_shot.json``, ``results.json`` (every run: test Dice, zero-shot
 Dice on the same objects, epochs, minutes, parameter counts, adapter file size, per-object Dice) and ``table.md``
 (mean ± sd over seeds of each run's mean test Dice). Runs resume: a finished run (``test_rows.json`` present) is not
@@ -37,6 +42,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -95,6 +101,18 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return round(float(np.mean(vals)), 4) if vals else None
 
 
+def _rule(args: argparse.Namespace) -> dict:
+    """The comparison rule as TrainConfig fields: ``budget`` = the same wall-clock minutes for every arm;
+    ``converge`` = every arm early-stopped by the same patience on validation Dice (the minutes only as a cap)."""
+    if args.rule == "converge":
+        return {"patience": args.patience, "max_minutes": args.minutes}
+    return {"max_minutes": args.minutes}
+
+
+def _epochs(args: argparse.Namespace, planned: int) -> int:
+    return args.max_epochs if args.rule == "converge" else planned
+
+
 def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
     from medsamkit.train.finetune import default_config, evaluate_finetune, finetune
 
@@ -110,15 +128,16 @@ def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
             "test_fraction": args.test_fraction,
         }
         cache = str(args.work / name / "embeddings")
+        rule = _rule(args)
         if mode == "decoder":
-            cfg = default_config(mode, epochs=args.decoder_epochs, seed=seed, max_minutes=args.minutes)
+            cfg = default_config(mode, epochs=_epochs(args, args.decoder_epochs), seed=seed, **rule)
             opts = {"cache_embeddings": cache}
         elif mode == "autosam":
-            cfg = default_config(mode, epochs=args.autosam_epochs, seed=seed, max_minutes=args.minutes)
+            cfg = default_config(mode, epochs=_epochs(args, args.autosam_epochs), seed=seed, **rule)
             opts = {"cache_embeddings": cache, "autosam_input": "both"}
         elif mode == "adapter":
             cfg = default_config(
-                mode, epochs=args.adapter_epochs, batch_size=2, schedule="constant", seed=seed, max_minutes=args.minutes
+                mode, epochs=_epochs(args, args.adapter_epochs), batch_size=2, schedule="constant", seed=seed, **rule
             )
             opts = {"adapter_ratio": 0.25}
         else:
@@ -136,6 +155,7 @@ def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
         "set": name,
         "mode": mode,
         "seed": seed,
+        "rule": args.rule,
         "test_dice": _mean(rows, "dice"),
         "zero_shot_dice": _mean(rows, "zero_shot_dice"),
         "test_objects": len(rows),
@@ -168,8 +188,8 @@ def run_unet(name: str, seed: int, args: argparse.Namespace) -> dict:
     if not rows_file.is_file():
         if run.exists():
             shutil.rmtree(run)
-        cfg = TrainConfig(epochs=args.unet_epochs, batch_size=8, lr=1e-3, seed=seed, max_minutes=args.minutes)
-        train_unet(
+        cfg = TrainConfig(epochs=_epochs(args, args.unet_epochs), batch_size=8, lr=1e-3, seed=seed, **_rule(args))
+        fit = train_unet(
             ds,
             run,
             "raw",
@@ -181,20 +201,25 @@ def run_unet(name: str, seed: int, args: argparse.Namespace) -> dict:
             progress=True,
         )
         rows = evaluate_unet(run, ds, split="test")
+        (run / "result.json").write_text(json.dumps({"stop_reason": fit.stop_reason, "best_epoch": fit.best_epoch}) + "\n")
         rows_file.write_text(json.dumps(rows) + "\n")
         if not args.keep_checkpoints:
             (run / "last.pt").unlink(missing_ok=True)
     rows = json.loads(rows_file.read_text())
     metrics = read_metrics(run)
+    fit_doc = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else {}
     out = {
         "set": name,
         "mode": "unet",
         "seed": seed,
+        "rule": args.rule,
         "test_dice": _mean(rows, "dice"),
         "zero_shot_dice": None,
         "test_objects": len(rows),
         "epochs": len(metrics),
-        "planned_epochs": args.unet_epochs,
+        "stop_reason": fit_doc.get("stop_reason"),
+        "best_epoch": fit_doc.get("best_epoch"),
+        "planned_epochs": _epochs(args, args.unet_epochs),
         "budget_minutes": args.minutes,
         "train_minutes": round(sum(float(m["seconds"]) for m in metrics) / 60, 2),
         "per_object": {r["case"]: round(float(r["dice"]), 4) for r in rows},
@@ -275,6 +300,16 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--no-unet", action="store_true", help="skip the U-Net baseline")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument(
+        "--rule",
+        choices=("budget", "converge"),
+        default="budget",
+        help="budget: every run gets --minutes of wall clock (planned epochs may end it first: such runs are flagged "
+        "in study_intervals.py); converge: every run stops when validation Dice has not improved for --patience "
+        "epochs (at most --max-epochs, and --minutes as a cap)",
+    )
+    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--max-epochs", type=int, default=200)
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of each training run")
     ap.add_argument("--decoder-epochs", type=int, default=40)
     ap.add_argument("--adapter-epochs", type=int, default=100, help="upper bound; the budget ends adapter runs")
@@ -287,10 +322,11 @@ def main() -> None:
     ap.add_argument("--eval-backend", default="torch", choices=("torch", "auto", "onnxruntime"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep last.pt/best.pt of finished runs")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, help=f"default {OUT} (rule budget) or {OUT}_converge (rule converge)")
     ap.add_argument("--work", type=Path, help="run folders and embedding caches (default OUT/work)")
     ap.add_argument("--table-only", action="store_true", help="rewrite table.md from results.json and stop")
     args = ap.parse_args()
+    args.out = args.out or (OUT if args.rule == "budget" else OUT.parent / f"{OUT.name}_converge")
     args.work = args.work or args.out / "work"
     if args.table_only:
         if not (args.out / "results.json").is_file():
@@ -301,6 +337,9 @@ def main() -> None:
         print(text)
         return
     import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from machine import cpu_model
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MEDSAMKIT_THREADS", str(args.threads))
@@ -318,6 +357,7 @@ def main() -> None:
         done = {(r["set"], r["mode"], r["seed"]) for r in results}
         doc = {
             "settings": settings,
+            "machine": f"{cpu_model()}, {args.threads} threads",
             "zero_shot": zs,
             "runs": [r for r in previous if (r["set"], r["mode"], r["seed"]) not in done] + results,
         }

@@ -151,7 +151,7 @@ def finetune_arms(study: list[dict[str, Any]], zs: dict[str, dict[str, float]]) 
             if not runs:
                 continue
             m, images = _matrix({int(r["seed"]): r["per_object"] for r in runs}, f"{name}/{mode}")
-            rule = "budget" if runs[0].get("budget_minutes") else "steps"
+            rule = runs[0].get("rule") or ("budget" if runs[0].get("budget_minutes") else "steps")
             arms[(name, mode)] = {"values": m, "images": images, "rule": rule, **_budget(runs)}
         if name in zs:
             m, images = _matrix({0: zs[name]}, f"{name}/zero-shot")
@@ -247,18 +247,20 @@ def markdown(title: str, intervals: list[dict], comparisons: list[dict], labels:
             f"| {_minutes(r['train_minutes'])} | {r['budget_minutes'] or '-'} "
             f"| {stops if r['rule'] != 'base model' else '-'} | {', '.join(r['flags']) or '-'} |"
         )
-    lines += [
-        "",
-        "| set | B vs A | test images | B - A, 95 % paired CI | verdict | fair budget? | flags |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    if comparisons:
+        lines += [
+            "",
+            "| set | B vs A | test images | B - A, 95 % paired CI | verdict | fair budget? | flags |",
+            "|---|---|---|---|---|---|---|",
+        ]
     for c in comparisons:
         flags = "; ".join(f"{labels[k]}: {', '.join(v)}" for k, v in c["flags"].items() if v) or "-"
         lines.append(
             f"| {c['set']} | {labels[c['b']]} vs {labels[c['a']]} | {c['images']} | {_fmt(c['difference'], True)} "
             f"| **{c['verdict']}** | {c['fair_budget']} | {flags} |"
         )
-    seen = [f"* {n}: {SEEN_IN_TRAINING[n]}." for n in dict.fromkeys(r["set"] for r in intervals) if n in SEEN_IN_TRAINING]
+    zero_shot_sets = dict.fromkeys(r["set"] for r in intervals if r["arm"] == "zero-shot")
+    seen = [f"* {n}: {SEEN_IN_TRAINING[n]}." for n in zero_shot_sets if n in SEEN_IN_TRAINING]
     return "\n".join(lines + ([""] + seen if seen else [])) + "\n"
 
 
@@ -283,19 +285,28 @@ def main() -> None:
         "only when the whole interval of B - A lies on one side of 0.",
         "",
     ]
-    ft_file = RESULTS / "finetune" / "results.json"
-    if ft_file.is_file():
+    for ft_file in sorted(RESULTS.glob("finetune*/results.json")):
         ft = json.loads(ft_file.read_text())
         zs = zero_shot_test(ft["runs"], RESULTS / "finetune" / "zero_shot_test.json")
         arms = finetune_arms(ft["runs"], zs)
         iv, cmp = interval_rows(arms, FINETUNE_LABELS), comparison_rows(arms, FINETUNE_PAIRS)
-        doc["studies"]["finetune"] = {"intervals": iv, "comparisons": cmp}
-        note = (
-            f"`experiments/finetune_real.py`: one split per set (split seed {ft['settings']['split_seed']}, val/test "
-            f"{ft['settings']['val_fraction']}/{ft['settings']['test_fraction']}), {ft['settings']['threads']} CPU "
-            "threads, a wall-clock budget per run and fixed planned epochs; the machine was not recorded in these runs."
+        doc["studies"][ft_file.parent.name] = {"intervals": iv, "comparisons": cmp}
+        st = ft["settings"]
+        rule = st.get("rule", "budget")
+        how = (
+            f"every run stopped when validation Dice had not improved for {st['patience']} epochs (cap "
+            f"{st['max_epochs']} epochs, {st['minutes']:g} min)"
+            if rule == "converge"
+            else "a wall-clock budget per run and fixed planned epochs (whichever ends first)"
         )
-        parts.append(markdown("Fine-tuning, adapters, AutoSAM and U-Net", iv, cmp, FINETUNE_LABELS, note))
+        machine = ft.get("machine", "the machine was not recorded in these runs")
+        note = (
+            f"`experiments/finetune_real.py` ({ft_file.parent.name}/): one split per set (split seed "
+            f"{st['split_seed']}, val/test {st['val_fraction']}/{st['test_fraction']}), {st['threads']} CPU threads, "
+            f"{how}; {machine}."
+        )
+        title = f"Fine-tuning, adapters, AutoSAM and U-Net ({ft_file.parent.name})"
+        parts.append(markdown(title, iv, cmp, FINETUNE_LABELS, note))
     labels = {k: v[2] for k, v in SAMAUG_ARMS.items()}
     for f in sorted(RESULTS.glob("samaug*/results.json")):
         study = json.loads(f.read_text())

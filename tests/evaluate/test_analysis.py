@@ -143,6 +143,11 @@ def test_seed_image_bootstrap_pairs_images_across_arms():
     assert d.mean == pytest.approx(0.05) and d.low == pytest.approx(0.05) and d.high == pytest.approx(0.05)
     assert verdict(d) == "better" and verdict(d, higher_is_better=False) == "worse"
     assert verdict(seed_image_bootstrap(x + 0.05, x)) == "worse"
+    # each arm draws its own seeds: two arms with identical rows and the same per-seed offsets still differ from
+    # resample to resample (shared seed draws would cancel exactly and give an interval of no width)
+    offsets = np.array([[0.0], [0.1], [0.2]])
+    both = seed_image_bootstrap(x + offsets, x + offsets)
+    assert both.mean == pytest.approx(0.0) and both.low < -0.02 and both.high > 0.02
     noisy = seed_image_bootstrap(x, x[:, ::-1])  # the same values on other images: no difference on average
     assert noisy.low < 0 < noisy.high and verdict(noisy) == "no difference shown"
     assert format_interval(d, signed=True) == "+0.050 [+0.050, +0.050]"

@@ -119,9 +119,10 @@ def test_errors(tmp_path) -> None:
 
 
 def test_batch_dice_loss_has_no_flat_all_background_solution() -> None:
-    """A batch of 4 images, 3 % foreground in one of them. Predicting background everywhere costs the per-image
-    two-class Dice only half a point per image (background Dice ~1), while the batch foreground Dice calls it a
-    total miss; a perfect prediction costs ~0 under both."""
+    """A batch of 4 images, 30 foreground pixels in one of them. Predicting background everywhere costs the per-image
+    two-class Dice 0.5 on that image and ~0 on the other three (0.125 on average: background Dice ~1, and an absent
+    foreground counts as matched), while the batch foreground Dice calls it a total miss (1.0); a perfect prediction
+    costs ~0 under both."""
     label = torch.zeros(4, 1, 32, 32, dtype=torch.long)
     label[0, 0, 10:16, 10:15] = 1  # 30 px of 4096
     # logits of +-20: the softmax leaves ~1e-17 of the wrong class, far below MONAI's smoothing terms (1e-5)

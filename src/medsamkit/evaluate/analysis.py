@@ -229,6 +229,8 @@ def seed_image_bootstrap(
     images): the difference ``mean(b) - mean(a)``; the images are drawn once per resample for both arms (paired
     over images) and each arm's seeds independently (the arms' seeds are separate trainings). One seed (S = 1)
     reduces to the bootstrap over images. ``units`` of the result is N; ``n`` the number of values of ``a``.
+    With few seeds (2-3) the seed part of the spread is underestimated (a bootstrap of S values has about
+    (S - 1) / S of their variance), and with one seed it is absent: report the number of seeds with the interval.
     InputError for empty or non-finite values, or arms on different numbers of images."""
     arms = [np.atleast_2d(np.asarray(x, dtype=np.float64)) for x in ((a,) if b is None else (a, b))]
     for x in arms:

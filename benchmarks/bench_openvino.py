@@ -133,7 +133,7 @@ def main() -> None:
             # the same embeddings (to 1e-4) go through the same decoder: the masks are fp32's, no need to score them
             result["encoders"][f"openvino_{p}"]["accuracy"] = "embeddings equal to fp32 within 1e-4; masks not re-scored"
             continue
-        acc = accuracy(fp32, Predictor(engine=e), data, args.limit)  # type: ignore[arg-type]
+        acc = accuracy(fp32, Predictor(engine=e), data, args.limit, name=f"openvino_{p}")  # type: ignore[arg-type]
         acc["targets"] = {
             "encoder <= 1.0x the fp32 floor": result["encoders"][f"openvino_{p}"]["ratio_to_floor"] <= 1.0,
             "every box with >= 100 px: Dice vs fp32 >= 0.98": acc["boxes_100px_below_0.98"] == 0,

@@ -135,10 +135,11 @@ def static_int8(fp32: Predictor, data: Path, x: np.ndarray) -> dict[str, float]:
     }
 
 
-def accuracy(fp32: Predictor, other: Predictor, data: Path, limit: int | None = None) -> dict:
+def accuracy(fp32: Predictor, other: Predictor, data: Path, limit: int | None = None, name: str = "int8") -> dict:
     """Masks of ``other`` against ``fp32`` (the same decoder; one tight ground-truth box per label) on every 2D set of
     ``data``: per set the agreement (Dice of other vs fp32 per box), boxes of >= 100 px below 0.98, and both
-    encoders' mean Dice against the ground truth with their paired difference (95 % bootstrap over images); overall
+    encoders' mean Dice against the ground truth with their paired difference (95 % bootstrap over images; keys
+    ``dice_gt_fp32``, ``dice_gt_<name>``, ``dice_gt_<name>_minus_fp32``); overall
     ``sets``, ``boxes``, ``agreement_mean``, ``agreement_min_100px``, ``boxes_100px_below_0.98``."""
     per_set: dict[str, dict] = {}
     all_agree, all_px = [], []
@@ -174,8 +175,8 @@ def accuracy(fp32: Predictor, other: Predictor, data: Path, limit: int | None = 
             "agreement_min_100px": round(float(big.min()), 4) if big.size else None,
             "boxes_100px_below_0.98": int((big < 0.98).sum()),
             "dice_gt_fp32": bootstrap_mean(gt32, units).to_dict(),
-            "dice_gt_int8": bootstrap_mean(gt8, units).to_dict(),
-            "dice_gt_int8_minus_fp32": diff.to_dict(),
+            f"dice_gt_{name}": bootstrap_mean(gt8, units).to_dict(),
+            f"dice_gt_{name}_minus_fp32": diff.to_dict(),
             "within_0.005": abs(diff.mean) <= 0.005,
         }
         all_agree += agree

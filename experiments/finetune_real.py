@@ -174,6 +174,11 @@ def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
         "adapter_bytes": doc["adapter_bytes"],
         "items": doc["items"],
         "per_object": {f"{r['image']}#{r['object']}": round(float(r["dice"]), 4) for r in rows},
+        "zero_shot_per_object": {
+            f"{r['image']}#{r['object']}": round(float(r["zero_shot_dice"]), 4)
+            for r in rows
+            if r.get("zero_shot_dice") is not None
+        },
     }
     print(json.dumps({k: v for k, v in out.items() if k != "per_object"}), flush=True)
     return out

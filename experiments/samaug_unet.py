@@ -67,11 +67,13 @@ def train_and_test(name: str, kind: str, seed: int, args: argparse.Namespace) ->
     samaug_dir = args.work / name
     if args.rule == "converge":
         # each arm trains until its validation Dice stops improving (the same patience), capped at --max-epochs
-        run = args.work / name / "runs" / f"{kind}-size{args.size}-{args.loss}-conv-p{args.patience}-m{args.max_epochs}-s{seed}"
+        tag = f"conv-p{args.patience}-m{args.max_epochs}"
         epochs, patience = args.max_epochs, args.patience
     else:
-        run = args.work / name / "runs" / f"{kind}-size{args.size}-e{args.epochs_both}-s{seed}"
+        tag = f"e{args.epochs_both}"
         epochs, patience = args.epochs_both * (2 if kind == "raw" else 1), None
+    # every setting that changes the training is in the folder name: a run is only resumed with its own settings
+    run = args.work / name / "runs" / f"{kind}-size{args.size}-{args.loss}-lr{args.lr:g}-bs{args.batch_size}-{tag}-s{seed}"
     result_file = run / "result.json"
     t0 = time.perf_counter()
     if not result_file.is_file():
@@ -192,6 +194,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results_file = args.out / "results.json"
     previous = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []
+    mine = {"rule": args.rule, "size": args.size, "loss": args.loss, "lr": args.lr}
+    for r in previous:
+        theirs = {"rule": r.get("rule", "steps"), "size": r.get("size", args.size), "loss": r.get("loss", "dice_ce")}
+        theirs["lr"] = r.get("lr", args.lr)
+        if theirs != mine:
+            raise SystemExit(f"{results_file} holds runs with {theirs}, not {mine}: give this study its own --out")
     results = []
     prep = {}
     for name in args.sets:

@@ -1,6 +1,7 @@
 """Confidence intervals for the adaptation and SAMAug studies, and the wording they support.
 
-For every arm (set x model) of ``experiments/results/finetune/results.json`` and of the SAMAug studies
+For every arm (set x model) of the fine-tuning studies (``experiments/results/finetune*/results.json``: the budget
+rule and ``finetune_converge``) and of the SAMAug studies
 (``experiments/results/samaug*/results.json``):
 
 * the mean test Dice with a 95 % percentile-bootstrap interval over the test images and, where an arm has several
@@ -102,20 +103,23 @@ def _budget(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _fair(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """Whether two arms had the same budget, in words ("yes: ...", "no: ..." or how they were matched)."""
+    """Whether arms A and B had the same budget, in words ("yes: ...", "no: ..." or how they were matched); numbers
+    in B, A order like the comparison's "B vs A"."""
     if "base model" in (a["rule"], b["rule"]):
         return "n/a (base model, not trained)"
     if a["rule"] == b["rule"] == "converge":
-        if all(r == "early_stopping" for r in a["stop_reasons"] + b["stop_reasons"]):
+        stops = a["stop_reasons"] + b["stop_reasons"]
+        if all(r == "early_stopping" for r in stops):
             return "yes: both early-stopped by the same rule"
-        return "no: a run reached the epoch cap before the rule stopped it"
+        other = sorted({r for r in stops if r != "early_stopping"})
+        return f"no: a run ended by {', '.join(other)} before the rule stopped it"
     budget = a.get("budget_minutes")
     if a["rule"] == b["rule"] == "budget" and budget == b.get("budget_minutes"):
         used = [m / budget for m in a["train_minutes"] + b["train_minutes"] if m is not None]
         if used and min(used) >= 0.9:
             return f"yes: both used >= 90 % of {budget:g} min"
         ma, mb = np.mean(a["train_minutes"]), np.mean(b["train_minutes"])
-        return f"no: {ma:.1f} vs {mb:.1f} of {budget:g} min"
+        return f"no: {mb:.1f} vs {ma:.1f} of {budget:g} min"
     if a["rule"] == b["rule"] == "steps":
         return "same optimizer steps (neither converged by a rule)"
     return "no: different rules"
@@ -123,15 +127,18 @@ def _fair(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 def zero_shot_test(study: list[dict[str, Any]], cache: Path) -> dict[str, dict[str, float]]:
     """Zero-shot LiteMedSAM box Dice per test object (``case#object``) of each set, on the test objects of the
-    study's prompted runs (cached in ``cache``)."""
+    study's prompted runs (cached in ``cache``, shared by the studies; recomputed for a set whose cached objects do
+    not cover the study's, e.g. another split)."""
     doc = json.loads(cache.read_text()) if cache.is_file() else {}
     for name in dict.fromkeys(r["set"] for r in study):
         prompted = [r for r in study if r["set"] == name and r["mode"] in ("decoder", "adapter")]
-        if not prompted or name in doc:
+        if not prompted:
+            continue
+        keys = sorted(prompted[0]["per_object"])
+        if name in doc and set(keys) <= set(doc[name]):
             continue
         from medsamkit.train.finetune import zero_shot_rows
 
-        keys = sorted(prompted[0]["per_object"])
         ids = sorted({_case(k) for k in keys})
         rows = zero_shot_rows(DATA / name, ids, backend="torch")
         doc[name] = {f"{r['image']}#{r['object']}": round(float(r["dice"]), 4) for r in rows}
@@ -140,7 +147,11 @@ def zero_shot_test(study: list[dict[str, Any]], cache: Path) -> dict[str, dict[s
             raise SystemExit(f"{name}: zero-shot rows lack {sorted(missing)[:3]}")
         cache.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"zero-shot per test object: {name} ({len(doc[name])} objects)", flush=True)
-    return doc
+    out = {}
+    for name in doc:
+        keys = {k for r in study if r["set"] == name and r["mode"] in ("decoder", "adapter") for k in r["per_object"]}
+        out[name] = {k: v for k, v in doc[name].items() if not keys or k in keys}
+    return out
 
 
 def finetune_arms(study: list[dict[str, Any]], zs: dict[str, dict[str, float]]) -> dict[tuple[str, str], dict]:
@@ -166,6 +177,8 @@ def samaug_arms(runs: list[dict[str, Any]], study: str) -> dict[tuple[str, str],
             rs = sorted((r for r in runs if r["set"] == name and r["input"] == kind and key in r), key=lambda r: r["seed"])
             if not rs:
                 continue
+            if len({(r.get("rule", "steps"), r.get("size"), r.get("loss"), r.get("lr")) for r in rs}) > 1:
+                raise SystemExit(f"{study}/{name}/{arm}: runs with different rules or settings in one results.json")
             m, images = _matrix({int(r["seed"]): r[f"cases_{key[5:]}"] for r in rs}, f"{study}/{name}/{arm}")
             rule = rs[0].get("rule", "steps")
             arms[(name, arm)] = {"values": m, "images": images, "rule": rule, **_budget(rs)}
@@ -173,7 +186,7 @@ def samaug_arms(runs: list[dict[str, Any]], study: str) -> dict[tuple[str, str],
 
 
 def interval_rows(arms: dict[tuple[str, str], dict], labels: dict[str, str]) -> list[dict[str, Any]]:
-    from medsamkit.evaluate.analysis import seed_image_bootstrap
+    from medsamkit.evaluate.analysis import format_interval, seed_image_bootstrap
 
     rows = []
     for (name, arm), a in arms.items():
@@ -186,6 +199,7 @@ def interval_rows(arms: dict[tuple[str, str], dict], labels: dict[str, str]) -> 
                 "seeds": int(a["values"].shape[0]),
                 "images": len(a["images"]),
                 "dice": ci.to_dict(),
+                "text": format_interval(ci),
                 **{k: a[k] for k in ("rule", "epochs", "best_epochs", "planned_epochs", "train_minutes", "budget_minutes")},
                 "stop_reasons": a["stop_reasons"],
                 "flags": a["flags"],
@@ -195,7 +209,7 @@ def interval_rows(arms: dict[tuple[str, str], dict], labels: dict[str, str]) -> 
 
 
 def comparison_rows(arms: dict[tuple[str, str], dict], pairs: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
-    from medsamkit.evaluate.analysis import seed_image_bootstrap, verdict
+    from medsamkit.evaluate.analysis import format_interval, seed_image_bootstrap, verdict
 
     rows = []
     for name in dict.fromkeys(n for n, _ in arms):
@@ -213,17 +227,13 @@ def comparison_rows(arms: dict[tuple[str, str], dict], pairs: tuple[tuple[str, s
                     "b": y,
                     "images": len(a["images"]),
                     "difference": ci.to_dict(),
+                    "text": format_interval(ci, signed=True),
                     "verdict": verdict(ci),
                     "fair_budget": _fair(a, b),
                     "flags": {x: a["flags"], y: b["flags"]},
                 }
             )
     return rows
-
-
-def _fmt(ci: dict[str, float], signed: bool = False) -> str:
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(ci['mean'])} [{f.format(ci['low'])}, {f.format(ci['high'])}]"
 
 
 def _minutes(ms: list[Any]) -> str:
@@ -243,7 +253,7 @@ def markdown(title: str, intervals: list[dict], comparisons: list[dict], labels:
         stops = ", ".join(dict.fromkeys(r["stop_reasons"]))
         lines.append(
             f"| {r['set']} | {r['label']} | {r['seeds'] if r['rule'] != 'base model' else '-'} | {r['images']} "
-            f"| {_fmt(r['dice'])} | {ep if r['rule'] != 'base model' else '-'} / {r['planned_epochs'] or '-'} "
+            f"| {r['text']} | {ep if r['rule'] != 'base model' else '-'} / {r['planned_epochs'] or '-'} "
             f"| {_minutes(r['train_minutes'])} | {r['budget_minutes'] or '-'} "
             f"| {stops if r['rule'] != 'base model' else '-'} | {', '.join(r['flags']) or '-'} |"
         )
@@ -256,7 +266,7 @@ def markdown(title: str, intervals: list[dict], comparisons: list[dict], labels:
     for c in comparisons:
         flags = "; ".join(f"{labels[k]}: {', '.join(v)}" for k, v in c["flags"].items() if v) or "-"
         lines.append(
-            f"| {c['set']} | {labels[c['b']]} vs {labels[c['a']]} | {c['images']} | {_fmt(c['difference'], True)} "
+            f"| {c['set']} | {labels[c['b']]} vs {labels[c['a']]} | {c['images']} | {c['text']} "
             f"| **{c['verdict']}** | {c['fair_budget']} | {flags} |"
         )
     zero_shot_sets = dict.fromkeys(r["set"] for r in intervals if r["arm"] == "zero-shot")

@@ -295,48 +295,47 @@ def main() -> None:
         "only when the whole interval of B - A lies on one side of 0.",
         "",
     ]
+
+    def section(name: str, title: str, arms: dict, labels: dict[str, str], pairs: tuple, note: str, **extra: Any) -> None:
+        """One study: its intervals and comparisons into ``doc`` and its markdown into ``parts``."""
+        iv, cmp = interval_rows(arms, labels), comparison_rows(arms, pairs)
+        doc["studies"][name] = {"intervals": iv, "comparisons": cmp, **extra}
+        parts.append(markdown(title, iv, cmp, labels, note))
+
+    unrecorded = "the machine was not recorded in these runs"
     for ft_file in sorted(RESULTS.glob("finetune*/results.json")):
         ft = json.loads(ft_file.read_text())
         zs = zero_shot_test(ft["runs"], RESULTS / "finetune" / "zero_shot_test.json")
-        arms = finetune_arms(ft["runs"], zs)
-        iv, cmp = interval_rows(arms, FINETUNE_LABELS), comparison_rows(arms, FINETUNE_PAIRS)
-        doc["studies"][ft_file.parent.name] = {"intervals": iv, "comparisons": cmp}
         st = ft["settings"]
-        rule = st.get("rule", "budget")
         how = (
             f"every run stopped when validation Dice had not improved for {st['patience']} epochs (cap "
             f"{st['max_epochs']} epochs, {st['minutes']:g} min)"
-            if rule == "converge"
+            if st.get("rule", "budget") == "converge"
             else "a wall-clock budget per run and fixed planned epochs (whichever ends first)"
         )
-        machine = ft.get("machine", "the machine was not recorded in these runs")
         note = (
             f"`experiments/finetune_real.py` ({ft_file.parent.name}/): one split per set (split seed "
             f"{st['split_seed']}, val/test {st['val_fraction']}/{st['test_fraction']}), {st['threads']} CPU threads, "
-            f"{how}; {machine}."
+            f"{how}; {ft.get('machine', unrecorded)}."
         )
         title = f"Fine-tuning, adapters, AutoSAM and U-Net ({ft_file.parent.name})"
-        parts.append(markdown(title, iv, cmp, FINETUNE_LABELS, note))
+        section(ft_file.parent.name, title, finetune_arms(ft["runs"], zs), FINETUNE_LABELS, FINETUNE_PAIRS, note)
     labels = {k: v[2] for k, v in SAMAUG_ARMS.items()}
     for f in sorted(RESULTS.glob("samaug*/results.json")):
         study = json.loads(f.read_text())
-        arms = samaug_arms(study["runs"], f.parent.name)
-        iv, cmp = interval_rows(arms, labels), comparison_rows(arms, SAMAUG_PAIRS)
-        doc["studies"][f.parent.name] = {"intervals": iv, "comparisons": cmp, "settings": study["settings"]}
         st = study["settings"]
-        rule = st.get("rule", "steps")
         how = (
             f"each arm trained until its validation Dice had not improved for {st.get('patience')} epochs "
             f"(cap {st.get('max_epochs')})"
-            if rule == "converge"
+            if st.get("rule", "steps") == "converge"
             else f"the same optimizer steps for every arm ({st['epochs_both']} epochs of 'both', twice as many of 'raw')"
         )
-        machine = study.get("machine", "the machine was not recorded in these runs")
         note = (
             f"`experiments/samaug_unet.py` ({f.parent.name}/): {st['size']} px, {how}; split seed {st['split_seed']}, "
-            f"{st['threads']} CPU threads; {machine}."
+            f"{st['threads']} CPU threads; {study.get('machine', unrecorded)}."
         )
-        parts.append(markdown(f"SAMAug: raw vs augmented inputs ({f.parent.name})", iv, cmp, labels, note))
+        title = f"SAMAug: raw vs augmented inputs ({f.parent.name})"
+        section(f.parent.name, title, samaug_arms(study["runs"], f.parent.name), labels, SAMAUG_PAIRS, note, settings=st)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "intervals.json").write_text(json.dumps(doc, indent=1) + "\n")
     text = "\n".join(parts)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medsamkit.errors import InputError
-from medsamkit.evaluate import auroc, bootstrap_mean, paired_bootstrap, spearman, summarize
+from medsamkit.evaluate import auroc, bootstrap_mean, compare_protocols, paired_bootstrap, spearman, summarize
 from medsamkit.evaluate.analysis import format_interval, seed_image_bootstrap, verdict
 
 
@@ -71,6 +71,37 @@ def test_summary_tables_curves_and_uncertainty():
     assert u["auroc_own_dice"] == pytest.approx(1.0) and u["auroc_box_dice"] == pytest.approx(1.0)
     assert s["errors"] == 1 and s["error_examples"][0]["error"] == "X"
     assert not any(isinstance(v, float) and np.isnan(v) for e in s["table"] for v in e["dice"].values())
+
+
+def test_summary_intervals_resample_pictures_not_objects():
+    # picture "a" holds three objects at 0.9, picture "b" one at 0.1: drawing pictures, a resample's mean is 0.7, 0.9
+    # or 0.1, so the interval reaches both ends; drawing the 4 objects as independent would give a narrower one
+    rows = [row("a", "box", 0, 0.9, label=k) for k in (1, 2, 3)] + [row("b", "box", 0, 0.1)]
+    cell = next(e for e in summarize(rows, ["box"])["table"] if e["dataset"] == "all")
+    assert cell["dice"]["units"] == 2 and cell["dice"]["interval95"] == pytest.approx([0.1, 0.9])
+    assert cell["dice"]["interval95"][0] < cell["dice"]["mean"] - cell["dice"]["ci95"]
+    # a picture is (dataset, case): the same case id in two datasets is two pictures
+    other = [row("a", "box", 0, 0.5, dataset="e")]
+    assert next(e for e in summarize(rows + other, ["box"])["table"] if e["dataset"] == "all")["dice"]["units"] == 3
+
+
+def test_compare_protocols_pairs_objects_and_words_the_interval():
+    # dataset d: the point protocol loses 0.5 on every object of 4 pictures; dataset e: the same Dice on 3 pictures
+    rows = [row(c, "box", 0, 0.9) for c in "abcd"] + [row(c, "point", 0, 0.4) for c in "abcd"]
+    rows += [row(c, "box", 0, 0.8, dataset="e") for c in "xyz"] + [row(c, "point", 0, 0.8, dataset="e") for c in "xyz"]
+    rows += [row("w", "box", 0, 0.7, dataset="e")]  # no point row: left out, counted
+    rows += [row("v", "box", 0, 0.1, dataset="e"), row("v", "point", 0, 0.9, dataset="e", status="error")]
+    out = {e["dataset"]: e for e in compare_protocols(rows, ("box", 0), ("point", 0))}
+    assert list(out) == ["d", "e", "all"]
+    assert out["d"]["difference"]["mean"] == pytest.approx(-0.5) and out["d"]["verdict"] == "worse"
+    assert out["e"]["difference"]["mean"] == pytest.approx(0.0) and out["e"]["verdict"] == "no difference shown"
+    assert (out["e"]["n"], out["e"]["unpaired"], out["all"]["units"]) == (3, 2, 7)
+    assert out["all"]["difference"]["mean"] == pytest.approx(-0.5 * 4 / 7, abs=1e-4)
+    assert compare_protocols(rows, ("point", 0), ("box", 0))[0]["verdict"] == "better"
+    with pytest.raises(InputError, match="no object has both"):
+        compare_protocols(rows, ("box", 0), ("box", 3))
+    with pytest.raises(InputError, match="with itself"):
+        compare_protocols(rows, ("box", 0), ("box", 0))
 
 
 def test_bootstrap_interval_contains_the_mean_and_is_seeded():

@@ -75,6 +75,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _interval(dice: dict) -> str:
+    """``"[low, high] over N pictures "`` from a summary cell (empty when it has no interval)."""
+    iv = dice.get("interval95")
+    return f"[{iv[0]}, {iv[1]}] over {dice['units']} pictures " if iv else ""
+
+
 def run(args: argparse.Namespace) -> None:
     from ..data import load_dataset
     from ..evaluate import EvalConfig, run_evaluation
@@ -135,7 +141,8 @@ def run(args: argparse.Namespace) -> None:
         if e["dataset"] == "all" and (e["final"] or e["step"] == 0):
             step = f" step {e['step']}" if e["step"] else ""
             print(
-                f"{e['protocol']}{step}: Dice {e['dice']['mean']} (median {e['dice']['median']}, n={e['n']}), "
+                f"{e['protocol']}{step}: Dice {e['dice']['mean']} {_interval(e['dice'])}(median {e['dice']['median']}, "
+                f"n={e['n']}), "
                 f"NSD {e['nsd_mean']}, HD95 median {e['hd95_median']}"
             )
     say(

@@ -10,7 +10,8 @@ protocol ``auto``; the training side's evaluations (``medsamkit.train``) go thro
 
 Iterative protocols are scored per object as the CVPR 2025 interactive challenge does (``interactive_records``:
 DSC-AUC, NSD-AUC, final DSC/NSD; ``interactive_auc``); ``bootstrap_mean`` / ``paired_bootstrap`` give percentile
-bootstrap intervals of means and paired differences, resampled by unit (e.g. image) and optionally by stratum;
+bootstrap intervals of means and paired differences, resampled by unit (e.g. image) and optionally by stratum
+(``compare_protocols``: two protocols on the same objects, per dataset, resampled by picture);
 ``seed_image_bootstrap`` resamples training seeds and test images together, and ``verdict`` words what an interval
 of a difference supports ("better", "no difference shown", "worse").
 """
@@ -20,6 +21,7 @@ from .analysis import (
     Interval,
     auroc,
     bootstrap_mean,
+    compare_protocols,
     format_interval,
     interactive_table,
     paired_bootstrap,
@@ -76,6 +78,7 @@ __all__ = [
     "load_dataset",
     "load_masks",
     "modality_from_name",
+    "compare_protocols",
     "paired_bootstrap",
     "read_rows",
     "run_evaluation",

@@ -25,6 +25,8 @@ from ..metrics.attributes import ATTRIBUTES
 from .interactive import NSD_MIN_DICE, interactive_records
 
 FAILURE_DICE = 0.7
+#: resamples of the per-cell intervals of :func:`summarize` (fewer than the default: a run has hundreds of cells)
+SUMMARY_RESAMPLES = 2000
 CORRELATED = ("size", "relative_size", "compactness", "fractal_dimension", "contrast", "components", "box_fill")
 
 CONVENTIONS = {
@@ -38,6 +40,9 @@ CONVENTIONS = {
     "slices": "in slices mode every slice of a 3D object is one sample; correlations over slices are not over "
     "independent objects (p-values are optimistic)",
     "steps": "step 0 = the initial prompt; step k = after k correction clicks (iterative protocols)",
+    "intervals": "dice.ci95 = 1.96 sd / sqrt(n) over objects (normal approximation, objects taken as independent); "
+    "dice.interval95 = the 95 % percentile-bootstrap interval over pictures (dataset, case): the objects of one "
+    f"picture are resampled together, {SUMMARY_RESAMPLES} resamples, seed 0; dice.units = the number of pictures",
 }
 
 #: the conventions entry of runs with iterative protocols (``summary["interactive"]``)
@@ -286,8 +291,66 @@ def format_interval(ci: Interval, digits: int = 3, signed: bool = False) -> str:
     return f"{f.format(ci.mean)} [{f.format(ci.low)}, {f.format(ci.high)}]"
 
 
+def _case_interval(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``interval95``: the 95 % percentile-bootstrap interval of the mean Dice of ``rows`` with their pictures
+    (dataset, case) as resampling units (the objects of one picture or volume are drawn together), and ``units``,
+    the number of pictures; an empty interval when no value is finite."""
+    pairs = [(_f(r["dice"]), (r["dataset"], r["case"])) for r in rows]
+    pairs = [(v, u) for v, u in pairs if math.isfinite(v)]
+    if not pairs:
+        return {"interval95": None, "units": 0}
+    ci = bootstrap_mean([v for v, _ in pairs], [u for _, u in pairs], resamples=SUMMARY_RESAMPLES)
+    return {"interval95": [round(ci.low, 4), round(ci.high, 4)], "units": ci.units}
+
+
 def _object_key(r: dict[str, Any]) -> tuple:
     return (r["dataset"], r["case"], r["label"], r["slice"])
+
+
+def compare_protocols(
+    rows: Sequence[dict[str, Any]],
+    a: tuple[str, int],
+    b: tuple[str, int],
+    *,
+    resamples: int = 10_000,
+) -> list[dict[str, Any]]:
+    """Paired differences of Dice ``b - a`` between two (protocol, step) cells of evaluation ``rows`` on the same
+    objects, per dataset and over all datasets (``"all"``, objects pooled; last): each entry has ``dataset``, ``n``
+    paired objects, ``units`` pictures, ``mean_a``, ``mean_b``, ``difference`` (:meth:`Interval.to_dict` of the
+    :func:`paired_bootstrap` with the pictures (dataset, case) as units, seed 0) and ``verdict`` (for b over a).
+    Objects with only one of the two cells (an error or invalid row) are left out and counted in ``unpaired``.
+    InputError when a and b are the same cell or no object has both."""
+    if a == b:
+        raise InputError(f"compare_protocols: {a[0]} step {a[1]} compared with itself")
+    cells: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        cell = (r["protocol"], int(r["step"]))
+        if cell in (a, b) and math.isfinite(_f(r["dice"])):
+            cells[_object_key(r)]["a" if cell == a else "b"] = _f(r["dice"])
+    paired = {k: v for k, v in cells.items() if len(v) == 2}
+    if not paired:
+        raise InputError(f"compare_protocols: no object has both {a[0]} step {a[1]} and {b[0]} step {b[1]}")
+    out = []
+    for ds in sorted({k[0] for k in paired}) + ["all"]:
+        keys = [k for k in paired if ds in ("all", k[0])]
+        xa = [paired[k]["a"] for k in keys]
+        xb = [paired[k]["b"] for k in keys]
+        diff = paired_bootstrap(xa, xb, units=[(k[0], k[1]) for k in keys], resamples=resamples)
+        out.append(
+            {
+                "dataset": ds,
+                "n": len(keys),
+                "units": diff.units,
+                "unpaired": sum(1 for k, v in cells.items() if len(v) == 1 and ds in ("all", k[0])),
+                "mean_a": round(float(np.mean(xa)), 4),
+                "mean_b": round(float(np.mean(xb)), 4),
+                "difference": diff.to_dict(),
+                "verdict": verdict(diff),
+            }
+        )
+    return out
 
 
 def interactive_table(rows: Sequence[dict[str, Any]], protocols: Sequence[str]) -> tuple[list[dict[str, Any]], str | None]:
@@ -350,7 +413,7 @@ def summarize(rows: Sequence[dict[str, Any]], protocols: Sequence[str], nsd_tole
             "step": step,
             "final": step == last_step[proto],
             "n": len(rs),
-            "dice": _stats([_f(r["dice"]) for r in rs]),
+            "dice": {**_stats([_f(r["dice"]) for r in rs]), **_case_interval(rs)},
             "iou_mean": _stats([_f(r["iou"]) for r in rs])["mean"],
             "nsd_mean": _stats([_f(r["nsd"]) for r in rs])["mean"],
             "hd95_median": _stats([_f(r["hd95"]) for r in rs])["median"],

@@ -234,6 +234,12 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _interval_cell(dice: dict[str, Any]) -> str:
+    """``"[0.812, 0.846] (n_pictures)"`` from a summary cell's ``interval95`` (empty for summaries without it)."""
+    iv = dice.get("interval95")
+    return "" if not iv else f"[{iv[0]:.3f}, {iv[1]:.3f}] ({dice.get('units')})"
+
+
 def _table(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
@@ -288,7 +294,7 @@ def write_report(
             e["n"],
             e["dice"]["mean"],
             e["dice"]["median"],
-            e["dice"]["ci95"],
+            _interval_cell(e["dice"]),
             e["nsd_mean"],
             e["hd95_median"],
             e["assd_mean"],
@@ -308,7 +314,7 @@ def write_report(
                 "n",
                 "Dice mean",
                 "Dice median",
-                "±95% CI",
+                "95% interval (pictures)",
                 "NSD",
                 "HD95 median",
                 "ASSD",

@@ -32,6 +32,24 @@ def test_split_deterministic_disjoint_and_complete(tmp_path) -> None:
         split_cases(["a", "a", "b"], 0.0, 0.0)
 
 
+def test_kfold_test_parts_cover_every_case_once() -> None:
+    ids = [f"case{i:02d}" for i in range(16)]
+    parts = [split_cases(ids, 0.15, seed=0, folds=4, fold=k) for k in range(4)]
+    assert sorted(c for p in parts for c in p.test) == ids  # disjoint and complete
+    for p in parts:
+        assert (len(p.test), len(p.val), len(p.train)) == (4, 2, 10)
+        assert not set(p.test) & set(p.val) and not set(p.test) & set(p.train) and not set(p.val) & set(p.train)
+    # fold 0 of 4 is the split with test_fraction 1/4 (same shuffle, same val cases)
+    assert parts[0] == split_cases(ids, 0.15, 0.25, seed=0)
+    assert [len(split_cases(ids[:10], 0.1, seed=1, folds=3, fold=k).test) for k in range(3)] == [3, 4, 3]
+    with pytest.raises(ValueError, match="folds must be an integer from 2 to the number of cases"):
+        split_cases(ids, 0.1, folds=1)
+    with pytest.raises(ValueError, match="fold must be an integer from 0 to 3"):
+        split_cases(ids, 0.1, folds=4, fold=4)
+    with pytest.raises(ValueError, match="fold 0 of 2 with at least one training case"):
+        split_cases(ids[:2], 0.1, folds=2)
+
+
 def test_run_split_is_saved_read_back_on_resume_and_checked(tmp_path) -> None:
     ds = SimpleNamespace(ids=[f"c{i}" for i in range(10)], root=tmp_path / "data")
     assert run_split(tmp_path / "quiet", ds, 0.2, 0.2, seed=3, write=False) and not (tmp_path / "quiet").exists()
@@ -40,6 +58,10 @@ def test_run_split_is_saved_read_back_on_resume_and_checked(tmp_path) -> None:
     # resume keeps the saved split even when asked for another seed; a new run with that seed splits anew
     assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4, resume=True) == first
     assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4) != first
+    folded = run_split(tmp_path / "fold", ds, 0.2, 0.2, seed=3, folds=5, fold=2)
+    assert folded == split_cases(ds.ids, 0.2, seed=3, folds=5, fold=2)
+    saved = json.loads((tmp_path / "fold" / "split.json").read_text())
+    assert (saved["folds"], saved["fold"]) == (5, 2) and "test_fraction" not in saved
     fewer = SimpleNamespace(ids=ds.ids[:5], root=ds.root)
     with pytest.raises(ValueError, match="lacks"):
         run_split(tmp_path / "run", fewer, 0.2, 0.2, seed=4, resume=True)

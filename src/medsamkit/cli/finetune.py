@@ -99,6 +99,12 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--autosam-train-decoder", action="store_true", help="AutoSAM: train the mask decoder too")
     p.add_argument("--val-fraction", type=_fraction, default=0.2, help="share of cases for validation (default 0.2)")
     p.add_argument("--test-fraction", type=_fraction, default=0.2, help="share of cases held out for testing (default 0.2)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="k-fold by case: cut the shuffled cases into K parts and test on part --fold (replaces --test-fraction)",
+    )
+    p.add_argument("--fold", type=int, default=0, help="with --folds: the test part, 0..K-1 (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, prompts and augmentation")
     p.add_argument("--split-seed", type=int, help="seed of the train/val/test split only (default: --seed)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
@@ -172,6 +178,8 @@ def run(args: argparse.Namespace) -> None:
         "autosam_train_decoder": args.autosam_train_decoder,
         "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction,
+        "folds": args.folds,
+        "fold": args.fold,
         "split_seed": args.split_seed,
     }
     res = finetune(

@@ -57,6 +57,12 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--split-seed", type=int, help="seed of the train/val/test split only (default: --seed)")
     p.add_argument("--val-fraction", type=_fraction, default=0.2, help="share of cases for validation (default 0.2)")
     p.add_argument("--test-fraction", type=_fraction, default=0.2, help="share of cases held out for testing (default 0.2)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="k-fold by case: cut the shuffled cases into K parts and test on part --fold (replaces --test-fraction)",
+    )
+    p.add_argument("--fold", type=int, default=0, help="with --folds: the test part, 0..K-1 (default 0)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation Dice")
     p.add_argument("--max-minutes", type=_positive_float, help="wall-clock budget; no epoch starts that would pass it")
     p.add_argument("--no-augment", action="store_true", help="no train-time flips, rotations or intensity changes")
@@ -134,6 +140,8 @@ def run_train_unet(args: argparse.Namespace) -> None:
         split_seed=args.split_seed,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
+        folds=args.folds,
+        fold=args.fold,
         augment=not args.no_augment,
         resume=args.resume,
         progress=not args.quiet,

@@ -23,11 +23,26 @@ class Split(NamedTuple):
     test: list[str]
 
 
-def split_cases(ids: Sequence[str], val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> Split:
+def split_cases(
+    ids: Sequence[str],
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    *,
+    folds: int | None = None,
+    fold: int = 0,
+) -> Split:
     """Deterministic disjoint split: the sorted unique ids shuffled by numpy's ``default_rng(seed)``; the first
     ``round(n * test_fraction)`` go to test, the next ``round(n * val_fraction)`` to val, the rest to train (a
-    non-zero fraction gets at least one case). ValueError when a fraction is outside [0, 1) or nothing is
-    left to train on."""
+    non-zero fraction gets at least one case).
+
+    folds, fold: k-fold by case instead of one test fraction: the shuffled ids are cut into ``folds`` consecutive
+    parts (part i = shuffled ``[round(n i / folds), round(n (i + 1) / folds))``), part ``fold`` (0-based) is the
+    test set and ``test_fraction`` is not used; val is the first ``round(n * val_fraction)`` of the other ids in
+    shuffled order, the rest train. The test parts of folds 0..folds-1 with one seed are disjoint and cover every
+    id once; fold 0 gives the same split as ``test_fraction = 1 / folds`` when ``n / folds`` is whole.
+    OptionError (a ValueError) when a fraction is outside [0, 1), folds < 2 or > n, fold outside
+    [0, folds), or nothing is left to train on."""
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
             raise OptionError(f"{name} must be in [0, 1), got {f!r}")
@@ -37,15 +52,23 @@ def split_cases(ids: Sequence[str], val_fraction: float = 0.2, test_fraction: fl
     if len(unique) != len(list(ids)):
         raise OptionError("case ids must be unique")
     n = len(unique)
-    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-    if n - n_test - n_val < 1:
-        raise OptionError(
-            f"{n} case(s) cannot be split into val {val_fraction} and test {test_fraction} with at least one training case"
-        )
     order = np.random.default_rng(seed).permutation(n)
     shuffled = [unique[i] for i in order]
-    test, val, train = shuffled[:n_test], shuffled[n_test : n_test + n_val], shuffled[n_test + n_val :]
+    if folds is None:
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+        test, rest = shuffled[:n_test], shuffled[n_test:]
+    else:
+        if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
+            raise OptionError(f"folds must be an integer from 2 to the number of cases ({n}), got {folds!r}")
+        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < folds:
+            raise OptionError(f"fold must be an integer from 0 to {folds - 1}, got {fold!r}")
+        lo, hi = round(n * fold / folds), round(n * (fold + 1) / folds)
+        test, rest = shuffled[lo:hi], shuffled[:lo] + shuffled[hi:]
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    if len(rest) - n_val < 1:
+        what = f"fold {fold} of {folds}" if folds is not None else f"test {test_fraction}"
+        raise OptionError(f"{n} case(s) cannot be split into val {val_fraction} and {what} with at least one training case")
+    val, train = rest[:n_val], rest[n_val:]
     return Split(sorted(train), sorted(val), sorted(test))
 
 
@@ -64,10 +87,13 @@ def run_split(
     *,
     resume: bool = False,
     write: bool = True,
+    folds: int | None = None,
+    fold: int = 0,
 ) -> Split:
     """The split of a training run: on ``resume`` the run's ``split.json`` when present (ValueError when it names a
-    case ``dataset`` lacks), else :func:`split_cases` of ``dataset.ids``. With ``write`` (rank 0) the run folder is
-    created and the split saved with the dataset root, seed and fractions."""
+    case ``dataset`` lacks), else :func:`split_cases` of ``dataset.ids`` (``folds``/``fold``: k-fold by case). With
+    ``write`` (rank 0) the run folder is created and the split saved with the dataset root, seed, fractions and
+    fold."""
     run = Path(run_dir)
     split_file = run / "split.json"
     if resume and split_file.is_file():
@@ -76,10 +102,11 @@ def run_split(
         if missing:
             raise OptionError(f"{split_file} names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
     else:
-        split = split_cases(dataset.ids, val_fraction, test_fraction, seed=seed)
+        split = split_cases(dataset.ids, val_fraction, test_fraction, seed=seed, folds=folds, fold=fold)
     if write:
         run.mkdir(parents=True, exist_ok=True)
-        info = {"dataset": str(dataset.root), "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+        info: dict[str, Any] = {"dataset": str(dataset.root), "seed": seed, "val_fraction": val_fraction}
+        info.update({"test_fraction": test_fraction} if folds is None else {"folds": folds, "fold": fold})
         write_split(split_file, split, **info)
     return split
 

@@ -105,16 +105,18 @@ def train_unet(
     progress: bool = True,
     split_seed: int | None = None,
     loss: str = "dice_ce",
+    folds: int | None = None,
+    fold: int = 0,
 ) -> FitResult:
     """Train a MONAI segmentation network on a 2D dataset; everything goes to ``run_dir``.
 
     input: "raw", "samaug" or "both" (see :mod:`medsamkit.train.data`); the last two need ``samaug_dir``
     (``medsamkit samaug prepare`` output for this dataset). size: S of the ``S x S`` network input. label: train
     on one label value (default: every label > 0). The split (``split_cases`` with ``split_seed``, default
-    ``config.seed``; fix it to compare training seeds on one test set) is written to ``run_dir/split.json``; a
-    resumed run reuses it. network: extra :func:`build_network` arguments
-    (channels, strides, num_res_units, dropout). augment: MONAI train-time augmentation. loss: :func:`unet_loss`'s
-    kind (validation Dice is the same for every loss).
+    ``config.seed``; fix it to compare training seeds on one test set; ``folds``/``fold``: k-fold by case, see
+    :func:`~medsamkit.data.split_cases`) is written to ``run_dir/split.json``; a resumed run reuses it. network:
+    extra :func:`build_network` arguments (channels, strides, num_res_units, dropout). augment: MONAI train-time
+    augmentation. loss: :func:`unet_loss`'s kind (validation Dice is the same for every loss).
     Returns :func:`~medsamkit.train.loop.fit`'s result; the model is ``run_dir/best.pt`` (:func:`load_unet`).
     """
     config = config or TrainConfig()
@@ -134,7 +136,9 @@ def train_unet(
     ds = open_dataset(dataset)
     run = Path(run_dir)
     split_seed = config.seed if split_seed is None else int(split_seed)
-    split = run_split(run, ds, val_fraction, test_fraction, split_seed, resume=resume, write=dist_info()[0] == 0)
+    split = run_split(
+        run, ds, val_fraction, test_fraction, split_seed, resume=resume, write=dist_info()[0] == 0, folds=folds, fold=fold
+    )
     spec, parts = load_split_data(ds, split, input, size=int(size), samaug_dir=samaug_dir, label=label)
 
     seed_everything(config.seed, deterministic=False)  # the initial weights depend on the seed only

@@ -71,7 +71,8 @@ class FinetuneOptions(StoredConfig):
     adapter_ratio, adapter_mlp_scale: :class:`~medsamkit.models.adapters.AdapterConfig`. lora_rank, lora_alpha:
     :class:`~medsamkit.models.lora.LoraConfig`. autosam_tokens: k sparse tokens; autosam_input: what the generator
     reads ("image", "embedding" or "both"); autosam_train_decoder: also train the mask decoder.
-    val_fraction, test_fraction, split_seed: the split (split_seed None: the training seed).
+    val_fraction, test_fraction, split_seed: the split (split_seed None: the training seed). folds, fold: k-fold by
+    case (:func:`~medsamkit.data.split_cases`; test_fraction is then not used).
     """
 
     _unknown = "finetune option(s)"  # from_dict refuses other keys
@@ -108,6 +109,8 @@ class FinetuneOptions(StoredConfig):
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int | None = None
+    folds: int | None = None
+    fold: int = 0
 
     def __post_init__(self) -> None:
         def check_int(name: str, minimum: int, optional: bool = False) -> None:
@@ -143,6 +146,10 @@ class FinetuneOptions(StoredConfig):
         check_int("label", 1, optional=True)
         check_int("slices_per_case", 1, optional=True)
         check_int("split_seed", 0, optional=True)
+        check_int("folds", 2, optional=True)
+        check_int("fold", 0)
+        if self.folds is not None and self.fold >= self.folds:
+            raise OptionError(f"fold must be below folds ({self.folds}), got {self.fold}")
         check_int("size", 64, optional=True)
         if self.size is not None and self.size % 16:
             raise OptionError(f"size must be a multiple of 16, got {self.size}")

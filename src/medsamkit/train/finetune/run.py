@@ -139,7 +139,17 @@ def _finetune(
     if resume and summary_file.is_file():
         _check_resume_options(summary_file, opts)
     split_seed = config.seed if opts.split_seed is None else int(opts.split_seed)
-    split = run_split(run, ds, opts.val_fraction, opts.test_fraction, split_seed, resume=resume, write=rank == 0)
+    split = run_split(
+        run,
+        ds,
+        opts.val_fraction,
+        opts.test_fraction,
+        split_seed,
+        resume=resume,
+        write=rank == 0,
+        folds=opts.folds,
+        fold=opts.fold,
+    )
 
     base = load_base(model, opts.checkpoint if not isinstance(model, nn.Module) else None, opts.size)
     if isinstance(model, nn.Module):

@@ -48,6 +48,9 @@ def test_kfold_test_parts_cover_every_case_once() -> None:
         split_cases(ids, 0.1, folds=4, fold=4)
     with pytest.raises(ValueError, match="fold 0 of 2 with at least one training case"):
         split_cases(ids[:2], 0.1, folds=2)
+    with pytest.raises(ValueError, match="fold 2 needs folds"):
+        split_cases(ids, 0.1, fold=2)
+    assert split_cases(ids, 0.1, folds=4) == split_cases(ids, 0.1, folds=4, fold=0)
 
 
 def test_run_split_is_saved_read_back_on_resume_and_checked(tmp_path) -> None:
@@ -55,13 +58,23 @@ def test_run_split_is_saved_read_back_on_resume_and_checked(tmp_path) -> None:
     assert run_split(tmp_path / "quiet", ds, 0.2, 0.2, seed=3, write=False) and not (tmp_path / "quiet").exists()
     first = run_split(tmp_path / "run", ds, 0.2, 0.2, seed=3)
     assert read_split(tmp_path / "run" / "split.json") == first
-    # resume keeps the saved split even when asked for another seed; a new run with that seed splits anew
-    assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4, resume=True) == first
+    # resume reads the saved split back; asked for another seed, fraction or fold it refuses and leaves the file
+    assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=3, resume=True) == first
+    before = (tmp_path / "run" / "split.json").read_text()
+    with pytest.raises(ValueError, match=r"another split: seed 3 \(asked 4\)"):
+        run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4, resume=True)
+    with pytest.raises(ValueError, match=r"k-fold off \(asked on\)"):
+        run_split(tmp_path / "run", ds, 0.2, 0.2, seed=3, resume=True, folds=5, fold=1)
+    assert (tmp_path / "run" / "split.json").read_text() == before
+    # a new run with another seed splits anew
     assert run_split(tmp_path / "run", ds, 0.2, 0.2, seed=4) != first
     folded = run_split(tmp_path / "fold", ds, 0.2, 0.2, seed=3, folds=5, fold=2)
     assert folded == split_cases(ds.ids, 0.2, seed=3, folds=5, fold=2)
     saved = json.loads((tmp_path / "fold" / "split.json").read_text())
     assert (saved["folds"], saved["fold"]) == (5, 2) and "test_fraction" not in saved
+    assert run_split(tmp_path / "fold", ds, 0.2, 0.2, seed=3, resume=True, folds=5, fold=2) == folded
+    with pytest.raises(ValueError, match=r"fold 2 \(asked 0\)"):
+        run_split(tmp_path / "fold", ds, 0.2, 0.2, seed=3, resume=True, folds=5)
     fewer = SimpleNamespace(ids=ds.ids[:5], root=ds.root)
     with pytest.raises(ValueError, match="lacks"):
         run_split(tmp_path / "run", fewer, 0.2, 0.2, seed=4, resume=True)

@@ -265,6 +265,8 @@ def test_option_errors(data, tmp_path) -> None:
         FinetuneOptions(folds=3, fold=3)
     with pytest.raises(ValueError, match="folds must be an integer >= 2"):
         FinetuneOptions(folds=1)
+    with pytest.raises(ValueError, match="fold needs folds"):
+        FinetuneOptions(fold=1)
     with pytest.raises(ValueError, match="only TinyViT"):
         finetune(data, tmp_path / "r", "decoder", model=_random_model(SMALL["sam"]), size=128, config=_config(), progress=False)
     with pytest.raises(FileNotFoundError, match="adapter file not found"):

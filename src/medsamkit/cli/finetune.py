@@ -104,7 +104,7 @@ def add_parser(sub: SubParsers) -> None:
         type=int,
         help="k-fold by case: cut the shuffled cases into K parts and test on part --fold (replaces --test-fraction)",
     )
-    p.add_argument("--fold", type=int, default=0, help="with --folds: the test part, 0..K-1 (default 0)")
+    p.add_argument("--fold", type=int, help="with --folds: the test part, 0..K-1 (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, prompts and augmentation")
     p.add_argument("--split-seed", type=int, help="seed of the train/val/test split only (default: --seed)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")

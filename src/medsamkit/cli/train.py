@@ -62,7 +62,7 @@ def add_parser(sub: SubParsers) -> None:
         type=int,
         help="k-fold by case: cut the shuffled cases into K parts and test on part --fold (replaces --test-fraction)",
     )
-    p.add_argument("--fold", type=int, default=0, help="with --folds: the test part, 0..K-1 (default 0)")
+    p.add_argument("--fold", type=int, help="with --folds: the test part, 0..K-1 (default 0)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation Dice")
     p.add_argument("--max-minutes", type=_positive_float, help="wall-clock budget; no epoch starts that would pass it")
     p.add_argument("--no-augment", action="store_true", help="no train-time flips, rotations or intensity changes")

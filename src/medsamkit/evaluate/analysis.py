@@ -320,6 +320,7 @@ def compare_protocols(
     :func:`paired_bootstrap` with the pictures (dataset, case) as units, seed 0) and ``verdict`` (for b over a).
     Objects with only one of the two cells (an error or invalid row) are left out and counted in ``unpaired``.
     InputError when a and b are the same cell or no object has both."""
+    a, b = (str(a[0]), int(a[1])), (str(b[0]), int(b[1]))  # lists and string steps, as read back from JSON
     if a == b:
         raise InputError(f"compare_protocols: {a[0]} step {a[1]} compared with itself")
     cells: dict[tuple, dict[str, float]] = defaultdict(dict)

@@ -106,7 +106,7 @@ def train_unet(
     split_seed: int | None = None,
     loss: str = "dice_ce",
     folds: int | None = None,
-    fold: int = 0,
+    fold: int | None = None,
 ) -> FitResult:
     """Train a MONAI segmentation network on a 2D dataset; everything goes to ``run_dir``.
 

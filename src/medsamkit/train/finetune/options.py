@@ -72,7 +72,7 @@ class FinetuneOptions(StoredConfig):
     :class:`~medsamkit.models.lora.LoraConfig`. autosam_tokens: k sparse tokens; autosam_input: what the generator
     reads ("image", "embedding" or "both"); autosam_train_decoder: also train the mask decoder.
     val_fraction, test_fraction, split_seed: the split (split_seed None: the training seed). folds, fold: k-fold by
-    case (:func:`~medsamkit.data.split_cases`; test_fraction is then not used).
+    case (:func:`~medsamkit.data.split_cases`; test_fraction is then not used; fold None = 0; fold needs folds).
     """
 
     _unknown = "finetune option(s)"  # from_dict refuses other keys
@@ -110,7 +110,7 @@ class FinetuneOptions(StoredConfig):
     test_fraction: float = 0.2
     split_seed: int | None = None
     folds: int | None = None
-    fold: int = 0
+    fold: int | None = None
 
     def __post_init__(self) -> None:
         def check_int(name: str, minimum: int, optional: bool = False) -> None:
@@ -147,8 +147,10 @@ class FinetuneOptions(StoredConfig):
         check_int("slices_per_case", 1, optional=True)
         check_int("split_seed", 0, optional=True)
         check_int("folds", 2, optional=True)
-        check_int("fold", 0)
-        if self.folds is not None and self.fold >= self.folds:
+        check_int("fold", 0, optional=True)
+        if self.fold is not None and self.folds is None:
+            raise OptionError("fold needs folds (k-fold by case): set folds too, or leave fold unset")
+        if self.folds is not None and self.fold is not None and self.fold >= self.folds:
             raise OptionError(f"fold must be below folds ({self.folds}), got {self.fold}")
         check_int("size", 64, optional=True)
         if self.size is not None and self.size % 16:

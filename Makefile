@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-intervals lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-kfold study-intervals lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,13 @@ study-unet: $(STAMP)
 # DRIVE: whole-tree box vs one box / point per tile, zero-shot and decoder fine-tuned on tile boxes (~35 min)
 study-drive-prompts: $(STAMP)
 	MEDSAMKIT_THREADS=2 $(BIN)/python experiments/drive_prompts.py
+
+# GlaS (3 seeds) and DRIVE (1 seed) in 4 folds by case under the convergence rule (every image tested once; ~70 + ~40 min)
+study-kfold: $(STAMP)
+	$(BIN)/python experiments/finetune_real.py --rule converge --patience 20 --max-epochs 300 --minutes 15 --folds 4 \
+		--seeds 0 1 2 --candidates glas_gland_histo drive --sets glas_gland_histo --modes decoder autosam
+	$(BIN)/python experiments/finetune_real.py --rule converge --patience 20 --max-epochs 300 --minutes 15 --folds 4 \
+		--seeds 0 --candidates glas_gland_histo drive --sets drive --modes autosam
 
 # 95 % bootstrap intervals and verdicts for every table of the studies above and experiments/finetune_real.py
 study-intervals: $(STAMP)

@@ -5,7 +5,9 @@ LiteMedSAM (box prompts) and a MONAI U-Net (no prompts), on 2 CPU cores with a t
    box per label, the evaluation's ``box`` protocol; ``medsamkit.train.finetune.zero_shot_rows``) ->
    ``zero_shot.json``. The two weakest candidates plus ``kvasir_seg`` are studied (or ``--sets``).
 2. **One split per set**: ``split_cases`` with ``--split-seed`` (default 0) and val/test fractions 0.15/0.25, the
-   same as ``experiments/samaug_unet.py``, so its U-Nets share the test cases.
+   same as ``experiments/samaug_unet.py``, so its U-Nets share the test cases. ``--folds K`` instead: k-fold by case
+   (``split_cases(..., folds=K, fold=k)``), one run per fold, mode and seed (run folders ``{mode}-s{seed}-f{k}``),
+   so every image of a set is tested once; results go to ``..._kfold/`` and the table pools each seed's folds.
 3. For each set and training seed: ``finetune`` in each ``--modes`` (default decoder, adapter, autosam) within
    ``--minutes`` of wall-clock (the engine starts no epoch that would end past it; the best validation epoch is
    kept), and a raw-input U-Net (``train_unet``) with the same budget as the prompt-free baseline:
@@ -113,20 +115,27 @@ def _epochs(args: argparse.Namespace, planned: int) -> int:
     return args.max_epochs if args.rule == "converge" else planned
 
 
-def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
+def _run_name(kind: str, seed: int, fold: int | None) -> str:
+    """A run folder: ``{kind}-s{seed}``, with ``-f{fold}`` under k-fold."""
+    return f"{kind}-s{seed}" + ("" if fold is None else f"-f{fold}")
+
+
+def _split(args: argparse.Namespace, fold: int | None) -> dict:
+    """The split options of a run: the study's split seed and fractions, and its fold under ``--folds``."""
+    out = {"split_seed": args.split_seed, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+    return out if fold is None else {**out, "folds": args.folds, "fold": fold}
+
+
+def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace, fold: int | None = None) -> dict:
     from medsamkit.train.finetune import default_config, evaluate_finetune, finetune
 
-    run = args.work / name / f"{mode}-s{seed}"
+    run = args.work / name / _run_name(mode, seed, fold)
     rows_file = run / "test_rows.json"
     if not rows_file.is_file():
         if run.exists():
             shutil.rmtree(run)  # an unfinished run (killed) starts again: its budget would not be comparable
         ds = dataset(name, args.limit)
-        common = {
-            "split_seed": args.split_seed,
-            "val_fraction": args.val_fraction,
-            "test_fraction": args.test_fraction,
-        }
+        common = _split(args, fold)
         cache = str(args.work / name / "embeddings")
         rule = _rule(args)
         if mode == "decoder":
@@ -155,6 +164,7 @@ def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
         "set": name,
         "mode": mode,
         "seed": seed,
+        **({} if fold is None else {"fold": fold, "folds": args.folds}),
         "rule": args.rule,
         "test_dice": _mean(rows, "dice"),
         "zero_shot_dice": _mean(rows, "zero_shot_dice"),
@@ -184,10 +194,10 @@ def run_mode(name: str, mode: str, seed: int, args: argparse.Namespace) -> dict:
     return out
 
 
-def run_unet(name: str, seed: int, args: argparse.Namespace) -> dict:
+def run_unet(name: str, seed: int, args: argparse.Namespace, fold: int | None = None) -> dict:
     from medsamkit.train import TrainConfig, evaluate_unet, read_metrics, train_unet
 
-    run = args.work / name / f"unet-s{seed}"
+    run = args.work / name / _run_name("unet", seed, fold)
     rows_file = run / "test_rows.json"
     ds = dataset(name, args.limit)
     if not rows_file.is_file():
@@ -200,10 +210,8 @@ def run_unet(name: str, seed: int, args: argparse.Namespace) -> dict:
             "raw",
             size=256,
             config=cfg,
-            val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction,
-            split_seed=args.split_seed,
             progress=True,
+            **_split(args, fold),
         )
         rows = evaluate_unet(run, ds, split="test")
         (run / "result.json").write_text(json.dumps({"stop_reason": fit.stop_reason, "best_epoch": fit.best_epoch}) + "\n")
@@ -217,6 +225,7 @@ def run_unet(name: str, seed: int, args: argparse.Namespace) -> dict:
         "set": name,
         "mode": "unet",
         "seed": seed,
+        **({} if fold is None else {"fold": fold, "folds": args.folds}),
         "rule": args.rule,
         "test_dice": _mean(rows, "dice"),
         "zero_shot_dice": None,
@@ -255,15 +264,56 @@ def samaug_unets() -> dict[str, list[float]]:
     return out
 
 
+def pool_folds(runs: list[dict]) -> list[dict]:
+    """Under k-fold, one record per (set, mode, seed) with the folds' test objects together (every image tested
+    once, by its fold's model): test and zero-shot Dice are means over all of them, ``epochs``, ``best_epoch`` and
+    ``stop_reason`` the folds' joined by "+", ``train_minutes`` the mean per fold run. A seed whose folds are not all
+    done is left out (with a note); runs without a fold are returned as they are."""
+    out = [r for r in runs if r.get("fold") is None]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r.get("fold") is not None:
+            groups.setdefault((r["set"], r["mode"], r["seed"]), []).append(r)
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["fold"])
+        if [r["fold"] for r in rs] != list(range(rs[0]["folds"])) or len({r["folds"] for r in rs}) > 1:
+            print(f"{key}: left out of the table, folds {[r['fold'] for r in rs]} of {rs[0]['folds']} done", flush=True)
+            continue
+        merged: dict[str, dict[str, float]] = {"per_object": {}, "zero_shot_per_object": {}}
+        for r in rs:
+            for field, d in merged.items():
+                overlap = set(d) & set(r.get(field, {}))
+                if overlap:
+                    raise SystemExit(f"{key}: test objects {sorted(overlap)[:3]} in two folds")
+                d.update(r.get(field, {}))
+        z = merged["zero_shot_per_object"]
+        out.append(
+            {
+                **rs[0],
+                **merged,
+                "fold": None,
+                "test_dice": round(float(np.mean(list(merged["per_object"].values()))), 4),
+                "zero_shot_dice": round(float(np.mean(list(z.values()))), 4) if z else None,
+                "test_objects": len(merged["per_object"]),
+                **{k: "+".join(str(r.get(k)) for r in rs) for k in ("epochs", "best_epoch", "stop_reason")},
+                "train_minutes": round(float(np.mean([r["train_minutes"] for r in rs])), 2),
+            }
+        )
+    return out
+
+
 def table(results: list[dict], zs: dict) -> str:
     """Markdown table: per set, zero-shot over all cases, then each mode's mean ± sd over seeds of the run's mean
-    test Dice, the zero-shot Dice on the same test objects (box prompts) and the gain over it."""
+    test Dice, the zero-shot Dice on the same test objects (box prompts) and the gain over it (under k-fold a
+    seed's Dice is over the test objects of all its folds: :func:`pool_folds`)."""
     lines = [
         "| set | model | seeds | test Dice mean ± sd | zero-shot, same test objects (box) | gain | epochs | "
         "train min/run | trainable params |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    other = samaug_unets()
+    kfold = any("fold" in r for r in results)
+    results = pool_folds(results)
+    other = {} if kfold else samaug_unets()  # the SAMAug U-Nets were tested on the single split's test cases
     for name in dict.fromkeys(r["set"] for r in results):
         z = zs.get(name)
         if z:
@@ -323,15 +373,26 @@ def main() -> None:
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--val-fraction", type=float, default=0.15)
     ap.add_argument("--test-fraction", type=float, default=0.25)
+    ap.add_argument(
+        "--folds",
+        type=int,
+        help="k-fold by case: every set is split into K parts (split seed --split-seed) and each part is the test set of "
+        "one run per mode and seed, so every image is tested once (--test-fraction is then not used)",
+    )
     ap.add_argument("--limit", type=int, help="first N cases of each set (smoke tests)")
     ap.add_argument("--eval-backend", default="torch", choices=("torch", "auto", "onnxruntime"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep last.pt/best.pt of finished runs")
-    ap.add_argument("--out", type=Path, help=f"default {OUT} (rule budget) or {OUT}_converge (rule converge)")
+    ap.add_argument(
+        "--out", type=Path, help=f"default {OUT} (rule budget) or {OUT}_converge (rule converge); with --folds, _kfold appended"
+    )
     ap.add_argument("--work", type=Path, help="run folders and embedding caches (default OUT/work)")
     ap.add_argument("--table-only", action="store_true", help="rewrite table.md from results.json and stop")
     args = ap.parse_args()
-    args.out = args.out or (OUT if args.rule == "budget" else OUT.parent / f"{OUT.name}_converge")
+    if args.folds is not None and args.folds < 2:
+        raise SystemExit(f"--folds must be at least 2, got {args.folds}")
+    default_out = OUT if args.rule == "budget" else OUT.parent / f"{OUT.name}_converge"
+    args.out = args.out or (default_out if args.folds is None else default_out.parent / f"{default_out.name}_kfold")
     args.work = args.work or args.out / "work"
     if args.table_only:
         if not (args.out / "results.json").is_file():
@@ -354,29 +415,36 @@ def main() -> None:
     print(f"sets: {sets} (zero-shot box Dice {known})", flush=True)
     zs.update(zero_shot([n for n in sets if n not in zs], args))
     results_file = args.out / "results.json"
-    previous = json.loads(results_file.read_text())["runs"] if results_file.is_file() else []
+    before = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    previous = before.get("runs", [])
     results: list[dict] = []
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    # every call's settings (sets, seeds, modes differ between calls into one folder); "settings" is the latest
+    calls = before.get("calls", [before["settings"]] if "settings" in before else [])
+    calls = [c for c in calls if c != settings] + [settings]
 
     def save() -> None:
-        done = {(r["set"], r["mode"], r["seed"]) for r in results}
+        done = {(r["set"], r["mode"], r["seed"], r.get("fold")) for r in results}
         doc = {
             "settings": settings,
+            "calls": calls,
             "machine": f"{cpu_model()}, {args.threads} threads",
             "zero_shot": zs,
-            "runs": [r for r in previous if (r["set"], r["mode"], r["seed"]) not in done] + results,
+            "runs": [r for r in previous if (r["set"], r["mode"], r["seed"], r.get("fold")) not in done] + results,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         results_file.write_text(json.dumps(doc, indent=1) + "\n")
 
+    folds: list[int | None] = [None] if args.folds is None else list(range(args.folds))
     for name in sets:
         for seed in args.seeds:
-            for mode in args.modes:
-                results.append(run_mode(name, mode, seed, args))
-                save()
-            if not args.no_unet:
-                results.append(run_unet(name, seed, args))
-                save()
+            for fold in folds:
+                for mode in args.modes:
+                    results.append(run_mode(name, mode, seed, args, fold))
+                    save()
+                if not args.no_unet:
+                    results.append(run_unet(name, seed, args, fold))
+                    save()
     text = table(json.loads(results_file.read_text())["runs"], {**all_zero_shot(args), **zs})
     (args.out / "table.md").write_text(text + "\n")
     print(text)

@@ -1,7 +1,8 @@
 """Confidence intervals for the adaptation and SAMAug studies, and the wording they support.
 
 For every arm (set x model) of the fine-tuning studies (``experiments/results/finetune*/results.json``: the budget
-rule and ``finetune_converge``) and of the SAMAug studies
+rule, ``finetune_converge`` and its k-fold ``finetune_converge_kfold``, whose folds are pooled per seed) and of the
+SAMAug studies
 (``experiments/results/samaug*/results.json``):
 
 * the mean test Dice with a 95 % percentile-bootstrap interval over the test images and, where an arm has several
@@ -134,14 +135,15 @@ def zero_shot_test(study: list[dict[str, Any]], cache: Path) -> dict[str, dict[s
         prompted = [r for r in study if r["set"] == name and r["mode"] in ("decoder", "adapter")]
         if not prompted:
             continue
-        keys = sorted(prompted[0]["per_object"])
+        keys = sorted({k for r in prompted for k in r["per_object"]})  # every fold's test objects under k-fold
         if name in doc and set(keys) <= set(doc[name]):
             continue
         from medsamkit.train.finetune import zero_shot_rows
 
         ids = sorted({_case(k) for k in keys})
         rows = zero_shot_rows(DATA / name, ids, backend="torch")
-        doc[name] = {f"{r['image']}#{r['object']}": round(float(r["dice"]), 4) for r in rows}
+        # merged: the objects other studies (other splits) read stay in the cache
+        doc[name] = {**doc.get(name, {}), **{f"{r['image']}#{r['object']}": round(float(r["dice"]), 4) for r in rows}}
         missing = set(keys) - set(doc[name])
         if missing:
             raise SystemExit(f"{name}: zero-shot rows lack {sorted(missing)[:3]}")
@@ -150,7 +152,29 @@ def zero_shot_test(study: list[dict[str, Any]], cache: Path) -> dict[str, dict[s
     out = {}
     for name in doc:
         keys = {k for r in study if r["set"] == name and r["mode"] in ("decoder", "adapter") for k in r["per_object"]}
-        out[name] = {k: v for k, v in doc[name].items() if not keys or k in keys}
+        if keys:  # a set with no prompted run in this study has no zero-shot arm (its cached objects are another split's)
+            out[name] = {k: v for k, v in doc[name].items() if k in keys}
+    return out
+
+
+def _per_seed(runs: list[dict[str, Any]], what: str) -> dict[int, dict[str, float]]:
+    """Dice per test object of each seed; under k-fold the folds' test objects together (each image is tested once,
+    by the model of its fold). A k-fold seed whose folds are not all done yet is left out, with a note."""
+    out: dict[int, dict[str, float]] = {}
+    for seed in sorted({int(r["seed"]) for r in runs}):
+        rs = [r for r in runs if int(r["seed"]) == seed]
+        folds = {r.get("folds") for r in rs}
+        if folds != {None}:
+            done = sorted(r.get("fold", -1) for r in rs)
+            if len(folds) > 1 or done != list(range(next(iter(folds)) or 0)):
+                print(f"{what}: seed {seed} left out, folds {done} of {'/'.join(sorted(map(str, folds)))} done", file=sys.stderr)
+                continue
+        d = out.setdefault(seed, {})
+        for r in rs:
+            overlap = set(d) & set(r["per_object"])
+            if overlap:
+                raise SystemExit(f"{what}: seed {seed} scores {sorted(overlap)[:3]} in two runs")
+            d.update(r["per_object"])
     return out
 
 
@@ -161,7 +185,11 @@ def finetune_arms(study: list[dict[str, Any]], zs: dict[str, dict[str, float]]) 
             runs = sorted((r for r in study if r["set"] == name and r["mode"] == mode), key=lambda r: int(r["seed"]))
             if not runs:
                 continue
-            m, images = _matrix({int(r["seed"]): r["per_object"] for r in runs}, f"{name}/{mode}")
+            per_seed = _per_seed(runs, f"{name}/{mode}")
+            if not per_seed:
+                continue
+            runs = [r for r in runs if int(r["seed"]) in per_seed]
+            m, images = _matrix(per_seed, f"{name}/{mode}")
             rule = runs[0].get("rule") or ("budget" if runs[0].get("budget_minutes") else "steps")
             arms[(name, mode)] = {"values": m, "images": images, "rule": rule, **_budget(runs)}
         if name in zs:
@@ -313,9 +341,14 @@ def main() -> None:
             if st.get("rule", "budget") == "converge"
             else "a wall-clock budget per run and fixed planned epochs (whichever ends first)"
         )
+        split = (
+            f"one split per set (split seed {st['split_seed']}, val/test {st['val_fraction']}/{st['test_fraction']})"
+            if not st.get("folds")
+            else f"{st['folds']}-fold by case (split seed {st['split_seed']}, val {st['val_fraction']}): every image is "
+            "tested once, by the model of its fold, and the intervals are over all the set's images"
+        )
         note = (
-            f"`experiments/finetune_real.py` ({ft_file.parent.name}/): one split per set (split seed "
-            f"{st['split_seed']}, val/test {st['val_fraction']}/{st['test_fraction']}), {st['threads']} CPU threads, "
+            f"`experiments/finetune_real.py` ({ft_file.parent.name}/): {split}, {st['threads']} CPU threads, "
             f"{how}; {ft.get('machine', unrecorded)}."
         )
         title = f"Fine-tuning, adapters, AutoSAM and U-Net ({ft_file.parent.name})"

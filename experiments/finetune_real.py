@@ -264,28 +264,44 @@ def samaug_unets() -> dict[str, list[float]]:
     return out
 
 
+def fold_groups(runs: list[dict]) -> tuple[list[dict], dict[tuple, list[dict]]]:
+    """The runs without a fold, and the k-fold runs of each (set, mode, seed) whose folds are all done, sorted by
+    fold; a seed with folds missing is left out, with a note on stderr."""
+    plain = [r for r in runs if r.get("fold") is None]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r.get("fold") is not None:
+            groups.setdefault((r["set"], r["mode"], int(r["seed"])), []).append(r)
+    done = {}
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["fold"])
+        if [r["fold"] for r in rs] != list(range(rs[0]["folds"])) or len({r["folds"] for r in rs}) > 1:
+            print(f"{key}: left out, folds {[r['fold'] for r in rs]} of {rs[0]['folds']} done", file=sys.stderr)
+            continue
+        done[key] = rs
+    return plain, done
+
+
+def merge_objects(runs: list[dict], field: str, what: object) -> dict[str, float]:
+    """The per-object Dice ``field`` of ``runs`` in one dict (the folds of one seed: every image tested once);
+    SystemExit when an object is scored by two runs."""
+    out: dict[str, float] = {}
+    for r in runs:
+        overlap = set(out) & set(r.get(field, {}))
+        if overlap:
+            raise SystemExit(f"{what}: test objects {sorted(overlap)[:3]} in two runs")
+        out.update(r.get(field, {}))
+    return out
+
+
 def pool_folds(runs: list[dict]) -> list[dict]:
     """Under k-fold, one record per (set, mode, seed) with the folds' test objects together (every image tested
     once, by its fold's model): test and zero-shot Dice are means over all of them, ``epochs``, ``best_epoch`` and
     ``stop_reason`` the folds' joined by "+", ``train_minutes`` the mean per fold run. A seed whose folds are not all
-    done is left out (with a note); runs without a fold are returned as they are."""
-    out = [r for r in runs if r.get("fold") is None]
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if r.get("fold") is not None:
-            groups.setdefault((r["set"], r["mode"], r["seed"]), []).append(r)
+    done is left out (:func:`fold_groups`); runs without a fold are returned as they are."""
+    out, groups = fold_groups(runs)
     for key, rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["fold"])
-        if [r["fold"] for r in rs] != list(range(rs[0]["folds"])) or len({r["folds"] for r in rs}) > 1:
-            print(f"{key}: left out of the table, folds {[r['fold'] for r in rs]} of {rs[0]['folds']} done", flush=True)
-            continue
-        merged: dict[str, dict[str, float]] = {"per_object": {}, "zero_shot_per_object": {}}
-        for r in rs:
-            for field, d in merged.items():
-                overlap = set(d) & set(r.get(field, {}))
-                if overlap:
-                    raise SystemExit(f"{key}: test objects {sorted(overlap)[:3]} in two folds")
-                d.update(r.get(field, {}))
+        merged = {field: merge_objects(rs, field, key) for field in ("per_object", "zero_shot_per_object")}
         z = merged["zero_shot_per_object"]
         out.append(
             {

@@ -159,23 +159,16 @@ def zero_shot_test(study: list[dict[str, Any]], cache: Path) -> dict[str, dict[s
 
 def _per_seed(runs: list[dict[str, Any]], what: str) -> dict[int, dict[str, float]]:
     """Dice per test object of each seed; under k-fold the folds' test objects together (each image is tested once,
-    by the model of its fold). A k-fold seed whose folds are not all done yet is left out, with a note."""
-    out: dict[int, dict[str, float]] = {}
-    for seed in sorted({int(r["seed"]) for r in runs}):
-        rs = [r for r in runs if int(r["seed"]) == seed]
-        folds = {r.get("folds") for r in rs}
-        if folds != {None}:
-            done = sorted(r.get("fold", -1) for r in rs)
-            if len(folds) > 1 or done != list(range(next(iter(folds)) or 0)):
-                print(f"{what}: seed {seed} left out, folds {done} of {'/'.join(sorted(map(str, folds)))} done", file=sys.stderr)
-                continue
-        d = out.setdefault(seed, {})
-        for r in rs:
-            overlap = set(d) & set(r["per_object"])
-            if overlap:
-                raise SystemExit(f"{what}: seed {seed} scores {sorted(overlap)[:3]} in two runs")
-            d.update(r["per_object"])
-    return out
+    by the model of its fold; ``finetune_real.fold_groups``: a seed whose folds are not all done is left out)."""
+    from finetune_real import fold_groups, merge_objects
+
+    plain, groups = fold_groups(runs)
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for r in plain:
+        by_seed.setdefault(int(r["seed"]), []).append(r)
+    for (_, _, seed), rs in groups.items():
+        by_seed.setdefault(seed, []).extend(rs)
+    return {s: merge_objects(rs, "per_object", f"{what} seed {s}") for s, rs in sorted(by_seed.items())}
 
 
 def finetune_arms(study: list[dict[str, Any]], zs: dict[str, dict[str, float]]) -> dict[tuple[str, str], dict]:

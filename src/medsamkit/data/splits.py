@@ -102,14 +102,13 @@ def run_split(
     asked: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction}
     asked.update({"test_fraction": test_fraction} if folds is None else {"folds": folds, "fold": fold or 0})
     if resume and split_file.is_file():
-        split = read_split(split_file)
+        split, saved = _read_split_doc(split_file)
         missing = sorted(set(split.train + split.val + split.test) - set(dataset.ids))
         if missing:
             raise OptionError(f"{split_file} names case(s) that {dataset.root} lacks: {', '.join(missing[:5])}")
-        saved = _split_info(split_file)
         differ = [f"{k} {saved[k]!r} (asked {v!r})" for k, v in asked.items() if k in saved and saved[k] != v]
         if ("folds" in saved) != ("folds" in asked):
-            differ.append(f"k-fold {'on' if 'folds' in saved else 'off'} (asked {'on' if folds else 'off'})")
+            differ.append(f"k-fold {'on' if 'folds' in saved else 'off'} (asked {'on' if 'folds' in asked else 'off'})")
         if differ:
             raise OptionError(
                 f"{split_file} was made with another split: {'; '.join(differ)}; resume with the run's own split "
@@ -123,17 +122,17 @@ def run_split(
     return split
 
 
-def _split_info(path: Path) -> dict[str, Any]:
-    """The options saved beside a split in ``split.json`` (seed, fractions, folds/fold; older files lack some)."""
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    return {k: v for k, v in doc.items() if k not in ("train", "val", "test", "dataset")}
-
-
 def read_split(path: str | os.PathLike[str]) -> Split:
     """A split written by :func:`write_split`."""
-    p = Path(path)
+    return _read_split_doc(Path(path))[0]
+
+
+def _read_split_doc(p: Path) -> tuple[Split, dict[str, Any]]:
+    """The split in ``p`` and the options saved beside it (seed, fractions, folds/fold; older files lack some);
+    FileInputError when the file cannot be read as a split."""
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
-        return Split(list(doc["train"]), list(doc["val"]), list(doc["test"]))
+        split = Split(list(doc["train"]), list(doc["val"]), list(doc["test"]))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise FileInputError(f"cannot read the split file {p}: {e}") from e
+    return split, {k: v for k, v in doc.items() if k not in ("train", "val", "test", "dataset")}

@@ -29,6 +29,13 @@ def cpu_flags() -> list[str]:
     return [f for f in FLAGS if f in have]
 
 
+def describe(threads: int) -> str:
+    """One line for result files: the CPU's model, the FLAGS it has and the threads used, e.g.
+    ``"Intel(R) Xeon(R) Processor (avx2, avx512f, amx_int8), 2 threads"``."""
+    flags = ", ".join(cpu_flags()) or "no listed flags"
+    return f"{cpu_model()} ({flags}), {threads} threads"
+
+
 def torch_matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
     """FP32 matmul GFLOP/s of PyTorch on ``threads`` threads (n x n by n x n, after two warm-up products).
     The machine is shared: its throughput has been seen to halve for minutes (147 -> 55-83 GFLOP/s)."""

@@ -142,7 +142,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MEDSAMKIT_THREADS", str(args.threads))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from machine import cpu_model
+    from machine import describe
 
     from medsamkit.evaluate.analysis import format_interval, seed_image_bootstrap, verdict
     from medsamkit.models.adapted import load_adapted
@@ -152,7 +152,7 @@ def main() -> None:
     ids = test_ids(args)
     results_file = args.out / "results.json"
     doc: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    doc.update({"machine": f"{cpu_model()}, {args.threads} threads", "test_images": ids, "tiles": args.tiles})
+    doc.update({"machine": describe(args.threads), "test_images": ids, "tiles": args.tiles})
     arms: dict[str, Any] = doc.setdefault("arms", {})
 
     def save() -> None:

@@ -421,7 +421,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from machine import cpu_model
+    from machine import describe
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MEDSAMKIT_THREADS", str(args.threads))
@@ -444,7 +444,7 @@ def main() -> None:
         doc = {
             "settings": settings,
             "calls": calls,
-            "machine": f"{cpu_model()}, {args.threads} threads",
+            "machine": describe(args.threads),
             "zero_shot": zs,
             "runs": [r for r in previous if (r["set"], r["mode"], r["seed"], r.get("fold")) not in done] + results,
         }

@@ -189,7 +189,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from machine import cpu_model
+    from machine import describe
 
     torch.set_num_threads(args.threads)
     results_file = args.out / "results.json"
@@ -211,7 +211,7 @@ def main() -> None:
                 results.append(train_and_test(name, kind, seed, args))
                 doc = {
                     "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                    "machine": f"{cpu_model()}, {args.threads} threads",
+                    "machine": describe(args.threads),
                     "samaug": prep,
                 }
                 done = {_run_key(x) for x in results}

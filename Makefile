@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-kfold study-intervals lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-converge study-kfold study-intervals lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,16 @@ study-unet: $(STAMP)
 # DRIVE: whole-tree box vs one box / point per tile, zero-shot and decoder fine-tuned on tile boxes (~35 min)
 study-drive-prompts: $(STAMP)
 	MEDSAMKIT_THREADS=2 $(BIN)/python experiments/drive_prompts.py
+
+# DRIVE and GlaS, one split, every arm under the convergence rule: decoder, AutoSAM, U-Net (3 seeds, ~45 min), then
+# the adapters, whose epochs run the encoder forward and backward, with higher minute caps (GlaS 3 seeds ~30 min, DRIVE
+# 1 seed up to 60 min)
+CONVERGE = $(BIN)/python experiments/finetune_real.py --rule converge --patience 20 --max-epochs 300 \
+	--candidates drive glas_gland_histo
+study-converge: $(STAMP)
+	$(CONVERGE) --minutes 15 --seeds 0 1 2 --sets drive glas_gland_histo --modes decoder autosam
+	$(CONVERGE) --minutes 30 --seeds 0 1 2 --sets glas_gland_histo --modes adapter --no-unet
+	$(CONVERGE) --minutes 60 --seeds 0 --sets drive --modes adapter --no-unet
 
 # GlaS (3 seeds) and DRIVE (1 seed) in 4 folds by case under the convergence rule (every image tested once; ~70 + ~40 min)
 study-kfold: $(STAMP)

@@ -328,9 +328,16 @@ def main() -> None:
         ft = json.loads(ft_file.read_text())
         zs = zero_shot_test(ft["runs"], RESULTS / "finetune" / "zero_shot_test.json")
         st = ft["settings"]
+        rules = {(c.get("patience"), c.get("max_epochs")) for c in ft.get("calls", [st]) if c.get("rule") == "converge"}
+        if len(rules) > 1:
+            raise SystemExit(f"{ft_file}: its calls used different early-stopping rules {sorted(rules)}")
+        # calls into one folder may cap minutes differently (the slow adapters got a higher cap): one cap is named
+        # here, several are left to the table's 'budget min' column
+        caps = sorted({float(r["budget_minutes"]) for r in ft["runs"] if r.get("budget_minutes") is not None})
+        cap = f"{caps[0]:g} min" if len(caps) == 1 else "minutes: see 'budget min'"
         how = (
             f"every run stopped when validation Dice had not improved for {st['patience']} epochs (cap "
-            f"{st['max_epochs']} epochs, {st['minutes']:g} min)"
+            f"{st['max_epochs']} epochs, {cap})"
             if st.get("rule", "budget") == "converge"
             else "a wall-clock budget per run and fixed planned epochs (whichever ends first)"
         )

@@ -56,15 +56,11 @@ def combined_sha256(base_sha256: str, overlay_sha256: str) -> str:
     return hashlib.sha256(f"{base_sha256}+{overlay_sha256}".encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class OverlayInfo:
-    """An overlay file's header (no tensor data): ``shapes`` and safetensors ``dtypes`` (``"F16"``, ``"F32"``, ...)
-    by state-dict key, and its ``metadata``."""
+class _OverlayMetadata:
+    """What the header of an overlay says, shared by :class:`OverlayInfo` (header only) and :class:`Overlay`."""
 
-    path: Path
     metadata: dict[str, str]
     shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, str]
 
     @property
     def base(self) -> str:
@@ -85,7 +81,18 @@ class OverlayInfo:
 
 
 @dataclass(frozen=True)
-class Overlay:
+class OverlayInfo(_OverlayMetadata):
+    """An overlay file's header (no tensor data): ``shapes`` and safetensors ``dtypes`` (``"F16"``, ``"F32"``, ...)
+    by state-dict key, and its ``metadata``."""
+
+    path: Path
+    metadata: dict[str, str]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Overlay(_OverlayMetadata):
     """An overlay read by :func:`read_overlay`: ``tensors`` by state-dict key (as stored: float16 or float32),
     ``metadata`` (strings), ``sha256`` of the file's bytes and the file's ``path`` (None for one built in memory)."""
 
@@ -97,23 +104,6 @@ class Overlay:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shapes", {k: tuple(int(n) for n in v.shape) for k, v in self.tensors.items()})
-
-    @property
-    def base(self) -> str:
-        return self.metadata["base"]
-
-    @property
-    def base_sha256(self) -> str:
-        return self.metadata["base_sha256"]
-
-    @property
-    def arch(self) -> str:
-        return self.metadata["arch"]
-
-    @property
-    def touches_encoder(self) -> bool:
-        """True when the overlay replaces image-encoder weights (then embeddings are not the base's)."""
-        return any(k.startswith(_ENCODER_PREFIX) for k in self.tensors)
 
     @property
     def source(self) -> str:

@@ -89,10 +89,8 @@ study-converge: $(STAMP)
 
 # GlaS (3 seeds) and DRIVE (1 seed) in 4 folds by case under the convergence rule (every image tested once; ~70 + ~40 min)
 study-kfold: $(STAMP)
-	$(BIN)/python experiments/finetune_real.py --rule converge --patience 20 --max-epochs 300 --minutes 15 --folds 4 \
-		--seeds 0 1 2 --candidates glas_gland_histo drive --sets glas_gland_histo --modes decoder autosam
-	$(BIN)/python experiments/finetune_real.py --rule converge --patience 20 --max-epochs 300 --minutes 15 --folds 4 \
-		--seeds 0 --candidates glas_gland_histo drive --sets drive --modes autosam
+	$(CONVERGE) --minutes 15 --folds 4 --seeds 0 1 2 --sets glas_gland_histo --modes decoder autosam
+	$(CONVERGE) --minutes 15 --folds 4 --seeds 0 --sets drive --modes autosam
 
 # 95 % bootstrap intervals and verdicts for every table of the studies above and experiments/finetune_real.py
 study-intervals: $(STAMP)

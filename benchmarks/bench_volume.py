@@ -25,6 +25,7 @@ THREADS = 2
 os.environ["MEDSAMKIT_THREADS"] = str(THREADS)
 
 import numpy as np  # noqa: E402
+from machine import cpu_flags, cpu_model, run_measured, torch_matmul_gflops  # noqa: E402  (benchmarks/machine.py)
 
 from medsamkit.io import MedicalImage  # noqa: E402
 from medsamkit.predict import EmbeddingCache, ObjectPrompt, Predictor, segment_volume  # noqa: E402
@@ -61,7 +62,6 @@ def cli_propagation(vol: np.ndarray, box: list[int]) -> dict[str, float]:
     """What a user's process costs: the phantom as a NIfTI file, then one ``medsamkit segment --box3d`` process
     (read, propagate, write); its wall time and peak RSS."""
     import nibabel as nib
-    from machine import run_measured  # benchmarks/machine.py (on sys.path: main() put it there)
 
     with tempfile.TemporaryDirectory() as d:
         src, out = Path(d) / "ct.nii.gz", Path(d) / "mask.nii.gz"
@@ -79,9 +79,6 @@ def main() -> None:
     args = ap.parse_args()
     vol, organ, lesion = phantom()
     img = MedicalImage(vol, (0.8, 0.8, 2.5), (0.0, 0.0, 0.0), np.eye(3), modality="CT", modality_source="user")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from machine import cpu_flags, cpu_model, torch_matmul_gflops  # benchmarks/machine.py
-
     r: dict = {"threads": THREADS, "volume": "100x512x512 int16", "official_in_script_11_slices_s": OFFICIAL_11_SLICES_S}
     r["cpu_model"], r["cpu_flags"] = cpu_model(), cpu_flags()
     r["matmul_gflops_before"] = torch_matmul_gflops(THREADS)

@@ -8,8 +8,8 @@ SAMAug studies
 * the mean test Dice with a 95 % percentile-bootstrap interval over the test images and, where an arm has several
   training seeds, over the seeds too (``seed_image_bootstrap``: seeds and images drawn with replacement);
 * the budget each run actually used (epochs, minutes, why it stopped) and flags: "time budget" (the budget ended the
-  run), "still improving" (its best validation epoch was among its last three: it had not converged), "epoch cap"
-  (a convergence-rule run that reached its epoch cap);
+  run), "still improving" (its best validation epoch was among its last three, or its last tenth when that is more:
+  it had not converged), "epoch cap" (a convergence-rule run that reached its epoch cap);
 * every A-vs-B comparison as the paired difference B - A over the same test images with its interval, the verdict it
   supports ("better" / "no difference shown" / "worse") and whether the two arms had a fair budget (both stopped by
   the same early-stopping rule, or both used at least 90 % of the same wall-clock budget).
@@ -77,13 +77,19 @@ def _matrix(per_seed: dict[int, dict[str, float]], what: str) -> tuple[np.ndarra
     return np.array([[keyed[s][i] for i in images] for s in sorted(keyed)]), images
 
 
+def _recent(epochs: int) -> int:
+    """How many of a run's last epochs count as "recent" for the "still improving" flag: 3, or a tenth of the
+    epochs when that is more (a long run's best epoch 4 before its end, e.g. 73 of 77, is still recent)."""
+    return max(3, -(-epochs // 10))
+
+
 def _flags(run: dict[str, Any]) -> list[str]:
     flags = []
     if run.get("stop_reason") == "time_budget":
         flags.append("time budget")
     best, epochs = run.get("best_epoch"), run.get("epochs")
     if run.get("stop_reason") in ("completed", "time_budget") and best is not None and epochs is not None:
-        if int(best) >= int(epochs) - 2:
+        if int(best) > int(epochs) - _recent(int(epochs)):
             flags.append("still improving")
     if run.get("not_converged"):
         flags.append("epoch cap")

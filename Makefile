@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-converge study-kfold study-intervals lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-openvino bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-converge study-kfold study-intervals lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ bench-volume: $(STAMP)
 
 bench-quantized: $(STAMP)
 	$(BIN)/python benchmarks/bench_quantized.py --static
+
+bench-openvino: $(STAMP)  # OpenVINO bf16/f32, NNCF int8 and the mixed-precision study; installs openvino and nncf into the venv (not dependencies)
+	$(BIN)/pip install openvino nncf
+	$(BIN)/python benchmarks/bench_openvino.py
+	$(BIN)/python benchmarks/bench_openvino.py --nncf
+	$(BIN)/python benchmarks/bench_mixed_precision.py
 
 bench-gpu: $(STAMP)  # on a machine with a CUDA GPU; DEVICE=cpu for a dry run
 	$(BIN)/python benchmarks/bench_gpu.py --device $(or $(DEVICE),cuda)

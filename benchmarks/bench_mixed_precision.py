@@ -34,7 +34,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_openvino import interleaved_ms  # noqa: E402
 from bench_quantized import accuracy  # noqa: E402
 from machine import cpu_flags, cpu_model, torch_matmul_gflops  # noqa: E402
 
@@ -263,21 +263,14 @@ def main() -> None:
     result["matmul_gflops_before"] = torch_matmul_gflops(THREADS)
     x = np.ascontiguousarray(xs[0], np.float32)
     ref = fp32.engine.encode(x)
-    runs: dict[str, list[float]] = {k: [] for k in encoders}
-    for enc in encoders.values():
-        enc(x)
-    for _ in range(10):
-        for k, enc in encoders.items():
-            t = time.perf_counter()
-            enc(x)
-            runs[k].append(time.perf_counter() - t)
+    medians = interleaved_ms(encoders, x)
     result["matmul_gflops_after"] = torch_matmul_gflops(THREADS)
     result["encoders"] = {
         k: {
-            "encoder_ms": round(1000 * float(np.median(ts)), 1),
+            "encoder_ms": round(ms, 1),
             "relative_error": round(float(np.abs(encoders[k](x) - ref).mean() / np.abs(ref).mean()), 4),
         }
-        for k, ts in runs.items()
+        for k, ms in medians.items()
     }
     print(json.dumps(result["encoders"], indent=1), flush=True)
     req = compiled["openvino_mixed"].create_infer_request()

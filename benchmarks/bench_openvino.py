@@ -85,6 +85,19 @@ class OpenVINOEncoder:
         return getattr(self._base, name)
 
 
+def interleaved_ms(encoders: dict[str, Any], x: np.ndarray, repeat: int = 10) -> dict[str, float]:
+    """Median ms per call of each encoder on ``x``: one warm-up call each, then ``repeat`` rounds calling each once."""
+    runs: dict[str, list[float]] = {name: [] for name in encoders}
+    for enc in encoders.values():
+        enc(x)
+    for _ in range(repeat):
+        for name, enc in encoders.items():
+            t = time.perf_counter()
+            enc(x)
+            runs[name].append(time.perf_counter() - t)
+    return {name: 1000 * float(np.median(ts)) for name, ts in runs.items()}
+
+
 def nncf_int8(fp32: Predictor, data: Path, limit: int | None) -> dict[str, Any]:
     """NNCF int8 of the encoder (presets "default" and "transformer"): build s, encoder ms, embedding error."""
     import tempfile
@@ -106,12 +119,7 @@ def nncf_int8(fp32: Predictor, data: Path, limit: int | None) -> dict[str, Any]:
         model = core.read_model(str(folded))
     x = pictures[0]
     ref = fp32.engine.encode(x)
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        fp32.engine.encode(x)
-        times.append(time.perf_counter() - t)
-    out["onnxruntime_fp32_encoder_ms"] = round(1000 * float(np.median(times)), 1)  # the same run's reference
+    out["onnxruntime_fp32_encoder_ms"] = round(interleaved_ms({"fp32": fp32.engine.encode}, x)["fp32"], 1)  # this run's reference
     presets = {"default": {}, "transformer": {"model_type": nncf.ModelType.TRANSFORMER}}
     for name, kwargs in presets.items():
         t0 = time.perf_counter()
@@ -119,14 +127,9 @@ def nncf_int8(fp32: Predictor, data: Path, limit: int | None) -> dict[str, Any]:
         build = time.perf_counter() - t0
         compiled = core.compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY"})
         emb = np.asarray(compiled(x)[0])
-        times = []
-        for _ in range(10):
-            t = time.perf_counter()
-            compiled(x)
-            times.append(time.perf_counter() - t)
         entry: dict[str, Any] = {
             "build_s": round(build, 1),
-            "encoder_ms": round(1000 * float(np.median(times)), 1),
+            "encoder_ms": round(interleaved_ms({name: compiled}, x)[name], 1),
             "embedding_relative_error": round(float(np.abs(emb - ref).mean() / np.abs(ref).mean()), 4),
         }
         if entry["embedding_relative_error"] < 0.05:
@@ -180,19 +183,11 @@ def main() -> None:
     first = sorted((data / "hc18_fetal_head_us" / "images").glob("*.png"))[0]
     x = fp32.preprocess(read_image_2d(first))[0]
     ref = fp32.engine.encode(x)
-    runs: dict[str, list[float]] = {"onnxruntime_fp32": []} | {f"openvino_{p}": [] for p in engines}
     encoders = {"onnxruntime_fp32": fp32.engine.encode} | {f"openvino_{p}": e.encode for p, e in engines.items()}
-    for enc in encoders.values():
-        enc(x)
-    for _ in range(10):
-        for name, enc in encoders.items():
-            t = time.perf_counter()
-            enc(x)
-            runs[name].append(time.perf_counter() - t)
+    medians = interleaved_ms(encoders, x)
     result.update(matmul_gflops=round(probe["best"], 1), encoder_gflop=round(enc_gflop, 3), encoder_floor_ms=round(floor_ms, 1))
     result["encoders"] = {}
-    for name, ts in runs.items():
-        ms = 1000 * float(np.median(ts))
+    for name, ms in medians.items():
         entry: dict[str, Any] = {"encoder_ms": round(ms, 1), "ratio_to_floor": round(ms / floor_ms, 3)}
         if name != "onnxruntime_fp32":
             e = engines[name.split("_", 1)[1]]

@@ -2,15 +2,16 @@
 within the parity rule (issue 17, items 1 and 6). Not part of the package: run it where ``pip install openvino``
 has been done (as ``bench_openvino.py``).
 
-OpenVINO's bf16 encoder is 2.2x faster than fp32 but fails the parity rule (``bench_openvino.json``). This run asks
+OpenVINO's bf16 encoder is 2.3x faster than fp32 but fails the parity rule (``bench_openvino.json``). This run asks
 why, and tries the one mixed scheme that real kernels can run. In one run, on 2 threads, after recording the CPU:
 
   * **sensitivity** (PyTorch, emulated): for each class of the encoder's Linear/Conv2d layers (module names with
     the block numbers dropped) its share of these layers' FLOPs (``flop_share``; the attention products q k^T and
-    (.) v, about 7 % of the encoder's FLOPs, are not in them and stay fp32) and the embedding's mean relative error against
-    fp32 when that class's inputs and weights are rounded to bf16 (round to nearest even; products and sums stay
-    fp32), on the first image of three sets; then for the four transformer Linear classes (qkv, proj, fc1, fc2:
-    73 % of the layers' FLOPs) together, rounding their inputs only, inputs and weights, inputs and outputs, or all three;
+    (.) v, about 7 % of the encoder's FLOPs, are not in them and stay fp32) and the embedding's mean relative
+    error against fp32 when that class's inputs and weights are rounded to bf16 (round to nearest even; products
+    and sums stay fp32), on the first image of three sets; then for the four transformer Linear classes (qkv, proj,
+    fc1, fc2: 73 % of the layers' FLOPs) together, rounding their inputs only, inputs and weights, inputs and
+    outputs, or all three;
   * **parity on the hardest sets** (ct_lung_2d, sammed2d_demo_ct, dsb2018_nuclei_96, glas_gland_histo,
     busi_breast_us: the sets where int8 and bf16 failed most, 113 boxes) of ``bench_quantized.accuracy`` for the
     emulated "inputs only" and "inputs and weights" on those four classes, and for the real mixed encoder below. A

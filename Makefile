@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 WEB    := src/medsamkit/app/web
 NPM    := $(WEB)/node_modules/.package-lock.json
 
-.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-openvino bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-converge study-kfold study-intervals lint clean
+.PHONY: setup demo test test-slow bench bench-volume bench-quantized bench-openvino bench-fpmath bench-gpu bench-evaluate bench-everything bench-batch evaluate-real train-interactive evaluate-interactive study-unet study-drive-prompts study-converge study-kfold study-intervals lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-openvino: $(STAMP)  # OpenVINO bf16/f32, NNCF int8 and the mixed-precision
 	$(BIN)/python benchmarks/bench_openvino.py
 	$(BIN)/python benchmarks/bench_openvino.py --nncf
 	$(BIN)/python benchmarks/bench_mixed_precision.py
+
+bench-fpmath: $(STAMP)  # PyTorch's bf16 math mode for fp32 Linears under torch.compile (needs a C++ compiler)
+	$(BIN)/python benchmarks/bench_fpmath.py
 
 bench-gpu: $(STAMP)  # on a machine with a CUDA GPU; DEVICE=cpu for a dry run
 	$(BIN)/python benchmarks/bench_gpu.py --device $(or $(DEVICE),cuda)

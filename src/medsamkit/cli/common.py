@@ -84,6 +84,29 @@ def non_negative_int(text: str) -> int:
     return bounded_number(text, int, lambda v: v >= 0, "an integer", ">= 0")
 
 
+def positive_float(text: str) -> float:
+    """A number > 0 (argparse ``type=``)."""
+    return bounded_number(text, float, lambda v: v > 0, "a number", "> 0")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1) (argparse ``type=``)."""
+    return bounded_number(text, float, lambda v: 0.0 <= v < 1.0, "a number", "in [0, 1)")
+
+
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
+    """The by-case train/validation/test split of ``train`` and ``finetune``: ``--val-fraction``,
+    ``--test-fraction``, ``--folds``, ``--fold``."""
+    p.add_argument("--val-fraction", type=fraction, default=0.2, help="share of cases for validation (default 0.2)")
+    p.add_argument("--test-fraction", type=fraction, default=0.2, help="share of cases held out for testing (default 0.2)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="k-fold by case: cut the shuffled cases into K parts and test on part --fold (replaces --test-fraction)",
+    )
+    p.add_argument("--fold", type=int, help="with --folds: the test part, 0..K-1 (default 0)")
+
+
 def add_model_arguments(
     p: argparse.ArgumentParser,
     *,

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, SubParsers, non_negative_int, positive_int, say
-from .train import _fraction, _positive_float
+from .common import CliError, SubParsers, add_split_arguments, non_negative_int, positive_float, positive_int, say
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -40,12 +39,12 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--size", type=positive_int, help="model input side (default the model's; TinyViT models only)")
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs (default 20)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="batch size per process (default 4)")
-    p.add_argument("--lr", type=_positive_float, help=f"AdamW learning rate (default per mode: {lrs})")
+    p.add_argument("--lr", type=positive_float, help=f"AdamW learning rate (default per mode: {lrs})")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup epochs before the cosine decay")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="batches per optimizer step (default 1)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation Dice")
-    p.add_argument("--max-minutes", type=_positive_float, help="wall-clock budget; no epoch starts that would pass it")
+    p.add_argument("--max-minutes", type=positive_float, help="wall-clock budget; no epoch starts that would pass it")
     p.add_argument("--prompt", choices=PROMPTS, default="box", help="training prompts (default box)")
     p.add_argument("--num-points", type=positive_int, default=1, help="points per point prompt (default 1)")
     g = p.add_argument_group(
@@ -91,20 +90,13 @@ def add_parser(sub: SubParsers) -> None:
         help="decoder/autosam: encode every picture once into DIR (content-keyed) and train on the stored embeddings",
     )
     p.add_argument("--encode-backend", choices=("auto", "onnxruntime", "torch"), default="auto", help="engine filling the cache")
-    p.add_argument("--adapter-ratio", type=_positive_float, default=0.25, help="adapter bottleneck / block width (default 0.25)")
+    p.add_argument("--adapter-ratio", type=positive_float, default=0.25, help="adapter bottleneck / block width (default 0.25)")
     p.add_argument("--lora-rank", type=positive_int, default=4, help="LoRA rank (default 4)")
-    p.add_argument("--lora-alpha", type=_positive_float, help="LoRA alpha (default: the rank, i.e. scale 1)")
+    p.add_argument("--lora-alpha", type=positive_float, help="LoRA alpha (default: the rank, i.e. scale 1)")
     p.add_argument("--autosam-tokens", type=non_negative_int, default=2, help="AutoSAM sparse tokens (default 2)")
     p.add_argument("--autosam-input", choices=AUTOSAM_INPUTS, default="both", help="what the AutoSAM generator reads")
     p.add_argument("--autosam-train-decoder", action="store_true", help="AutoSAM: train the mask decoder too")
-    p.add_argument("--val-fraction", type=_fraction, default=0.2, help="share of cases for validation (default 0.2)")
-    p.add_argument("--test-fraction", type=_fraction, default=0.2, help="share of cases held out for testing (default 0.2)")
-    p.add_argument(
-        "--folds",
-        type=int,
-        help="k-fold by case: cut the shuffled cases into K parts and test on part --fold (replaces --test-fraction)",
-    )
-    p.add_argument("--fold", type=int, help="with --folds: the test part, 0..K-1 (default 0)")
+    add_split_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, prompts and augmentation")
     p.add_argument("--split-seed", type=int, help="seed of the train/val/test split only (default: --seed)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")

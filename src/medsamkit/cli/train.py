@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, SubParsers, bounded_number, positive_int, say
+from .common import CliError, SubParsers, add_split_arguments, positive_float, positive_int, say
 
 #: the top-level commands this module adds, with their one-line help (``medsamkit --help`` lists them without
 #: building their parsers)
@@ -14,14 +14,6 @@ COMMANDS = {
     "train": "train a segmentation network",
     "predict-unet": "apply a trained U-Net run to an image, or score it on a dataset split",
 }
-
-
-def _fraction(text: str) -> float:
-    return bounded_number(text, float, lambda v: 0.0 <= v < 1.0, "a number", "in [0, 1)")
-
-
-def _positive_float(text: str) -> float:
-    return bounded_number(text, float, lambda v: v > 0, "a number", "> 0")
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -50,21 +42,14 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--label", type=positive_int, help="train on this label value only (default: every label > 0)")
     p.add_argument("--epochs", type=positive_int, default=50, help="epochs (default 50)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="batch size (default 8)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup epochs before the cosine decay")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights and augmentation (default 0)")
     p.add_argument("--split-seed", type=int, help="seed of the train/val/test split only (default: --seed)")
-    p.add_argument("--val-fraction", type=_fraction, default=0.2, help="share of cases for validation (default 0.2)")
-    p.add_argument("--test-fraction", type=_fraction, default=0.2, help="share of cases held out for testing (default 0.2)")
-    p.add_argument(
-        "--folds",
-        type=int,
-        help="k-fold by case: cut the shuffled cases into K parts and test on part --fold (replaces --test-fraction)",
-    )
-    p.add_argument("--fold", type=int, help="with --folds: the test part, 0..K-1 (default 0)")
+    add_split_arguments(p)
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation Dice")
-    p.add_argument("--max-minutes", type=_positive_float, help="wall-clock budget; no epoch starts that would pass it")
+    p.add_argument("--max-minutes", type=positive_float, help="wall-clock budget; no epoch starts that would pass it")
     p.add_argument("--no-augment", action="store_true", help="no train-time flips, rotations or intensity changes")
     p.add_argument(
         "--loss",

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_mixed_precision import PROBE_SETS, FunctionEncoder, parity  # noqa: E402
+from bench_mixed_precision import PROBE_SETS, TRANSFORMER, FunctionEncoder, layer_class, parity  # noqa: E402
 from bench_openvino import interleaved_ms  # noqa: E402
 from machine import cpu_flags, cpu_model, torch_matmul_gflops  # noqa: E402
 
@@ -52,7 +52,6 @@ from medsamkit.models import load  # noqa: E402
 from medsamkit.predict import Predictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TRANSFORMER_LINEARS = ("qkv", "proj", "fc1", "fc2")
 
 
 class HiLoLinear(torch.nn.Module):
@@ -71,16 +70,15 @@ class HiLoLinear(torch.nn.Module):
 
 
 def with_hilo(encoder: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``encoder`` with every transformer Linear (TRANSFORMER_LINEARS) replaced by a HiLoLinear."""
+    """A copy of ``encoder`` with every Linear of the four transformer classes (``bench_mixed_precision.TRANSFORMER``)
+    replaced by a HiLoLinear."""
     out = copy.deepcopy(encoder)
-    n = 0
-    for mod in list(out.modules()):
-        for name, child in list(mod.named_children()):
-            if name in TRANSFORMER_LINEARS and isinstance(child, torch.nn.Linear):
-                setattr(mod, name, HiLoLinear(child))
-                n += 1
-    if n != 40:
-        raise RuntimeError(f"expected 40 transformer Linears in LiteMedSAM's encoder, found {n}")
+    targets = [name for name, mod in out.named_modules() if isinstance(mod, torch.nn.Linear) and layer_class(name) in TRANSFORMER]
+    if len(targets) != 40:
+        raise RuntimeError(f"expected 40 transformer Linears in LiteMedSAM's encoder, found {len(targets)}")
+    for name in targets:
+        parent, _, child = name.rpartition(".")
+        setattr(out.get_submodule(parent), child, HiLoLinear(getattr(out.get_submodule(parent), child)))
     return out
 
 
